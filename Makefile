@@ -1,0 +1,35 @@
+# LLM Edge: `make up` runs the gateway, `make test` runs the whole suite from a fresh clone.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: up test venv dev redis lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+venv: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+dev: $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+
+# Debian's redis-server, installed only when it is missing (the tests start their own instance).
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing redis-server"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+up: venv
+	$(BIN)/llm-edge up
+
+test: dev redis
+	$(BIN)/python -m pytest -q
+
+lint: dev
+	$(BIN)/ruff check shared services tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

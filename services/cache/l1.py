@@ -1,0 +1,46 @@
+"""L1: an in-process LRU with a TTL per entry, bounded both in entries and in bytes."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+
+class L1Cache:
+    def __init__(self, max_bytes: int, max_entries: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.bytes = 0
+        self._items: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str, now: float | None = None) -> bytes | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        value, expires = item
+        if expires <= (time.monotonic() if now is None else now):
+            self._remove(key)
+            return None
+        self._items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: bytes, ttl: float, now: float | None = None) -> bool:
+        """Store `value`; False when it alone is larger than the whole cache (not stored)."""
+        size = len(value) + len(key)
+        if size > self.max_bytes or ttl <= 0:
+            return False
+        if key in self._items:
+            self._remove(key)
+        self._items[key] = (value, (time.monotonic() if now is None else now) + ttl)
+        self.bytes += size
+        while self.bytes > self.max_bytes or len(self._items) > self.max_entries:
+            oldest = next(iter(self._items))
+            self._remove(oldest)
+        return True
+
+    def _remove(self, key: str) -> None:
+        value, _ = self._items.pop(key)
+        self.bytes -= len(value) + len(key)

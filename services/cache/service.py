@@ -1,0 +1,110 @@
+"""The cache tier: answers lookups from the ingress. A hit returns the stored answer (one bus round
+trip); a miss returns the key under which the router will store the answer. Fills arrive on a broadcast
+subject (every replica fills L1) and a queue group (one replica writes L2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from nats.aio.msg import Msg
+
+from services.cache.key import cache_key
+from services.cache.l1 import L1Cache
+from services.cache.l2 import L2Cache
+from shared import bus
+from shared.config import Config
+from shared.errors import InvalidRequest
+from shared.logs import request_id
+from shared.messages import CacheMiss, HealthReport, encode, request_decoder
+from shared.subjects import SERVICE_CACHE, Headers, Queues, Subjects
+
+log = logging.getLogger("llm_edge.cache")
+
+_HIT_L1 = {Headers.CACHE_TIER: "l1"}
+_HIT_L2 = {Headers.CACHE_TIER: "l2"}
+
+
+class CacheService:
+    def __init__(self, config: Config, server: bus.Server) -> None:
+        settings = config.cache
+        self.server = server
+        self.subjects = Subjects(config.prefix)
+        self.ttl = settings.ttl_seconds
+        self.l1 = L1Cache(settings.l1_max_bytes, settings.l1_max_entries)
+        self.l2 = (
+            L2Cache(settings.redis_url, settings.redis_timeout_seconds, config.prefix)
+            if settings.redis_url
+            else None
+        )
+
+    async def start(self) -> None:
+        await self.server.endpoint("lookup", self.subjects.cache_lookup, Queues.CACHE, self.handle)
+        await self.server.subscribe(self.subjects.cache_fill, self.fill_l1)
+        if self.l2 is not None:
+            await self.server.subscribe(self.subjects.cache_fill, self.fill_l2, queue=Queues.CACHE_L2_WRITER)
+        await self.server.health_endpoint(self.subjects.health("cache"), self.health)
+
+    async def close(self) -> None:
+        if self.l2 is not None:
+            await self.l2.close()
+
+    async def handle(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        request_id.set(headers.get(Headers.REQUEST_ID))
+        control = headers.get(Headers.CACHE_CONTROL, "")
+        try:
+            request = request_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            raise InvalidRequest("the request could not be decoded") from exc
+        key = cache_key(request, headers.get(Headers.NAMESPACE, "default"))
+        if "no-cache" not in control:
+            if (value := self.l1.get(key)) is not None:
+                await self.server.nc.publish(msg.reply, value, headers=_HIT_L1)
+                return
+            if self.l2 is not None and (value := await self.l2.get(key)) is not None:
+                await self.server.nc.publish(msg.reply, value, headers=_HIT_L2)
+                self.l1.put(key, value, self._ttl(headers))
+                return
+        await self.server.nc.publish(msg.reply, encode(CacheMiss(key=key)))
+
+    async def fill_l1(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        if key := headers.get(Headers.CACHE_KEY):
+            self.l1.put(key, msg.data, self._ttl(headers))
+
+    async def fill_l2(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        if (key := headers.get(Headers.CACHE_KEY)) and self.l2 is not None:
+            await self.l2.put(key, msg.data, self._ttl(headers))
+
+    def _ttl(self, headers: dict[str, str]) -> float:
+        try:
+            return float(headers.get(Headers.CACHE_TTL, self.ttl))
+        except ValueError:
+            return self.ttl
+
+    async def health(self) -> HealthReport:
+        checks = {"l1": "up", "l1_entries": str(len(self.l1)), "l1_bytes": str(self.l1.bytes)}
+        status = "up"
+        if self.l2 is not None:
+            up = await self.l2.ping()
+            checks["l2"] = "up" if up else "down"
+            status = "up" if up else "degraded"
+        else:
+            checks["l2"] = "off"
+        return HealthReport(service="cache", instance=self.server.id, status=status, checks=checks)
+
+
+async def serve(config: Config, stop: asyncio.Event) -> None:
+    nc = await bus.connect(config.nats_url, SERVICE_CACHE)
+    server = bus.Server(nc, SERVICE_CACHE, "0.1.0", "LLM Edge cache: L1 memory + L2 Redis")
+    await server.start()
+    cache = CacheService(config, server)
+    await cache.start()
+    log.info("cache ready (l2 %s)", "on" if cache.l2 else "off")
+    await stop.wait()
+    await server.drain()
+    await cache.close()

@@ -1,0 +1,80 @@
+"""`llm-edge`: run the whole gateway on one machine (`up`) or one service against `NATS_URL`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from shared import logs, runtime
+from shared.config import Config, ConfigError, load
+
+
+def _service(name: str, config: Config, provider: str | None = None) -> None:
+    async def main() -> None:
+        stop = runtime.stop_event()
+        if name == "cache":
+            from services.cache.service import serve
+
+            await serve(config, stop)
+        elif name == "router":
+            from services.router.service import serve as serve_router
+
+            await serve_router(config, stop)
+        elif name == "provider":
+            from services.providers.worker import serve as serve_provider
+
+            assert provider is not None
+            await serve_provider(config, provider, stop)
+
+    runtime.run(main)
+
+
+def _ingress(config: Config) -> None:
+    from services.ingress.app import serve
+
+    runtime.run(lambda: serve(config))  # uvicorn handles SIGTERM itself: stop accepting, finish, exit
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llm-edge", description=__doc__)
+    parser.add_argument("--config", "-c", help="YAML or TOML configuration file (or LLM_EDGE_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="start nats-server and every service on this machine")
+    commands.add_parser("ingress", help="run the HTTP ingress")
+    commands.add_parser("cache", help="run the cache service")
+    commands.add_parser("router", help="run the router service")
+    provider = commands.add_parser("provider", help="run one provider's worker")
+    provider.add_argument("name")
+    upstream = commands.add_parser("mock-upstream", help="run the mock OpenAI/Anthropic upstream server")
+    upstream.add_argument("args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+
+    if args.command == "mock-upstream":
+        from services.mockupstream.server import main as upstream_main
+
+        return upstream_main(args.args) or 0
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"llm-edge: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "provider" and args.name not in config.providers:
+        print(f"llm-edge: provider {args.name!r} is not configured (have: {', '.join(config.providers)})",
+              file=sys.stderr)
+        return 2
+    logs.setup(args.command if args.command != "provider" else f"provider.{args.name}", config.log_level)
+    if args.command == "up":
+        from services.launcher import up
+
+        runtime.install_uvloop()
+        return asyncio.run(up(config, args.config))
+    if args.command == "ingress":
+        _ingress(config)
+    else:
+        _service(args.command, config, getattr(args, "name", None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""The HTTP edge: OpenAI-compatible endpoints that turn a request into one bus message and the reply
+into JSON. Every error leaves as OpenAI's error shape with its status, through one exception handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from nats.aio.client import Client
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.ingress import health, shapes
+from services.ingress.parse import parse_chat_request, read_body
+from services.router.routes import Routes
+from shared import bus
+from shared.config import Config
+from shared.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+    from_reply,
+)
+from shared.logs import request_id
+from shared.messages import CacheMiss, ChatResult, ErrorReply, Reply, encode
+from shared.subjects import Headers, Subjects
+
+log = logging.getLogger("llm_edge.ingress")
+
+JSON = "application/json"
+# Extra time granted to the bus beyond the client's deadline, so the hop that ran out of time can still
+# answer with its own, more precise error.
+_REPLY_GRACE_SECONDS = 0.25
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_TIERS = {"l1": "hit-l1", "l2": "hit-l2"}
+
+
+class Gateway:
+    """What the routes share: configuration, the bus connection, subjects."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.subjects = Subjects(config.prefix)
+        self.routes = Routes(config)
+        self.nc: Client | None = None
+        self.draining = False
+
+    def bus(self) -> Client:
+        if self.nc is None or not self.nc.is_connected:
+            raise Unavailable("the message bus is not connected", code="bus_unavailable")
+        return self.nc
+
+    def bus_headers(self, request: Request, rid: str, deadline: float) -> dict[str, str]:
+        headers = {
+            Headers.REQUEST_ID: rid,
+            Headers.DEADLINE: str(int(deadline * 1000)),
+            Headers.NAMESPACE: "default",
+        }
+        control = request.headers.get("cache-control", "").lower()
+        flags = [flag for flag in ("no-cache", "no-store") if flag in control]
+        if flags:
+            headers[Headers.CACHE_CONTROL] = ",".join(flags)
+        if ttl := request.headers.get("x-llm-edge-cache-ttl"):
+            headers[Headers.CACHE_TTL] = ttl
+        if traceparent := request.headers.get("traceparent"):
+            headers[Headers.TRACEPARENT] = traceparent
+        return headers
+
+    def timeout(self, request: Request) -> float:
+        value = request.headers.get("x-llm-edge-timeout")
+        if value is None:
+            return self.config.ingress.request_timeout_seconds
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise InvalidRequest("`x-llm-edge-timeout` must be a number of seconds.") from None
+        if not 0 < seconds <= 3600:
+            raise InvalidRequest("`x-llm-edge-timeout` must be between 0 and 3600 seconds.")
+        return seconds
+
+
+def create_app(config: Config, nc: Client | None = None) -> FastAPI:
+    gateway = Gateway(config)
+    owns_connection = nc is None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway.nc = nc if nc is not None else await bus.connect(config.nats_url, "llm-edge-ingress")
+        log.info("ingress ready on http://%s:%d", config.ingress.host, config.ingress.port)
+        yield
+        gateway.draining = True
+        if owns_connection and gateway.nc is not None and not gateway.nc.is_closed:
+            await gateway.nc.drain()
+
+    app = FastAPI(title="LLM Edge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.gateway = gateway
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> Response:
+        return error_response(exc, request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            error: GatewayError = NotFound(f"Unknown path: {request.method} {request.url.path}", code="not_found")
+        else:
+            error = InvalidRequest(str(exc.detail), status=exc.status_code, code="http_error")
+        return error_response(error, request)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(InternalError("internal error"), request)
+
+    @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        started = time.perf_counter()
+        rid = request.headers.get("x-request-id", "")
+        if not _REQUEST_ID.match(rid):
+            rid = uuid.uuid4().hex
+        request_id.set(rid)
+        request.state.request_id = rid
+        body = await read_body(request, config.ingress.max_body_bytes)
+        chat = parse_chat_request(body)
+        if chat.stream is True:
+            raise InvalidRequest("`stream: true` is not supported by this gateway yet.", param="stream")
+        gateway.routes.resolve(chat.model)  # 404 for an unknown model before any bus hop
+        timeout = gateway.timeout(request)
+        deadline = time.time() + timeout
+        headers = gateway.bus_headers(request, rid, deadline)
+        reply, tier = await ask(gateway, encode(chat), headers, timeout)
+        match reply:
+            case ChatResult():
+                return result_response(reply, rid, tier, started)
+            case ErrorReply():
+                raise from_reply(reply)
+            case _:
+                raise InternalError("unexpected reply on the bus")
+
+    @app.get("/v1/models")
+    @app.get("/models")
+    async def models() -> Response:
+        cards = [shapes.ModelCard(id=name) for name in gateway.routes.public_models()]
+        return Response(shapes.encode(shapes.ModelList(data=cards)), media_type=JSON)
+
+    @app.get("/health/live")
+    async def live() -> Response:
+        return Response(b'{"status":"alive"}', media_type=JSON)
+
+    @app.get("/health/ready")
+    async def ready() -> Response:
+        ok = not gateway.draining and gateway.nc is not None and gateway.nc.is_connected
+        body = b'{"status":"ready"}' if ok else b'{"status":"not ready"}'
+        return Response(body, status_code=200 if ok else 503, media_type=JSON)
+
+    @app.get("/health")
+    async def health_report() -> Response:
+        report = await health.probe(gateway.nc, gateway.subjects, list(config.providers))
+        status = 503 if report.status == "unhealthy" else 200
+        return Response(shapes.encode(report), status_code=status, media_type=JSON)
+
+    return app
+
+
+async def ask(
+    gateway: Gateway, payload: bytes, headers: dict[str, str], timeout: float
+) -> tuple[Reply, str | None]:
+    """The cache tier first (a hit is one round trip), then the router with the key to store under.
+
+    The ingress asks each tier itself instead of letting the cache forward the miss: NATS reports "no
+    responders" only to the publisher of a request, so a forwarded miss with no router running would be
+    dropped silently and the client would wait for its deadline.
+    """
+    nc = gateway.bus()
+    deadline = time.monotonic() + timeout + _REPLY_GRACE_SECONDS
+    lookup_wait = min(gateway.config.cache.lookup_timeout_seconds, timeout)
+    if gateway.config.cache.enabled:
+        try:
+            reply, msg = await bus.request(nc, gateway.subjects.cache_lookup, payload, headers, lookup_wait)
+        except (bus.NoResponders, DeadlineExceeded):
+            pass  # the cache is optional: no instance, or too slow, means a miss
+        else:
+            match reply:
+                case CacheMiss(key=key):
+                    if "no-store" not in headers.get(Headers.CACHE_CONTROL, ""):
+                        headers[Headers.CACHE_KEY] = key
+                case _:
+                    return reply, (msg.headers or {}).get(Headers.CACHE_TIER)
+    try:
+        reply, _ = await bus.request(
+            nc, gateway.subjects.route, payload, headers, deadline - time.monotonic()
+        )
+    except bus.NoResponders as exc:
+        raise Unavailable("No router instance is running.", code="no_router") from exc
+    except DeadlineExceeded as exc:
+        raise DeadlineExceeded(f"The request did not complete within {timeout:g}s.") from exc
+    return reply, None
+
+
+def result_response(result: ChatResult, rid: str, tier: str | None, started: float) -> Response:
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    return Response(
+        shapes.completion_json(result),
+        media_type=JSON,
+        headers={
+            "x-request-id": rid,
+            "x-llm-edge-provider": result.provider,
+            "x-llm-edge-model": result.target_model,
+            "x-llm-edge-cache": _TIERS.get(tier or "", "miss"),
+            "x-llm-edge-latency-ms": f"{elapsed_ms:.2f}",
+            "x-llm-edge-cost-usd": f"{result.cost_usd:.8f}",
+        },
+    )
+
+
+def error_response(error: GatewayError, request: Request) -> Response:
+    headers = {}
+    rid = getattr(request.state, "request_id", None)
+    if rid:
+        headers["x-request-id"] = rid
+    if error.retry_after is not None:
+        headers["retry-after"] = str(max(1, int(error.retry_after + 0.999)))
+    if error.http_status >= 500:
+        log.warning("request failed: %d %s (%s)", error.http_status, error.code, error.where or "ingress")
+    return Response(shapes.error_json(error), status_code=error.http_status, media_type=JSON, headers=headers)
+
+
+async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=config.ingress.host,
+            port=config.ingress.port,
+            loop="none",
+            http="httptools",
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
+    )
+    await server.serve()

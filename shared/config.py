@@ -1,0 +1,174 @@
+"""Typed configuration: one YAML or TOML file decoded into msgspec structs, then environment overrides.
+
+Read once at start and passed down. A bad value fails fast with the field's path in the message.
+With no file and no provider keys, the gateway starts with the mock provider so the first run works.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+from msgspec import Struct
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the bad field."""
+
+
+class ProviderConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # Which adapter speaks for this entry; defaults to the entry's own name, so several entries can
+    # use one adapter (two OpenAI-compatible servers, say).
+    adapter: str | None = None
+    api_key: str | None = None
+    base_url: str | None = None
+    timeout_seconds: float = 600.0
+    max_connections: int = 256
+    max_concurrency: int = 1024  # requests one worker process handles at once
+    headers: dict[str, str] = {}
+    # mock provider only: simulated latency and failure
+    latency_ms: float = 0.0
+    fail_rate: float = 0.0
+    fail_status: int = 500
+
+
+class Target(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    provider: str
+    model: str
+    weight: float = 1.0
+
+
+class ModelRoute(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    targets: list[Target]
+    strategy: Literal["fallback"] = "fallback"
+
+
+class IngressConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 20 * 1024 * 1024
+    request_timeout_seconds: float = 600.0
+
+
+class CacheConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    ttl_seconds: float = 3600.0
+    l1_max_bytes: int = 64 * 1024 * 1024
+    l1_max_entries: int = 100_000
+    redis_url: str | None = None
+    redis_timeout_seconds: float = 0.25
+    # The ingress stops waiting for the cache tier after this and asks the router (the cache is optional).
+    lookup_timeout_seconds: float = 1.0
+
+
+class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    prefix: str = "llm"
+    nats_url: str = "nats://127.0.0.1:4222"
+    log_level: str = "INFO"
+    ingress: IngressConfig = IngressConfig()
+    cache: CacheConfig = CacheConfig()
+    providers: dict[str, ProviderConfig] = {}
+    models: list[ModelRoute] = []
+
+    def provider(self, name: str) -> ProviderConfig:
+        try:
+            return self.providers[name]
+        except KeyError:
+            raise ConfigError(f"providers.{name}: no such provider is configured") from None
+
+
+# Environment variable -> (section, field). Keys for providers are handled apart (they add a provider).
+_ENV_FIELDS: dict[str, tuple[str | None, str, type]] = {
+    "HOST": ("ingress", "host", str),
+    "PORT": ("ingress", "port", int),
+    "NATS_URL": (None, "nats_url", str),
+    "REDIS_URL": ("cache", "redis_url", str),
+    "LOG_LEVEL": (None, "log_level", str),
+    "LLM_EDGE_PREFIX": (None, "prefix", str),
+}
+
+_PROVIDER_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
+def _decode(path: Path) -> Config:
+    raw = path.read_bytes()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            return msgspec.yaml.decode(raw, type=Config)
+        if path.suffix == ".toml":
+            return msgspec.toml.decode(raw, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
+    raise ConfigError(f"{path}: configuration must be a .yaml, .yml or .toml file")
+
+
+def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
+    for var, (section, field, kind) in _ENV_FIELDS.items():
+        if var not in env or env[var] == "":
+            continue
+        try:
+            value = kind(env[var])
+        except ValueError:
+            raise ConfigError(f"{var}={env[var]!r}: expected {kind.__name__}") from None
+        if section is None:
+            config = msgspec.structs.replace(config, **{field: value})
+        else:
+            sub = msgspec.structs.replace(getattr(config, section), **{field: value})
+            config = msgspec.structs.replace(config, **{section: sub})
+    providers = dict(config.providers)
+    for name, var in _PROVIDER_KEY_ENV.items():
+        key = env.get(var)
+        if key:
+            existing = providers.get(name, ProviderConfig())
+            providers[name] = msgspec.structs.replace(existing, api_key=existing.api_key or key)
+    if not providers:
+        providers["mock"] = ProviderConfig()
+    return msgspec.structs.replace(config, providers=providers)
+
+
+def _validate(config: Config) -> Config:
+    from services.providers.registry import ADAPTERS  # the one list of provider names
+
+    for name, provider in config.providers.items():
+        adapter = provider.adapter or name
+        if adapter not in ADAPTERS:
+            known = ", ".join(sorted(ADAPTERS))
+            raise ConfigError(f"providers.{name}.adapter: unknown adapter {adapter!r} (known: {known})")
+    for i, route in enumerate(config.models):
+        if not route.targets:
+            raise ConfigError(f"models[{i}].targets: a model needs at least one target")
+        for j, target in enumerate(route.targets):
+            if target.provider not in config.providers:
+                raise ConfigError(
+                    f"models[{i}].targets[{j}].provider: {target.provider!r} is not in providers"
+                )
+    return config
+
+
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the file named by `path` or `LLM_EDGE_CONFIG` (if any), then apply the environment."""
+    env = os.environ if env is None else env
+    path = path or env.get("LLM_EDGE_CONFIG") or None
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"{file}: configuration file not found")
+        config = _decode(file)
+    else:
+        config = Config()
+    return _validate(_apply_env(config, env))
+
+
+def encode(config: Config) -> bytes:
+    """The resolved configuration as JSON, to hand to child processes unchanged."""
+    return msgspec.json.encode(config)
+
+
+def decode(data: bytes) -> Config:
+    return msgspec.json.decode(data, type=Config)

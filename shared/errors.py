@@ -1,0 +1,147 @@
+"""The gateway's error hierarchy: each class knows its HTTP status and OpenAI error type and code.
+
+Errors cross the bus as `ErrorReply` and are rebuilt on the other side with `from_reply`, so the status a
+client sees is decided where the failure happened, never guessed from message text.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from shared.messages import ErrorReply
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "api_error"
+    default_code: ClassVar[str | None] = None
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+        where: str = "",
+        status: int | None = None,
+        retryable: bool | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code if code is not None else self.default_code
+        self.param = param
+        self.retry_after = retry_after
+        self.where = where
+        # An upstream error keeps the upstream's own status (e.g. 529) when it is more precise.
+        self.http_status = status if status is not None else self.status
+        self.is_retryable = self.retryable if retryable is None else retryable
+        self.error_type = error_type or self.type
+
+    def to_reply(self) -> ErrorReply:
+        return ErrorReply(
+            status=self.http_status,
+            type=self.error_type,
+            message=self.message,
+            code=self.code,
+            param=self.param,
+            retryable=self.is_retryable,
+            retry_after=self.retry_after,
+            where=self.where,
+        )
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+    default_code = "model_not_allowed"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class BodyTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+    retryable = True
+
+
+class InternalError(GatewayError):
+    status = 500
+    type = "api_error"
+    default_code = "internal_error"
+
+
+class ProviderError(GatewayError):
+    """The upstream provider failed or answered with something we cannot use."""
+
+    status = 502
+    type = "api_error"
+    default_code = "provider_error"
+    retryable = True
+
+
+class Unavailable(GatewayError):
+    status = 503
+    type = "api_error"
+    default_code = "service_unavailable"
+    retryable = True
+
+
+class DeadlineExceeded(GatewayError):
+    status = 504
+    type = "timeout_error"
+    default_code = "deadline_exceeded"
+    retryable = True
+
+
+_BY_STATUS: dict[int, type[GatewayError]] = {
+    400: InvalidRequest,
+    401: AuthenticationFailed,
+    403: PermissionDenied,
+    404: NotFound,
+    413: BodyTooLarge,
+    429: RateLimited,
+    500: InternalError,
+    502: ProviderError,
+    503: Unavailable,
+    504: DeadlineExceeded,
+}
+
+
+def from_reply(reply: ErrorReply) -> GatewayError:
+    """Rebuild the error a remote service sent, keeping its exact status, type and code."""
+    cls = _BY_STATUS.get(reply.status, ProviderError if reply.status >= 500 else InvalidRequest)
+    return cls(
+        reply.message,
+        code=reply.code,
+        param=reply.param,
+        retry_after=reply.retry_after,
+        where=reply.where,
+        status=reply.status,
+        retryable=reply.retryable,
+        error_type=reply.type,
+    )

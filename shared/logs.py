@@ -1,0 +1,49 @@
+"""JSON-lines logging with the service name and the current request id on every line.
+
+Prompt and response bodies and keys are never passed to the logger; callers log ids, sizes and outcomes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+import time
+
+import msgspec
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+_encoder = msgspec.json.Encoder()
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None) or request_id.get()
+        if rid:
+            line["request_id"] = rid
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return _encoder.encode(line).decode()
+
+
+def setup(service: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's access log would print every request line; our ingress logs what matters itself.
+    logging.getLogger("uvicorn.access").disabled = True

@@ -1,0 +1,41 @@
+"""Process lifecycle for every service: uvloop, signal handling, draining on SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("llm_edge.runtime")
+
+
+def install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # not on this platform: asyncio's own loop works, only slower
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def stop_event() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT; a second one is left to the default (exit now)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("received %s, draining", sig.name)
+        stop.set()
+        loop.remove_signal_handler(sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    return stop
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    install_uvloop()
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

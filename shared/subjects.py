@@ -1,0 +1,76 @@
+"""Every NATS subject, queue group and header name the gateway uses; no subject literal lives elsewhere.
+
+All subjects share one configurable prefix (`llm` by default) so several deployments can share an account.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    prefix: str = "llm"
+
+    @property
+    def cache_lookup(self) -> str:
+        return f"{self.prefix}.cache.lookup"
+
+    @property
+    def route(self) -> str:
+        return f"{self.prefix}.route"
+
+    @property
+    def cache_fill(self) -> str:
+        return f"{self.prefix}.cache.fill"
+
+    def provider_chat(self, provider: str) -> str:
+        return f"{self.prefix}.provider.{provider}.chat"
+
+    def health(self, kind: str) -> str:
+        """Health probe of one service kind: `cache`, `router` or `provider.<name>`."""
+        return f"{self.prefix}.health.{kind}"
+
+    @property
+    def cancel(self) -> str:
+        """Cancel notices for streams, keyed by request id in a header."""
+        return f"{self.prefix}.cancel"
+
+
+class Queues:
+    """Queue groups: one member of each group takes each message."""
+
+    CACHE = "cache"
+    CACHE_L2_WRITER = "cache-l2"
+    HEALTH = "health"
+    ROUTER = "router"
+
+    @staticmethod
+    def provider(name: str) -> str:
+        return f"provider-{name}"
+
+
+class Headers:
+    """Request-scoped facts carried as NATS headers (each service reads only the ones it needs)."""
+
+    REQUEST_ID = "Llm-Request-Id"
+    TRACEPARENT = "traceparent"
+    DEADLINE = "Llm-Deadline"  # absolute, milliseconds since the epoch
+    STREAM = "Llm-Stream"
+    CACHE_KEY = "Llm-Cache-Key"
+    CACHE_CONTROL = "Llm-Cache-Control"  # "no-cache", "no-store" or both, comma-separated
+    CACHE_TTL = "Llm-Cache-Ttl"  # seconds
+    CACHE_TIER = "Llm-Cache"  # on replies: "l1" or "l2"
+    NAMESPACE = "Llm-Namespace"
+    KEY_ID = "Llm-Key-Id"
+    TARGET_MODEL = "Llm-Target-Model"
+    PUBLIC_MODEL = "Llm-Public-Model"
+
+
+# Service names as registered with the NATS services framework (`nats micro ls`).
+SERVICE_CACHE = "llm-edge-cache"
+SERVICE_ROUTER = "llm-edge-router"
+
+
+def provider_service_name(provider: str) -> str:
+    return f"llm-edge-provider-{provider}"

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from services.mockupstream.server import MockUpstream
+from tests.infra import NatsServer, RedisServer
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    server = NatsServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    if not redis_server.running:  # a test that stopped Redis leaves it for the next one to restart
+        redis_server.start()
+    return redis_server.url
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[MockUpstream]:
+    server = MockUpstream()
+    await server.start()
+    yield server
+    await server.stop()

@@ -1,0 +1,179 @@
+"""`llm-edge up` as a user runs it: real processes, the official `openai` SDK, a mock OpenAI upstream
+in its own process, the embedded nats-server, supervision and a clean Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import nats
+import openai
+import pytest
+
+from services.launcher import free_port
+
+
+@dataclass
+class Gateway:
+    process: subprocess.Popen[str]
+    url: str
+    nats_url: str
+    upstream_url: str
+    lines: list[str]
+
+
+def read_until(process: subprocess.Popen[str], marker: str, timeout: float, lines: list[str]) -> None:
+    found: queue.Queue[bool] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if marker in line:
+                found.put(True)
+        found.put(False)
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not found.get(timeout=timeout):
+        raise AssertionError(f"{marker!r} never printed; output: {''.join(lines)}")
+
+
+def children_of(pid: int) -> dict[int, str]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found[int(entry.name)] = cmdline
+    return found
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    upstream_port = free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "services.mockupstream", "--port", str(upstream_port)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    read_until(upstream, "listening", 15, [])
+    config = tmp_path_factory.mktemp("e2e") / "edge.yaml"
+    config.write_text(
+        "providers:\n"
+        "  mock: {}\n"
+        f"  up: {{adapter: openai_compatible, base_url: 'http://127.0.0.1:{upstream_port}/v1', api_key: sk-e2e}}\n"
+        "models:\n"
+        "  - name: upstream-model\n"
+        "    targets: [{provider: up, model: gpt-4o-mini}]\n"
+    )
+    port, nats_port = free_port(), free_port()
+    env = dict(os.environ, PORT=str(port), NATS_URL=f"nats://127.0.0.1:{nats_port}",
+               NATS_MONITOR_PORT=str(free_port()), LLM_EDGE_CONFIG=str(config))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    lines: list[str] = []
+    try:
+        read_until(process, "Ctrl-C drains", 30, lines)
+        yield Gateway(process, f"http://127.0.0.1:{port}", f"nats://127.0.0.1:{nats_port}",
+                      f"http://127.0.0.1:{upstream_port}", lines)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        upstream.terminate()
+        upstream.wait()
+
+
+def test_ready_banner_says_where_to_connect(gateway: Gateway) -> None:
+    banner = "".join(gateway.lines)
+    assert f"{gateway.url}/v1" in banner
+    assert gateway.nats_url in banner
+
+
+def test_openai_sdk_against_the_gateway(gateway: Gateway) -> None:
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="anything")
+    completion = client.chat.completions.create(
+        model="mock", messages=[{"role": "user", "content": "Say hello"}]
+    )
+    assert completion.choices[0].message.content == "Mock reply to: Say hello"
+    assert completion.usage is not None
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+
+
+def test_second_identical_request_is_a_cache_hit(gateway: Gateway) -> None:
+    body = {"model": "upstream-model", "messages": [{"role": "user", "content": "cache me"}]}
+    with httpx.Client(base_url=gateway.url) as client:
+        before = client.get(f"{gateway.upstream_url}/_mock/stats").json()["calls"]
+        first = client.post("/v1/chat/completions", json=body)
+        assert first.headers["x-llm-edge-cache"] == "miss"
+        deadline = time.monotonic() + 3
+        while True:  # the fill reaches the cache asynchronously; a real client rarely asks this fast
+            second = client.post("/v1/chat/completions", json=body)
+            if second.headers["x-llm-edge-cache"] == "hit-l1" or time.monotonic() > deadline:
+                break
+        assert second.headers["x-llm-edge-cache"] == "hit-l1"
+        assert second.json()["choices"] == first.json()["choices"]
+        assert client.get(f"{gateway.upstream_url}/_mock/stats").json()["calls"] == before + 1
+
+
+def test_each_service_is_its_own_process(gateway: Gateway) -> None:
+    commands = " | ".join(children_of(gateway.process.pid).values())
+    for part in ("nats-server", "services.cli ingress", "services.cli cache", "services.cli router",
+                 "services.cli provider mock", "services.cli provider up"):
+        assert part in commands, commands
+
+
+def test_every_service_answers_srv_ping(gateway: Gateway) -> None:
+    async def ping() -> set[str]:
+        nc = await nats.connect(gateway.nats_url)
+        names = set()
+        for name in ("llm-edge-cache", "llm-edge-router", "llm-edge-provider-mock", "llm-edge-provider-up"):
+            reply = await nc.request(f"$SRV.PING.{name}", b"", timeout=2)
+            names.add(__import__("json").loads(reply.data)["name"])
+        await nc.close()
+        return names
+
+    assert asyncio.run(ping()) == {
+        "llm-edge-cache", "llm-edge-router", "llm-edge-provider-mock", "llm-edge-provider-up"}
+
+
+def test_a_crashed_service_is_restarted(gateway: Gateway) -> None:
+    (router_pid,) = [pid for pid, cmd in children_of(gateway.process.pid).items() if "cli router" in cmd]
+    os.kill(router_pid, signal.SIGKILL)
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="anything", max_retries=0)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "back?"}])
+            break
+        except openai.APIStatusError as exc:
+            assert exc.status_code == 503  # no router yet: a clear 503, never a hang
+            assert time.monotonic() < deadline, "router was not restarted"
+            time.sleep(0.1)
+    routers = [pid for pid, cmd in children_of(gateway.process.pid).items() if "cli router" in cmd]
+    assert routers and routers != [router_pid]
+
+
+def test_ctrl_c_stops_everything(gateway: Gateway) -> None:
+    children = children_of(gateway.process.pid)
+    gateway.process.send_signal(signal.SIGINT)
+    assert gateway.process.wait(timeout=30) == 0
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()

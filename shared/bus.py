@@ -139,6 +139,7 @@ class Server:
         # micro has no public hook for a custom endpoint; registering it here keeps INFO/STATS complete.
         self._micro._endpoints.append(endpoint)
         await endpoint._start()
+        await self.nc.flush()  # the server knows the subscription before anyone is told we are ready
 
     async def health_endpoint(
         self, subject: str, report: Callable[[], HealthReport | Awaitable[HealthReport]]
@@ -160,6 +161,7 @@ class Server:
             self.track(asyncio.create_task(_guarded(handler, msg)))
 
         self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=spawn))
+        await self.nc.flush()
 
     async def drain(self, grace: float = 30.0) -> None:
         """Stop taking work, finish what is in flight (up to `grace` seconds), then close."""

@@ -33,6 +33,9 @@ class ProviderConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     latency_ms: float = 0.0
     fail_rate: float = 0.0
     fail_status: int = 500
+    stream_chunks: int = 8
+    chunk_interval_ms: float = 0.0
+    stream_fail_after: int | None = None  # chunks sent before a simulated mid-stream failure
 
 
 class Target(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -52,6 +55,8 @@ class IngressConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     port: int = 8080
     max_body_bytes: int = 20 * 1024 * 1024
     request_timeout_seconds: float = 600.0
+    # A stream that sends nothing for this long ends with an error event.
+    stream_idle_timeout_seconds: float = 120.0
 
 
 class CacheConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -202,10 +202,13 @@ class ErrorReply(Struct, frozen=True, kw_only=True, tag="error", tag_field="kind
     retryable: bool = False
     retry_after: float | None = None
     where: str = ""
+    # Set when chunks of a stream already reached the client: no other target may take over.
+    stream_started: bool = False
 
 
 class StreamChunk(Struct, frozen=True, kw_only=True, tag="chunk", tag_field="kind"):
-    """One piece of a streamed answer; `seq` starts at 0 and has no gaps."""
+    """One piece of a streamed answer; `seq` starts at 0 and has no gaps. The first chunk also says
+    which answer this is (`id`, `model`, `created`), so the ingress can label every SSE chunk."""
 
     seq: int
     index: int = 0
@@ -213,6 +216,10 @@ class StreamChunk(Struct, frozen=True, kw_only=True, tag="chunk", tag_field="kin
     role: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
     finish_reason: str | None = None
+    id: str | None = None
+    model: str | None = None
+    created: int | None = None
+    provider: str | None = None
 
 
 class FunctionCallDelta(Struct, frozen=True, kw_only=True, omit_defaults=True):

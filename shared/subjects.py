@@ -33,7 +33,7 @@ class Subjects:
 
     @property
     def cancel(self) -> str:
-        """Cancel notices for streams, keyed by request id in a header."""
+        """Broadcast: the client of the request id in the header went away; stop its upstream call."""
         return f"{self.prefix}.cancel"
 
 
@@ -56,7 +56,8 @@ class Headers:
     REQUEST_ID = "Llm-Request-Id"
     TRACEPARENT = "traceparent"
     DEADLINE = "Llm-Deadline"  # absolute, milliseconds since the epoch
-    STREAM = "Llm-Stream"
+    STREAM = "Llm-Stream"  # "1" when the client asked for a stream
+    STREAM_TO = "Llm-Stream-To"  # the ingress inbox that receives the chunks
     CACHE_KEY = "Llm-Cache-Key"
     CACHE_CONTROL = "Llm-Cache-Control"  # "no-cache", "no-store" or both, comma-separated
     CACHE_TTL = "Llm-Cache-Ttl"  # seconds

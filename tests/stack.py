@@ -5,15 +5,18 @@ Each stack gets its own subject prefix, so tests sharing one nats-server never s
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from typing import Any
 
 import httpx
 import msgspec
 import openai
+import uvicorn
 
 from services.cache.service import CacheService
 from services.ingress.app import create_app
+from services.launcher import free_port
 from services.providers.worker import ProviderWorker
 from services.router.service import Router
 from shared import bus
@@ -35,6 +38,8 @@ class Stack:
         self.workers: list[ProviderWorker] = []
         self.ingress_nc = None
         self.http: httpx.AsyncClient | None = None
+        self.uvicorn: uvicorn.Server | None = None
+        self.url = ""
 
     async def _server(self, key: str, name: str) -> bus.Server:
         nc = await bus.connect(self.config.nats_url, name)
@@ -65,8 +70,18 @@ class Stack:
             await self.start_provider(name)
         self.ingress_nc = await bus.connect(self.config.nats_url, "test-ingress")
         app = create_app(self.config, self.ingress_nc)
-        app.state.gateway.nc = self.ingress_nc
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
+        port = free_port()
+        self.uvicorn = uvicorn.Server(uvicorn.Config(
+            app, host="127.0.0.1", port=port, loop="none", lifespan="on", log_level="warning",
+            access_log=False,
+        ))
+        self.uvicorn_task = asyncio.create_task(self.uvicorn.serve())
+        while not self.uvicorn.started:  # uvicorn offers no awaitable for "listening"
+            if self.uvicorn_task.done():
+                self.uvicorn_task.result()
+            await asyncio.sleep(0.001)
+        self.url = f"http://127.0.0.1:{port}"
+        self.http = httpx.AsyncClient(base_url=self.url, timeout=30)
         return self
 
     async def stop_service(self, key: str) -> None:
@@ -76,10 +91,7 @@ class Stack:
             await self.caches.pop(key).close()
 
     def openai(self) -> openai.AsyncOpenAI:
-        assert self.http is not None
-        return openai.AsyncOpenAI(
-            base_url="http://gateway/v1", api_key="unused", http_client=self.http, max_retries=0
-        )
+        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
 
     async def close(self) -> None:
         for key in list(self.servers):
@@ -88,5 +100,8 @@ class Stack:
             await worker.close()
         if self.http is not None:
             await self.http.aclose()
+        if self.uvicorn is not None:
+            self.uvicorn.should_exit = True
+            await self.uvicorn_task
         if self.ingress_nc is not None and not self.ingress_nc.is_closed:
             await self.ingress_nc.close()

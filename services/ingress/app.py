@@ -9,16 +9,16 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from nats.aio.client import Client
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
-from services.ingress import health, shapes
+from services.ingress import health, shapes, stream
 from services.ingress.parse import parse_chat_request, read_body
 from services.router.routes import Routes
 from shared import bus
@@ -33,7 +33,7 @@ from shared.errors import (
     from_reply,
 )
 from shared.logs import request_id
-from shared.messages import CacheMiss, ChatResult, ErrorReply, Reply, encode
+from shared.messages import CacheMiss, ChatResult, ErrorReply, Reply, StreamOptions, encode
 from shared.subjects import Headers, Subjects
 
 log = logging.getLogger("llm_edge.ingress")
@@ -134,16 +134,23 @@ def create_app(config: Config, nc: Client | None = None) -> FastAPI:
         request.state.request_id = rid
         body = await read_body(request, config.ingress.max_body_bytes)
         chat = parse_chat_request(body)
-        if chat.stream is True:
-            raise InvalidRequest("`stream: true` is not supported by this gateway yet.", param="stream")
         gateway.routes.resolve(chat.model)  # 404 for an unknown model before any bus hop
         timeout = gateway.timeout(request)
-        deadline = time.time() + timeout
-        headers = gateway.bus_headers(request, rid, deadline)
-        reply, tier = await ask(gateway, encode(chat), headers, timeout)
+        deadline = time.monotonic() + timeout
+        headers = gateway.bus_headers(request, rid, time.time() + timeout)
+        payload = encode(chat)
+        cached, tier = await lookup(gateway, payload, headers, timeout)
+        if chat.stream is True:
+            include_usage = isinstance(chat.stream_options, StreamOptions) and chat.stream_options.include_usage is True
+            if cached is not None:
+                return sse_response(iter(stream.replay(cached, include_usage)), rid, cached.provider, tier)
+            return await open_stream(gateway, payload, headers, rid, include_usage, deadline)
+        if cached is not None:
+            return result_response(cached, rid, tier, started)
+        reply = await route(gateway, payload, headers, deadline)
         match reply:
             case ChatResult():
-                return result_response(reply, rid, tier, started)
+                return result_response(reply, rid, None, started)
             case ErrorReply():
                 raise from_reply(reply)
             case _:
@@ -174,39 +181,75 @@ def create_app(config: Config, nc: Client | None = None) -> FastAPI:
     return app
 
 
-async def ask(
+async def lookup(
     gateway: Gateway, payload: bytes, headers: dict[str, str], timeout: float
-) -> tuple[Reply, str | None]:
-    """The cache tier first (a hit is one round trip), then the router with the key to store under.
+) -> tuple[ChatResult | None, str | None]:
+    """Ask the cache tier: a hit is one round trip; a miss says under which key the router stores it.
 
     The ingress asks each tier itself instead of letting the cache forward the miss: NATS reports "no
     responders" only to the publisher of a request, so a forwarded miss with no router running would be
     dropped silently and the client would wait for its deadline.
     """
-    nc = gateway.bus()
-    deadline = time.monotonic() + timeout + _REPLY_GRACE_SECONDS
-    lookup_wait = min(gateway.config.cache.lookup_timeout_seconds, timeout)
-    if gateway.config.cache.enabled:
-        try:
-            reply, msg = await bus.request(nc, gateway.subjects.cache_lookup, payload, headers, lookup_wait)
-        except (bus.NoResponders, DeadlineExceeded):
-            pass  # the cache is optional: no instance, or too slow, means a miss
-        else:
-            match reply:
-                case CacheMiss(key=key):
-                    if "no-store" not in headers.get(Headers.CACHE_CONTROL, ""):
-                        headers[Headers.CACHE_KEY] = key
-                case _:
-                    return reply, (msg.headers or {}).get(Headers.CACHE_TIER)
+    if not gateway.config.cache.enabled:
+        return None, None
+    wait = min(gateway.config.cache.lookup_timeout_seconds, timeout)
+    try:
+        reply, msg = await bus.request(gateway.bus(), gateway.subjects.cache_lookup, payload, headers, wait)
+    except (bus.NoResponders, DeadlineExceeded):
+        return None, None  # the cache is optional: no instance, or too slow, means a miss
+    match reply:
+        case ChatResult():
+            return reply, (msg.headers or {}).get(Headers.CACHE_TIER)
+        case CacheMiss(key=key):
+            if "no-store" not in headers.get(Headers.CACHE_CONTROL, ""):
+                headers[Headers.CACHE_KEY] = key
+    return None, None
+
+
+async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadline: float) -> Reply:
     try:
         reply, _ = await bus.request(
-            nc, gateway.subjects.route, payload, headers, deadline - time.monotonic()
+            gateway.bus(), gateway.subjects.route, payload, headers,
+            deadline + _REPLY_GRACE_SECONDS - time.monotonic(),
         )
     except bus.NoResponders as exc:
         raise Unavailable("No router instance is running.", code="no_router") from exc
     except DeadlineExceeded as exc:
-        raise DeadlineExceeded(f"The request did not complete within {timeout:g}s.") from exc
-    return reply, None
+        raise DeadlineExceeded("The request did not complete before its deadline.") from exc
+    return reply
+
+
+async def open_stream(
+    gateway: Gateway, payload: bytes, headers: dict[str, str], rid: str, include_usage: bool,
+    deadline: float,
+) -> Response:
+    bus_stream = stream.BusStream(gateway.bus(), gateway.subjects, rid)
+    headers[Headers.STREAM] = "1"
+    await bus_stream.open(payload, headers)
+    try:
+        first = await stream.first_frame(bus_stream, deadline + _REPLY_GRACE_SECONDS)
+    except BaseException:
+        await bus_stream.close()
+        raise
+    idle = gateway.config.ingress.stream_idle_timeout_seconds
+    frames = stream.relay(bus_stream, first, include_usage, idle, deadline + _REPLY_GRACE_SECONDS)
+    return sse_response(frames, rid, first.provider or "", None)
+
+
+def sse_response(
+    frames: AsyncIterator[bytes] | Iterator[bytes], rid: str, provider: str, tier: str | None
+) -> Response:
+    return StreamingResponse(
+        frames,
+        media_type="text/event-stream",
+        headers={
+            "x-request-id": rid,
+            "x-llm-edge-provider": provider,
+            "x-llm-edge-cache": _TIERS.get(tier or "", "miss"),
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",
+        },
+    )
 
 
 def result_response(result: ChatResult, rid: str, tier: str | None, started: float) -> Response:

@@ -1,7 +1,8 @@
 """Anthropic's Messages API: the unified request translated to `POST /v1/messages` and the answer back.
 
 Translation is data where it can be (stop reasons, tool choices); the message walk merges same-role
-turns because Anthropic requires user and assistant to alternate.
+turns because Anthropic requires user and assistant to alternate. Stream events are turned into deltas in
+`anthropic_stream.py`, with this module's tables.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
-from services.providers.base import HttpCall, bad_response, body_snippet, error_for_status, merge_headers
+from services.providers.base import (
+    HttpCall,
+    StreamParser,
+    bad_response,
+    body_snippet,
+    error_for_status,
+    merge_headers,
+)
 from shared.config import ProviderConfig
 from shared.errors import GatewayError, InvalidRequest
 from shared.messages import (
@@ -36,7 +44,7 @@ from shared.messages import (
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
 
-_FINISH_REASONS = {  # anything else, or none at all, reads as "stop"
+FINISH_REASONS = {  # anything else, or none at all, reads as "stop"
     "end_turn": "stop",
     "stop_sequence": "stop",
     "pause_turn": "stop",
@@ -109,6 +117,7 @@ class _Request(Struct, omit_defaults=True):
     tools: list[_Tool] | UnsetType = UNSET
     tool_choice: _ToolChoice | UnsetType = UNSET
     metadata: dict[str, str] | UnsetType = UNSET
+    stream: bool | UnsetType = UNSET
 
 
 # --- the response and error bodies ---------------------------------------------------------------
@@ -123,11 +132,12 @@ class _ContentBlock(Struct):
     input: msgspec.Raw = msgspec.Raw(b"{}")  # kept as sent: it becomes the tool call's arguments text
 
 
-class _Usage(Struct):
-    input_tokens: int | None = 0
-    output_tokens: int | None = 0
-    cache_creation_input_tokens: int | None = 0
-    cache_read_input_tokens: int | None = 0
+class MessageUsage(Struct):
+    # None, not 0, when absent: a stream's `message_delta` sends only the counts that changed.
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
 
 
 class _Reply(Struct):
@@ -135,7 +145,7 @@ class _Reply(Struct):
     id: str = ""
     model: str = ""
     stop_reason: str | None = None
-    usage: _Usage | None = None
+    usage: MessageUsage | None = None
 
 
 class _ErrorDetail(Struct):
@@ -158,6 +168,12 @@ class AnthropicAdapter:
     default_base_url = "https://api.anthropic.com"
 
     def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+        return self._call(request, model, config, stream=False)
+
+    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+        return self._call(request, model, config, stream=True)
+
+    def _call(self, request: ChatRequest, model: str, config: ProviderConfig, *, stream: bool) -> HttpCall:
         if isinstance(request.n, int) and request.n > 1:
             raise InvalidRequest("anthropic: n > 1 is not supported", param="n", code="unsupported_parameter")
         system, turns = _turns(request.messages)
@@ -182,6 +198,7 @@ class AnthropicAdapter:
             tools=tools or UNSET,
             tool_choice=_tool_choice(request, has_tools=bool(tools)),
             metadata={"user_id": request.user} if isinstance(request.user, str) else UNSET,
+            stream=True if stream else UNSET,
         )
         headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
         secret = set(config.headers)  # operator-supplied headers often carry credentials
@@ -211,13 +228,13 @@ class AnthropicAdapter:
             if b.type == "tool_use"
         ]
         message = ResponseMessage(content="".join(texts) if texts else None, tool_calls=calls or UNSET)
-        finish_reason = _FINISH_REASONS.get(reply.stop_reason or "", "stop")
+        finish_reason = FINISH_REASONS.get(reply.stop_reason or "", "stop")
         return ChatResult(
             id=reply.id or f"msg_{uuid.uuid4().hex}",
             created=int(time.time()),  # Anthropic does not say when; now is when we got it
             model=reply.model or model,
             choices=[Choice(index=0, message=message, finish_reason=finish_reason)],
-            usage=_usage(reply.usage or _Usage()),
+            usage=unified_usage(reply.usage or MessageUsage()),
             provider=provider,
             target_model=model,
         )
@@ -236,6 +253,12 @@ class AnthropicAdapter:
             headers=headers,
             code=detail.type or None,
         )
+
+    def stream_parser(self, *, provider: str, model: str) -> StreamParser:
+        # Imported here because the parser builds on this module's tables; cheap once loaded.
+        from services.providers.anthropic_stream import EventParser
+
+        return EventParser(provider=provider, model=model)
 
 
 def _turns(messages: list[Message]) -> tuple[list[str], list[_Turn]]:
@@ -332,7 +355,8 @@ def _number(value: float | None | UnsetType) -> float | UnsetType:
     return value if isinstance(value, (int, float)) else UNSET
 
 
-def _usage(usage: _Usage) -> Usage:
+def unified_usage(usage: MessageUsage) -> Usage:
+    """Anthropic counts cached prompt tokens apart from `input_tokens`; OpenAI counts them in the prompt."""
     cache_read = usage.cache_read_input_tokens or 0
     prompt = (usage.input_tokens or 0) + cache_read + (usage.cache_creation_input_tokens or 0)
     completion = usage.output_tokens or 0

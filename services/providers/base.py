@@ -7,7 +7,7 @@ A `LocalAdapter` answers in-process (the mock provider) and is otherwise served 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -22,7 +22,7 @@ from shared.errors import (
     RateLimited,
     Unavailable,
 )
-from shared.messages import ChatRequest, ChatResult
+from shared.messages import ChatRequest, ChatResult, ToolCallDelta, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +55,25 @@ class HttpAdapter(Protocol):
         """A non-2xx answer turned into our error, with the provider's own message when it has one."""
         ...
 
+    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+        """The upstream call asking for a stream (OpenAI: with usage in the last chunk)."""
+        ...
+
+    def stream_parser(self, *, provider: str, model: str) -> StreamParser:
+        ...
+
 
 @runtime_checkable
 class LocalAdapter(Protocol):
     name: str
 
     async def complete(self, request: ChatRequest, model: str, config: ProviderConfig) -> ChatResult: ...
+
+    def stream(
+        self, request: ChatRequest, model: str, config: ProviderConfig
+    ) -> AsyncIterator[Delta | StreamSummary]:
+        """Deltas, then one StreamSummary last."""
+        ...
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -133,3 +146,42 @@ def bad_response(provider: str, detail: str) -> ProviderError:
         retryable=False,
         where=f"provider:{provider}",
     )
+
+
+# --- streaming -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Delta:
+    """One increment of a streamed answer, in OpenAI's chunk terms (the worker numbers them)."""
+
+    index: int = 0
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class StreamSummary:
+    """What is known once the upstream stream has ended properly."""
+
+    id: str
+    model: str
+    created: int
+    finish_reason: str | None
+    usage: Usage | None
+
+
+class StreamParser(Protocol):
+    """Turns one provider's stream events into deltas. One parser per upstream call."""
+
+    def feed(self, event: str | None, data: str) -> list[Delta]:
+        """Handle one SSE event (`event:` name or None, joined `data:` lines). Raises GatewayError for an
+        error event in the stream."""
+        ...
+
+    def end(self) -> StreamSummary:
+        """Called when the upstream body ended. Raises ProviderError if the stream was cut before its
+        documented terminator (OpenAI `[DONE]`, Anthropic `message_stop`): a truncated answer is an error."""
+        ...

@@ -9,10 +9,11 @@ import asyncio
 import hashlib
 import random
 import time
+from collections.abc import AsyncIterator
 
-from services.providers.base import error_for_status
+from services.providers.base import Delta, StreamSummary, error_for_status
 from shared.config import ProviderConfig
-from shared.errors import GatewayError
+from shared.errors import GatewayError, ProviderError
 from shared.messages import ChatRequest, ChatResult, Choice, ResponseMessage, Usage
 
 
@@ -26,19 +27,20 @@ def reply_text(request: ChatRequest) -> str:
     return f"Mock reply to: {last_user}" if last_user else "Mock reply."
 
 
+def split(text: str, pieces: int) -> list[str]:
+    """`text` in about `pieces` parts at word boundaries, joining back to exactly `text`."""
+    words = text.split(" ")
+    step = max(1, -(-len(words) // max(1, pieces)))
+    parts = [" ".join(words[i : i + step]) for i in range(0, len(words), step)]
+    return [part + " " for part in parts[:-1]] + parts[-1:]
+
+
 class MockAdapter:
     name = "mock"
 
     async def complete(self, request: ChatRequest, model: str, config: ProviderConfig) -> ChatResult:
-        if config.latency_ms > 0:
-            await asyncio.sleep(config.latency_ms / 1000.0)
-        if config.fail_rate > 0 and random.random() < config.fail_rate:
-            raise self.failure(config.fail_status)
-        text = reply_text(request)
-        limit = request.max_output_tokens()
-        finish = "stop"
-        if limit is not None and count_tokens(text) > limit:
-            text, finish = text[: limit * 4], "length"
+        await self._begin(config)
+        text, finish = self._answer(request)
         prompt_tokens = sum(count_tokens(m.text()) for m in request.messages)
         completion_tokens = count_tokens(text)
         n = request.n if isinstance(request.n, int) and request.n > 0 else 1
@@ -58,6 +60,47 @@ class MockAdapter:
             provider=self.name,
             target_model=model,
         )
+
+    async def stream(
+        self, request: ChatRequest, model: str, config: ProviderConfig
+    ) -> AsyncIterator[Delta | StreamSummary]:
+        """The same answer as `complete`, in `stream_chunks` deltas `chunk_interval_ms` apart."""
+        await self._begin(config)
+        text, finish = self._answer(request)
+        for i, piece in enumerate(split(text, config.stream_chunks)):
+            if config.stream_fail_after is not None and i >= config.stream_fail_after:
+                raise ProviderError("mock: simulated failure in the middle of a stream", where="provider:mock")
+            if i and config.chunk_interval_ms > 0:
+                await asyncio.sleep(config.chunk_interval_ms / 1000.0)
+            yield Delta(role="assistant" if i == 0 else None, content=piece)
+        yield Delta(finish_reason=finish)
+        prompt_tokens = sum(count_tokens(m.text()) for m in request.messages)
+        completion_tokens = count_tokens(text)
+        yield StreamSummary(
+            id=f"chatcmpl-mock-{hashlib.sha256(text.encode()).hexdigest()[:24]}",
+            model=model,
+            created=int(time.time()),
+            finish_reason=finish,
+            usage=Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            ),
+        )
+
+    async def _begin(self, config: ProviderConfig) -> None:
+        if config.latency_ms > 0:
+            await asyncio.sleep(config.latency_ms / 1000.0)
+        if config.fail_rate > 0 and random.random() < config.fail_rate:
+            raise self.failure(config.fail_status)
+
+    @staticmethod
+    def _answer(request: ChatRequest) -> tuple[str, str]:
+        text = reply_text(request)
+        limit = request.max_output_tokens()
+        if limit is not None and count_tokens(text) > limit:
+            return text[: limit * 4], "length"
+        return text, "stop"
 
     @staticmethod
     def failure(status: int) -> GatewayError:

@@ -1,7 +1,8 @@
 """OpenAI Chat Completions, and any server that speaks it: one adapter class, one instance per name.
 
 The unified request already uses OpenAI's field names, so the body is that request re-encoded for the
-provider's model, with the client's vendor extras (`extra_json`) merged into its top level.
+provider's model, with the client's vendor extras (`extra_json`) merged into its top level. Stream chunks are
+turned into deltas in `openai_stream.py`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from collections.abc import Mapping
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
-from services.providers.base import HttpCall, bad_response, body_snippet, error_for_status, merge_headers
+from services.providers.base import (
+    HttpCall,
+    StreamParser,
+    bad_response,
+    body_snippet,
+    error_for_status,
+    merge_headers,
+)
 from shared.config import ProviderConfig
 from shared.errors import GatewayError, InvalidRequest
 from shared.messages import (
@@ -22,6 +30,7 @@ from shared.messages import (
     Choice,
     FunctionCall,
     ResponseMessage,
+    StreamOptions,
     ToolCall,
     Usage,
 )
@@ -82,6 +91,8 @@ _encoder = msgspec.json.Encoder()
 # call to another model or switch streaming on behind the worker's back.
 _MODELED_FIELDS = frozenset(ChatRequest.__struct_fields__)
 
+_WITH_USAGE = StreamOptions(include_usage=True)
+
 # 429s that waiting does not cure: retrying the same target is pointless (a fallback may still help).
 _NOT_RETRYABLE_CODES = frozenset({"insufficient_quota"})
 
@@ -94,9 +105,20 @@ class OpenAICompatible:
         self.default_base_url = default_base_url
 
     def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
-        # Streaming is not wired through the worker yet: the body always asks for one complete answer.
+        return self._call(request, model, config, stream=False)
+
+    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+        # Usage arrives in one last chunk only when asked for; without it a stream cannot be billed.
+        return self._call(request, model, config, stream=True)
+
+    def _call(self, request: ChatRequest, model: str, config: ProviderConfig, *, stream: bool) -> HttpCall:
+        # The worker decides how to call, whatever the client asked: one answer, or a stream with usage.
         upstream = msgspec.structs.replace(
-            request, model=model, stream=UNSET, stream_options=UNSET, extra_json=UNSET
+            request,
+            model=model,
+            stream=True if stream else UNSET,
+            stream_options=_WITH_USAGE if stream else UNSET,
+            extra_json=UNSET,
         )
         body = _encoder.encode(upstream)
         if isinstance(request.extra_json, bytes):
@@ -136,24 +158,35 @@ class OpenAICompatible:
     def parse_error(
         self, status: int, body: bytes, headers: Mapping[str, str], *, provider: str
     ) -> GatewayError:
-        message, code, param = body_snippet(status, body), None, None
-        try:
-            parsed = _error_decoder.decode(body)
-        except msgspec.DecodeError:
-            parsed = _ErrorBody()
-        if isinstance(parsed.error, _ErrorDetail):
-            message = parsed.error.message or message
-            code = None if parsed.error.code is None else str(parsed.error.code)
-            param = parsed.error.param
-        elif isinstance(parsed.error, str) and parsed.error:
-            message = parsed.error
-        elif parsed.message:
-            message = parsed.message
-        error = error_for_status(status, message, provider=provider, headers=headers, code=code)
-        error.param = param
-        if code in _NOT_RETRYABLE_CODES:
-            error.is_retryable = False
-        return error
+        return error_from_body(status, body, headers, provider=provider)
+
+    def stream_parser(self, *, provider: str, model: str) -> StreamParser:
+        # Imported here because the parser builds on this module (its error bodies); cheap once loaded.
+        from services.providers.openai_stream import ChunkParser
+
+        return ChunkParser(provider=provider, model=model)
+
+
+def error_from_body(status: int, body: bytes, headers: Mapping[str, str], *, provider: str) -> GatewayError:
+    """An OpenAI error body (`{"error": {...}}` or a compatible server's variant) as our error for `status`."""
+    message, code, param = body_snippet(status, body), None, None
+    try:
+        parsed = _error_decoder.decode(body)
+    except msgspec.DecodeError:
+        parsed = _ErrorBody()
+    if isinstance(parsed.error, _ErrorDetail):
+        message = parsed.error.message or message
+        code = None if parsed.error.code is None else str(parsed.error.code)
+        param = parsed.error.param
+    elif isinstance(parsed.error, str) and parsed.error:
+        message = parsed.error
+    elif parsed.message:
+        message = parsed.message
+    error = error_for_status(status, message, provider=provider, headers=headers, code=code)
+    error.param = param
+    if code in _NOT_RETRYABLE_CODES:
+        error.is_retryable = False
+    return error
 
 
 def _choice(choice: _Choice) -> Choice:

@@ -15,6 +15,7 @@ import httpx
 import msgspec
 from nats.aio.msg import Msg
 
+from services.providers import streaming
 from services.providers.base import HttpAdapter, LocalAdapter
 from services.providers.registry import ADAPTERS
 from shared import bus
@@ -41,6 +42,8 @@ class ProviderWorker:
             ),
             timeout=self.settings.timeout_seconds,
         )
+        # Streams in flight by request id, so a cancel notice can stop the right upstream call.
+        self.streams: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         await self.server.endpoint(
@@ -50,6 +53,7 @@ class ProviderWorker:
             self.handle,
             limit=self.settings.max_concurrency,
         )
+        await self.server.subscribe(self.subjects.cancel, self.cancel)
         await self.server.health_endpoint(
             self.subjects.health(f"provider.{self.name}"),
             lambda: HealthReport(service=f"provider.{self.name}", instance=self.server.id),
@@ -66,10 +70,19 @@ class ProviderWorker:
             raise DeadlineExceeded("deadline passed before the provider was called", where=self.where)
         request = request_decoder.decode(msg.data)
         model = headers.get(Headers.TARGET_MODEL) or request.model
+        if headers.get(Headers.STREAM) == "1":
+            await streaming.serve_stream(self, msg, request, model, min(left, self.settings.timeout_seconds))
+            return
         started = time.perf_counter()
         result = await self.complete(request, model, min(left, self.settings.timeout_seconds))
         result = msgspec.structs.replace(result, provider_seconds=time.perf_counter() - started)
         await self.server.nc.publish(msg.reply, encode(result))
+
+    async def cancel(self, msg: Msg) -> None:
+        rid = (msg.headers or {}).get(Headers.REQUEST_ID)
+        if rid and (task := self.streams.get(rid)) is not None:
+            log.info("client disconnected; closing the upstream call")
+            task.cancel()
 
     @property
     def where(self) -> str:

@@ -62,6 +62,10 @@ class Router:
             raise InvalidRequest("the request could not be decoded") from exc
         deadline = bus.deadline_from(headers)
         onward = {name: headers[name] for name in _PASSED_ON if name in headers}
+        streaming = headers.get(Headers.STREAM) == "1"
+        if streaming:
+            # Chunks go from the worker straight to the ingress; the router hears only the outcome.
+            onward[Headers.STREAM_TO] = msg.reply
         error: GatewayError = Unavailable(f"no target could serve `{model}`")
         for target in self.order(self.routes.resolve(model)):
             onward[Headers.TARGET_MODEL] = target.model
@@ -82,8 +86,11 @@ class Router:
                     # The fill goes first (a buffered publish, it does not delay the reply) so that a
                     # client repeating the request at once already finds it in every L1.
                     await self._fill(headers, raw.data)
-                    await self.server.nc.publish(msg.reply, raw.data)
+                    if not streaming:
+                        await self.server.nc.publish(msg.reply, raw.data)
                     return
+                case ErrorReply(stream_started=True):
+                    return  # the worker already ended the client's stream with this error
                 case ErrorReply():
                     error = from_reply(reply)
                     if reply.status in _NO_FALLBACK_STATUS:

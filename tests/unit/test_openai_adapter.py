@@ -60,7 +60,7 @@ def test_fields_the_client_did_not_send_are_not_sent() -> None:
     assert sent(call.body) == HELLO
 
 
-def test_streaming_is_switched_off_for_now() -> None:
+def test_complete_request_never_asks_for_a_stream() -> None:
     body = {**HELLO, "stream": True, "stream_options": {"include_usage": True}, "temperature": 0.2}
     call = adapter.build_request(request(body), "gpt-4o", KEY)
     assert sent(call.body) == {**HELLO, "temperature": 0.2}

@@ -1,0 +1,210 @@
+"""Server-sent events in OpenAI's chunk format, from bus frames or from a cached answer.
+
+The ingress owns one inbox per stream. Frames arrive numbered; a gap, an error frame, a stall longer
+than the idle timeout or the deadline ends the stream with an error event and no `[DONE]`, so a client
+never mistakes half an answer for a whole one. When the client goes away, a cancel notice tells the
+provider worker to close its upstream call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Literal
+
+import msgspec
+import nats.errors
+from msgspec import UNSET, Struct, UnsetType
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from services.ingress import shapes
+from shared.errors import DeadlineExceeded, GatewayError, ProviderError, Unavailable, from_reply
+from shared.messages import (
+    ChatResult,
+    ErrorReply,
+    FunctionCallDelta,
+    Reply,
+    StreamChunk,
+    StreamEnd,
+    ToolCallDelta,
+    Usage,
+    reply_decoder,
+)
+from shared.subjects import Headers, Subjects
+
+log = logging.getLogger("llm_edge.ingress.stream")
+
+DONE = b"data: [DONE]\n\n"
+_json = msgspec.json.Encoder()
+
+
+class ChunkDelta(Struct, kw_only=True, omit_defaults=True):
+    role: str | UnsetType = UNSET
+    content: str | UnsetType = UNSET
+    tool_calls: list[ToolCallDelta] | UnsetType = UNSET
+
+
+class ChunkChoice(Struct, kw_only=True):
+    index: int
+    delta: ChunkDelta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(Struct, kw_only=True):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None | UnsetType = UNSET
+
+
+def event(chunk: ChatCompletionChunk) -> bytes:
+    return b"data: " + _json.encode(chunk) + b"\n\n"
+
+
+def error_event(error: GatewayError) -> bytes:
+    return b"data: " + shapes.error_json(error) + b"\n\n"
+
+
+class Meta:
+    """What labels every chunk of one answer."""
+
+    def __init__(self, id: str, model: str, created: int, include_usage: bool) -> None:
+        self.id, self.model, self.created, self.include_usage = id, model, created, include_usage
+
+    def chunk(self, choices: list[ChunkChoice], usage: Usage | None | UnsetType = UNSET) -> bytes:
+        if self.include_usage and usage is UNSET:
+            usage = None  # OpenAI sends `usage: null` on every chunk but the last when usage is asked for
+        return event(ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage))
+
+
+def delta_of(frame: StreamChunk) -> ChunkDelta:
+    return ChunkDelta(
+        role=frame.role if frame.role is not None else UNSET,
+        content=frame.content if frame.content is not None else UNSET,
+        tool_calls=frame.tool_calls if frame.tool_calls is not None else UNSET,
+    )
+
+
+class BusStream:
+    """One stream's inbox: opened before the request is published, so no frame can be missed."""
+
+    def __init__(self, nc: Client, subjects: Subjects, rid: str) -> None:
+        self.nc = nc
+        self.subjects = subjects
+        self.rid = rid
+        self.frames: asyncio.Queue[Msg] = asyncio.Queue()
+        self.sub: Subscription | None = None
+        self.finished = False
+
+    async def open(self, payload: bytes, headers: dict[str, str]) -> None:
+        inbox = self.nc.new_inbox()
+
+        async def deliver(msg: Msg) -> None:
+            self.frames.put_nowait(msg)
+
+        self.sub = await self.nc.subscribe(inbox, cb=deliver)
+        await self.nc.publish(self.subjects.route, payload, reply=inbox, headers=headers)
+
+    async def next(self, timeout: float, what: str) -> Reply:
+        if timeout <= 0:
+            raise DeadlineExceeded("The request deadline passed during the stream.")
+        try:
+            msg = await asyncio.wait_for(self.frames.get(), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(f"No {what} within {timeout:.3g}s.", code="stream_timeout") from None
+        if not msg.data and (msg.headers or {}).get("Status") == "503":
+            raise Unavailable("No router instance is running.", code="no_router")
+        return reply_decoder.decode(msg.data)
+
+    async def close(self) -> None:
+        if self.sub is not None:
+            with contextlib.suppress(nats.errors.Error):  # a closing connection takes the inbox with it
+                await self.sub.unsubscribe()
+            self.sub = None
+        if not self.finished and self.nc.is_connected:
+            await self.nc.publish(self.subjects.cancel, b"", headers={Headers.REQUEST_ID: self.rid})
+
+
+async def first_frame(stream: BusStream, deadline: float) -> StreamChunk:
+    """The first frame decides the HTTP status: an error before any chunk is a plain JSON error."""
+    frame = await stream.next(deadline - time.monotonic(), "first chunk")
+    match frame:
+        case StreamChunk(seq=0):
+            return frame
+        case ErrorReply():
+            stream.finished = True
+            raise from_reply(frame)
+        case _:
+            raise ProviderError("The stream began out of order.", code="stream_out_of_order")
+
+
+async def relay(
+    stream: BusStream, first: StreamChunk, include_usage: bool, idle: float, deadline: float
+) -> AsyncIterator[bytes]:
+    meta = Meta(first.id or f"chatcmpl-{stream.rid}", first.model or "", first.created or int(time.time()),
+                include_usage)
+    frame: Reply = first
+    expected = 0
+    try:
+        while True:
+            match frame:
+                case StreamChunk(seq=seq) if seq == expected:
+                    expected += 1
+                    yield meta.chunk([ChunkChoice(index=frame.index, delta=delta_of(frame),
+                                                  finish_reason=frame.finish_reason)])
+                case StreamEnd(seq=seq) if seq == expected:
+                    stream.finished = True
+                    if include_usage:
+                        yield meta.chunk([], usage=frame.usage or Usage())
+                    yield DONE
+                    return
+                case ErrorReply():
+                    stream.finished = True
+                    yield error_event(from_reply(frame))
+                    return
+                case _:
+                    log.warning("stream frame out of order: expected %d", expected)
+                    yield error_event(ProviderError(
+                        "The stream lost a chunk on the way; it was ended rather than delivered incomplete.",
+                        code="stream_gap"))
+                    return
+            try:
+                frame = await stream.next(min(idle, deadline - time.monotonic()), "chunk")
+            except GatewayError as exc:
+                yield error_event(exc)
+                return
+    finally:
+        await stream.close()
+
+
+def replay(result: ChatResult, include_usage: bool, words_per_chunk: int = 4) -> list[bytes]:
+    """A cached answer as a real multi-chunk stream with exactly its text."""
+    meta = Meta(result.id, result.model, result.created, include_usage)
+    frames = []
+    for choice in result.choices:
+        frames.append(meta.chunk([ChunkChoice(index=choice.index, delta=ChunkDelta(role="assistant", content=""))]))
+        words = (choice.message.content or "").split(" ")
+        for i in range(0, len(words), words_per_chunk):
+            piece = " ".join(words[i:i + words_per_chunk]) + (" " if i + words_per_chunk < len(words) else "")
+            if piece:
+                frames.append(meta.chunk([ChunkChoice(index=choice.index, delta=ChunkDelta(content=piece))]))
+        calls = choice.message.tool_calls if choice.message.tool_calls is not UNSET else []
+        for n, call in enumerate(calls):
+            delta = ToolCallDelta(index=n, id=call.id, type="function", function=FunctionCallDelta(
+                name=call.function.name, arguments=call.function.arguments))
+            frames.append(meta.chunk([ChunkChoice(index=choice.index, delta=ChunkDelta(tool_calls=[delta]))]))
+        frames.append(meta.chunk([ChunkChoice(index=choice.index, delta=ChunkDelta(),
+                                              finish_reason=choice.finish_reason)]))
+    if include_usage:
+        frames.append(meta.chunk([], usage=result.usage))
+    frames.append(DONE)
+    return frames

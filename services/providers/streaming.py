@@ -1,0 +1,146 @@
+"""Streaming in the provider worker: upstream events -> numbered chunks straight to the ingress inbox.
+
+The router is told the outcome: the assembled answer (for the cache) or an error. An error before the
+first chunk lets the router try the next target; after it, the worker ends the client's stream with an
+error frame itself and marks the error `stream_started`, so nobody retries behind the client's back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import httpx
+import msgspec
+from nats.aio.msg import Msg
+
+from services.providers.assemble import Assembler
+from services.providers.base import Delta, HttpAdapter, LocalAdapter, StreamSummary
+from services.providers.sse import SSEDecoder
+from shared.errors import DeadlineExceeded, GatewayError, InvalidRequest, ProviderError
+from shared.messages import ChatRequest, StreamChunk, StreamEnd, encode
+from shared.subjects import Headers
+
+if TYPE_CHECKING:
+    from services.providers.worker import ProviderWorker
+
+
+class ClientGone(Exception):
+    """The ingress reported that the client disconnected."""
+
+
+async def items(worker: ProviderWorker, request: ChatRequest, model: str, timeout: float
+                ) -> AsyncIterator[Delta | StreamSummary]:
+    adapter = worker.adapter
+    if isinstance(adapter, LocalAdapter):
+        async for item in adapter.stream(request, model, worker.settings):
+            yield item
+        return
+    async for item in _http_items(worker, adapter, request, model, timeout):
+        yield item
+
+
+async def _http_items(worker: ProviderWorker, adapter: HttpAdapter, request: ChatRequest, model: str,
+                      timeout: float) -> AsyncIterator[Delta | StreamSummary]:
+    call = adapter.build_stream_request(request, model, worker.settings)
+    parser = adapter.stream_parser(provider=worker.name, model=model)
+    decoder = SSEDecoder()
+    try:
+        async with worker.client.stream(
+            call.method, call.url, headers=call.headers, content=call.body, timeout=timeout
+        ) as response:
+            if response.status_code >= 400:
+                body = await response.aread()
+                raise adapter.parse_error(response.status_code, body, response.headers, provider=worker.name)
+            async for raw in response.aiter_bytes():
+                for event, data in decoder.feed(raw):
+                    for delta in parser.feed(event, data):
+                        yield delta
+    except httpx.TimeoutException as exc:
+        raise DeadlineExceeded(f"{worker.name}: the stream stalled", code="provider_timeout",
+                               where=worker.where) from exc
+    except httpx.HTTPError as exc:
+        raise ProviderError(f"{worker.name}: the stream broke off ({type(exc).__name__})",
+                            code="provider_stream_interrupted", where=worker.where) from exc
+    yield parser.end()
+
+
+async def serve_stream(worker: ProviderWorker, msg: Msg, request: ChatRequest, model: str, timeout: float
+                       ) -> None:
+    headers = msg.headers or {}
+    to = headers.get(Headers.STREAM_TO)
+    if not to:
+        raise InvalidRequest("a stream request needs a destination inbox")
+    rid = headers.get(Headers.REQUEST_ID) or uuid.uuid4().hex
+    nc = worker.server.nc
+    state = _Pump(worker, to, rid, model)
+    pump = asyncio.create_task(state.run(request, timeout))
+    worker.streams[rid] = pump
+    try:
+        await pump
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            raise  # the worker itself is being stopped
+        error = ProviderError("the client disconnected", code="client_disconnected", where=worker.where)
+        await nc.publish(msg.reply, encode(msgspec.structs.replace(error.to_reply(), stream_started=True)))
+        return
+    except GatewayError as exc:
+        if state.seq == 0:
+            raise  # nothing reached the client: the router may try another target
+        reply = msgspec.structs.replace(exc.to_reply(), stream_started=True)
+        await nc.publish(to, encode(reply))
+        await nc.publish(msg.reply, encode(reply))
+        return
+    finally:
+        worker.streams.pop(rid, None)
+    await nc.publish(msg.reply, encode(state.result()))
+
+
+class _Pump:
+    def __init__(self, worker: ProviderWorker, to: str, rid: str, model: str) -> None:
+        self.worker = worker
+        self.to = to
+        self.model = model
+        self.id = f"chatcmpl-{rid}"
+        self.created = int(time.time())
+        self.seq = 0
+        self.assembler = Assembler()
+        self.summary: StreamSummary | None = None
+
+    async def run(self, request: ChatRequest, timeout: float) -> None:
+        nc = self.worker.server.nc
+        try:
+            async with asyncio.timeout(timeout):
+                async for item in items(self.worker, request, self.model, timeout):
+                    if isinstance(item, StreamSummary):
+                        self.summary = item
+                        continue
+                    self.assembler.add(item)
+                    first = self.seq == 0
+                    await nc.publish(self.to, encode(StreamChunk(
+                        seq=self.seq, index=item.index, role=item.role, content=item.content,
+                        tool_calls=item.tool_calls, finish_reason=item.finish_reason,
+                        id=self.id if first else None, model=self.model if first else None,
+                        created=self.created if first else None,
+                        provider=self.worker.name if first else None,
+                    )))
+                    self.seq += 1
+        except TimeoutError as exc:
+            raise DeadlineExceeded("the request deadline passed during the stream",
+                                   where=self.worker.where) from exc
+        usage = self.summary.usage if self.summary else None
+        finish = self.summary.finish_reason if self.summary else None
+        await nc.publish(self.to, encode(StreamEnd(
+            seq=self.seq, id=self.id, model=self.model, created=self.created, finish_reason=finish,
+            usage=usage, provider=self.worker.name, target_model=self.model,
+        )))
+
+    def result(self):  # type: ignore[no-untyped-def]
+        return self.assembler.result(
+            id=self.id, created=self.created, model=self.model,
+            usage=self.summary.usage if self.summary else None,
+            provider=self.worker.name, target_model=self.model,
+        )

@@ -40,6 +40,8 @@ def nats_server_binary() -> str:
 
 def port_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
+        # As servers bind (SO_REUSEADDR): a port left in TIME_WAIT by a previous run counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -13,12 +13,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import httpx
 import msgspec
 from nats.aio.msg import Msg
 
 from services.providers.assemble import Assembler
 from services.providers.base import Delta, HttpAdapter, LocalAdapter, StreamSummary
+from services.providers.http import Upstream
 from services.providers.sse import SSEDecoder
 from shared.errors import DeadlineExceeded, GatewayError, InvalidRequest, ProviderError
 from shared.messages import ChatRequest, StreamChunk, StreamEnd, encode
@@ -48,23 +48,14 @@ async def _http_items(worker: ProviderWorker, adapter: HttpAdapter, request: Cha
     call = adapter.build_stream_request(request, model, worker.settings)
     parser = adapter.stream_parser(provider=worker.name, model=model)
     decoder = SSEDecoder()
-    try:
-        async with worker.client.stream(
-            call.method, call.url, headers=call.headers, content=call.body, timeout=timeout
-        ) as response:
-            if response.status_code >= 400:
-                body = await response.aread()
-                raise adapter.parse_error(response.status_code, body, response.headers, provider=worker.name)
-            async for raw in response.aiter_bytes():
-                for event, data in decoder.feed(raw):
-                    for delta in parser.feed(event, data):
-                        yield delta
-    except httpx.TimeoutException as exc:
-        raise DeadlineExceeded(f"{worker.name}: the stream stalled", code="provider_timeout",
-                               where=worker.where) from exc
-    except httpx.HTTPError as exc:
-        raise ProviderError(f"{worker.name}: the stream broke off ({type(exc).__name__})",
-                            code="provider_stream_interrupted", where=worker.where) from exc
+    async with worker.upstream.open(call, timeout) as response:
+        if response.status >= 400:
+            body = await response.read()
+            raise adapter.parse_error(response.status, body, response.headers, provider=worker.name)
+        async for raw in Upstream.chunks(response):
+            for event, data in decoder.feed(raw):
+                for delta in parser.feed(event, data):
+                    yield delta
     yield parser.end()
 
 

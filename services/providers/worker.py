@@ -11,12 +11,12 @@ import asyncio
 import logging
 import time
 
-import httpx
 import msgspec
 from nats.aio.msg import Msg
 
 from services.providers import streaming
 from services.providers.base import HttpAdapter, LocalAdapter
+from services.providers.http import Upstream
 from services.providers.registry import ADAPTERS
 from shared import bus
 from shared.config import Config, ProviderConfig
@@ -35,13 +35,7 @@ class ProviderWorker:
         self.adapter = ADAPTERS[self.settings.adapter or name]
         self.server = server
         self.subjects = Subjects(config.prefix)
-        self.client = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=self.settings.max_connections,
-                max_keepalive_connections=self.settings.max_connections,
-            ),
-            timeout=self.settings.timeout_seconds,
-        )
+        self.upstream = Upstream(name, self.settings.max_connections)
         # Streams in flight by request id, so a cancel notice can stop the right upstream call.
         self.streams: dict[str, asyncio.Task[None]] = {}
 
@@ -60,7 +54,7 @@ class ProviderWorker:
         )
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.upstream.close()
 
     async def handle(self, msg: Msg) -> None:
         headers = msg.headers or {}
@@ -98,28 +92,12 @@ class ProviderWorker:
         self, adapter: HttpAdapter, request: ChatRequest, model: str, timeout: float
     ) -> ChatResult:
         call = adapter.build_request(request, model, self.settings)
+        response = await self.upstream.send(call, timeout)
+        if response.status >= 400:
+            log.info("provider %s answered %d", self.name, response.status)
+            raise adapter.parse_error(response.status, response.body, response.headers, provider=self.name)
         try:
-            response = await self.client.request(
-                call.method, call.url, headers=call.headers, content=call.body, timeout=timeout
-            )
-        except httpx.TimeoutException as exc:
-            raise DeadlineExceeded(
-                f"{self.name}: no answer within {timeout:.1f}s", code="provider_timeout", where=self.where
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise ProviderError(
-                f"{self.name}: cannot reach the provider ({type(exc).__name__})",
-                code="provider_unreachable",
-                where=self.where,
-            ) from exc
-        if response.status_code >= 400:
-            error = adapter.parse_error(
-                response.status_code, response.content, response.headers, provider=self.name
-            )
-            log.info("provider %s answered %d", self.name, response.status_code)
-            raise error
-        try:
-            return adapter.parse_response(response.content, provider=self.name, model=model)
+            return adapter.parse_response(response.body, provider=self.name, model=model)
         except GatewayError:
             raise
         except (msgspec.DecodeError, ValueError, KeyError, TypeError) as exc:

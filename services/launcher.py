@@ -159,8 +159,19 @@ async def up(config: Config, config_path: str | None = None) -> int:
     if config_path:
         env["LLM_EDGE_CONFIG"] = str(Path(config_path).resolve())
     base = [sys.executable, "-m", "services.cli"]
-    workers = [Child(f"provider {name}", [*base, "provider", name], env) for name in config.providers]
-    middle = [Child("cache", [*base, "cache"], env), Child("router", [*base, "router"], env)]
+
+    def with_metrics(port: int) -> dict[str, str]:
+        return dict(env, METRICS_PORT=str(port))
+
+    metrics_ports = {name: free_port() for name in ["cache", "router", *(f"provider {p}" for p in config.providers)]}
+    workers = [
+        Child(f"provider {name}", [*base, "provider", name], with_metrics(metrics_ports[f"provider {name}"]))
+        for name in config.providers
+    ]
+    middle = [
+        Child("cache", [*base, "cache"], with_metrics(metrics_ports["cache"])),
+        Child("router", [*base, "router"], with_metrics(metrics_ports["router"])),
+    ]
     ingress = Child("ingress", [*base, "ingress"], env)
     children = [*workers, *middle, ingress]
     for child in children:
@@ -182,6 +193,10 @@ async def up(config: Config, config_path: str | None = None) -> int:
             f"  health                 {url}/health\n"
             f"  NATS                   nats://{nats_host}:{nats_port}  (monitoring http://{nats_host}:{monitor_port})\n"
             f"  providers              {', '.join(config.providers)}\n"
+            f"  metrics                {url}/metrics (ingress)"
+            + "".join(f"\n                         http://{host}:{port}/metrics ({name})"
+                      for name, port in metrics_ports.items())
+            + "\n"
             "Ctrl-C drains and stops everything.",
             flush=True,
         )

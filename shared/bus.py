@@ -21,6 +21,7 @@ from nats.aio.subscription import Subscription
 from nats.micro import add_service
 from nats.micro.service import Endpoint, EndpointConfig, Service
 
+from shared import metrics
 from shared.errors import DeadlineExceeded, GatewayError, InternalError, Unavailable
 from shared.messages import ErrorReply, HealthReport, Reply, encode, reply_decoder
 from shared.subjects import Headers, Queues
@@ -201,6 +202,7 @@ async def request(
     """
     if timeout <= 0:
         raise DeadlineExceeded("the request deadline passed before it was sent", where=subject)
+    started = time.perf_counter()
     try:
         msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
     except nats.errors.NoRespondersError as exc:
@@ -209,6 +211,7 @@ async def request(
         raise DeadlineExceeded("the request deadline was exceeded", where=subject) from exc
     except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
         raise Unavailable("the message bus is not connected", code="bus_unavailable") from exc
+    metrics.BUS_DURATION.labels(subject).observe(time.perf_counter() - started)
     return reply_decoder.decode(msg.data), msg
 
 

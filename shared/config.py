@@ -74,6 +74,8 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     prefix: str = "llm"
     nats_url: str = "nats://127.0.0.1:4222"
     log_level: str = "INFO"
+    # Where a non-ingress service exposes /metrics (the ingress serves it on its HTTP port).
+    metrics_port: int | None = None
     ingress: IngressConfig = IngressConfig()
     cache: CacheConfig = CacheConfig()
     providers: dict[str, ProviderConfig] = {}
@@ -94,6 +96,7 @@ _ENV_FIELDS: dict[str, tuple[str | None, str, type]] = {
     "REDIS_URL": ("cache", "redis_url", str),
     "LOG_LEVEL": (None, "log_level", str),
     "LLM_EDGE_PREFIX": (None, "prefix", str),
+    "METRICS_PORT": (None, "metrics_port", int),
 }
 
 _PROVIDER_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}

@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from services.cache.key import cache_key
 from services.cache.l1 import L1Cache
 from services.cache.l2 import L2Cache
-from shared import bus
+from shared import bus, metrics
 from shared.config import Config
 from shared.errors import InvalidRequest
 from shared.logs import request_id
@@ -25,6 +25,8 @@ log = logging.getLogger("llm_edge.cache")
 
 _HIT_L1 = {Headers.CACHE_TIER: "l1"}
 _HIT_L2 = {Headers.CACHE_TIER: "l2"}
+_L1_HIT, _L1_MISS = metrics.CACHE.labels("l1", "hit"), metrics.CACHE.labels("l1", "miss")
+_L2_HIT, _L2_MISS = metrics.CACHE.labels("l2", "hit"), metrics.CACHE.labels("l2", "miss")
 
 
 class CacheService:
@@ -63,11 +65,16 @@ class CacheService:
         if "no-cache" not in control:
             if (value := self.l1.get(key)) is not None:
                 await self.server.nc.publish(msg.reply, value, headers=_HIT_L1)
+                _L1_HIT.inc()
                 return
-            if self.l2 is not None and (value := await self.l2.get(key)) is not None:
-                await self.server.nc.publish(msg.reply, value, headers=_HIT_L2)
-                self.l1.put(key, value, self._ttl(headers))
-                return
+            _L1_MISS.inc()
+            if self.l2 is not None:
+                if (value := await self.l2.get(key)) is not None:
+                    await self.server.nc.publish(msg.reply, value, headers=_HIT_L2)
+                    self.l1.put(key, value, self._ttl(headers))
+                    _L2_HIT.inc()
+                    return
+                _L2_MISS.inc()
         await self.server.nc.publish(msg.reply, encode(CacheMiss(key=key)))
 
     async def fill_l1(self, msg: Msg) -> None:
@@ -99,6 +106,7 @@ class CacheService:
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
+    metrics.serve(config.metrics_port)
     nc = await bus.connect(config.nats_url, SERVICE_CACHE)
     server = bus.Server(nc, SERVICE_CACHE, "0.1.0", "LLM Edge cache: L1 memory + L2 Redis")
     await server.start()

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from nats.aio.client import Client
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -23,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 from services.ingress import health, shapes, stream
 from services.ingress.parse import parse_chat_request, read_body
 from services.router.routes import Routes
-from shared import bus
+from shared import bus, metrics
 from shared.config import Config
 from shared.errors import (
     DeadlineExceeded,
@@ -103,21 +104,27 @@ async def chat_completions(gateway: Gateway, request: Request) -> Response:
     body = await read_body(request, config.ingress.max_body_bytes)
     chat = parse_chat_request(body)
     gateway.routes.resolve(chat.model)  # 404 for an unknown model before any bus hop
+    request.state.model = chat.model
     timeout = gateway.timeout(request)
     deadline = time.monotonic() + timeout
     headers = gateway.bus_headers(request, rid, time.time() + timeout)
     payload = encode(chat)
     cached, tier = await lookup(gateway, payload, headers, timeout)
+    request.state.cache = _TIERS.get(tier or "", "miss")
     if chat.stream is True:
         include_usage = isinstance(chat.stream_options, StreamOptions) and chat.stream_options.include_usage is True
         if cached is not None:
             return sse_response(iter(stream.replay(cached, include_usage)), rid, cached.provider, tier)
-        return await open_stream(gateway, payload, headers, rid, include_usage, deadline)
+        response = await open_stream(gateway, payload, headers, rid, include_usage, deadline)
+        metrics.TIME_TO_FIRST_CHUNK.labels(chat.model).observe(time.perf_counter() - started)
+        return response
     if cached is not None:
+        request.state.provider_seconds = 0.0
         return result_response(cached, rid, tier, started)
     reply = await route(gateway, payload, headers, deadline)
     match reply:
         case ChatResult():
+            request.state.provider_seconds = reply.provider_seconds
             return result_response(reply, rid, None, started)
         case ErrorReply():
             raise from_reply(reply)
@@ -142,15 +149,37 @@ class FastPath:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.PATHS:
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         request = Request(scope, receive)
+        origin = "gateway"
+        _ACTIVE.inc()
         try:
-            response = await chat_completions(self.gateway, request)
-        except GatewayError as exc:
-            response = error_response(exc, request)
-        except Exception:  # the HTTP edge's last line: never a bare 500 page, never a hang
-            log.exception("unhandled error")
-            response = error_response(InternalError("internal error"), request)
-        await response(scope, receive, send)
+            try:
+                response = await chat_completions(self.gateway, request)
+            except GatewayError as exc:
+                origin = "provider" if exc.where.startswith("provider:") else "gateway"
+                response = error_response(exc, request)
+            except Exception:  # the HTTP edge's last line: never a bare 500 page, never a hang
+                log.exception("unhandled error")
+                response = error_response(InternalError("internal error"), request)
+            await response(scope, receive, send)
+        finally:
+            _ACTIVE.dec()
+        observe(request, response.status_code, origin, time.perf_counter() - started)
+
+
+_ACTIVE = metrics.ACTIVE.labels("ingress")
+
+
+def observe(request: Request, status: int, origin: str, elapsed: float) -> None:
+    state = request.state
+    model = getattr(state, "model", "unresolved")
+    cache = getattr(state, "cache", "none")
+    metrics.REQUESTS.labels(model, str(status), origin, cache).inc()
+    metrics.REQUEST_DURATION.labels(model).observe(elapsed)
+    provider_seconds = getattr(state, "provider_seconds", None)
+    if status == 200 and provider_seconds is not None:
+        metrics.GATEWAY_OVERHEAD.labels(cache).observe(max(0.0, elapsed - provider_seconds))
 
 
 _ID_PREFIX = os.urandom(6).hex()
@@ -206,6 +235,10 @@ def create_app(config: Config, nc: Client | None = None) -> FastPath:
     async def models() -> Response:
         cards = [shapes.ModelCard(id=name) for name in gateway.routes.public_models()]
         return Response(shapes.encode(shapes.ModelList(data=cards)), media_type=JSON)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health/live")
     async def live() -> Response:

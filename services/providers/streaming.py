@@ -21,7 +21,7 @@ from services.providers.base import Delta, HttpAdapter, LocalAdapter, StreamSumm
 from services.providers.http import Upstream
 from services.providers.sse import SSEDecoder
 from shared.errors import DeadlineExceeded, GatewayError, InvalidRequest, ProviderError
-from shared.messages import ChatRequest, StreamChunk, StreamEnd, encode
+from shared.messages import ChatRequest, ChatResult, StreamChunk, StreamEnd, Usage, encode
 from shared.subjects import Headers
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ async def serve_stream(worker: ProviderWorker, msg: Msg, request: ChatRequest, m
     rid = headers.get(Headers.REQUEST_ID) or uuid.uuid4().hex
     nc = worker.server.nc
     state = _Pump(worker, to, rid, model)
+    started = time.perf_counter()
     pump = asyncio.create_task(state.run(request, timeout))
     worker.streams[rid] = pump
     try:
@@ -79,6 +80,7 @@ async def serve_stream(worker: ProviderWorker, msg: Msg, request: ChatRequest, m
         await nc.publish(msg.reply, encode(msgspec.structs.replace(error.to_reply(), stream_started=True)))
         return
     except GatewayError as exc:
+        worker.account(model, None, exc.http_status, time.perf_counter() - started)
         if state.seq == 0:
             raise  # nothing reached the client: the router may try another target
         reply = msgspec.structs.replace(exc.to_reply(), stream_started=True)
@@ -100,6 +102,9 @@ class _Pump:
         self.seq = 0
         self.assembler = Assembler()
         self.summary: StreamSummary | None = None
+        self.began = time.monotonic()
+
+    cost = 0.0
 
     async def run(self, request: ChatRequest, timeout: float) -> None:
         nc = self.worker.server.nc
@@ -124,14 +129,16 @@ class _Pump:
                                    where=self.worker.where) from exc
         usage = self.summary.usage if self.summary else None
         finish = self.summary.finish_reason if self.summary else None
+        self.cost = self.worker.account(self.model, usage or Usage(), 200, time.monotonic() - self.began)
         await nc.publish(self.to, encode(StreamEnd(
             seq=self.seq, id=self.id, model=self.model, created=self.created, finish_reason=finish,
-            usage=usage, provider=self.worker.name, target_model=self.model,
+            usage=usage, provider=self.worker.name, target_model=self.model, cost_usd=self.cost,
         )))
 
-    def result(self):  # type: ignore[no-untyped-def]
-        return self.assembler.result(
+    def result(self) -> ChatResult:
+        result = self.assembler.result(
             id=self.id, created=self.created, model=self.model,
             usage=self.summary.usage if self.summary else None,
             provider=self.worker.name, target_model=self.model,
         )
+        return msgspec.structs.replace(result, cost_usd=self.cost)

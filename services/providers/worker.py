@@ -18,11 +18,11 @@ from services.providers import streaming
 from services.providers.base import HttpAdapter, LocalAdapter
 from services.providers.http import Upstream
 from services.providers.registry import ADAPTERS
-from shared import bus
+from shared import bus, metrics, pricing
 from shared.config import Config, ProviderConfig
 from shared.errors import DeadlineExceeded, GatewayError, ProviderError
 from shared.logs import request_id
-from shared.messages import ChatRequest, ChatResult, HealthReport, encode, request_decoder
+from shared.messages import ChatRequest, ChatResult, HealthReport, Usage, encode, request_decoder
 from shared.subjects import Headers, Queues, Subjects, provider_service_name
 
 log = logging.getLogger("llm_edge.provider")
@@ -38,6 +38,7 @@ class ProviderWorker:
         self.upstream = Upstream(name, self.settings.max_connections)
         # Streams in flight by request id, so a cancel notice can stop the right upstream call.
         self.streams: dict[str, asyncio.Task[None]] = {}
+        self.active = metrics.ACTIVE.labels(f"provider.{name}")
 
     async def start(self) -> None:
         await self.server.endpoint(
@@ -64,13 +65,40 @@ class ProviderWorker:
             raise DeadlineExceeded("deadline passed before the provider was called", where=self.where)
         request = request_decoder.decode(msg.data)
         model = headers.get(Headers.TARGET_MODEL) or request.model
-        if headers.get(Headers.STREAM) == "1":
-            await streaming.serve_stream(self, msg, request, model, min(left, self.settings.timeout_seconds))
-            return
-        started = time.perf_counter()
-        result = await self.complete(request, model, min(left, self.settings.timeout_seconds))
-        result = msgspec.structs.replace(result, provider_seconds=time.perf_counter() - started)
-        await self.server.nc.publish(msg.reply, encode(result))
+        self.active.inc()
+        try:
+            if headers.get(Headers.STREAM) == "1":
+                await streaming.serve_stream(self, msg, request, model, min(left, self.settings.timeout_seconds))
+                return
+            started = time.perf_counter()
+            try:
+                result = await self.complete(request, model, min(left, self.settings.timeout_seconds))
+            except GatewayError as exc:
+                self.account(model, None, exc.http_status, time.perf_counter() - started)
+                raise
+            elapsed = time.perf_counter() - started
+            cost = self.account(model, result.usage, 200, elapsed)
+            result = msgspec.structs.replace(result, provider_seconds=elapsed, cost_usd=cost)
+            await self.server.nc.publish(msg.reply, encode(result))
+        finally:
+            self.active.dec()
+
+    def account(self, model: str, usage: Usage | None, status: int, seconds: float) -> float:
+        """Count one upstream call in the metrics; the answer's cost in USD (0 when unpriced)."""
+        metrics.PROVIDER_REQUESTS.labels(self.name, model, str(status)).inc()
+        metrics.PROVIDER_DURATION.labels(self.name, model).observe(seconds)
+        if usage is None:
+            return 0.0
+        cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+        metrics.TOKENS.labels(self.name, model, "input").inc(usage.prompt_tokens - cached)
+        metrics.TOKENS.labels(self.name, model, "cached").inc(cached)
+        metrics.TOKENS.labels(self.name, model, "output").inc(usage.completion_tokens)
+        cost = pricing.table().cost(model, usage)
+        if cost is None:
+            metrics.UNPRICED.labels(self.name, model).inc()
+            return 0.0
+        metrics.COST.labels(self.name, model).inc(cost)
+        return cost
 
     async def cancel(self, msg: Msg) -> None:
         rid = (msg.headers or {}).get(Headers.REQUEST_ID)
@@ -107,6 +135,7 @@ class ProviderWorker:
 
 
 async def serve(config: Config, name: str, stop: asyncio.Event) -> None:
+    metrics.serve(config.metrics_port)
     nc = await bus.connect(config.nats_url, provider_service_name(name))
     server = bus.Server(nc, provider_service_name(name), "0.1.0", f"LLM Edge provider worker: {name}")
     await server.start()

@@ -13,7 +13,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from services.router.routes import Routes
-from shared import bus
+from shared import bus, metrics
 from shared.config import Config, Target
 from shared.errors import GatewayError, InvalidRequest, Unavailable, from_reply
 from shared.logs import request_id
@@ -75,6 +75,7 @@ class Router:
                     self.server.nc, subject, msg.data, onward, bus.remaining(deadline, self.default_timeout)
                 )
             except bus.NoResponders:
+                metrics.PROVIDER_UP.labels(target.provider).set(0)
                 error = Unavailable(
                     f"no worker is running for provider `{target.provider}`",
                     code="no_provider_worker",
@@ -83,6 +84,7 @@ class Router:
                 continue
             match reply:
                 case ChatResult():
+                    metrics.PROVIDER_UP.labels(target.provider).set(1)
                     # The fill goes first (a buffered publish, it does not delay the reply) so that a
                     # client repeating the request at once already finds it in every L1.
                     await self._fill(headers, raw.data)
@@ -95,6 +97,7 @@ class Router:
                     error = from_reply(reply)
                     if reply.status in _NO_FALLBACK_STATUS:
                         raise error
+                    metrics.PROVIDER_UP.labels(target.provider).set(0)
                     log.info("target %s/%s failed (%d), trying the next", target.provider, target.model,
                              reply.status)
                 case _:
@@ -112,6 +115,7 @@ class Router:
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
+    metrics.serve(config.metrics_port)
     nc = await bus.connect(config.nats_url, SERVICE_ROUTER)
     server = bus.Server(nc, SERVICE_ROUTER, "0.1.0", "LLM Edge router: targets, fallback, cache fill")
     await server.start()

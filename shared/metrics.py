@@ -1,0 +1,55 @@
+"""Prometheus metrics, `llm_edge_` prefix, base units, bounded labels (provider and model names come
+from configuration or from resolved routes, never raw client input).
+
+Each process exports its own: the ingress on its HTTP port at `/metrics`, every other service on its
+metrics port (`METRICS_PORT`; `llm-edge up` hands each child a free one and prints them).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+REQUESTS = Counter(
+    "llm_edge_requests", "Chat requests answered by the ingress",
+    ["model", "status", "origin", "cache"],
+)
+REQUEST_DURATION = Histogram(
+    "llm_edge_request_duration_seconds", "Time from request to response at the ingress", ["model"],
+    buckets=_LATENCY,
+)
+GATEWAY_OVERHEAD = Histogram(
+    "llm_edge_gateway_overhead_seconds", "Request time spent in the gateway (total minus provider time)",
+    ["cache"], buckets=_OVERHEAD,
+)
+TIME_TO_FIRST_CHUNK = Histogram(
+    "llm_edge_stream_first_chunk_seconds", "Time from request to the first streamed chunk", ["model"],
+    buckets=_LATENCY,
+)
+ACTIVE = Gauge("llm_edge_active_requests", "Requests in flight in this process", ["service"])
+CACHE = Counter("llm_edge_cache_lookups", "Cache lookups by tier and result", ["tier", "result"])
+PROVIDER_REQUESTS = Counter(
+    "llm_edge_provider_requests", "Upstream calls by provider, model and outcome",
+    ["provider", "model", "status"],
+)
+PROVIDER_DURATION = Histogram(
+    "llm_edge_provider_duration_seconds", "Upstream call duration", ["provider", "model"], buckets=_LATENCY,
+)
+TOKENS = Counter("llm_edge_tokens", "Tokens by provider, model and type", ["provider", "model", "type"])
+COST = Counter("llm_edge_cost_usd", "Cost in US dollars by provider and model", ["provider", "model"])
+UNPRICED = Counter(
+    "llm_edge_unpriced_requests", "Answers from models missing from the pricing table", ["provider", "model"],
+)
+PROVIDER_UP = Gauge("llm_edge_provider_up", "1 when the last call to the provider succeeded", ["provider"])
+BUS_DURATION = Histogram(
+    "llm_edge_bus_request_duration_seconds", "Bus request-reply round trip by subject",
+    ["subject"], buckets=_OVERHEAD + (1, 5, 30),
+)
+
+
+def serve(port: int | None, host: str = "0.0.0.0") -> None:
+    """Expose this process's metrics on `port` (a background thread); nothing when port is None."""
+    if port:
+        start_http_server(port, addr=host)

@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import sys
 
-from shared import logs, runtime
+from services.status import command as status
+from shared import logs, runtime, tracing
 from shared.config import Config, ConfigError, load
 
 
@@ -37,6 +38,11 @@ def _ingress(config: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own options, which argparse's REMAINDER would not pass through
+        from services.bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="llm-edge", description=__doc__)
     parser.add_argument("--config", "-c", help="YAML or TOML configuration file (or LLM_EDGE_CONFIG)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -48,12 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     provider.add_argument("name")
     upstream = commands.add_parser("mock-upstream", help="run the mock OpenAI/Anthropic upstream server")
     upstream.add_argument("args", nargs=argparse.REMAINDER)
+    bench = commands.add_parser("bench", help="load-test an OpenAI-compatible URL and report", add_help=False)
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    status.add_arguments(commands.add_parser("status", help="service instances on the bus, nats-server numbers"))
     args = parser.parse_args(argv)
 
     if args.command == "mock-upstream":
         from services.mockupstream.server import main as upstream_main
 
         return upstream_main(args.args) or 0
+    if args.command == "status":  # needs no configuration: it only asks the bus what runs on it
+        return status.main(args)
     try:
         config = load(args.config)
     except ConfigError as exc:
@@ -63,16 +74,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llm-edge: provider {args.name!r} is not configured (have: {', '.join(config.providers)})",
               file=sys.stderr)
         return 2
-    logs.setup(args.command if args.command != "provider" else f"provider.{args.name}", config.log_level)
+    service = args.command if args.command != "provider" else f"provider-{args.name}"
+    logs.setup(service, config.log_level)
+    if args.command != "up":
+        tracing.setup(service, config.otel_endpoint)
     if args.command == "up":
         from services.launcher import up
 
         runtime.install_uvloop()
         return asyncio.run(up(config, args.config))
-    if args.command == "ingress":
-        _ingress(config)
-    else:
-        _service(args.command, config, getattr(args, "name", None))
+    try:
+        if args.command == "ingress":
+            _ingress(config)
+        else:
+            _service(args.command, config, getattr(args, "name", None))
+    finally:
+        tracing.shutdown()  # spans still queued are sent before the process exits
     return 0
 
 

@@ -76,6 +76,8 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     log_level: str = "INFO"
     # Where a non-ingress service exposes /metrics (the ingress serves it on its HTTP port).
     metrics_port: int | None = None
+    # OTLP/HTTP collector base URL; tracing is off when unset.
+    otel_endpoint: str | None = None
     ingress: IngressConfig = IngressConfig()
     cache: CacheConfig = CacheConfig()
     providers: dict[str, ProviderConfig] = {}
@@ -97,6 +99,7 @@ _ENV_FIELDS: dict[str, tuple[str | None, str, type]] = {
     "LOG_LEVEL": (None, "log_level", str),
     "LLM_EDGE_PREFIX": (None, "prefix", str),
     "METRICS_PORT": (None, "metrics_port", int),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": (None, "otel_endpoint", str),
 }
 
 _PROVIDER_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}

@@ -1,4 +1,4 @@
-"""JSON-lines logging with the service name and the current request id on every line.
+"""JSON-lines logging with the service name, the current request id and trace id on every line.
 
 Prompt and response bodies and keys are never passed to the logger; callers log ids, sizes and outcomes.
 """
@@ -11,6 +11,7 @@ import sys
 import time
 
 import msgspec
+from opentelemetry import trace
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -34,6 +35,9 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None) or request_id.get()
         if rid:
             line["request_id"] = rid
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            line["trace_id"] = format(span.trace_id, "032x")
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return _encoder.encode(line).decode()

@@ -10,11 +10,12 @@ import logging
 
 import msgspec
 from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind
 
 from services.cache.key import cache_key
 from services.cache.l1 import L1Cache
 from services.cache.l2 import L2Cache
-from shared import bus, metrics
+from shared import bus, metrics, tracing
 from shared.config import Config
 from shared.errors import InvalidRequest
 from shared.logs import request_id
@@ -62,20 +63,28 @@ class CacheService:
         except msgspec.DecodeError as exc:
             raise InvalidRequest("the request could not be decoded") from exc
         key = cache_key(request, headers.get(Headers.NAMESPACE, "default"))
+        with tracing.span("cache.lookup", headers, SpanKind.SERVER) as span:
+            tier = await self._lookup(msg, key, control, headers)
+            if span is not None:
+                span.set_attribute("llm_edge.cache", tier or "miss")
+
+    async def _lookup(self, msg: Msg, key: str, control: str, headers: dict[str, str]) -> str | None:
+        """Answer the lookup; the tier that hit, or None for a miss."""
         if "no-cache" not in control:
             if (value := self.l1.get(key)) is not None:
                 await self.server.nc.publish(msg.reply, value, headers=_HIT_L1)
                 _L1_HIT.inc()
-                return
+                return "l1"
             _L1_MISS.inc()
             if self.l2 is not None:
                 if (value := await self.l2.get(key)) is not None:
                     await self.server.nc.publish(msg.reply, value, headers=_HIT_L2)
                     self.l1.put(key, value, self._ttl(headers))
                     _L2_HIT.inc()
-                    return
+                    return "l2"
                 _L2_MISS.inc()
         await self.server.nc.publish(msg.reply, encode(CacheMiss(key=key)))
+        return None
 
     async def fill_l1(self, msg: Msg) -> None:
         headers = msg.headers or {}

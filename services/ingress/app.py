@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from nats.aio.client import Client
+from opentelemetry.trace import Span, SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -24,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 from services.ingress import health, shapes, stream
 from services.ingress.parse import parse_chat_request, read_body
 from services.router.routes import Routes
-from shared import bus, metrics
+from shared import bus, metrics, tracing
 from shared.config import Config
 from shared.errors import (
     DeadlineExceeded,
@@ -76,7 +77,9 @@ class Gateway:
             headers[Headers.CACHE_CONTROL] = ",".join(flags)
         if ttl := request.headers.get("x-llm-edge-cache-ttl"):
             headers[Headers.CACHE_TTL] = ttl
-        if traceparent := request.headers.get("traceparent"):
+        if tracing.enabled():
+            tracing.inject(headers)  # the ingress span becomes the parent of every hop after it
+        elif traceparent := request.headers.get("traceparent"):
             headers[Headers.TRACEPARENT] = traceparent
         return headers
 
@@ -154,21 +157,38 @@ class FastPath:
         origin = "gateway"
         _ACTIVE.inc()
         try:
-            try:
-                response = await chat_completions(self.gateway, request)
-            except GatewayError as exc:
-                origin = "provider" if exc.where.startswith("provider:") else "gateway"
-                response = error_response(exc, request)
-            except Exception:  # the HTTP edge's last line: never a bare 500 page, never a hang
-                log.exception("unhandled error")
-                response = error_response(InternalError("internal error"), request)
-            await response(scope, receive, send)
+            with tracing.span("chat", request.headers, SpanKind.SERVER, _SPAN_ATTRIBUTES) as span:
+                try:
+                    response = await chat_completions(self.gateway, request)
+                except GatewayError as exc:
+                    origin = "provider" if exc.where.startswith("provider:") else "gateway"
+                    response = error_response(exc, request)
+                    tracing.failed(span, exc.http_status, exc.message)
+                except Exception:  # the HTTP edge's last line: never a bare 500 page, never a hang
+                    log.exception("unhandled error")
+                    response = error_response(InternalError("internal error"), request)
+                    tracing.failed(span, 500, "internal error")
+                if span is not None:
+                    annotate(span, request, response)
+                await response(scope, receive, send)
         finally:
             _ACTIVE.dec()
         observe(request, response.status_code, origin, time.perf_counter() - started)
 
 
 _ACTIVE = metrics.ACTIVE.labels("ingress")
+_SPAN_ATTRIBUTES = {"gen_ai.operation.name": "chat", "http.request.method": "POST"}
+
+
+def annotate(span: Span, request: Request, response: Response) -> None:
+    state = request.state
+    span.set_attribute("http.response.status_code", response.status_code)
+    if (model := getattr(state, "model", None)) is not None:
+        span.update_name(f"chat {model}")
+        span.set_attribute("gen_ai.request.model", model)
+    span.set_attribute("llm_edge.cache", getattr(state, "cache", "none"))
+    if (rid := getattr(state, "request_id", None)) is not None:
+        span.set_attribute("llm_edge.request_id", rid)
 
 
 def observe(request: Request, status: int, origin: str, elapsed: float) -> None:
@@ -201,6 +221,7 @@ def create_app(config: Config, nc: Client | None = None) -> FastPath:
         log.info("ingress ready on http://%s:%d", config.ingress.host, config.ingress.port)
         yield
         gateway.draining = True
+        tracing.shutdown()
         if owns_connection and gateway.nc is not None and not gateway.nc.is_closed:
             await gateway.nc.drain()
 

@@ -13,12 +13,13 @@ import time
 
 import msgspec
 from nats.aio.msg import Msg
+from opentelemetry.trace import Span, SpanKind
 
 from services.providers import streaming
 from services.providers.base import HttpAdapter, LocalAdapter
 from services.providers.http import Upstream
 from services.providers.registry import ADAPTERS
-from shared import bus, metrics, pricing
+from shared import bus, metrics, pricing, tracing
 from shared.config import Config, ProviderConfig
 from shared.errors import DeadlineExceeded, GatewayError, ProviderError
 from shared.logs import request_id
@@ -66,22 +67,31 @@ class ProviderWorker:
         request = request_decoder.decode(msg.data)
         model = headers.get(Headers.TARGET_MODEL) or request.model
         self.active.inc()
+        attributes = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model,
+                      "gen_ai.provider.name": self.name}
         try:
-            if headers.get(Headers.STREAM) == "1":
-                await streaming.serve_stream(self, msg, request, model, min(left, self.settings.timeout_seconds))
-                return
-            started = time.perf_counter()
-            try:
-                result = await self.complete(request, model, min(left, self.settings.timeout_seconds))
-            except GatewayError as exc:
-                self.account(model, None, exc.http_status, time.perf_counter() - started)
-                raise
-            elapsed = time.perf_counter() - started
-            cost = self.account(model, result.usage, 200, elapsed)
-            result = msgspec.structs.replace(result, provider_seconds=elapsed, cost_usd=cost)
-            await self.server.nc.publish(msg.reply, encode(result))
+            with tracing.span(f"chat {model}", headers, SpanKind.CLIENT, attributes) as span:
+                await self._serve(msg, request, model, left, span)
         finally:
             self.active.dec()
+
+    async def _serve(self, msg: Msg, request: ChatRequest, model: str, left: float, span: Span | None) -> None:
+        headers = msg.headers or {}
+        if headers.get(Headers.STREAM) == "1":
+            await streaming.serve_stream(self, msg, request, model, min(left, self.settings.timeout_seconds))
+            return
+        started = time.perf_counter()
+        try:
+            result = await self.complete(request, model, min(left, self.settings.timeout_seconds))
+        except GatewayError as exc:
+            self.account(model, None, exc.http_status, time.perf_counter() - started)
+            tracing.failed(span, exc.http_status, exc.message)
+            raise
+        elapsed = time.perf_counter() - started
+        cost = self.account(model, result.usage, 200, elapsed)
+        tracing.record_usage(span, self.name, result.model, result.usage)
+        result = msgspec.structs.replace(result, provider_seconds=elapsed, cost_usd=cost)
+        await self.server.nc.publish(msg.reply, encode(result))
 
     def account(self, model: str, usage: Usage | None, status: int, seconds: float) -> float:
         """Count one upstream call in the metrics; the answer's cost in USD (0 when unpriced)."""

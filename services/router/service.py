@@ -11,9 +11,10 @@ import logging
 
 import msgspec
 from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind
 
 from services.router.routes import Routes
-from shared import bus, metrics
+from shared import bus, metrics, tracing
 from shared.config import Config, Target
 from shared.errors import GatewayError, InvalidRequest, Unavailable, from_reply
 from shared.logs import request_id
@@ -56,12 +57,21 @@ class Router:
     async def handle(self, msg: Msg) -> None:
         headers = msg.headers or {}
         request_id.set(headers.get(Headers.REQUEST_ID))
+        with tracing.span("route", headers, SpanKind.SERVER) as span:
+            try:
+                await self._route(msg, headers)
+            except GatewayError as exc:
+                tracing.failed(span, exc.http_status, exc.message)
+                raise
+
+    async def _route(self, msg: Msg, headers: dict[str, str]) -> None:
         try:
             model = _model_decoder.decode(msg.data).model
         except msgspec.DecodeError as exc:
             raise InvalidRequest("the request could not be decoded") from exc
         deadline = bus.deadline_from(headers)
         onward = {name: headers[name] for name in _PASSED_ON if name in headers}
+        tracing.inject(onward)
         streaming = headers.get(Headers.STREAM) == "1"
         if streaming:
             # Chunks go from the worker straight to the ingress; the router hears only the outcome.

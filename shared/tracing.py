@@ -1,0 +1,88 @@
+"""OpenTelemetry tracing: one trace per request across every process, W3C trace context carried in
+NATS headers. Off unless `OTEL_EXPORTER_OTLP_ENDPOINT` is set; when off, nothing is created per request.
+
+Span attributes follow the GenAI semantic conventions (`gen_ai.*`) where they exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from shared.messages import Usage
+
+_propagator: TextMapPropagator = TraceContextTextMapPropagator()
+_tracer: trace.Tracer | None = None
+
+
+def setup(service: str, endpoint: str | None) -> None:
+    """Export this process's spans over OTLP/HTTP to `endpoint` (the collector's base URL)."""
+    global _tracer  # one tracer per process, set once at start
+    if not endpoint:
+        return
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": f"llm-edge-{service}"}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces")))
+    trace.set_tracer_provider(provider)
+    _tracer = trace.get_tracer("llm_edge")
+
+
+def shutdown() -> None:
+    provider = trace.get_tracer_provider()
+    if hasattr(provider, "shutdown"):
+        provider.shutdown()  # flushes spans still queued
+
+
+def enabled() -> bool:
+    return _tracer is not None
+
+
+@contextmanager
+def span(
+    name: str, carrier: Mapping[str, str] | None, kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, str | int | float] | None = None,
+) -> Iterator[Span | None]:
+    """A span whose parent comes from `carrier` (HTTP or NATS headers); None when tracing is off."""
+    if _tracer is None:
+        yield None
+        return
+    parent = _propagator.extract(carrier or {})
+    token = otel_context.attach(parent)
+    try:
+        with _tracer.start_as_current_span(name, kind=kind, attributes=attributes) as current:
+            yield current
+    finally:
+        otel_context.detach(token)
+
+
+def inject(headers: MutableMapping[str, str]) -> None:
+    """Put the current span's context into outgoing bus headers."""
+    if _tracer is not None:
+        _propagator.inject(headers)
+
+
+def failed(current: Span | None, status: int, message: str) -> None:
+    if current is not None:
+        current.set_attribute("http.response.status_code", status)
+        current.set_attribute("error.type", str(status))
+        current.set_status(Status(StatusCode.ERROR, message))
+
+
+def record_usage(current: Span | None, provider: str, model: str, usage: Usage | None) -> None:
+    if current is None:
+        return
+    current.set_attribute("gen_ai.provider.name", provider)
+    current.set_attribute("gen_ai.response.model", model)
+    if usage is not None:
+        current.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+        current.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)

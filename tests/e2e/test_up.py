@@ -5,6 +5,7 @@ in its own process, the embedded nats-server, supervision and a clean Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import signal
@@ -31,6 +32,7 @@ class Gateway:
     nats_url: str
     upstream_url: str
     lines: list[str]
+    monitor_port: int
 
 
 def read_until(process: subprocess.Popen[str], marker: str, timeout: float, lines: list[str]) -> None:
@@ -82,9 +84,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "  - name: upstream-model\n"
         "    targets: [{provider: up, model: gpt-4o-mini}]\n"
     )
-    port, nats_port = free_port(), free_port()
+    port, nats_port, monitor_port = free_port(), free_port(), free_port()
     env = dict(os.environ, PORT=str(port), NATS_URL=f"nats://127.0.0.1:{nats_port}",
-               NATS_MONITOR_PORT=str(free_port()), LLM_EDGE_CONFIG=str(config))
+               NATS_MONITOR_PORT=str(monitor_port), LLM_EDGE_CONFIG=str(config))
     process = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up"], env=env, stdout=subprocess.PIPE, text=True
     )
@@ -92,7 +94,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     try:
         read_until(process, "Ctrl-C drains", 30, lines)
         yield Gateway(process, f"http://127.0.0.1:{port}", f"nats://127.0.0.1:{nats_port}",
-                      f"http://127.0.0.1:{upstream_port}", lines)
+                      f"http://127.0.0.1:{upstream_port}", lines, monitor_port)
     finally:
         if process.poll() is None:
             process.kill()
@@ -152,6 +154,26 @@ def test_every_service_answers_srv_ping(gateway: Gateway) -> None:
 
     assert asyncio.run(ping()) == {
         "llm-edge-cache", "llm-edge-router", "llm-edge-provider-mock", "llm-edge-provider-up"}
+
+
+def test_status_json_lists_every_instance_after_traffic(gateway: Gateway) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "status", "--json", "--nats-url", gateway.nats_url,
+         "--monitor", f"http://127.0.0.1:{gateway.monitor_port}"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    main_endpoints = {"llm-edge-cache": "lookup", "llm-edge-router": "route",
+                      "llm-edge-provider-mock": "chat", "llm-edge-provider-up": "chat"}
+    services = {s["name"]: s for s in document["services"]}
+    for name, endpoint in main_endpoints.items():  # the earlier tests sent requests through each
+        assert name in services, sorted(services)
+        counts = [e["num_requests"] for i in services[name]["instances"] for e in i["endpoints"]
+                  if e["name"] == endpoint]
+        assert any(count > 0 for count in counts), (name, services[name])
+    assert document["server"]["connections"] >= len(main_endpoints) + 1  # and the ingress
+    assert document["monitor_error"] is None
 
 
 def test_a_crashed_service_is_restarted(gateway: Gateway) -> None:

@@ -42,12 +42,47 @@ class Target(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     provider: str
     model: str
     weight: float = 1.0
+    # USD per 1M tokens; when unset, the shipped pricing table's price for `model`.
+    input_price: float | None = None
+    output_price: float | None = None
+    # Tokens; a context-window error moves on to a target with a larger window.
+    context_window: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+Strategy = Literal["fallback", "weighted", "least_latency", "lowest_cost", "hybrid"]
 
 
 class ModelRoute(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     targets: list[Target]
-    strategy: Literal["fallback"] = "fallback"
+    strategy: Strategy = "fallback"
+
+
+class RetryConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    attempts: int = 2  # per target, the first call included
+    backoff_base_seconds: float = 0.25
+    backoff_max_seconds: float = 8.0
+    # A Retry-After longer than this moves on to the next target instead of waiting.
+    max_retry_after_seconds: float = 30.0
+
+
+class BreakerConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    consecutive_failures: int = 5
+    error_rate: float = 0.5  # opens when this share of calls in the window failed...
+    window_seconds: float = 30.0
+    min_calls: int = 20  # ...and the window holds at least this many calls
+    cooldown_seconds: float = 15.0
+
+
+class RouterConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    retry: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    # Weight of latency against price in the hybrid score (0: price only, 1: latency only).
+    hybrid_latency_weight: float = 0.5
 
 
 class IngressConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -80,6 +115,7 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     otel_endpoint: str | None = None
     ingress: IngressConfig = IngressConfig()
     cache: CacheConfig = CacheConfig()
+    router: RouterConfig = RouterConfig()
     providers: dict[str, ProviderConfig] = {}
     models: list[ModelRoute] = []
 

@@ -189,6 +189,8 @@ class ChatResult(Struct, frozen=True, kw_only=True, tag="result", tag_field="kin
     system_fingerprint: str | None = None
     cost_usd: float = 0.0
     provider_seconds: float = 0.0
+    # Streams only: the upstream's time to its first chunk, what "least latency" means for a stream.
+    first_chunk_seconds: float | None = None
 
 
 class ErrorReply(Struct, frozen=True, kw_only=True, tag="error", tag_field="kind"):
@@ -265,6 +267,17 @@ result_decoder = msgspec.msgpack.Decoder(ChatResult)
 
 def encode(message: Struct) -> bytes:
     return _encoder.encode(message)
+
+
+class BreakerEvent(Struct, frozen=True, kw_only=True):
+    """A router replica's breaker for `target` changed state; every other replica adopts it."""
+
+    target: str
+    state: Literal["closed", "open", "half_open"]
+    origin: str
+
+
+breaker_decoder = msgspec.msgpack.Decoder(BreakerEvent)
 
 
 class HealthReport(Struct, frozen=True, kw_only=True):

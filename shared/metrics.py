@@ -43,6 +43,8 @@ UNPRICED = Counter(
     "llm_edge_unpriced_requests", "Answers from models missing from the pricing table", ["provider", "model"],
 )
 PROVIDER_UP = Gauge("llm_edge_provider_up", "1 when the last call to the provider succeeded", ["provider"])
+BREAKER_OPEN = Gauge("llm_edge_breaker_open", "1 while the target's circuit breaker is open", ["target"])
+RETRIES = Counter("llm_edge_retries", "Retries of a target after a retryable failure", ["target"])
 BUS_DURATION = Histogram(
     "llm_edge_bus_request_duration_seconds", "Bus request-reply round trip by subject",
     ["subject"], buckets=_OVERHEAD + (1, 5, 30),

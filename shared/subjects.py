@@ -24,6 +24,11 @@ class Subjects:
     def cache_fill(self) -> str:
         return f"{self.prefix}.cache.fill"
 
+    @property
+    def breaker(self) -> str:
+        """Broadcast: breaker state changes, so that every router replica acts on them at once."""
+        return f"{self.prefix}.router.breaker"
+
     def provider_chat(self, provider: str) -> str:
         return f"{self.prefix}.provider.{provider}.chat"
 

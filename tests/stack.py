@@ -35,6 +35,7 @@ class Stack:
         self.config = config
         self.servers: dict[str, bus.Server] = {}
         self.caches: dict[str, CacheService] = {}
+        self.routers: dict[str, Router] = {}
         self.workers: list[ProviderWorker] = []
         self.ingress_nc = None
         self.http: httpx.AsyncClient | None = None
@@ -54,8 +55,11 @@ class Stack:
         self.caches[key] = cache
         return cache
 
-    async def start_router(self, key: str = "router") -> None:
-        await Router(self.config, await self._server(key, "test-router")).start()
+    async def start_router(self, key: str = "router") -> Router:
+        router = Router(self.config, await self._server(key, "test-router"))
+        await router.start()
+        self.routers[key] = router
+        return router
 
     async def start_provider(self, name: str) -> None:
         worker = ProviderWorker(self.config, name, await self._server(f"provider.{name}", f"test-{name}"))

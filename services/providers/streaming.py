@@ -103,6 +103,7 @@ class _Pump:
         self.assembler = Assembler()
         self.summary: StreamSummary | None = None
         self.began = time.monotonic()
+        self.first_chunk: float | None = None
 
     cost = 0.0
 
@@ -116,6 +117,8 @@ class _Pump:
                         continue
                     self.assembler.add(item)
                     first = self.seq == 0
+                    if first:
+                        self.first_chunk = time.monotonic() - self.began
                     await nc.publish(self.to, encode(StreamChunk(
                         seq=self.seq, index=item.index, role=item.role, content=item.content,
                         tool_calls=item.tool_calls, finish_reason=item.finish_reason,
@@ -141,4 +144,4 @@ class _Pump:
             usage=self.summary.usage if self.summary else None,
             provider=self.worker.name, target_model=self.model,
         )
-        return msgspec.structs.replace(result, cost_usd=self.cost)
+        return msgspec.structs.replace(result, cost_usd=self.cost, first_chunk_seconds=self.first_chunk)

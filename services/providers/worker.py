@@ -90,7 +90,7 @@ class ProviderWorker:
         elapsed = time.perf_counter() - started
         cost = self.account(model, result.usage, 200, elapsed)
         tracing.record_usage(span, self.name, result.model, result.usage)
-        result = msgspec.structs.replace(result, provider_seconds=elapsed, cost_usd=cost)
+        result = msgspec.structs.replace(result, provider=self.name, provider_seconds=elapsed, cost_usd=cost)
         await self.server.nc.publish(msg.reply, encode(result))
 
     def account(self, model: str, usage: Usage | None, status: int, seconds: float) -> float:

@@ -5,7 +5,7 @@ conventions (`gpt-*` -> openai, `claude-*` -> anthropic, ...), each only if that
 from __future__ import annotations
 
 from services.providers.registry import CONVENTIONS
-from shared.config import Config, Target
+from shared.config import Config, Strategy, Target
 from shared.errors import NotFound
 
 
@@ -13,6 +13,7 @@ class Routes:
     def __init__(self, config: Config) -> None:
         self._providers = set(config.providers)
         self._routes: dict[str, list[Target]] = {route.name: list(route.targets) for route in config.models}
+        self._strategies: dict[str, Strategy] = {route.name: route.strategy for route in config.models}
 
     def resolve(self, model: str) -> list[Target]:
         if (targets := self._routes.get(model)) is not None:
@@ -30,6 +31,9 @@ class Routes:
                     param="model",
                 )
         raise NotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+
+    def strategy(self, model: str) -> Strategy:
+        return self._strategies.get(model, "fallback")
 
     def public_models(self) -> list[str]:
         names = list(self._routes)

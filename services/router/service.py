@@ -1,24 +1,32 @@
-"""The router: picks targets for a model, calls provider workers, falls back, and fills the cache.
+"""The router: orders a model's targets by its strategy, calls provider workers, retries and falls
+back within the deadline, keeps a circuit breaker per target (shared with the other replicas over the
+bus), coalesces identical requests in flight, and fills the cache.
 
-It passes the provider's reply bytes on to the ingress untouched and publishes the cache fill before
-answering. Strategies, retries and breakers plug in at `order()`.
+It passes the provider's reply bytes on to the ingress untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
+from collections.abc import Coroutine
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
+from services.router import strategy
+from services.router.breaker import Breaker
+from services.router.retry import wait_before_retry as retry_delay
 from services.router.routes import Routes
 from shared import bus, metrics, tracing
 from shared.config import Config, Target
-from shared.errors import GatewayError, InvalidRequest, Unavailable, from_reply
+from shared.errors import DeadlineExceeded, GatewayError, InvalidRequest, Unavailable, from_reply
 from shared.logs import request_id
-from shared.messages import ChatResult, ErrorReply, HealthReport
+from shared.messages import BreakerEvent, ChatResult, ErrorReply, HealthReport, breaker_decoder, encode
 from shared.subjects import SERVICE_ROUTER, Headers, Queues, Subjects
 
 log = logging.getLogger("llm_edge.router")
@@ -43,16 +51,15 @@ class Router:
         self.routes = Routes(config)
         self.subjects = Subjects(config.prefix)
         self.default_timeout = config.ingress.request_timeout_seconds
+        self.breakers: dict[str, Breaker] = {}
+        self.stats: dict[str, strategy.TargetStats] = {}
+        self.inflight: dict[str, asyncio.Future[bytes | None]] = {}
+        self.rng = random.Random()
 
     async def start(self) -> None:
         await self.server.endpoint("route", self.subjects.route, Queues.ROUTER, self.handle)
-        await self.server.health_endpoint(
-            self.subjects.health("router"), lambda: HealthReport(service="router", instance=self.server.id)
-        )
-
-    def order(self, targets: list[Target]) -> list[Target]:
-        """The order in which to try targets (ordered fallback for now)."""
-        return targets
+        await self.server.subscribe(self.subjects.breaker, self.on_breaker_event)
+        await self.server.health_endpoint(self.subjects.health("router"), self.health)
 
     async def handle(self, msg: Msg) -> None:
         headers = msg.headers or {}
@@ -69,50 +76,160 @@ class Router:
             model = _model_decoder.decode(msg.data).model
         except msgspec.DecodeError as exc:
             raise InvalidRequest("the request could not be decoded") from exc
+        targets = self.routes.resolve(model)
+        streaming = headers.get(Headers.STREAM) == "1"
+        key = headers.get(Headers.CACHE_KEY)
+        if streaming or not key or "no-cache" in headers.get(Headers.CACHE_CONTROL, ""):
+            data = await self._call(msg, headers, model, targets, streaming)
+        else:
+            data = await self._single_flight(key, self._call(msg, headers, model, targets, streaming))
+        if data is None:
+            return  # a stream: the worker sent every frame to the ingress itself
+        await self.server.nc.publish(msg.reply, data)
+
+    async def _single_flight(self, key: str, call: Coroutine[Any, Any, bytes | None]) -> bytes | None:
+        """Identical requests in flight together share one upstream call (per router replica)."""
+        if (leader := self.inflight.get(key)) is not None:
+            call.close()
+            return await asyncio.shield(leader)
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self.inflight[key] = future
+        try:
+            data = await call
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here, so a leader without followers logs nothing
+            raise
+        else:
+            future.set_result(data)
+            return data
+        finally:
+            del self.inflight[key]
+
+    async def _call(
+        self, msg: Msg, headers: dict[str, str], model: str, targets: list[Target], streaming: bool
+    ) -> bytes | None:
+        """Try targets in the strategy's order, retrying each while that helps, within the deadline."""
         deadline = bus.deadline_from(headers)
         onward = {name: headers[name] for name in _PASSED_ON if name in headers}
         tracing.inject(onward)
-        streaming = headers.get(Headers.STREAM) == "1"
         if streaming:
             # Chunks go from the worker straight to the ingress; the router hears only the outcome.
             onward[Headers.STREAM_TO] = msg.reply
+        now = time.monotonic()
+        ordered = strategy.order(self.routes.strategy(model), targets, self.stats, self.rng,
+                                 self.config.router.hybrid_latency_weight)
+        candidates = [t for t in ordered if self.breaker(t).available(now)]
+        if not candidates:
+            raise Unavailable(f"Every target for `{model}` is failing; its circuit breakers are open.",
+                              code="all_targets_unavailable")
         error: GatewayError = Unavailable(f"no target could serve `{model}`")
-        for target in self.order(self.routes.resolve(model)):
-            onward[Headers.TARGET_MODEL] = target.model
-            subject = self.subjects.provider_chat(target.provider)
+        window: int | None = None  # set after a context-window error: only larger targets may follow
+        for target in candidates:
+            if window is not None and (target.context_window or 0) <= window:
+                continue
+            outcome = await self._try_target(target, msg.data, headers, onward, deadline, streaming)
+            if isinstance(outcome, GatewayError):
+                error = outcome
+                if outcome.code == "context_length_exceeded":
+                    window = target.context_window or 0
+                    if not any((t.context_window or 0) > window for t in candidates):
+                        raise outcome
+                elif outcome.http_status in _NO_FALLBACK_STATUS:
+                    raise outcome
+                continue
+            return outcome
+        raise error
+
+    async def _try_target(
+        self, target: Target, payload: bytes, headers: dict[str, str], onward: dict[str, str],
+        deadline: float | None, streaming: bool,
+    ) -> bytes | None | GatewayError:
+        """The answer's bytes (None for a stream that reached the client), or the error to move on with."""
+        onward[Headers.TARGET_MODEL] = target.model
+        subject = self.subjects.provider_chat(target.provider)
+        breaker = self.breaker(target)
+        retry = self.config.router.retry
+        attempt = 0
+        while True:
+            attempt += 1
+            if not breaker.allow(time.monotonic()):
+                return Unavailable(f"`{target.key}` is failing; its circuit breaker is open.",
+                                   code="target_unavailable", where=f"provider:{target.provider}")
+            started = time.monotonic()
             try:
                 reply, raw = await bus.request(
-                    self.server.nc, subject, msg.data, onward, bus.remaining(deadline, self.default_timeout)
-                )
+                    self.server.nc, subject, payload, onward, bus.remaining(deadline, self.default_timeout))
             except bus.NoResponders:
-                metrics.PROVIDER_UP.labels(target.provider).set(0)
-                error = Unavailable(
-                    f"no worker is running for provider `{target.provider}`",
-                    code="no_provider_worker",
-                    where=f"provider:{target.provider}",
-                )
-                continue
+                await self._outcome(target, ok=False)
+                return Unavailable(f"no worker is running for provider `{target.provider}`",
+                                   code="no_provider_worker", where=f"provider:{target.provider}")
+            except DeadlineExceeded:
+                await self._outcome(target, ok=False)
+                raise
             match reply:
                 case ChatResult():
-                    metrics.PROVIDER_UP.labels(target.provider).set(1)
+                    await self._outcome(target, ok=True)
+                    seconds = reply.first_chunk_seconds if streaming else time.monotonic() - started
+                    self.stats.setdefault(target.key, strategy.TargetStats()).observe(seconds or 0.0)
                     # The fill goes first (a buffered publish, it does not delay the reply) so that a
                     # client repeating the request at once already finds it in every L1.
                     await self._fill(headers, raw.data)
-                    if not streaming:
-                        await self.server.nc.publish(msg.reply, raw.data)
-                    return
+                    return None if streaming else raw.data
                 case ErrorReply(stream_started=True):
-                    return  # the worker already ended the client's stream with this error
+                    await self._outcome(target, ok=reply.code == "client_disconnected")
+                    return None  # the worker already ended the client's stream with this error
                 case ErrorReply():
                     error = from_reply(reply)
                     if reply.status in _NO_FALLBACK_STATUS:
-                        raise error
-                    metrics.PROVIDER_UP.labels(target.provider).set(0)
-                    log.info("target %s/%s failed (%d), trying the next", target.provider, target.model,
-                             reply.status)
+                        return error  # the caller's own fault: not the target's, not worth a retry
+                    await self._outcome(target, ok=False)
+                    time_left = bus.remaining(deadline, self.default_timeout)
+                    delay = (retry_delay(attempt, reply.retry_after, time_left, retry, self.rng)
+                             if reply.retryable and attempt < retry.attempts else None)
+                    if delay is None:
+                        log.info("target %s failed (%d), moving on", target.key, reply.status)
+                        return error
+                    metrics.RETRIES.labels(target.key).inc()
+                    log.info("target %s failed (%d), retrying in %.2fs", target.key, reply.status, delay)
+                    await asyncio.sleep(delay)
                 case _:
-                    raise GatewayError(f"unexpected reply from {subject}")
-        raise error
+                    return GatewayError(f"unexpected reply from {subject}")
+
+    def breaker(self, target: Target) -> Breaker:
+        found = self.breakers.get(target.key)
+        if found is None:
+            found = self.breakers[target.key] = Breaker(self.config.router.breaker)
+        return found
+
+    async def _outcome(self, target: Target, ok: bool) -> None:
+        metrics.PROVIDER_UP.labels(target.provider).set(1 if ok else 0)
+        changed = self.breaker(target).record(ok, time.monotonic())
+        if changed is not None:
+            await self._breaker_changed(target.key, changed)
+
+    async def _breaker_changed(self, key: str, state: str) -> None:
+        log.warning("circuit breaker for %s is now %s", key, state)
+        metrics.BREAKER_OPEN.labels(key).set(1 if state == "open" else 0)
+        event = BreakerEvent(target=key, state=state, origin=self.server.id)  # type: ignore[arg-type]
+        await self.server.nc.publish(self.subjects.breaker, encode(event))
+
+    async def on_breaker_event(self, msg: Msg) -> None:
+        event = breaker_decoder.decode(msg.data)
+        if event.origin == self.server.id:
+            return
+        breaker = self.breakers.get(event.target)
+        if breaker is None:
+            breaker = self.breakers[event.target] = Breaker(self.config.router.breaker)
+        breaker.apply(event.state, time.monotonic())
+        metrics.BREAKER_OPEN.labels(event.target).set(1 if event.state == "open" else 0)
+
+    def health(self) -> HealthReport:
+        now = time.monotonic()
+        checks = {f"breaker {key}": b.state for key, b in self.breakers.items() if b.state != "closed"}
+        degraded = any(not b.available(now) for b in self.breakers.values())
+        return HealthReport(service="router", instance=self.server.id, status="degraded" if degraded else "up",
+                            checks=checks)
 
     async def _fill(self, headers: dict[str, str], data: bytes) -> None:
         key = headers.get(Headers.CACHE_KEY)

@@ -20,7 +20,8 @@ def value(name: str, **labels: str) -> float:
 
 async def test_miss_hit_and_error_are_counted(nats_server: NatsServer, upstream: MockUpstream) -> None:
     config = make_config(nats_server.url, providers={
-        "up": {"adapter": "openai_compatible", "base_url": f"{upstream.url}/v1", "api_key": "k"}})
+        "up": {"adapter": "openai_compatible", "base_url": f"{upstream.url}/v1", "api_key": "k"}},
+        router={"retry": {"attempts": 1}})
     stack = await Stack(config).start()
     body = {"model": "up/gpt-4o-mini", "messages": [{"role": "user", "content": "count me please"}]}
     before = {

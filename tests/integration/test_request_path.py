@@ -16,6 +16,8 @@ from services.mockupstream.server import MockUpstream
 from tests.infra import NatsServer, RedisServer
 from tests.stack import Stack, make_config
 
+# These tests are about the request path: each upstream answer reaches the client as it is.
+NO_RETRIES = {"retry": {"attempts": 1}}
 CHAT = {"model": "gpt-mock", "messages": [{"role": "user", "content": "What is NATS?"}]}
 
 
@@ -45,6 +47,7 @@ async def stack(nats_server: NatsServer, upstream: MockUpstream) -> AsyncIterato
         nats_server.url,
         providers=upstream_providers(upstream),
         models=[{"name": "gpt-mock", "targets": [{"provider": "up", "model": "gpt-4o-mini"}]}],
+        router=NO_RETRIES,
     )
     stack = await Stack(config).start()
     yield stack
@@ -132,6 +135,7 @@ async def test_failover_to_the_second_target(nats_server: NatsServer, upstream: 
         providers=providers,
         models=[{"name": "resilient", "targets": [
             {"provider": "broken", "model": "m"}, {"provider": "up", "model": "gpt-4o"}]}],
+        router=NO_RETRIES,
     )
     stack = await Stack(config).start()
     try:

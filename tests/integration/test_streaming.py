@@ -40,6 +40,7 @@ async def stack(nats_server: NatsServer, upstream: MockUpstream) -> AsyncIterato
         providers=providers(upstream),
         models=[{"name": "fallback", "targets": [
             {"provider": "broken", "model": "x"}, {"provider": "up", "model": "gpt-4o"}]}],
+        router={"retry": {"attempts": 1}},
     )
     stack = await Stack(config).start()
     yield stack

@@ -1,0 +1,247 @@
+"""Routing and resilience with real services and mock upstreams that fail on command: retries honouring
+Retry-After, breakers (shared between router replicas), deadlines, strategies, single flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+
+from services.mockupstream.server import MockUpstream
+from tests.infra import NatsServer
+from tests.integration.test_request_path import eventually
+from tests.stack import Stack, make_config
+
+NO_CACHE = {"cache-control": "no-cache, no-store"}
+
+
+def chat(content: str, model: str = "pair") -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": content}]}
+
+
+@pytest.fixture
+async def second() -> AsyncIterator[MockUpstream]:
+    server = MockUpstream()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def pair_config(nats_url: str, first: MockUpstream, second: MockUpstream, **router: object) -> object:
+    return make_config(
+        nats_url,
+        providers={
+            "a": {"adapter": "openai_compatible", "base_url": f"{first.url}/v1", "api_key": "k"},
+            "b": {"adapter": "openai_compatible", "base_url": f"{second.url}/v1", "api_key": "k"},
+        },
+        models=[{"name": "pair", "targets": [{"provider": "a", "model": "gpt-4o"},
+                                             {"provider": "b", "model": "gpt-4o-mini"}]}],
+        router={"retry": {"backoff_base_seconds": 0.05},
+                "breaker": {"consecutive_failures": 3, "cooldown_seconds": 0.5}} | router,
+    )
+
+
+async def test_429_with_retry_after_is_retried_after_the_delay(
+    nats_server: NatsServer, upstream: MockUpstream, second: MockUpstream
+) -> None:
+    stack = await Stack(pair_config(nats_server.url, upstream, second)).start()  # type: ignore[arg-type]
+    try:
+        upstream.script([{"status": 429, "headers": {"retry-after": "1"}}])
+        started = time.monotonic()
+        response = await stack.http.post("/v1/chat/completions", json=chat("retry me"), headers=NO_CACHE)
+        assert response.status_code == 200
+        assert response.headers["x-llm-edge-provider"] == "a"  # the same target, after waiting
+        assert time.monotonic() - started >= 1.0
+        assert upstream.stats["calls"] == 2 and second.stats["calls"] == 0
+    finally:
+        await stack.close()
+
+
+async def test_client_errors_are_not_retried(
+    nats_server: NatsServer, upstream: MockUpstream, second: MockUpstream
+) -> None:
+    stack = await Stack(pair_config(nats_server.url, upstream, second)).start()  # type: ignore[arg-type]
+    try:
+        upstream.script([{"status": 400}])
+        response = await stack.http.post("/v1/chat/completions", json=chat("bad"), headers=NO_CACHE)
+        assert response.status_code == 400
+        assert upstream.stats["calls"] == 1 and second.stats["calls"] == 0
+    finally:
+        await stack.close()
+
+
+async def test_context_window_error_moves_to_a_larger_target(
+    nats_server: NatsServer, upstream: MockUpstream, second: MockUpstream
+) -> None:
+    config = make_config(
+        nats_server.url,
+        providers={"small": {"adapter": "openai_compatible", "base_url": f"{upstream.url}/v1"},
+                   "large": {"adapter": "openai_compatible", "base_url": f"{second.url}/v1"}},
+        models=[{"name": "pair", "targets": [
+            {"provider": "small", "model": "gpt-4o-mini", "context_window": 8000},
+            {"provider": "large", "model": "gpt-4.1", "context_window": 1000000}]}],
+    )
+    stack = await Stack(config).start()
+    try:
+        upstream.script([{"status": 400, "body": {"error": {
+            "message": "This model's maximum context length is 8000 tokens.", "type": "invalid_request_error",
+            "param": "messages", "code": "context_length_exceeded"}}}])
+        response = await stack.http.post("/v1/chat/completions", json=chat("long " * 50), headers=NO_CACHE)
+        assert response.status_code == 200
+        assert response.headers["x-llm-edge-provider"] == "large"
+    finally:
+        await stack.close()
+
+
+async def test_breaker_opens_moves_traffic_and_a_probe_closes_it(
+    nats_server: NatsServer, upstream: MockUpstream, second: MockUpstream
+) -> None:
+    stack = await Stack(pair_config(nats_server.url, upstream, second, retry={"attempts": 1})).start()  # type: ignore[arg-type]
+    try:
+        upstream.script([{"status": 500}] * 1000)  # target a is down
+        for i in range(3):
+            response = await stack.http.post("/v1/chat/completions", json=chat(f"down {i}"), headers=NO_CACHE)
+            assert response.headers["x-llm-edge-provider"] == "b"
+        assert upstream.stats["calls"] == 3
+        for i in range(10):  # the breaker is open: a is not even tried
+            response = await stack.http.post("/v1/chat/completions", json=chat(f"open {i}"), headers=NO_CACHE)
+            assert response.headers["x-llm-edge-provider"] == "b"
+        assert upstream.stats["calls"] == 3
+        assert (await stack.http.get("/health")).json()["router"]["checks"] == {"breaker a/gpt-4o": "open"}
+
+        upstream.reset()  # a recovers; after the cooldown one probe goes to it and closes the breaker
+        async def back_on_a() -> bool:
+            response = await stack.http.post("/v1/chat/completions", json=chat("probe"), headers=NO_CACHE)
+            return response.headers["x-llm-edge-provider"] == "a"
+
+        await eventually(back_on_a, timeout=3)
+        for i in range(5):
+            response = await stack.http.post("/v1/chat/completions", json=chat(f"closed {i}"), headers=NO_CACHE)
+            assert response.headers["x-llm-edge-provider"] == "a"
+    finally:
+        await stack.close()
+
+
+async def test_a_breaker_opened_by_one_router_replica_is_respected_by_the_other(
+    nats_server: NatsServer, upstream: MockUpstream, second: MockUpstream
+) -> None:
+    config = pair_config(nats_server.url, upstream, second, retry={"attempts": 1},
+                         breaker={"consecutive_failures": 3, "cooldown_seconds": 60})
+    stack = await Stack(config).start()  # type: ignore[arg-type]
+    try:
+        other = await stack.start_router("router-2")
+        first = stack.routers["router"]
+        target = config.models[0].targets[0]  # type: ignore[attr-defined]
+        for _ in range(3):  # three failures seen by the first replica only
+            await first._outcome(target, ok=False)
+        assert first.breaker(target).state == "open"
+        await eventually(lambda: other.breakers.get(target.key) is not None
+                         and other.breakers[target.key].state == "open", timeout=1)
+        for i in range(20):  # whichever replica takes each request, a is skipped
+            response = await stack.http.post("/v1/chat/completions", json=chat(f"r{i}"), headers=NO_CACHE)
+            assert response.headers["x-llm-edge-provider"] == "b"
+        assert upstream.stats["calls"] == 0
+    finally:
+        await stack.close()
+
+
+async def test_all_breakers_open_is_a_clear_503(
+    nats_server: NatsServer, upstream: MockUpstream, second: MockUpstream
+) -> None:
+    config = pair_config(nats_server.url, upstream, second, retry={"attempts": 1},
+                         breaker={"consecutive_failures": 1, "cooldown_seconds": 60})
+    stack = await Stack(config).start()  # type: ignore[arg-type]
+    try:
+        upstream.script([{"status": 500}] * 10)
+        second.script([{"status": 500}] * 10)
+        first = await stack.http.post("/v1/chat/completions", json=chat("x"), headers=NO_CACHE)
+        assert first.status_code == 502
+        response = await stack.http.post("/v1/chat/completions", json=chat("y"), headers=NO_CACHE)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "all_targets_unavailable"
+    finally:
+        await stack.close()
+
+
+async def test_slow_target_and_a_two_second_deadline_is_504_at_two_seconds(
+    nats_server: NatsServer, upstream: MockUpstream, second: MockUpstream
+) -> None:
+    stack = await Stack(pair_config(nats_server.url, upstream, second)).start()  # type: ignore[arg-type]
+    try:
+        upstream.script([{"status": 200, "delay_ms": 10_000}])
+        started = time.monotonic()
+        response = await stack.http.post("/v1/chat/completions", json=chat("slow"),
+                                         headers={**NO_CACHE, "x-llm-edge-timeout": "2"})
+        elapsed = time.monotonic() - started
+        assert response.status_code == 504
+        assert 1.9 <= elapsed < 2.6
+        assert second.stats["calls"] == 0  # no time was left for another target
+    finally:
+        await stack.close()
+
+
+async def test_weighted_split_over_a_thousand_requests(nats_server: NatsServer) -> None:
+    config = make_config(
+        nats_server.url,
+        providers={"heavy": {"adapter": "mock"}, "light": {"adapter": "mock"}},
+        models=[{"name": "split", "strategy": "weighted", "targets": [
+            {"provider": "heavy", "model": "m", "weight": 3}, {"provider": "light", "model": "m", "weight": 1}]}],
+    )
+    stack = await Stack(config).start()
+    try:
+        seen: Counter[str] = Counter()
+        for batch in range(20):
+            responses = await asyncio.gather(*(
+                stack.http.post("/v1/chat/completions", json=chat(f"{batch}-{i}", "split"), headers=NO_CACHE)
+                for i in range(50)))
+            seen.update(r.headers["x-llm-edge-provider"] for r in responses)
+        assert seen["heavy"] + seen["light"] == 1000
+        # 750 expected; sigma = sqrt(1000 * 0.75 * 0.25) ~ 13.7, so 4 sigma is ~55
+        assert abs(seen["heavy"] - 750) < 55, seen
+    finally:
+        await stack.close()
+
+
+async def test_least_latency_converges_to_the_faster_target(nats_server: NatsServer) -> None:
+    config = make_config(
+        nats_server.url,
+        providers={"slow": {"adapter": "mock", "latency_ms": 60}, "fast": {"adapter": "mock", "latency_ms": 5}},
+        models=[{"name": "quick", "strategy": "least_latency", "targets": [
+            {"provider": "slow", "model": "m"}, {"provider": "fast", "model": "m"}]}],
+    )
+    stack = await Stack(config).start()
+    try:
+        providers = []
+        for i in range(30):
+            response = await stack.http.post("/v1/chat/completions", json=chat(f"q{i}", "quick"), headers=NO_CACHE)
+            providers.append(response.headers["x-llm-edge-provider"])
+        assert "slow" in providers[:3]  # measured at first...
+        assert providers[-20:] == ["fast"] * 20  # ...then avoided
+    finally:
+        await stack.close()
+
+
+async def test_fifty_identical_concurrent_requests_make_one_upstream_call(nats_server: NatsServer) -> None:
+    slow = MockUpstream(latency_ms=300)
+    await slow.start()
+    config = make_config(nats_server.url, providers={
+        "up": {"adapter": "openai_compatible", "base_url": f"{slow.url}/v1"}})
+    stack = await Stack(config).start()
+    try:
+        body = chat("the same question", "up/gpt-4o")
+        responses = await asyncio.gather(*(stack.http.post("/v1/chat/completions", json=body) for _ in range(50)))
+        assert [r.status_code for r in responses] == [200] * 50
+        assert {r.json()["choices"][0]["message"]["content"] for r in responses} == {"Echo: the same question"}
+        assert slow.stats["calls"] == 1
+        # no-cache asks for a fresh answer: those are not coalesced
+        fresh = await asyncio.gather(*(stack.http.post("/v1/chat/completions", json=body, headers=NO_CACHE)
+                                       for _ in range(3)))
+        assert [r.status_code for r in fresh] == [200] * 3
+        assert slow.stats["calls"] == 4
+    finally:
+        await stack.close()
+        await slow.stop()

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +151,8 @@ async def up(config: Config, config_path: str | None = None) -> int:
         monitor_port = free_port(nats_host)
     nats = await asyncio.create_subprocess_exec(
         nats_server_binary(), "-a", nats_host, "-p", str(nats_port), "-m", str(monitor_port),
-        "--name", "llm-edge", preexec_fn=_die_with_parent,
+        "--name", "llm-edge", "-js", "-sd", tempfile.mkdtemp(prefix="llm-edge-nats-"),
+        preexec_fn=_die_with_parent,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )
     await _wait_nats_ready(nats_host, nats_port, nats)

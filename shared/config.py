@@ -28,6 +28,9 @@ class ProviderConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     timeout_seconds: float = 600.0
     max_connections: int = 256
     max_concurrency: int = 1024  # requests one worker process handles at once
+    # Calls in flight to this provider across all its worker replicas. When set, requests wait in a
+    # JetStream work queue (up to their deadline) instead of failing with 429.
+    max_in_flight: int | None = None
     headers: dict[str, str] = {}
     # mock provider only: simulated latency and failure
     latency_ms: float = 0.0

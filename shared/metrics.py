@@ -43,6 +43,12 @@ UNPRICED = Counter(
     "llm_edge_unpriced_requests", "Answers from models missing from the pricing table", ["provider", "model"],
 )
 PROVIDER_UP = Gauge("llm_edge_provider_up", "1 when the last call to the provider succeeded", ["provider"])
+QUEUE_WAIT = Histogram(
+    "llm_edge_queue_wait_seconds", "Time a request waited in a provider's admission queue", ["provider"],
+    buckets=_OVERHEAD + (1, 2.5, 5, 10, 30, 60),
+)
+QUEUE_DEPTH = Gauge("llm_edge_queue_depth", "Requests waiting in a provider's admission queue", ["provider"])
+IN_FLIGHT = Gauge("llm_edge_admitted_in_flight", "Admitted calls not yet finished, all replicas", ["provider"])
 BREAKER_OPEN = Gauge("llm_edge_breaker_open", "1 while the target's circuit breaker is open", ["target"])
 RETRIES = Counter("llm_edge_retries", "Retries of a target after a retryable failure", ["target"])
 BUS_DURATION = Histogram(

@@ -29,6 +29,13 @@ class Subjects:
         """Broadcast: breaker state changes, so that every router replica acts on them at once."""
         return f"{self.prefix}.router.breaker"
 
+    def admission(self, provider: str) -> str:
+        """The JetStream work queue of a provider with a concurrency cap."""
+        return f"{self.prefix}.admit.{provider}"
+
+    def admission_stream(self, provider: str) -> str:
+        return f"{self.prefix}_admit_{provider}".upper().replace(".", "_").replace("-", "_")
+
     def provider_chat(self, provider: str) -> str:
         return f"{self.prefix}.provider.{provider}.chat"
 
@@ -71,6 +78,7 @@ class Headers:
     KEY_ID = "Llm-Key-Id"
     TARGET_MODEL = "Llm-Target-Model"
     PUBLIC_MODEL = "Llm-Public-Model"
+    REPLY_TO = "Llm-Reply-To"  # where a request taken from a work queue is answered
 
 
 # Service names as registered with the NATS services framework (`nats micro ls`).

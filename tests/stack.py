@@ -61,8 +61,8 @@ class Stack:
         self.routers[key] = router
         return router
 
-    async def start_provider(self, name: str) -> None:
-        worker = ProviderWorker(self.config, name, await self._server(f"provider.{name}", f"test-{name}"))
+    async def start_provider(self, name: str, key: str | None = None) -> None:
+        worker = ProviderWorker(self.config, name, await self._server(key or f"provider.{name}", f"test-{name}"))
         await worker.start()
         self.workers.append(worker)
 
@@ -98,9 +98,12 @@ class Stack:
         return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
 
     async def close(self) -> None:
+        for worker in self.workers:
+            await worker.stop_queue()
         for key in list(self.servers):
             await self.stop_service(key)
         for worker in self.workers:
+            await worker.stop_queue()
             await worker.close()
         if self.http is not None:
             await self.http.aclose()

@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import Span, SpanKind
 
 from services.providers import streaming
+from services.providers.admission import QueueConsumer
 from services.providers.base import HttpAdapter, LocalAdapter
 from services.providers.http import Upstream
 from services.providers.registry import ADAPTERS
@@ -40,6 +41,8 @@ class ProviderWorker:
         # Streams in flight by request id, so a cancel notice can stop the right upstream call.
         self.streams: dict[str, asyncio.Task[None]] = {}
         self.active = metrics.ACTIVE.labels(f"provider.{name}")
+        self.queue: QueueConsumer | None = None
+        self.max_age = config.ingress.request_timeout_seconds + 60
 
     async def start(self) -> None:
         await self.server.endpoint(
@@ -50,10 +53,20 @@ class ProviderWorker:
             limit=self.settings.max_concurrency,
         )
         await self.server.subscribe(self.subjects.cancel, self.cancel)
-        await self.server.health_endpoint(
-            self.subjects.health(f"provider.{self.name}"),
-            lambda: HealthReport(service=f"provider.{self.name}", instance=self.server.id),
-        )
+        if self.settings.max_in_flight:
+            self.queue = QueueConsumer(self, self.settings.max_in_flight, self.max_age)
+            await self.queue.start()
+        await self.server.health_endpoint(self.subjects.health(f"provider.{self.name}"), self.health)
+
+    def health(self) -> HealthReport:
+        checks = {}
+        if self.queue is not None:
+            checks = {"queue_depth": str(self.queue.depth), "max_in_flight": str(self.queue.cap)}
+        return HealthReport(service=f"provider.{self.name}", instance=self.server.id, checks=checks)
+
+    async def stop_queue(self) -> None:
+        if self.queue is not None:
+            await self.queue.stop()
 
     async def close(self) -> None:
         await self.upstream.close()
@@ -153,5 +166,6 @@ async def serve(config: Config, name: str, stop: asyncio.Event) -> None:
     await worker.start()
     log.info("provider worker %s ready", name)
     await stop.wait()
+    await worker.stop_queue()
     await server.drain()
     await worker.close()

@@ -26,8 +26,9 @@ from shared import bus, metrics, tracing
 from shared.config import Config, Target
 from shared.errors import DeadlineExceeded, GatewayError, InvalidRequest, Unavailable, from_reply
 from shared.logs import request_id
-from shared.messages import BreakerEvent, ChatResult, ErrorReply, HealthReport, breaker_decoder, encode
+from shared.messages import BreakerEvent, ChatResult, ErrorReply, HealthReport, Reply, breaker_decoder, encode
 from shared.subjects import SERVICE_ROUTER, Headers, Queues, Subjects
+from shared.workqueue import ReplyInbox
 
 log = logging.getLogger("llm_edge.router")
 
@@ -55,6 +56,7 @@ class Router:
         self.stats: dict[str, strategy.TargetStats] = {}
         self.inflight: dict[str, asyncio.Future[bytes | None]] = {}
         self.rng = random.Random()
+        self.inbox: ReplyInbox | None = None
 
     async def start(self) -> None:
         await self.server.endpoint("route", self.subjects.route, Queues.ROUTER, self.handle)
@@ -158,8 +160,7 @@ class Router:
                                    code="target_unavailable", where=f"provider:{target.provider}")
             started = time.monotonic()
             try:
-                reply, raw = await bus.request(
-                    self.server.nc, subject, payload, onward, bus.remaining(deadline, self.default_timeout))
+                reply, raw = await self._ask(target, subject, payload, onward, deadline)
             except bus.NoResponders:
                 await self._outcome(target, ok=False)
                 return Unavailable(f"no worker is running for provider `{target.provider}`",
@@ -195,6 +196,19 @@ class Router:
                     await asyncio.sleep(delay)
                 case _:
                     return GatewayError(f"unexpected reply from {subject}")
+
+    async def _ask(
+        self, target: Target, subject: str, payload: bytes, onward: dict[str, str], deadline: float | None
+    ) -> tuple[Reply, Msg]:
+        """Straight to the provider's workers, or through its admission queue when it has a cap."""
+        timeout = bus.remaining(deadline, self.default_timeout)
+        if self.config.providers[target.provider].max_in_flight:
+            if self.inbox is None:
+                self.inbox = ReplyInbox(self.server.nc)
+                await self.inbox.start()
+            return await self.inbox.request(
+                self.server.nc.jetstream(), self.subjects.admission(target.provider), payload, onward, timeout)
+        return await bus.request(self.server.nc, subject, payload, onward, timeout)
 
     def breaker(self, target: Target) -> Breaker:
         found = self.breakers.get(target.key)

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.mockupstream.server import MockUpstream
 from tests.infra import NatsServer
@@ -242,6 +243,31 @@ async def test_fifty_identical_concurrent_requests_make_one_upstream_call(nats_s
                                        for _ in range(3)))
         assert [r.status_code for r in fresh] == [200] * 3
         assert slow.stats["calls"] == 4
+    finally:
+        await stack.close()
+        await slow.stop()
+
+
+async def test_admission_cap_holds_across_two_workers_and_everyone_is_served(nats_server: NatsServer) -> None:
+    slow = MockUpstream(latency_ms=100)
+    await slow.start()
+    config = make_config(nats_server.url, providers={
+        "capped": {"adapter": "openai_compatible", "base_url": f"{slow.url}/v1", "max_in_flight": 4}})
+    stack = await Stack(config).start()
+    await stack.start_provider("capped", key="second-worker")
+    before = REGISTRY.get_sample_value("llm_edge_queue_wait_seconds_count", {"provider": "capped"}) or 0
+    try:
+        responses = await asyncio.gather(*(
+            stack.http.post("/v1/chat/completions", json=chat(f"queued {i}", "capped/gpt-4o"), headers=NO_CACHE)
+            for i in range(40)))
+        assert [r.status_code for r in responses] == [200] * 40
+        assert slow.stats["calls"] == 40
+        assert slow.stats["max_in_flight"] == 4  # never more, though 40 were asked for at once
+        waits = REGISTRY.get_sample_value("llm_edge_queue_wait_seconds_count", {"provider": "capped"})
+        assert waits - before == 40
+        # with 4 at a time and 100 ms each, the last ones waited about a second in the queue
+        assert REGISTRY.get_sample_value("llm_edge_queue_wait_seconds_bucket",
+                                         {"provider": "capped", "le": "0.5"}) - before < 40
     finally:
         await stack.close()
         await slow.stop()

@@ -31,5 +31,10 @@ test: dev redis
 lint: dev
 	$(BIN)/ruff check shared services tests
 
+# LLM Edge beside LiteLLM and Portkey on this machine; installs both into bench/.venvs/ on first use.
+# BENCH_ARGS=--quick for 3 s per point; results in bench-results/ (results.json, summary.md).
+bench: venv
+	$(BIN)/python bench/compare.py --out bench-results/ $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -39,10 +39,15 @@ def _ingress(config: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # its own options, which argparse's REMAINDER would not pass through
+    # Commands with options of their own, which argparse's REMAINDER would not pass through.
+    if argv[:1] == ["bench"]:
         from services.bench.cli import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["mock-upstream"]:
+        from services.mockupstream.server import main as upstream_main
+
+        return upstream_main(argv[1:]) or 0
     parser = argparse.ArgumentParser(prog="llm-edge", description=__doc__)
     parser.add_argument("--config", "-c", help="YAML or TOML configuration file (or LLM_EDGE_CONFIG)")
     commands = parser.add_subparsers(dest="command", required=True)

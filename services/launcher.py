@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import httpx
 
 from shared.config import Config
+from shared.runtime import READY_FD
 
 READY_TIMEOUT_SECONDS = 30.0
 STOP_GRACE_SECONDS = 35.0
@@ -74,27 +75,65 @@ class Child:
     stopping: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
-    async def spawn(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            *self.argv, env=self.env, preexec_fn=_die_with_parent
-        )
+    async def spawn(self, ready_timeout: float | None = None) -> bool:
+        """Start a new copy; with `ready_timeout`, wait until it says it takes work (False: it did not)."""
+        if ready_timeout is None:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv, env=self.env, preexec_fn=_die_with_parent)
+            return True
+        read_fd, write_fd = os.pipe()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv, env={**self.env, READY_FD: str(write_fd)}, pass_fds=(write_fd,),
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            os.close(write_fd)
+        reader = asyncio.StreamReader()
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0))
+        try:
+            return await asyncio.wait_for(reader.readline(), ready_timeout) == b"ready\n"
+        except TimeoutError:
+            return False
+        finally:
+            transport.close()
 
     async def supervise(self) -> None:
         """Keep the child running until `stop()`; restart it after a crash, backing off up to 10 s."""
         backoff = 0.5
+        await self.spawn()
         while not self.stopping:
-            await self.spawn()
-            assert self.process is not None
+            process = self.process
+            assert process is not None
             started = time.monotonic()
-            code = await self.process.wait()
+            code = await process.wait()
             if self.stopping:
                 return
+            if process is not self.process:
+                continue  # replaced by a rolling restart: watch the new copy
             self.restarts += 1
             if time.monotonic() - started > 30:
                 backoff = 0.5
             print(f"llm-edge: {self.name} exited with {code}; restarting in {backoff:.1f}s", file=sys.stderr)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
+            await self.spawn()
+
+    async def roll(self) -> None:
+        """Replace the running copy without losing work: start a new one, wait until it takes work, then
+        let the old one drain (it stops taking requests and finishes those it holds)."""
+        old = self.process
+        if not await self.spawn(ready_timeout=READY_TIMEOUT_SECONDS):
+            print(f"llm-edge: the new {self.name} did not become ready; keeping both", file=sys.stderr)
+            return
+        if old is not None and old.returncode is None:
+            old.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(old.wait(), STOP_GRACE_SECONDS)
+            except TimeoutError:
+                old.kill()
+                await old.wait()
 
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         self.stopping = True
@@ -183,6 +222,18 @@ async def up(config: Config, config_path: str | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    rolling: list[asyncio.Task[None]] = []
+
+    async def roll_all() -> None:
+        """SIGHUP: restart every service in turn, each replaced only once its successor is ready."""
+        print("llm-edge: rolling restart", file=sys.stderr, flush=True)
+        for child in [*workers, *middle, ingress]:
+            if stop.is_set():
+                return
+            await child.roll()
+        print("llm-edge: rolling restart done", file=sys.stderr, flush=True)
+
+    loop.add_signal_handler(signal.SIGHUP, lambda: rolling.append(asyncio.create_task(roll_all())))
 
     host = config.ingress.host
     url = f"http://{host}:{config.ingress.port}"
@@ -207,6 +258,8 @@ async def up(config: Config, config_path: str | None = None) -> int:
     await stop.wait()
 
     print("llm-edge: draining", file=sys.stderr, flush=True)
+    for task in rolling:
+        task.cancel()
     await ingress.stop()
     await asyncio.gather(*(child.stop() for child in middle))
     await asyncio.gather(*(child.stop() for child in workers))

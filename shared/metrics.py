@@ -7,7 +7,13 @@ metrics port (`METRICS_PORT`; `llm-edge up` hands each child a free one and prin
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("llm_edge.metrics")
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
@@ -58,6 +64,20 @@ BUS_DURATION = Histogram(
 
 
 def serve(port: int | None, host: str = "0.0.0.0") -> None:
-    """Expose this process's metrics on `port` (a background thread); nothing when port is None."""
-    if port:
-        start_http_server(port, addr=host)
+    """Expose this process's metrics on `port` (a background thread); nothing when port is None.
+
+    During a rolling restart the old process still holds the port for a moment: keep trying.
+    """
+    if not port:
+        return
+
+    def bind() -> None:
+        for _ in range(600):
+            try:
+                start_http_server(port, addr=host)
+                return
+            except OSError:
+                time.sleep(0.1)
+        log.warning("metrics port %d stayed busy; this process exports no metrics", port)
+
+    threading.Thread(target=bind, name="metrics", daemon=True).start()

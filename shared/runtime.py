@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -31,6 +32,21 @@ def stop_event() -> asyncio.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     return stop
+
+
+READY_FD = "LLM_EDGE_READY_FD"
+
+
+def notify_ready() -> None:
+    """Tell the launcher this process now takes work (it waits for that before stopping an old copy)."""
+    fd = os.environ.pop(READY_FD, None)
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), b"ready\n")
+        os.close(int(fd))
+    except (OSError, ValueError):
+        log.warning("could not tell the launcher this process is ready")
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:

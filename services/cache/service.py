@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind
 from services.cache.key import cache_key
 from services.cache.l1 import L1Cache
 from services.cache.l2 import L2Cache
-from shared import bus, metrics, tracing
+from shared import bus, metrics, runtime, tracing
 from shared.config import Config
 from shared.errors import InvalidRequest
 from shared.logs import request_id
@@ -122,6 +122,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     cache = CacheService(config, server)
     await cache.start()
     log.info("cache ready (l2 %s)", "on" if cache.l2 else "off")
+    runtime.notify_ready()
     await stop.wait()
     await server.drain()
     await cache.close()

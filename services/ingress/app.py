@@ -9,6 +9,7 @@ import itertools
 import logging
 import os
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 from services.ingress import health, shapes, stream
 from services.ingress.parse import parse_chat_request, read_body
 from services.router.routes import Routes
-from shared import bus, metrics, tracing
+from shared import bus, metrics, runtime, tracing
 from shared.config import Config
 from shared.errors import (
     DeadlineExceeded,
@@ -219,6 +220,7 @@ def create_app(config: Config, nc: Client | None = None) -> FastPath:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway.nc = nc if nc is not None else await bus.connect(config.nats_url, "llm-edge-ingress")
         log.info("ingress ready on http://%s:%d", config.ingress.host, config.ingress.port)
+        runtime.notify_ready()
         yield
         gateway.draining = True
         tracing.shutdown()
@@ -379,14 +381,32 @@ def error_response(error: GatewayError, request: Request) -> Response:
     return Response(shapes.error_json(error), status_code=error.http_status, media_type=JSON, headers=headers)
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """SO_REUSEPORT, so a new ingress can listen beside the old one during a rolling restart; listening
+    before the app starts, so connections that arrive meanwhile wait in the backlog instead of failing."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     import uvicorn
 
-    server = uvicorn.Server(
+    app = create_app(config)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            app.gateway.draining = True  # readiness fails first; in-flight requests and streams finish
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    server = Server(
         uvicorn.Config(
-            create_app(config),
-            host=config.ingress.host,
-            port=config.ingress.port,
+            app,
             loop="none",
             http="httptools",
             lifespan="on",
@@ -396,4 +416,4 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             timeout_graceful_shutdown=30,
         )
     )
-    await server.serve()
+    await server.serve(sockets=[listening_socket(config.ingress.host, config.ingress.port)])

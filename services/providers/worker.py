@@ -20,7 +20,7 @@ from services.providers.admission import QueueConsumer
 from services.providers.base import HttpAdapter, LocalAdapter
 from services.providers.http import Upstream
 from services.providers.registry import ADAPTERS
-from shared import bus, metrics, pricing, tracing
+from shared import bus, metrics, pricing, runtime, tracing
 from shared.config import Config, ProviderConfig
 from shared.errors import DeadlineExceeded, GatewayError, ProviderError
 from shared.logs import request_id
@@ -165,6 +165,7 @@ async def serve(config: Config, name: str, stop: asyncio.Event) -> None:
     worker = ProviderWorker(config, name, server)
     await worker.start()
     log.info("provider worker %s ready", name)
+    runtime.notify_ready()
     await stop.wait()
     await worker.stop_queue()
     await server.drain()

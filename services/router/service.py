@@ -22,7 +22,7 @@ from services.router import strategy
 from services.router.breaker import Breaker
 from services.router.retry import wait_before_retry as retry_delay
 from services.router.routes import Routes
-from shared import bus, metrics, tracing
+from shared import bus, metrics, runtime, tracing
 from shared.config import Config, Target
 from shared.errors import DeadlineExceeded, GatewayError, InvalidRequest, Unavailable, from_reply
 from shared.logs import request_id
@@ -262,5 +262,6 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     await server.start()
     await Router(config, server).start()
     log.info("router ready")
+    runtime.notify_ready()
     await stop.wait()
     await server.drain()

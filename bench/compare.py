@@ -1,0 +1,662 @@
+"""LLM Edge beside LiteLLM and Portkey: one mock upstream, one load generator, one run, one machine.
+
+    .venv/bin/python bench/compare.py --out bench-results/ [--quick] [--stream]
+
+Every system is started on free 127.0.0.1 ports, measured against the same mock upstream
+(`python -m services.mockupstream`) at each concurrency and upstream latency, and stopped again with its
+whole process tree. A system that cannot be installed or started is reported as unavailable. Writes
+results.json (every number) and summary.md (tables for docs/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+VENVS = ROOT / "bench" / ".venvs"
+UPSTREAM_MODEL = "gpt-4o-mini"
+LITELLM_KEY = "sk-bench-" + "0" * 32  # LiteLLM refuses to start without a master key
+NO_STORE = "Cache-Control: no-store"
+_DROPPED_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "REDIS_URL", "LLM_EDGE_CONFIG", "HOST", "PORT", "NATS_URL")
+
+
+class Unavailable(Exception):
+    """A system could not be installed or started; the message says why."""
+
+
+# --- processes ---------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name: [state, ppid, …]; None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants, found through /proc (children that called setsid included)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (stat := _stat(entry.name)) is not None:
+            children.setdefault(int(stat[1]), []).append(int(entry.name))
+    found, queue = [], [root]
+    while queue:
+        pid = queue.pop()
+        found.append(pid)
+        queue.extend(children.get(pid, ()))
+    return found
+
+
+def _started_at(pid: int) -> str | None:
+    stat = _stat(pid)
+    return None if stat is None else stat[19]  # field 22, the start time: tells a reused pid apart
+
+
+def _role(pid: int, name: str) -> str:
+    """A short name for a process: our services by their subcommand, Python workers as such."""
+    if not name.startswith("python"):
+        return name
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return name
+    if "services.cli" in argv:
+        return " ".join(argv[argv.index("services.cli") + 1 :]).strip()
+    if any("multiprocessing" in arg for arg in argv):
+        return "python worker"
+    return Path(argv[1]).name if len(argv) > 1 and argv[1] else name
+
+
+def tree_rss(root: int) -> dict[str, Any]:
+    """VmRSS of every process in the tree: total MiB and MiB by process role."""
+    by_name: dict[str, float] = {}
+    count = 0
+    for pid in process_tree(root):
+        try:
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        if "VmRSS" not in fields:  # a zombie
+            continue
+        mib = int(fields["VmRSS"].split()[0]) / 1024
+        name = _role(pid, fields["Name"].strip())
+        by_name[name] = by_name.get(name, 0.0) + mib
+        count += 1
+    return {"mib": round(sum(by_name.values()), 1), "processes": count,
+            "by_name": {k: round(v, 1) for k, v in sorted(by_name.items())}}
+
+
+class Sampler(threading.Thread):
+    """Samples a process tree's RSS every 0.25 s while a load runs; keeps the largest total."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root, self.peak = root, {"mib": 0.0, "processes": 0, "by_name": {}}
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(0.25):
+            sample = tree_rss(self.root)
+            if sample["mib"] > self.peak["mib"]:
+                self.peak = sample
+
+
+RUNNING: set[Service] = set()
+
+
+class Service:
+    """A started process with its log; `stop` ends it and every descendant it left."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> None:
+        self.name, self.log = name, log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.started = time.monotonic()
+        RUNNING.add(self)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, what: str, ready: Callable[[], bool], timeout: float) -> float:
+        """Poll `ready` until true; the seconds since the start. Raise Unavailable on exit or timeout."""
+        deadline = self.started + timeout
+        while time.monotonic() < deadline:
+            if ready():
+                return time.monotonic() - self.started
+            if self.proc.poll() is not None:
+                raise Unavailable(f"{self.name} exited with {self.proc.returncode} before {what}: "
+                                  f"{_tail(self.log_text())}")
+            time.sleep(0.02)
+        raise Unavailable(f"{self.name}: no {what} within {timeout:.0f}s: {_tail(self.log_text())}")
+
+    def stop(self, grace: float = 40.0) -> None:
+        RUNNING.discard(self)
+        tree = {pid: _started_at(pid) for pid in process_tree(self.proc.pid)}
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # each system drains and stops its own children
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid, started in tree.items():  # whatever is left, including orphans of the tree
+            if started is not None and _started_at(pid) == started:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.proc.wait()
+
+
+def _tail(text: str, lines: int = 6) -> str:
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())[-800:]
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return bool(reply.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
+    return env | extra
+
+
+def run(argv: list[str], timeout: float, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+# --- the systems ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    label: str  # a table row
+    url: str
+    model: str
+    headers: list[str]
+    unique: bool = True  # unique prompts: every request misses any cache
+    prime: bool = False  # send the fixed prompt once first, so that the run measures cache hits
+
+
+@dataclass
+class System:
+    name: str
+    version: str = ""
+    service: Service | None = None
+    port: int = 0
+    reported_ready: float | None = None
+
+    def install(self, out: Path) -> None:
+        """Make the system runnable (or raise Unavailable); set `version`."""
+
+    def start(self, upstream: str, out: Path) -> float | None:
+        """Start it; the seconds until it answered (None for a system without a process)."""
+        return None
+
+    def scenarios(self, upstream: str) -> list[Scenario]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
+
+
+class Direct(System):
+    def install(self, out: Path) -> None:
+        self.version = "mock upstream"
+
+    def scenarios(self, upstream: str) -> list[Scenario]:
+        return [Scenario("direct (floor)", f"{upstream}/v1", UPSTREAM_MODEL, [NO_STORE, "Authorization: Bearer x"])]
+
+
+class LLMEdge(System):
+    def install(self, out: Path) -> None:
+        from importlib.metadata import version
+
+        rev = run(["git", "rev-parse", "--short", "HEAD"], 10).stdout.strip()  # read-only
+        self.version = f"{version('llm-edge')} ({rev or 'no git'})"
+
+    def start(self, upstream: str, out: Path) -> float | None:
+        config = out / "llm-edge.yaml"
+        config.write_text(
+            "providers:\n"
+            f"  up: {{adapter: openai_compatible, base_url: '{upstream}/v1', api_key: x}}\n"
+            "models:\n"
+            f"  - {{name: bench-model, targets: [{{provider: up, model: {UPSTREAM_MODEL}}}]}}\n"
+        )
+        self.port = free_port()
+        env = clean_env(PORT=str(self.port), NATS_URL=f"nats://127.0.0.1:{free_port()}",
+                        NATS_MONITOR_PORT=str(free_port()))
+        cli = Path(sys.executable).parent / "llm-edge"
+        argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "services.cli"]
+        self.service = Service(self.name, [*argv, "-c", str(config), "up"], env, out / "llm-edge.log")
+        wall = self.service.wait_for("'LLM Edge ready'", lambda: "LLM Edge ready in" in self.service.log_text(), 60)
+        line = self.service.log_text().split("LLM Edge ready in", 1)[1]
+        self.reported_ready = float(line.split("s", 1)[0])
+        return wall
+
+    def scenarios(self, upstream: str) -> list[Scenario]:
+        url = f"http://127.0.0.1:{self.port}/v1"
+        return [Scenario("llm-edge miss (no-store)", url, "bench-model", [NO_STORE]),
+                Scenario("llm-edge cache hit", url, "bench-model", [], unique=False, prime=True)]
+
+
+class LiteLLM(System):
+    def __init__(self, workers: int) -> None:
+        super().__init__(f"litellm-{workers}w")
+        self.workers = workers
+        self.home = VENVS / "litellm"
+
+    def install(self, out: Path) -> None:
+        python, cli = self.home / "bin" / "python", self.home / "bin" / "litellm"
+        if not cli.exists():
+            print("  installing litellm[proxy] into bench/.venvs/litellm (takes minutes)", flush=True)
+            for argv in ([sys.executable, "-m", "venv", str(self.home)],
+                         [str(python), "-m", "pip", "install", "-q", "litellm[proxy]"]):
+                done = run(argv, 1800)
+                if done.returncode != 0:
+                    raise Unavailable(f"install failed: {' '.join(argv[-2:])}: {_tail(done.stderr)}")
+        probe = run([str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"], 60)
+        if probe.returncode != 0:
+            raise Unavailable(f"litellm is not importable: {_tail(probe.stderr)}")
+        self.version = probe.stdout.strip()
+
+    def start(self, upstream: str, out: Path) -> float | None:
+        config = out / "litellm.yaml"
+        config.write_text(
+            "model_list:\n"
+            "  - model_name: bench-model\n"
+            f"    litellm_params: {{model: 'openai/{UPSTREAM_MODEL}', api_base: '{upstream}/v1', api_key: x}}\n"
+            "litellm_settings: {telemetry: false, cache: false}\n"
+            f"general_settings: {{master_key: {LITELLM_KEY}}}\n"
+        )
+        self.port = free_port()
+        # No telemetry, and the bundled model price map instead of fetching one at start.
+        env = clean_env(LITELLM_TELEMETRY="False", LITELLM_LOCAL_MODEL_COST_MAP="True")
+        argv = [str(self.home / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1",
+                "--port", str(self.port), "--num_workers", str(self.workers)]
+        self.service = Service(self.name, argv, env, out / f"{self.name}.log", cwd=out)
+        wall = self.service.wait_for("readiness", lambda: http_ok(f"http://127.0.0.1:{self.port}/health/readiness"),
+                                     240)
+        # Readiness answers once one worker is up; measure and load only when every worker is.
+        self.service.wait_for(f"{self.workers} workers",
+                              lambda: self.service.log_text().count("Application startup complete") >= self.workers,
+                              240)
+        return wall
+
+    def scenarios(self, upstream: str) -> list[Scenario]:
+        return [Scenario(self.name, f"http://127.0.0.1:{self.port}/v1", "bench-model",
+                         [f"Authorization: Bearer {LITELLM_KEY}", NO_STORE])]
+
+
+class Portkey(System):
+    def __init__(self) -> None:
+        super().__init__("portkey")
+        self.home = VENVS / "portkey"
+        self.entry = self.home / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+
+    def install(self, out: Path) -> None:
+        node, npm = shutil.which("node"), shutil.which("npm")
+        if node is None or npm is None:
+            raise Unavailable("node and npm are not on PATH")
+        if not self.entry.exists():
+            print("  installing @portkey-ai/gateway into bench/.venvs/portkey", flush=True)
+            self.home.mkdir(parents=True, exist_ok=True)
+            package = self.home / "package.json"
+            if not package.exists():
+                package.write_text('{"name": "portkey-bench", "private": true}\n')
+            done = run([npm, "install", "--no-audit", "--no-fund", "@portkey-ai/gateway"], 900, cwd=self.home)
+            if done.returncode != 0 or not self.entry.exists():
+                raise Unavailable(f"npm install @portkey-ai/gateway failed: {_tail(done.stderr)}")
+        meta = json.loads((self.entry.parents[1] / "package.json").read_text())
+        self.version = f"{meta['version']} (node {run([node, '--version'], 30).stdout.strip()})"
+
+    def start(self, upstream: str, out: Path) -> float | None:
+        self.port = free_port()
+        argv = [shutil.which("node") or "node", str(self.entry), f"--port={self.port}", "--headless"]
+        self.service = Service(self.name, argv, clean_env(), out / "portkey.log", cwd=self.home)
+        return self.service.wait_for("an answer on /", lambda: http_ok(f"http://127.0.0.1:{self.port}/"), 60)
+
+    def scenarios(self, upstream: str) -> list[Scenario]:
+        headers = ["x-portkey-provider: openai", f"x-portkey-custom-host: {upstream}/v1",
+                   "Authorization: Bearer x", NO_STORE]
+        return [Scenario("portkey", f"http://127.0.0.1:{self.port}/v1", UPSTREAM_MODEL, headers)]
+
+
+SYSTEMS: dict[str, Callable[[], list[System]]] = {
+    "direct": lambda: [Direct("direct")],
+    "llm-edge": lambda: [LLMEdge("llm-edge")],
+    "litellm": lambda: [LiteLLM(1), LiteLLM(2)],
+    "portkey": lambda: [Portkey()],
+}
+
+
+# --- one run ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    out: Path
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def save(self) -> None:
+        (self.out / "results.json").write_text(json.dumps(self.data, indent=2) + "\n")
+
+    def bench(self, scenario: Scenario, concurrency: int, stream: bool, tag: str) -> dict[str, Any]:
+        path = self.out / "points" / f"{tag}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "services.bench", "--url", scenario.url, "--model", scenario.model,
+                "-c", str(concurrency), "--duration", str(self.args.duration), "--warmup", str(self.args.warmup),
+                "--timeout", "30", "--json", str(path)]
+        argv += ["--unique-prompts"] * scenario.unique + ["--stream"] * stream
+        for header in scenario.headers:
+            argv += ["--header", header]
+        try:
+            done = run(argv, self.args.warmup + self.args.duration + 120)
+        except subprocess.TimeoutExpired:
+            return {"failed": "the load generator did not finish in time"}
+        if done.returncode != 0 or not path.exists():
+            return {"failed": f"bench exited with {done.returncode}: {_tail(done.stderr)}"}
+        return dict(json.loads(path.read_text()))
+
+    def prime(self, scenario: Scenario) -> None:
+        argv = [sys.executable, "-m", "services.bench", "--url", scenario.url, "--model", scenario.model,
+                "-c", "1", "--requests", "1", "--warmup", "0"]
+        for header in scenario.headers:
+            argv += ["--header", header]
+        run(argv, 60)
+
+    def measure(self, system: System, upstream: str, latency: float) -> None:
+        record = self.data["systems"][system.name]
+        files = self.out / f"upstream-{latency:g}ms"  # each start's configuration and log
+        files.mkdir(exist_ok=True)
+        wall = system.start(upstream, files)
+        start: dict[str, Any] = {"upstream_latency_ms": latency, "ready_s": wall and round(wall, 3),
+                                 "reported_ready_s": system.reported_ready}
+        if system.service is not None:
+            time.sleep(1.0)  # settle: what a freshly started, idle instance holds
+            start["rss_idle"] = tree_rss(system.service.proc.pid)
+        record["starts"].append(start)
+        top = max(self.args.concurrency)
+        for scenario in system.scenarios(upstream):
+            if scenario.prime:
+                self.prime(scenario)
+            for stream in (False, True) if self.args.stream else (False,):
+                for c in self.args.concurrency:
+                    sampler = None
+                    if c == top and system.service is not None:
+                        sampler = Sampler(system.service.proc.pid)
+                        sampler.start()
+                    tag = f"{scenario.label}-{latency:g}ms-c{c}{'-stream' if stream else ''}".replace(" ", "_")
+                    print(f"  {scenario.label:<26} upstream {latency:g} ms  c={c:<3} {'stream' if stream else ''}",
+                          end="", flush=True)
+                    result = self.bench(scenario, c, stream, tag.replace("(", "").replace(")", ""))
+                    if sampler is not None:
+                        sampler.halt.set()
+                        sampler.join()
+                        loaded = record.setdefault("rss_loaded", {})
+                        if sampler.peak["mib"] > loaded.get("mib", 0.0):
+                            record["rss_loaded"] = sampler.peak | {"concurrency": c, "scenario": scenario.label}
+                    print(f"  -> {_brief(result)}", flush=True)
+                    self.data["points"].append({"system": system.name, "scenario": scenario.label,
+                                                "upstream_latency_ms": latency, "concurrency": c,
+                                                "stream": stream, "result": result})
+                    self.save()
+
+
+def _brief(result: dict[str, Any]) -> str:
+    if "failed" in result:
+        return f"FAILED: {result['failed']}"
+    lat = result["latency_ms"]
+    return (f"{result['throughput_rps']:.0f} ok req/s, p50 {lat['p50']} ms, p99 {lat['p99']} ms, "
+            f"{result['errors']} errors")
+
+
+# --- summary.md ----------------------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _errors(result: dict[str, Any]) -> str:
+    if not result["errors"]:
+        return "0"
+    kinds = [f"{k}×{n}" for k, n in result["http_errors"].items()]
+    kinds += [f"{k}×{n}" for part in ("transport_errors", "invalid_responses") for k, n in result[part].items()]
+    return f"{result['errors']} ({', '.join(kinds)})"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
+def _load_tables(points: list[dict[str, Any]], latencies: list[float], stream: bool) -> list[str]:
+    out: list[str] = []
+    for latency in latencies:
+        rows = []
+        for p in points:
+            if p["upstream_latency_ms"] != latency or p["stream"] != stream:
+                continue
+            r = p["result"]
+            if "failed" in r:
+                rows.append([p["scenario"], str(p["concurrency"]), "failed: " + r["failed"][:120]] + [""] * 5)
+                continue
+            lat = r["latency_ms"]
+            row = [p["scenario"], str(p["concurrency"]), _num(r["throughput_rps"], 0),
+                   *(_num(lat[k]) for k in ("p50", "p90", "p99", "max")), _errors(r)]
+            if stream:
+                row[-1:-1] = [_num(r["first_chunk_ms"]["p50"]), _num(r["first_chunk_ms"]["p99"]),
+                              _num(r["chunk_gap_ms"]["p99"])]
+            rows.append(row)
+        if rows:
+            head = ["system", "c", "ok req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"]
+            if stream:
+                head[-1:-1] = ["1st chunk p50", "1st chunk p99", "chunk gap p99"]
+            out += [f"### Upstream latency {latency:g} ms{' — SSE streams' if stream else ''}", "",
+                    *_table(head, rows)]
+    return out
+
+
+def _added_table(points: list[dict[str, Any]]) -> list[str]:
+    floor = {(p["upstream_latency_ms"], p["concurrency"], p["stream"]): p["result"]
+             for p in points if p["system"] == "direct" and "failed" not in p["result"]}
+    rows = []
+    for p in points:
+        base = floor.get((p["upstream_latency_ms"], p["concurrency"], p["stream"]))
+        r = p["result"]
+        if p["system"] == "direct" or base is None or "failed" in r or r["latency_ms"]["p50"] is None:
+            continue
+        added = [r["latency_ms"][k] - base["latency_ms"][k] for k in ("p50", "p99")]
+        share = r["throughput_rps"] / base["throughput_rps"] if base["throughput_rps"] else None
+        rows.append([p["scenario"] + (" (stream)" if p["stream"] else ""), f"{p['upstream_latency_ms']:g}",
+                     str(p["concurrency"]), _num(added[0]), _num(added[1]),
+                     "–" if share is None else f"{share:.1%}"])
+    head = ["system", "upstream ms", "c", "added p50 ms", "added p99 ms", "throughput vs direct"]
+    return _table(head, rows) if rows else ["(no direct baseline measured)", ""]
+
+
+def render(data: dict[str, Any]) -> str:
+    m, method, points = data["machine"], data["method"], data["points"]
+    systems = data["systems"]
+    lines = [
+        "# LLM Edge beside LiteLLM and Portkey", "",
+        f"- date: {data['date']}",
+        f"- command: `{data['command']}`",
+        (f"- machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB RAM, Linux {m['kernel']}, "
+         f"Python {m['python']}; load average {' '.join(m['loadavg_at_start'])} at start, "
+         f"{' '.join(m.get('loadavg_at_end', ['?']))} at end"),
+        "- versions: " + "; ".join(f"{name} {rec.get('version', '?')}" for name, rec in systems.items()),
+        (f"- method: per point {method['warmup_s']:g} s warm-up then {method['duration_s']:g} s measured by "
+         "`llm-edge bench` (one process, one keep-alive connection per concurrent worker) against one mock "
+         "upstream (`python -m services.mockupstream`); every process shares this machine's CPUs. Misses "
+         "send unique prompts with `Cache-Control: no-store`; LiteLLM and Portkey run with caching off. A "
+         "request is ok only with status 200 and a valid chat.completion (streams: content and "
+         "`data: [DONE]`); latencies are of ok requests only; percentiles are nearest-rank."),
+    ]
+    if data.get("interrupted"):
+        lines.append("- **interrupted**: the tables hold what was measured before the interruption")
+    lines += ["", "## Throughput and latency", ""]
+    lines += _load_tables(points, method["upstream_latencies_ms"], False)
+    if method["stream"]:
+        lines += _load_tables(points, method["upstream_latencies_ms"], True)
+    lines += ["## Added latency (system minus direct, same run, concurrency and upstream latency)", "",
+              *_added_table(points)]
+    rss_rows, ready_rows = [], []
+    for name, rec in systems.items():
+        starts = [s for s in rec["starts"] if s.get("ready_s") is not None]
+        if not starts:
+            continue
+        idle = starts[0].get("rss_idle", {})
+        loaded = rec.get("rss_loaded", {})
+        rss_rows.append([name, str(idle.get("processes", "–")), _num(idle.get("mib"), 1), _num(loaded.get("mib"), 1),
+                         ", ".join(f"{k} {v:.0f}" for k, v in idle.get("by_name", {}).items())])
+        ready_rows.append([name, ", ".join(f"{s['ready_s']:.2f}" for s in starts),
+                           ", ".join(f"{s['reported_ready_s']:.2f}" for s in starts if s.get("reported_ready_s"))
+                           or "–"])
+    top = max(method["concurrency"])
+    lines += ["## Memory (RSS of every process of the system)", "",
+              *_table(["system", "processes", "idle MiB", f"peak under load (c={top}) MiB", "idle MiB by process"],
+                      rss_rows),
+              "## Time to ready (start command to first ready answer; one value per start)", "",
+              *_table(["system", "wall clock s", "self-reported s"], ready_rows)]
+    unavailable = [(n, r["reason"]) for n, r in systems.items() if r["status"] != "ok"]
+    if unavailable:
+        lines += ["## Unavailable", "", *(f"- {name}: unavailable: {reason}" for name, reason in unavailable), ""]
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    mem = next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+               if line.startswith("MemTotal"))
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    return {"nproc": os.cpu_count(), "cpu": cpu, "memory_gib": round(int(mem) / 1024 / 1024, 1),
+            "kernel": platform.release(), "python": platform.python_version(), "loadavg_at_start": load}
+
+
+def start_upstream(port: int, latency: float, out: Path) -> Service:
+    argv = [sys.executable, "-m", "services.mockupstream", "--port", str(port), "--latency-ms", f"{latency:g}"]
+    upstream = Service(f"mock upstream ({latency:g} ms)", argv, clean_env(), out / f"upstream-{latency:g}ms.log")
+    upstream.wait_for("its stats", lambda: http_ok(f"http://127.0.0.1:{port}/_mock/stats"), 30)
+    return upstream
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    p.add_argument("--quick", action="store_true", help="3 s per point instead of 10")
+    p.add_argument("--duration", type=float, help="seconds measured per point (default 10, --quick 3)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of uncounted load per point")
+    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
+    p.add_argument("--latencies", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 50.0],
+                   help="upstream latencies in ms (default 0,50)")
+    p.add_argument("--systems", type=lambda s: s.split(","), default=list(SYSTEMS),
+                   help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    p.add_argument("--stream", action="store_true", help="also measure SSE streams at every point")
+    args = p.parse_args(argv)
+    if args.duration is None:
+        args.duration = 3.0 if args.quick else 10.0
+    unknown = set(args.systems) - set(SYSTEMS)
+    if unknown:
+        p.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    return args
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up exactly like Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/compare.py", *sys.argv[1:]])
+    runner = Run(args, out)
+    runner.data = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "command": command,
+                   "machine": machine(), "method": {"duration_s": args.duration, "warmup_s": args.warmup,
+                   "concurrency": args.concurrency, "upstream_latencies_ms": args.latencies, "stream": args.stream},
+                   "systems": {}, "points": []}
+    systems = [s for name in args.systems for s in SYSTEMS[name]()]
+    available: list[System] = []
+    for system in systems:
+        record = runner.data["systems"][system.name] = {"status": "ok", "starts": []}
+        try:
+            system.install(out)
+            record["version"] = system.version
+            available.append(system)
+        except (Unavailable, OSError, subprocess.SubprocessError) as exc:
+            record.update(status="unavailable", reason=str(exc))
+            print(f"{system.name}: unavailable: {exc}", file=sys.stderr)
+    upstream_port = free_port()
+    upstream_url = f"http://127.0.0.1:{upstream_port}"
+    try:
+        for latency in args.latencies:
+            upstream = start_upstream(upstream_port, latency, out)
+            try:
+                for system in available:
+                    print(f"{system.name} (upstream {latency:g} ms)", flush=True)
+                    try:
+                        runner.measure(system, upstream_url, latency)
+                    except (Unavailable, OSError, subprocess.SubprocessError) as exc:
+                        record = runner.data["systems"][system.name]
+                        record.update(status="unavailable", reason=f"at {latency:g} ms: {exc}")
+                        print(f"  unavailable: {exc}", file=sys.stderr)
+                    finally:
+                        system.stop()
+            finally:
+                upstream.stop()
+    except KeyboardInterrupt:
+        print("interrupted; stopping everything and writing what was measured", file=sys.stderr)
+        runner.data["interrupted"] = True
+        return_code = 130
+    else:
+        return_code = 0
+    finally:
+        for service in list(RUNNING):
+            service.stop(grace=5)
+        runner.data["machine"]["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
+        runner.save()
+        (out / "summary.md").write_text(render(runner.data))
+    print(f"wrote {out / 'results.json'} and {out / 'summary.md'}")
+    return return_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

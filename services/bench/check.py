@@ -1,0 +1,113 @@
+"""Whether a response counts as ok: a chat.completion with choices, or an SSE stream with content and `[DONE]`.
+
+The bench counts a request as successful only through these checks, so that an error page or a cut stream
+that happens to carry status 200 can never flatter a gateway's figures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+DONE = b"[DONE]"
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message
+
+
+class _Completion(msgspec.Struct):
+    object: str
+    choices: list[_Choice]
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[msgspec.Raw] | None = None
+
+
+class _ChunkChoice(msgspec.Struct):
+    delta: _Delta | None = None
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_ChunkChoice] = []
+    error: Any = None  # absent from every normal chunk, so decoding it generically costs nothing
+
+
+_completion = msgspec.json.Decoder(_Completion)
+_chunk = msgspec.json.Decoder(_Chunk)
+
+
+def completion_problem(body: bytes) -> str | None:
+    """None when `body` is a chat.completion with at least one choice, else what is wrong with it."""
+    try:
+        reply = _completion.decode(body)
+    except msgspec.DecodeError:
+        return "not_a_completion"
+    if reply.object != "chat.completion":
+        return "not_a_completion"
+    if not reply.choices:
+        return "no_choices"
+    return None
+
+
+class StreamCheck:
+    """Reads an SSE body piece by piece; `feed` returns how many content chunks the piece completed."""
+
+    __slots__ = ("_buffer", "chunks", "done", "problem")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.done = False  # saw `data: [DONE]`
+        self.chunks = 0  # events carrying content (text or a tool-call fragment)
+        self.problem: str | None = None  # an event that is not a chat.completion.chunk, or an error event
+
+    def feed(self, data: bytes) -> int:
+        buffer = self._buffer + data
+        if b"\r" in buffer:  # SSE allows CRLF; a lone trailing CR waits for its LF in the next piece
+            buffer = buffer.replace(b"\r\n", b"\n")
+        events = buffer.split(b"\n\n")
+        self._buffer = events.pop()
+        found = 0
+        for event in events:
+            found += self._event(event)
+        self.chunks += found
+        return found
+
+    def _event(self, event: bytes) -> int:
+        data = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+        if not data or self.done:
+            return 0
+        payload = data[0] if len(data) == 1 else b"\n".join(data)
+        if payload == DONE:
+            self.done = True
+            return 0
+        try:
+            chunk = _chunk.decode(payload)
+        except msgspec.DecodeError:
+            self.problem = self.problem or "bad_stream_event"
+            return 0
+        if chunk.error is not None:
+            self.problem = self.problem or "stream_error_event"
+            return 0
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta is not None and (delta.content or delta.tool_calls):
+                return 1
+        return 0
+
+    def verdict(self) -> str | None:
+        """None when the stream is complete and had content, else why it does not count."""
+        if self.problem is not None:
+            return self.problem
+        if not self.done:
+            return "stream_without_done"
+        if self.chunks == 0:
+            return "stream_without_content"
+        return None

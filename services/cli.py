@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from services.status import command as status
+from services.status import options as status_options
 from shared import logs, runtime, tracing
 from shared.config import Config, ConfigError, load
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     upstream.add_argument("args", nargs=argparse.REMAINDER)
     bench = commands.add_parser("bench", help="load-test an OpenAI-compatible URL and report", add_help=False)
     bench.add_argument("args", nargs=argparse.REMAINDER)
-    status.add_arguments(commands.add_parser("status", help="service instances on the bus, nats-server numbers"))
+    status_options.add_arguments(commands.add_parser("status", help="service instances on the bus, nats-server numbers"))
     args = parser.parse_args(argv)
 
     if args.command == "mock-upstream":
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return upstream_main(args.args) or 0
     if args.command == "status":  # needs no configuration: it only asks the bus what runs on it
+        from services.status import command as status
+
         return status.main(args)
     try:
         config = load(args.config)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import msgspec
 from nats.aio.msg import Msg
@@ -14,13 +15,15 @@ from opentelemetry.trace import SpanKind
 
 from services.cache.key import cache_key
 from services.cache.l1 import L1Cache
-from services.cache.l2 import L2Cache
 from shared import bus, metrics, runtime, tracing
 from shared.config import Config
 from shared.errors import InvalidRequest
 from shared.logs import request_id
 from shared.messages import CacheMiss, HealthReport, encode, request_decoder
 from shared.subjects import SERVICE_CACHE, Headers, Queues, Subjects
+
+if TYPE_CHECKING:
+    from services.cache.l2 import L2Cache
 
 log = logging.getLogger("llm_edge.cache")
 
@@ -37,11 +40,11 @@ class CacheService:
         self.subjects = Subjects(config.prefix)
         self.ttl = settings.ttl_seconds
         self.l1 = L1Cache(settings.l1_max_bytes, settings.l1_max_entries)
-        self.l2 = (
-            L2Cache(settings.redis_url, settings.redis_timeout_seconds, config.prefix)
-            if settings.redis_url
-            else None
-        )
+        self.l2: L2Cache | None = None
+        if settings.redis_url:
+            from services.cache.l2 import L2Cache  # redis-py costs ~20 MB; only loaded when L2 is on
+
+            self.l2 = L2Cache(settings.redis_url, settings.redis_timeout_seconds, config.prefix)
 
     async def start(self) -> None:
         await self.server.endpoint("lookup", self.subjects.cache_lookup, Queues.CACHE, self.handle)

@@ -118,7 +118,9 @@ async def chat_completions(gateway: Gateway, request: Request) -> Response:
     if chat.stream is True:
         include_usage = isinstance(chat.stream_options, StreamOptions) and chat.stream_options.include_usage is True
         if cached is not None:
-            return sse_response(iter(stream.replay(cached, include_usage)), rid, cached.provider, tier)
+            # Every chunk is known: one write carries them all (still one SSE event per chunk).
+            frames = [b"".join(stream.replay(cached, include_usage))]
+            return sse_response(iter(frames), rid, cached.provider, tier)
         response = await open_stream(gateway, payload, headers, rid, include_usage, deadline)
         metrics.TIME_TO_FIRST_CHUNK.labels(chat.model).observe(time.perf_counter() - started)
         return response

@@ -35,7 +35,7 @@ class ClientGone(Exception):
 async def items(worker: ProviderWorker, request: ChatRequest, model: str, timeout: float
                 ) -> AsyncIterator[Delta | StreamSummary]:
     adapter = worker.adapter
-    if isinstance(adapter, LocalAdapter):
+    if worker.local and isinstance(adapter, LocalAdapter):
         async for item in adapter.stream(request, model, worker.settings):
             yield item
         return

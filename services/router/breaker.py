@@ -21,6 +21,7 @@ class Breaker:
         self.opened_at = 0.0
         self.consecutive = 0
         self.calls: deque[tuple[float, bool]] = deque()
+        self.failures = 0  # failed calls in `calls`, kept in step so a check costs O(1), not O(window)
         self.probing = False
 
     def allow(self, now: float) -> bool:
@@ -51,12 +52,12 @@ class Breaker:
             self._set("closed" if ok else "open", now)
             return self.state if self.state != before else None
         self.calls.append((now, ok))
+        self.failures += not ok
         while self.calls and now - self.calls[0][0] > self.config.window_seconds:
-            self.calls.popleft()
+            self.failures -= not self.calls.popleft()[1]
         self.consecutive = 0 if ok else self.consecutive + 1
-        failures = sum(1 for _, good in self.calls if not good)
         rate_tripped = (len(self.calls) >= self.config.min_calls
-                        and failures / len(self.calls) >= self.config.error_rate)
+                        and self.failures / len(self.calls) >= self.config.error_rate)
         if self.state == "closed" and (self.consecutive >= self.config.consecutive_failures or rate_tripped):
             self._set("open", now)
         return self.state if self.state != before else None
@@ -74,3 +75,4 @@ class Breaker:
         if state == "closed":
             self.consecutive = 0
             self.calls.clear()
+            self.failures = 0

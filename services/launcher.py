@@ -125,26 +125,25 @@ class Child:
         if not await self.spawn(ready_timeout=READY_TIMEOUT_SECONDS):
             print(f"llm-edge: the new {self.name} did not become ready; keeping both", file=sys.stderr)
             return
-        if old is not None and old.returncode is None:
-            old.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(old.wait(), STOP_GRACE_SECONDS)
-            except TimeoutError:
-                old.kill()
-                await old.wait()
+        await _drain(old, STOP_GRACE_SECONDS)
 
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         self.stopping = True
-        process = self.process
-        if process is not None and process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), grace)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await _drain(self.process, grace)
         if self.task is not None:
             self.task.cancel()
+
+
+async def _drain(process: asyncio.subprocess.Process | None, grace: float) -> None:
+    """SIGTERM (the process drains), then SIGKILL if it is still there after `grace` seconds."""
+    if process is None or process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
 
 
 async def _wait_nats_ready(host: str, port: int, process: asyncio.subprocess.Process) -> None:

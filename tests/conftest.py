@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import uvloop
 
 from services.mockupstream.server import MockUpstream
 from tests.infra import NatsServer, RedisServer
@@ -37,3 +38,9 @@ async def upstream() -> AsyncIterator[MockUpstream]:
     await server.start()
     yield server
     await server.stop()
+
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Tests run on uvloop, as every service does in production."""
+    return {"uvloop": uvloop.new_event_loop}

@@ -15,6 +15,9 @@ from shared.pricing import table
 # A target never measured is assumed this fast, so it gets tried and measured.
 _UNMEASURED_SECONDS = 0.0
 _EWMA_ALPHA = 0.2
+# Share of least-latency requests that try a random other target first, so that a target measured slow
+# once (a cold start, a blip) is measured again instead of being avoided for ever.
+EXPLORE = 0.05
 # Tokens assumed per call when comparing prices (input-heavy, as chat traffic is).
 _TYPICAL_INPUT, _TYPICAL_OUTPUT = 1000, 250
 
@@ -49,7 +52,12 @@ def order(
     if strategy == "weighted":
         return _weighted(targets, rng)
     if strategy == "least_latency":
-        return sorted(targets, key=lambda t: _latency(t, stats))
+        ranked = sorted(targets, key=lambda t: _latency(t, stats))
+        if rng.random() < EXPLORE:
+            explored = rng.choice(ranked[1:])
+            ranked.remove(explored)
+            ranked.insert(0, explored)
+        return ranked
     if strategy == "lowest_cost":
         return sorted(targets, key=lambda t: (price(t) is None, price(t) or 0.0))
     return _hybrid(targets, stats, latency_weight)

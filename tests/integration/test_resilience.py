@@ -221,7 +221,8 @@ async def test_least_latency_converges_to_the_faster_target(nats_server: NatsSer
             response = await stack.http.post("/v1/chat/completions", json=chat(f"q{i}", "quick"), headers=NO_CACHE)
             providers.append(response.headers["x-llm-edge-provider"])
         assert "slow" in providers[:3]  # measured at first...
-        assert providers[-20:] == ["fast"] * 20  # ...then avoided
+        # ...then avoided, but for the few requests (5 %) that re-measure another target
+        assert providers[-20:].count("fast") >= 16, providers
     finally:
         await stack.close()
 

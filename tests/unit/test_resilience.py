@@ -144,3 +144,10 @@ def test_retry_after_is_honoured_within_limits() -> None:
     assert wait_before_retry(1, 11.0, time_left=60, config=RETRY, rng=rng) is None  # too long: move on
     assert wait_before_retry(1, 2.0, time_left=3, config=RETRY, rng=rng) is None  # past the deadline
     assert wait_before_retry(1, None, time_left=60, config=RETRY, rng=rng) <= 0.5  # type: ignore[operator]
+
+
+def test_least_latency_re_measures_other_targets_now_and_then() -> None:
+    stats = {"a/gpt-4o": TargetStats(latency=0.5), "b/gpt-4o-mini": TargetStats(latency=0.1)}
+    rng = random.Random(11)
+    firsts = Counter(order("least_latency", [A, B], stats, rng)[0].provider for _ in range(10_000))
+    assert 0.03 < firsts["a"] / 10_000 < 0.07  # about EXPLORE (5 %) of requests try the slower one

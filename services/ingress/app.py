@@ -293,8 +293,9 @@ async def lookup(
     responders" only to the publisher of a request, so a forwarded miss with no router running would be
     dropped silently and the client would wait for its deadline.
     """
-    if not gateway.config.cache.enabled:
-        return None, None
+    control = headers.get(Headers.CACHE_CONTROL, "")
+    if not gateway.config.cache.enabled or ("no-cache" in control and "no-store" in control):
+        return None, None  # nothing to read and nothing to store: the cache tier cannot help
     wait = min(gateway.config.cache.lookup_timeout_seconds, timeout)
     try:
         reply, msg = await bus.request(gateway.bus(), gateway.subjects.cache_lookup, payload, headers, wait)

@@ -267,3 +267,18 @@ async def test_vendor_extras_reach_an_openai_compatible_upstream(stack: Stack, u
     sent = upstream.stats["last_request"]
     assert sent["top_k"] == 5 and sent["guided_json"] == {"type": "object"}
     assert "extra_json" not in sent
+
+
+async def test_no_cache_and_no_store_together_skip_the_cache_tier(stack: Stack, upstream: MockUpstream) -> None:
+    from prometheus_client import REGISTRY
+
+    def lookups() -> float:
+        return sum(REGISTRY.get_sample_value("llm_edge_cache_lookups_total", {"tier": "l1", "result": r}) or 0
+                   for r in ("hit", "miss"))
+
+    before = lookups()
+    response = await stack.http.post("/v1/chat/completions", json=CHAT,
+                                     headers={"cache-control": "no-cache, no-store"})
+    assert response.status_code == 200 and response.headers["x-llm-edge-cache"] == "miss"
+    assert lookups() == before  # not even asked
+    assert upstream.stats["calls"] == 1

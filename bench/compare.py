@@ -14,14 +14,11 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +28,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: `bench` is then importable from the repository root
+from bench.procs import Sampler, free_port, process_tree, started_at, tree_rss
+from bench.summary import brief, machine, render
+
 VENVS = ROOT / "bench" / ".venvs"
 UPSTREAM_MODEL = "gpt-4o-mini"
 LITELLM_KEY = "sk-bench-" + "0" * 32  # LiteLLM refuses to start without a master key
@@ -43,88 +44,6 @@ class Unavailable(Exception):
 
 
 # --- processes ---------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stat(pid: int | str) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name: [state, ppid, …]; None once it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants, found through /proc (children that called setsid included)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and (stat := _stat(entry.name)) is not None:
-            children.setdefault(int(stat[1]), []).append(int(entry.name))
-    found, queue = [], [root]
-    while queue:
-        pid = queue.pop()
-        found.append(pid)
-        queue.extend(children.get(pid, ()))
-    return found
-
-
-def _started_at(pid: int) -> str | None:
-    stat = _stat(pid)
-    return None if stat is None else stat[19]  # field 22, the start time: tells a reused pid apart
-
-
-def _role(pid: int, name: str) -> str:
-    """A short name for a process: our services by their subcommand, Python workers as such."""
-    if not name.startswith("python"):
-        return name
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return name
-    if "services.cli" in argv:
-        return " ".join(argv[argv.index("services.cli") + 1 :]).strip()
-    if any("multiprocessing" in arg for arg in argv):
-        return "python worker"
-    return Path(argv[1]).name if len(argv) > 1 and argv[1] else name
-
-
-def tree_rss(root: int) -> dict[str, Any]:
-    """VmRSS of every process in the tree: total MiB and MiB by process role."""
-    by_name: dict[str, float] = {}
-    count = 0
-    for pid in process_tree(root):
-        try:
-            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-        except (OSError, ValueError):
-            continue
-        if "VmRSS" not in fields:  # a zombie
-            continue
-        mib = int(fields["VmRSS"].split()[0]) / 1024
-        name = _role(pid, fields["Name"].strip())
-        by_name[name] = by_name.get(name, 0.0) + mib
-        count += 1
-    return {"mib": round(sum(by_name.values()), 1), "processes": count,
-            "by_name": {k: round(v, 1) for k, v in sorted(by_name.items())}}
-
-
-class Sampler(threading.Thread):
-    """Samples a process tree's RSS every 0.25 s while a load runs; keeps the largest total."""
-
-    def __init__(self, root: int) -> None:
-        super().__init__(daemon=True)
-        self.root, self.peak = root, {"mib": 0.0, "processes": 0, "by_name": {}}
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.wait(0.25):
-            sample = tree_rss(self.root)
-            if sample["mib"] > self.peak["mib"]:
-                self.peak = sample
 
 
 RUNNING: set[Service] = set()
@@ -158,7 +77,7 @@ class Service:
 
     def stop(self, grace: float = 40.0) -> None:
         RUNNING.discard(self)
-        tree = {pid: _started_at(pid) for pid in process_tree(self.proc.pid)}
+        tree = {pid: started_at(pid) for pid in process_tree(self.proc.pid)}
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # each system drains and stops its own children
             try:
@@ -166,7 +85,7 @@ class Service:
             except subprocess.TimeoutExpired:
                 pass
         for pid, started in tree.items():  # whatever is left, including orphans of the tree
-            if started is not None and _started_at(pid) == started:
+            if started is not None and started_at(pid) == started:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -430,144 +349,11 @@ class Run:
                         loaded = record.setdefault("rss_loaded", {})
                         if sampler.peak["mib"] > loaded.get("mib", 0.0):
                             record["rss_loaded"] = sampler.peak | {"concurrency": c, "scenario": scenario.label}
-                    print(f"  -> {_brief(result)}", flush=True)
+                    print(f"  -> {brief(result)}", flush=True)
                     self.data["points"].append({"system": system.name, "scenario": scenario.label,
                                                 "upstream_latency_ms": latency, "concurrency": c,
                                                 "stream": stream, "result": result})
                     self.save()
-
-
-def _brief(result: dict[str, Any]) -> str:
-    if "failed" in result:
-        return f"FAILED: {result['failed']}"
-    lat = result["latency_ms"]
-    return (f"{result['throughput_rps']:.0f} ok req/s, p50 {lat['p50']} ms, p99 {lat['p99']} ms, "
-            f"{result['errors']} errors")
-
-
-# --- summary.md ----------------------------------------------------------------------------------------
-
-
-def _num(value: float | None, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:,.{digits}f}"
-
-
-def _errors(result: dict[str, Any]) -> str:
-    if not result["errors"]:
-        return "0"
-    kinds = [f"{k}×{n}" for k, n in result["http_errors"].items()]
-    kinds += [f"{k}×{n}" for part in ("transport_errors", "invalid_responses") for k, n in result[part].items()]
-    return f"{result['errors']} ({', '.join(kinds)})"
-
-
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
-            *("| " + " | ".join(row) + " |" for row in rows), ""]
-
-
-def _load_tables(points: list[dict[str, Any]], latencies: list[float], stream: bool) -> list[str]:
-    out: list[str] = []
-    for latency in latencies:
-        rows = []
-        for p in points:
-            if p["upstream_latency_ms"] != latency or p["stream"] != stream:
-                continue
-            r = p["result"]
-            if "failed" in r:
-                rows.append([p["scenario"], str(p["concurrency"]), "failed: " + r["failed"][:120]] + [""] * 5)
-                continue
-            lat = r["latency_ms"]
-            row = [p["scenario"], str(p["concurrency"]), _num(r["throughput_rps"], 0),
-                   *(_num(lat[k]) for k in ("p50", "p90", "p99", "max")), _errors(r)]
-            if stream:
-                row[-1:-1] = [_num(r["first_chunk_ms"]["p50"]), _num(r["first_chunk_ms"]["p99"]),
-                              _num(r["chunk_gap_ms"]["p99"])]
-            rows.append(row)
-        if rows:
-            head = ["system", "c", "ok req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"]
-            if stream:
-                head[-1:-1] = ["1st chunk p50", "1st chunk p99", "chunk gap p99"]
-            out += [f"### Upstream latency {latency:g} ms{' — SSE streams' if stream else ''}", "",
-                    *_table(head, rows)]
-    return out
-
-
-def _added_table(points: list[dict[str, Any]]) -> list[str]:
-    floor = {(p["upstream_latency_ms"], p["concurrency"], p["stream"]): p["result"]
-             for p in points if p["system"] == "direct" and "failed" not in p["result"]}
-    rows = []
-    for p in points:
-        base = floor.get((p["upstream_latency_ms"], p["concurrency"], p["stream"]))
-        r = p["result"]
-        if p["system"] == "direct" or base is None or "failed" in r or r["latency_ms"]["p50"] is None:
-            continue
-        added = [r["latency_ms"][k] - base["latency_ms"][k] for k in ("p50", "p99")]
-        share = r["throughput_rps"] / base["throughput_rps"] if base["throughput_rps"] else None
-        rows.append([p["scenario"] + (" (stream)" if p["stream"] else ""), f"{p['upstream_latency_ms']:g}",
-                     str(p["concurrency"]), _num(added[0]), _num(added[1]),
-                     "–" if share is None else f"{share:.1%}"])
-    head = ["system", "upstream ms", "c", "added p50 ms", "added p99 ms", "throughput vs direct"]
-    return _table(head, rows) if rows else ["(no direct baseline measured)", ""]
-
-
-def render(data: dict[str, Any]) -> str:
-    m, method, points = data["machine"], data["method"], data["points"]
-    systems = data["systems"]
-    lines = [
-        "# LLM Edge beside LiteLLM and Portkey", "",
-        f"- date: {data['date']}",
-        f"- command: `{data['command']}`",
-        (f"- machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB RAM, Linux {m['kernel']}, "
-         f"Python {m['python']}; load average {' '.join(m['loadavg_at_start'])} at start, "
-         f"{' '.join(m.get('loadavg_at_end', ['?']))} at end"),
-        "- versions: " + "; ".join(f"{name} {rec.get('version', '?')}" for name, rec in systems.items()),
-        (f"- method: per point {method['warmup_s']:g} s warm-up then {method['duration_s']:g} s measured by "
-         "`llm-edge bench` (one process, one keep-alive connection per concurrent worker) against one mock "
-         "upstream (`python -m services.mockupstream`); every process shares this machine's CPUs. Misses "
-         "send unique prompts with `Cache-Control: no-store`; LiteLLM and Portkey run with caching off. A "
-         "request is ok only with status 200 and a valid chat.completion (streams: content and "
-         "`data: [DONE]`); latencies are of ok requests only; percentiles are nearest-rank."),
-    ]
-    if data.get("interrupted"):
-        lines.append("- **interrupted**: the tables hold what was measured before the interruption")
-    lines += ["", "## Throughput and latency", ""]
-    lines += _load_tables(points, method["upstream_latencies_ms"], False)
-    if method["stream"]:
-        lines += _load_tables(points, method["upstream_latencies_ms"], True)
-    lines += ["## Added latency (system minus direct, same run, concurrency and upstream latency)", "",
-              *_added_table(points)]
-    rss_rows, ready_rows = [], []
-    for name, rec in systems.items():
-        starts = [s for s in rec["starts"] if s.get("ready_s") is not None]
-        if not starts:
-            continue
-        idle = starts[0].get("rss_idle", {})
-        loaded = rec.get("rss_loaded", {})
-        rss_rows.append([name, str(idle.get("processes", "–")), _num(idle.get("mib"), 1), _num(loaded.get("mib"), 1),
-                         ", ".join(f"{k} {v:.0f}" for k, v in idle.get("by_name", {}).items())])
-        ready_rows.append([name, ", ".join(f"{s['ready_s']:.2f}" for s in starts),
-                           ", ".join(f"{s['reported_ready_s']:.2f}" for s in starts if s.get("reported_ready_s"))
-                           or "–"])
-    top = max(method["concurrency"])
-    lines += ["## Memory (RSS of every process of the system)", "",
-              *_table(["system", "processes", "idle MiB", f"peak under load (c={top}) MiB", "idle MiB by process"],
-                      rss_rows),
-              "## Time to ready (start command to first ready answer; one value per start)", "",
-              *_table(["system", "wall clock s", "self-reported s"], ready_rows)]
-    unavailable = [(n, r["reason"]) for n, r in systems.items() if r["status"] != "ok"]
-    if unavailable:
-        lines += ["## Unavailable", "", *(f"- {name}: unavailable: {reason}" for name, reason in unavailable), ""]
-    return "\n".join(lines)
-
-
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown")
-    mem = next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-               if line.startswith("MemTotal"))
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    return {"nproc": os.cpu_count(), "cpu": cpu, "memory_gib": round(int(mem) / 1024 / 1024, 1),
-            "kernel": platform.release(), "python": platform.python_version(), "loadavg_at_start": load}
 
 
 def start_upstream(port: int, latency: float, out: Path) -> Service:

@@ -13,12 +13,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, ".")
-from services.launcher import free_port  # noqa: E402
+from services.launcher import free_port
 
 TICK = os.sysconf("SC_CLK_TCK")
 

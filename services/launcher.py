@@ -69,7 +69,6 @@ class Child:
     argv: list[str]
     env: dict[str, str]
     process: asyncio.subprocess.Process | None = None
-    restarts: int = 0
     stopping: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -110,7 +109,6 @@ class Child:
                 return
             if process is not self.process:
                 continue  # replaced by a rolling restart: watch the new copy
-            self.restarts += 1
             if time.monotonic() - started > 30:
                 backoff = 0.5
             print(f"llm-edge: {self.name} exited with {code}; restarting in {backoff:.1f}s", file=sys.stderr)

@@ -23,7 +23,7 @@ from nats.micro.service import Endpoint, EndpointConfig, Service
 
 from shared import metrics
 from shared.errors import DeadlineExceeded, GatewayError, InternalError, Unavailable
-from shared.messages import ErrorReply, HealthReport, Reply, encode, reply_decoder
+from shared.messages import HealthReport, Reply, encode, reply_decoder
 from shared.subjects import Headers, Queues
 
 log = logging.getLogger("llm_edge.bus")
@@ -227,7 +227,3 @@ def deadline_from(headers: dict[str, str] | None) -> float | None:
 
 def remaining(deadline: float | None, default: float) -> float:
     return default if deadline is None else deadline - time.time()
-
-
-def is_error(reply: Reply) -> bool:
-    return isinstance(reply, ErrorReply)

@@ -262,7 +262,6 @@ Reply = ChatResult | ErrorReply | StreamChunk | StreamEnd | CacheMiss
 _encoder = msgspec.msgpack.Encoder()
 request_decoder = msgspec.msgpack.Decoder(ChatRequest)
 reply_decoder = msgspec.msgpack.Decoder(Reply)
-result_decoder = msgspec.msgpack.Decoder(ChatResult)
 
 
 def encode(message: Struct) -> bytes:

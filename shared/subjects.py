@@ -75,9 +75,7 @@ class Headers:
     CACHE_TTL = "Llm-Cache-Ttl"  # seconds
     CACHE_TIER = "Llm-Cache"  # on replies: "l1" or "l2"
     NAMESPACE = "Llm-Namespace"
-    KEY_ID = "Llm-Key-Id"
     TARGET_MODEL = "Llm-Target-Model"
-    PUBLIC_MODEL = "Llm-Public-Model"
     REPLY_TO = "Llm-Reply-To"  # where a request taken from a work queue is answered
 
 

@@ -17,7 +17,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from services.providers.assemble import Assembler
-from services.providers.base import Delta, HttpAdapter, LocalAdapter, StreamSummary
+from services.providers.base import Delta, HttpAdapter, StreamSummary
 from services.providers.http import Upstream
 from services.providers.sse import SSEDecoder
 from shared.errors import DeadlineExceeded, GatewayError, InvalidRequest, ProviderError
@@ -28,15 +28,11 @@ if TYPE_CHECKING:
     from services.providers.worker import ProviderWorker
 
 
-class ClientGone(Exception):
-    """The ingress reported that the client disconnected."""
-
-
 async def items(worker: ProviderWorker, request: ChatRequest, model: str, timeout: float
                 ) -> AsyncIterator[Delta | StreamSummary]:
     adapter = worker.adapter
-    if worker.local and isinstance(adapter, LocalAdapter):
-        async for item in adapter.stream(request, model, worker.settings):
+    if worker.local:
+        async for item in adapter.stream(request, model, worker.settings):  # type: ignore[union-attr]
             yield item
         return
     async for item in _http_items(worker, adapter, request, model, timeout):

@@ -1,0 +1,324 @@
+"""The wire formats of the mock upstream: what it reads from a request, the deterministic reply it plans, and
+how that reply (or an error) looks as an OpenAI Chat Completions or Anthropic Messages body or SSE stream.
+"""
+
+from __future__ import annotations
+
+import http
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+encode = msgspec.json.Encoder().encode
+decode_any = msgspec.json.Decoder().decode
+
+TOOL_ARGUMENTS = '{"location": "Paris"}'
+_TOOL_INPUT = msgspec.json.decode(TOOL_ARGUMENTS)
+REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus} | {529: b"Overloaded"}
+
+
+# --- What the mock reads from a request (msgspec ignores every other field) -----------------------------
+
+
+class _Part(msgspec.Struct):
+    text: str = ""
+
+
+class _Message(msgspec.Struct):
+    role: str = ""
+    content: str | list[_Part] | None = None
+
+
+class _Named(msgspec.Struct):
+    name: str = ""
+
+
+class _OpenAITool(msgspec.Struct):
+    function: _Named | None = None
+
+
+class _StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class _ChatRequest(msgspec.Struct):
+    model: str = ""
+    messages: list[_Message] = []
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
+    tools: list[_OpenAITool] | None = None
+
+
+class _MessagesRequest(msgspec.Struct):
+    model: str = ""
+    messages: list[_Message] = []
+    system: str | list[_Part] | None = None
+    stream: bool = False
+    tools: list[_Named] | None = None
+
+
+_chat_decoder = msgspec.json.Decoder(_ChatRequest)
+_messages_decoder = msgspec.json.Decoder(_MessagesRequest)
+
+
+class Scripted(msgspec.Struct, forbid_unknown_fields=True):
+    """One queued answer; `body` null with an error status means the provider's documented error body."""
+
+    status: int = 200
+    headers: dict[str, str] = {}
+    body: Any = None
+    raw: str | None = None
+    delay_ms: float = 0.0  # on top of the server's latency
+    # Close the connection after this many content chunks (non-streaming: after half the body).
+    fail_after_chunks: int | None = None
+
+    @property
+    def replaces_reply(self) -> bool:
+        return self.raw is not None or self.body is not None or self.status >= 400
+
+
+class _Script(msgspec.Struct, forbid_unknown_fields=True):
+    responses: list[Scripted]
+
+
+script_decoder = msgspec.json.Decoder(_Script)
+
+
+# --- The deterministic "model" -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    model: str
+    stream: bool
+    include_usage: bool
+    text: str  # the reply, when not a tool call
+    tool: str | None  # name of the tool to call instead
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _text(content: str | list[_Part] | None) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    return " ".join(p.text for p in content if p.text)
+
+
+def _plan(
+    model: str, messages: list[_Message], system: str, stream: bool, usage: bool, tools: list[str]
+) -> _Plan:
+    words = len(system.split())
+    last_user = ""
+    for m in messages:
+        text = _text(m.content)
+        words += len(text.split())
+        if m.role == "user":
+            last_user = text
+    # Only a user turn asks for the tool, so a conversation carrying the tool's result ends in text.
+    if tools and messages and messages[-1].role == "user" and "weather" in last_user.lower():
+        return _Plan(model, stream, usage, "", tools[0], words, len(TOOL_ARGUMENTS.split()))
+    reply = "Echo: " + last_user[:200]
+    return _Plan(model, stream, usage, reply, None, words, len(reply.split()))
+
+
+def _split(s: str, n: int) -> list[str]:
+    n = max(1, min(n, len(s)))
+    return [s[len(s) * i // n : len(s) * (i + 1) // n] for i in range(n)]
+
+
+# A stream is (frames before the content, content frames, frames after); `fail_after_chunks` cuts the middle.
+_Stream = tuple[list[bytes], list[bytes], list[bytes]]
+
+
+# --- OpenAI Chat Completions -----------------------------------------------------------------------------
+
+
+def _openai_plan(body: bytes) -> _Plan:
+    r = _chat_decoder.decode(body)
+    tools = [t.function.name for t in r.tools or () if t.function is not None]
+    usage = r.stream_options is not None and r.stream_options.include_usage
+    return _plan(r.model, r.messages, "", r.stream, usage, tools)
+
+
+def _openai_usage(p: _Plan) -> dict[str, int]:
+    total = p.prompt_tokens + p.completion_tokens
+    return {"prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens, "total_tokens": total}
+
+
+def _openai_body(p: _Plan, seq: int) -> bytes:
+    message: dict[str, Any] = {"role": "assistant", "content": p.text or None, "refusal": None}
+    if p.tool is not None:
+        function = {"name": p.tool, "arguments": TOOL_ARGUMENTS}
+        message["tool_calls"] = [{"id": f"call_mock_{seq}", "type": "function", "function": function}]
+    choice = {
+        "index": 0,
+        "message": message,
+        "logprobs": None,
+        "finish_reason": "tool_calls" if p.tool else "stop",
+    }
+    return encode(
+        {
+            "id": f"chatcmpl-mock-{seq}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": p.model,
+            "choices": [choice],
+            "usage": _openai_usage(p),
+        }
+    )
+
+
+def _openai_stream(p: _Plan, seq: int, chunks: int) -> _Stream:
+    base = {
+        "id": f"chatcmpl-mock-{seq}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": p.model,
+    }
+    if p.include_usage:
+        base["usage"] = None  # documented: every chunk but the last carries `"usage": null`
+
+    def frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return b"data: " + encode({**base, "choices": [choice]}) + b"\n\n"
+
+    if p.tool is None:
+        head = frame({"role": "assistant", "content": ""})
+        content = [frame({"content": piece}) for piece in _split(p.text, chunks)]
+    else:
+        call = {
+            "index": 0,
+            "id": f"call_mock_{seq}",
+            "type": "function",
+            "function": {"name": p.tool, "arguments": ""},
+        }
+        head = frame({"role": "assistant", "content": None, "tool_calls": [call]})
+        content = [
+            frame({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+            for piece in _split(TOOL_ARGUMENTS, chunks)
+        ]
+    tail = [frame({}, "tool_calls" if p.tool else "stop")]
+    if p.include_usage:
+        tail.append(b"data: " + encode({**base, "choices": [], "usage": _openai_usage(p)}) + b"\n\n")
+    tail.append(b"data: [DONE]\n\n")
+    return [head], content, tail
+
+
+# status -> (error.type, error.code, message), after OpenAI's documented API error codes.
+_OPENAI_ERRORS: dict[int, tuple[str, str | None, str]] = {
+    400: ("invalid_request_error", None, "Invalid request."),
+    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    403: ("invalid_request_error", "unsupported_country_region_territory", "Country not supported."),
+    404: ("invalid_request_error", "model_not_found", "The model does not exist or you do not have access."),
+    429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests."),
+    500: ("server_error", None, "The server had an error while processing your request."),
+    503: ("server_error", None, "The engine is currently overloaded, please try again later."),
+}
+
+
+def openai_error(status: int, message: str | None, seq: int) -> bytes:
+    default = ("server_error" if status >= 500 else "invalid_request_error", None, _reason(status))
+    kind, code, text = _OPENAI_ERRORS.get(status, default)
+    return encode({"error": {"message": message or text, "type": kind, "param": None, "code": code}})
+
+
+# --- Anthropic Messages ----------------------------------------------------------------------------------
+
+
+def _anthropic_plan(body: bytes) -> _Plan:
+    r = _messages_decoder.decode(body)
+    tools = [t.name for t in r.tools or ()]
+    return _plan(r.model, r.messages, _text(r.system), r.stream, False, tools)
+
+
+def _anthropic_block(p: _Plan, seq: int, *, empty: bool) -> dict[str, Any]:
+    if p.tool is None:
+        return {"type": "text", "text": "" if empty else p.text}
+    return {
+        "type": "tool_use",
+        "id": f"toolu_mock_{seq}",
+        "name": p.tool,
+        "input": {} if empty else _TOOL_INPUT,
+    }
+
+
+def _anthropic_message(p: _Plan, seq: int, *, start: bool) -> dict[str, Any]:
+    return {
+        "id": f"msg_mock_{seq}",
+        "type": "message",
+        "role": "assistant",
+        "model": p.model,
+        "content": [] if start else [_anthropic_block(p, seq, empty=False)],
+        "stop_reason": None if start else ("tool_use" if p.tool else "end_turn"),
+        "stop_sequence": None,
+        "usage": {"input_tokens": p.prompt_tokens, "output_tokens": 1 if start else p.completion_tokens},
+    }
+
+
+def _anthropic_body(p: _Plan, seq: int) -> bytes:
+    return encode(_anthropic_message(p, seq, start=False))
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return b"event: %b\ndata: %b\n\n" % (data["type"].encode(), encode(data))
+
+
+def _anthropic_stream(p: _Plan, seq: int, chunks: int) -> _Stream:
+    block = _anthropic_block(p, seq, empty=True)
+    head = [
+        _event({"type": "message_start", "message": _anthropic_message(p, seq, start=True)}),
+        _event({"type": "content_block_start", "index": 0, "content_block": block}),
+        _event({"type": "ping"}),
+    ]
+    if p.tool is None:
+        deltas = [{"type": "text_delta", "text": piece} for piece in _split(p.text, chunks)]
+    else:
+        deltas = [{"type": "input_json_delta", "partial_json": s} for s in _split(TOOL_ARGUMENTS, chunks)]
+    content = [_event({"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas]
+    stop = {"stop_reason": "tool_use" if p.tool else "end_turn", "stop_sequence": None}
+    tail = [
+        _event({"type": "content_block_stop", "index": 0}),
+        _event({"type": "message_delta", "delta": stop, "usage": {"output_tokens": p.completion_tokens}}),
+        _event({"type": "message_stop"}),
+    ]
+    return head, content, tail
+
+
+# status -> error.type, after Anthropic's documented HTTP errors.
+_ANTHROPIC_ERRORS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+def _anthropic_error(status: int, message: str | None, seq: int) -> bytes:
+    kind = _ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    error = {"type": kind, "message": message or _reason(status)}
+    return encode({"type": "error", "error": error, "request_id": f"req_mock_{seq}"})
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    plan: Callable[[bytes], _Plan]
+    body: Callable[[_Plan, int], bytes]
+    stream: Callable[[_Plan, int, int], _Stream]
+    error: Callable[[int, str | None, int], bytes]
+
+
+DIALECTS = {
+    b"/v1/chat/completions": Dialect(_openai_plan, _openai_body, _openai_stream, openai_error),
+    b"/v1/messages": Dialect(_anthropic_plan, _anthropic_body, _anthropic_stream, _anthropic_error),
+}
+
+
+def _reason(status: int) -> str:
+    return REASONS.get(status, b"Unknown").decode()

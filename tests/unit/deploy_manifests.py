@@ -1,0 +1,249 @@
+"""Loaders, a kustomize renderer and helpers shared by test_deploy_k8s.py and test_deploy_compose.py.
+
+deploy/, checked offline: compose.yaml against the Compose specification, every Kubernetes object
+against the Kubernetes API schemas, and the references between files (commands, ports, selectors,
+metric names, configuration) against each other and against the code.
+
+The Kubernetes manifests are rendered the way `kubectl apply -k` would: by a small renderer here for the
+kustomize features deploy/k8s uses (it refuses the others), checked against `kubectl kustomize` where
+kubectl is installed. Schemas: deploy/schemas/compose-spec.json (see its README) and the copies of the
+Kubernetes schemas that the `kubernetes-validate` package ships.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from referencing import Registry, Resource
+
+from services import cli
+from shared.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+K8S_VERSION = "1.31"  # the oldest Kubernetes minor version the manifests are checked against
+IMAGE = "llm-edge"  # the image name in the base manifests; overlays rewrite it
+OUR_COMPOSE_SERVICES = {"ingress", "cache", "router", "provider-mock", "provider-openai"}
+METRICS_PORT = 9090
+
+Doc = dict[str, Any]
+
+
+def _yaml_docs(path: Path) -> list[Doc]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _key(doc: Doc) -> tuple[str, str, str]:
+    return doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"]
+
+
+# ------------------------------------------------------------------ a kustomize subset
+
+_KUSTOMIZE_FIELDS = {
+    "apiVersion", "kind", "resources", "components", "namespace", "images", "replicas", "patches",
+}
+_CLUSTER_SCOPED = {"Namespace"}
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    """Strategic merge as kustomize does it for what our patches touch: maps merge, lists of named
+    items merge by name, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        assert not any(key.startswith("$") for key in patch), f"patch directives are not rendered: {patch}"
+        merged = dict(base)
+        for key, value in patch.items():
+            merged[key] = _merge(base[key], value) if key in base else copy.deepcopy(value)
+        return merged
+    named = isinstance(base, list) and isinstance(patch, list) and all(
+        isinstance(item, dict) and "name" in item for item in [*base, *patch]
+    )
+    if named:
+        merged_list = [copy.deepcopy(item) for item in base]
+        for item in patch:
+            index = next((i for i, old in enumerate(merged_list) if old["name"] == item["name"]), None)
+            if index is None:
+                merged_list.append(copy.deepcopy(item))
+            else:
+                merged_list[index] = _merge(merged_list[index], item)
+        return merged_list
+    return copy.deepcopy(patch)
+
+
+def _containers(doc: Doc) -> list[Doc]:
+    if doc["kind"] not in ("Deployment", "StatefulSet"):
+        return []
+    spec = doc["spec"]["template"]["spec"]
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def render(directory: Path, accumulated: list[Doc] | None = None) -> list[Doc]:
+    """The objects `kubectl kustomize directory` prints (in another order)."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unknown = set(kustomization) - _KUSTOMIZE_FIELDS
+    assert not unknown, f"{directory}: this test does not render kustomize fields {sorted(unknown)}"
+    docs = [] if accumulated is None else accumulated
+    for entry in kustomization.get("resources", []):
+        target = directory / entry
+        docs = [*docs, *(render(target) if target.is_dir() else _yaml_docs(target))]
+    for entry in kustomization.get("components", []):
+        docs = render(directory / entry, docs)  # a component adds to, and transforms, what came before
+    for entry in kustomization.get("patches", []):
+        assert set(entry) == {"path"}, f"{directory}: only patches from a file are rendered: {entry}"
+        for patch in _yaml_docs(directory / entry["path"]):
+            targets = [doc for doc in docs if (doc["kind"], doc["metadata"]["name"]) ==
+                       (patch["kind"], patch["metadata"]["name"])]
+            assert len(targets) == 1, f"{entry['path']}: {patch['kind']}/{patch['metadata']['name']}"
+            docs[docs.index(targets[0])] = _merge(targets[0], patch)
+    for image in kustomization.get("images", []):
+        for doc in docs:
+            for container in _containers(doc):
+                if re.split(r"[:@]", container["image"])[0] == image["name"]:
+                    container["image"] = f"{image.get('newName', image['name'])}:{image['newTag']}"
+    for replicas in kustomization.get("replicas", []):
+        targets = [doc for doc in docs if doc["kind"] in ("Deployment", "StatefulSet")
+                   and doc["metadata"]["name"] == replicas["name"]]
+        assert targets, f"{directory}: replicas for {replicas['name']}, which does not exist"
+        for doc in targets:
+            doc["spec"]["replicas"] = replicas["count"]
+    if namespace := kustomization.get("namespace"):
+        for doc in docs:
+            if doc["kind"] not in _CLUSTER_SCOPED:
+                doc["metadata"]["namespace"] = namespace
+    return docs
+
+
+def _render_with_monitoring() -> list[Doc]:
+    """The base plus the Prometheus Operator component, as an overlay that includes it renders."""
+    return render(K8S / "base" / "monitoring", render(K8S / "base"))
+
+
+RENDERS: dict[str, Callable[[], list[Doc]]] = {
+    "base": lambda: render(K8S / "base"),
+    "example": lambda: render(K8S / "overlays" / "example"),
+    "base+monitoring": _render_with_monitoring,
+}
+
+
+@cache
+def rendered(name: str) -> tuple[Doc, ...]:
+    return tuple(RENDERS[name]())
+
+
+def _objects(name: str, kind: str) -> list[Doc]:
+    return [doc for doc in rendered(name) if doc["kind"] == kind]
+
+
+def _named(render_name: str, kind: str, name: str) -> Doc:
+    (found,) = [doc for doc in _objects(render_name, kind) if doc["metadata"]["name"] == name]
+    return found
+
+
+def _workloads(render_name: str) -> list[Doc]:
+    return [doc for doc in rendered(render_name) if doc["kind"] in ("Deployment", "StatefulSet")]
+
+
+def _ours(doc: Doc) -> bool:
+    return any(re.split(r"[:@]", c["image"])[0].split("/")[-1] == IMAGE for c in _containers(doc))
+
+
+# ------------------------------------------------------------------ helpers over objects
+
+
+def _pod_labels(doc: Doc) -> dict[str, str]:
+    return dict(doc["spec"]["template"]["metadata"].get("labels", {}))
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def _port_refs(container: Doc) -> tuple[set[str], set[int]]:
+    ports = container.get("ports", [])
+    return {p["name"] for p in ports if "name" in p}, {p["containerPort"] for p in ports}
+
+
+def _port_exists(ref: str | int, containers: list[Doc]) -> bool:
+    names, numbers = set(), set()
+    for container in containers:
+        found_names, found_numbers = _port_refs(container)
+        names |= found_names
+        numbers |= found_numbers
+    return ref in names if isinstance(ref, str) else ref in numbers
+
+
+def _env(container: Doc, secrets: dict[str, dict[str, str]]) -> dict[str, str]:
+    env = {}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = str(var["value"])
+        elif ref := var.get("valueFrom", {}).get("secretKeyRef"):
+            assert ref["key"] in secrets[ref["name"]], var
+            env[var["name"]] = "placeholder-from-secret"
+    return env
+
+
+def _config_map_file(docs: tuple[Doc, ...], container: Doc, tmp_path: Path) -> Path:
+    """The configuration file a container reads: LLM_EDGE_CONFIG, from the ConfigMap mounted there."""
+    path = Path(next(var["value"] for var in container["env"] if var["name"] == "LLM_EDGE_CONFIG"))
+    mount = next(m for m in container["volumeMounts"] if path.parent == Path(m["mountPath"]))
+    pods = [doc for doc in docs if container in _containers(doc)]
+    volume = next(v for v in pods[0]["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    config_map = next(doc for doc in docs if doc["kind"] == "ConfigMap"
+                      and doc["metadata"]["name"] == volume["configMap"]["name"])
+    file = tmp_path / config_map["metadata"]["name"] / path.name
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(config_map["data"][path.name])
+    return file
+
+
+def _check_command(args: list[str], config: Config, capsys: pytest.CaptureFixture[str]) -> None:
+    """`args` parse with the real `llm-edge` command line, and a provider worker's provider is configured."""
+    with pytest.raises(SystemExit) as parsed:
+        cli.main([*args, "--help"])
+    capsys.readouterr()
+    assert parsed.value.code == 0, f"`llm-edge {' '.join(args)}` is not a valid command"
+    assert args[0] in {"ingress", "cache", "router", "provider"}, f"{args}: not a service"
+    if args[0] == "provider":
+        assert args[1] in config.providers, f"{args}: provider not configured (have {list(config.providers)})"
+
+
+# ------------------------------------------------------------------ Kubernetes schemas
+
+
+@cache
+def _k8s_schema_dir() -> Path:
+    directory = Path(str(resources.files("kubernetes_validate"))) / "kubernetes-json-schema"
+    return directory / f"v{K8S_VERSION}.0-local-strict"
+
+
+@cache
+def _k8s_validator(kind: str, api_version: str) -> jsonschema.Draft202012Validator:
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    schema = json.loads((_k8s_schema_dir() / f"{kind.lower()}-{group_version}.json").read_text())
+    registry = Resource.from_contents(_k8s_definitions()) @ Registry()
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+@cache
+def _k8s_definitions() -> Any:
+    return json.loads((_k8s_schema_dir() / "_definitions.json").read_text())
+
+
+CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+
+@cache
+def compose() -> Doc:
+    document: Doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return document

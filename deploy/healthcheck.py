@@ -1,8 +1,9 @@
 """Container health check (the image's HEALTHCHECK): exit 0 when this container's service answers.
 
-The ingress answers `GET /health/live` on PORT (8080); the cache, router and provider workers serve
-`/metrics` on METRICS_PORT. A container runs one of them, so whichever answers is the one. Standard
-library only: it runs with the image's Python and nothing else.
+Healthy means the service takes work: `GET /health/ready` answers 200. The ingress answers it on PORT
+(8080); the cache, router and provider workers on METRICS_PORT (connected to NATS, not draining). A
+container runs one of them, so whichever answers is the one. Standard library only: it runs with the
+image's Python and nothing else.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ TIMEOUT_SECONDS = 1.0
 
 
 def urls(env: Mapping[str, str]) -> list[str]:
-    found = [f"http://127.0.0.1:{env.get('PORT') or 8080}/health/live"]
+    found = [f"http://127.0.0.1:{env.get('PORT') or 8080}/health/ready"]
     if env.get("METRICS_PORT"):
-        found.append(f"http://127.0.0.1:{env['METRICS_PORT']}/metrics")
+        found.append(f"http://127.0.0.1:{env['METRICS_PORT']}/health/ready")
     return found
 
 

@@ -2,16 +2,24 @@
 from configuration or from resolved routes, never raw client input).
 
 Each process exports its own: the ingress on its HTTP port at `/metrics`, every other service on its
-metrics port (`METRICS_PORT`; `llm-edge up` hands each child a free one and prints them).
+metrics port (`METRICS_PORT`; `llm-edge up` hands each child a free one and prints them). That port also
+answers the probes of a service with no HTTP API of its own: `/health/live` (the process runs) and
+`/health/ready` (it takes work: connected to NATS, not draining; see runtime.notify_ready).
 """
 
 from __future__ import annotations
 
 import logging
+import socketserver
 import threading
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+
+from shared import runtime
 
 log = logging.getLogger("llm_edge.metrics")
 
@@ -63,8 +71,37 @@ BUS_DURATION = Histogram(
 )
 
 
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: not worth a line
+        pass
+
+
+_metrics_app = make_wsgi_app()
+
+
+def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    path = environ.get("PATH_INFO", "")
+    if path == "/health/live":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"live\n"]
+    if path == "/health/ready":
+        ready = runtime.is_ready()
+        start_response("200 OK" if ready else "503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [b"ready\n" if ready else b"not ready\n"]
+    return _metrics_app(environ, start_response)  # type: ignore[no-any-return]
+
+
+def probe_server(host: str, port: int) -> WSGIServer:
+    """The HTTP server behind `serve`: /metrics, /health/live and /health/ready (not yet serving)."""
+    return make_server(host, port, _app, _Server, handler_class=_QuietHandler)
+
+
 def serve(port: int | None, host: str = "0.0.0.0") -> None:
-    """Expose this process's metrics on `port` (a background thread); nothing when port is None.
+    """Expose this process's metrics and probes on `port` (a background thread); nothing when port is None.
 
     During a rolling restart the old process still holds the port for a moment: keep trying.
     """
@@ -74,10 +111,12 @@ def serve(port: int | None, host: str = "0.0.0.0") -> None:
     def bind() -> None:
         for _ in range(600):
             try:
-                start_http_server(port, addr=host)
-                return
+                server = probe_server(host, port)
             except OSError:
                 time.sleep(0.1)
+                continue
+            server.serve_forever()
+            return
         log.warning("metrics port %d stayed busy; this process exports no metrics", port)
 
     threading.Thread(target=bind, name="metrics", daemon=True).start()

@@ -8,6 +8,8 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 
+from nats.aio.client import Client as NatsClient
+
 log = logging.getLogger("llm_edge.runtime")
 
 
@@ -37,8 +39,17 @@ def stop_event() -> asyncio.Event:
 READY_FD = "LLM_EDGE_READY_FD"
 
 
-def notify_ready() -> None:
-    """Tell the launcher this process now takes work (it waits for that before stopping an old copy)."""
+_readiness: Callable[[], bool] | None = None
+
+
+def notify_ready(ready: Callable[[], bool] | None = None) -> None:
+    """This process now takes work: tell the launcher (it waits for that before stopping an old copy)
+    and, with `ready`, answer `/health/ready` on the metrics port with it from now on.
+
+    `ready` is called from the metrics thread: it must only read state (a connection flag, an event).
+    """
+    global _readiness
+    _readiness = ready
     fd = os.environ.pop(READY_FD, None)
     if fd is None:
         return
@@ -47,6 +58,17 @@ def notify_ready() -> None:
         os.close(int(fd))
     except (OSError, ValueError):
         log.warning("could not tell the launcher this process is ready")
+
+
+def is_ready() -> bool:
+    """Whether this process takes work: started, and its `ready` check (bus connected, not draining)
+    holds. False before `notify_ready`."""
+    return _readiness is not None and _readiness()
+
+
+def taking_work(nc: NatsClient, stop: asyncio.Event) -> Callable[[], bool]:
+    """The readiness of a bus service: connected to NATS and not draining."""
+    return lambda: nc.is_connected and not stop.is_set()
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:

@@ -6,6 +6,8 @@ Span attributes follow the GenAI semantic conventions (`gen_ai.*`) where they ex
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
@@ -16,6 +18,12 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shared.messages import Usage
+
+log = logging.getLogger("llm_edge.tracing")
+
+# How long a stopping process waits for the collector to take its last spans. Unbounded, a collector
+# that is down held every shutdown for 30 s (the SDK's default), longer than a rolling update allows.
+FLUSH_SECONDS = 3.0
 
 _propagator: TextMapPropagator = TraceContextTextMapPropagator()
 _tracer: trace.Tracer | None = None
@@ -37,10 +45,17 @@ def setup(service: str, endpoint: str | None) -> None:
     _tracer = trace.get_tracer("llm_edge")
 
 
-def shutdown() -> None:
+def shutdown(timeout: float = FLUSH_SECONDS) -> None:
+    """Send the spans still queued, for at most `timeout` seconds; what the collector has not taken by
+    then is dropped (the exporter's threads are daemons and end with the process)."""
     provider = trace.get_tracer_provider()
-    if hasattr(provider, "shutdown"):
-        provider.shutdown()  # flushes spans still queued
+    if not hasattr(provider, "shutdown"):
+        return
+    flushing = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+    flushing.start()
+    flushing.join(timeout)
+    if flushing.is_alive():
+        log.warning("the trace collector did not take the last spans within %.0f s: dropped", timeout)
 
 
 def enabled() -> bool:

@@ -6,27 +6,32 @@ import pytest
 import uvloop
 
 from services.mockupstream.server import MockUpstream
-from tests.infra import NatsServer, RedisServer
+from tests.infra import Nats, Server, infra
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    chosen = infra()
+    return f"nats-server and redis-server: {'containers' if chosen.docker else 'local processes'} ({chosen.why})"
 
 
 @pytest.fixture(scope="session")
-def nats_server() -> Iterator[NatsServer]:
-    server = NatsServer()
+def nats_server() -> Iterator[Nats]:
+    server = infra().nats()
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = infra().redis(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
+def redis_url(redis_server: Server) -> str:
     if not redis_server.running:  # a test that stopped Redis leaves it for the next one to restart
         redis_server.start()
     return redis_server.url

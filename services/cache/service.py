@@ -125,7 +125,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     cache = CacheService(config, server)
     await cache.start()
     log.info("cache ready (l2 %s)", "on" if cache.l2 else "off")
-    runtime.notify_ready()
+    runtime.notify_ready(runtime.taking_work(nc, stop))
     await stop.wait()
     await server.drain()
     await cache.close()

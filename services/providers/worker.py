@@ -167,7 +167,7 @@ async def serve(config: Config, name: str, stop: asyncio.Event) -> None:
     worker = ProviderWorker(config, name, server)
     await worker.start()
     log.info("provider worker %s ready", name)
-    runtime.notify_ready()
+    runtime.notify_ready(runtime.taking_work(nc, stop))
     await stop.wait()
     await worker.stop_queue()
     await server.drain()

@@ -262,6 +262,6 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     await server.start()
     await Router(config, server).start()
     log.info("router ready")
-    runtime.notify_ready()
+    runtime.notify_ready(runtime.taking_work(nc, stop))
     await stop.wait()
     await server.drain()

@@ -168,6 +168,10 @@ def test_every_process_serves_its_metrics(observed: Observed) -> None:
     for url, name in urls:
         text = httpx.get(url, timeout=5).text
         assert expected[name] in text, (name, text[:500])
+        # The same port answers the probes: live, and ready (on the bus, not draining).
+        health = url.removesuffix("/metrics") + "/health"
+        assert httpx.get(f"{health}/live", timeout=5).status_code == 200, name
+        assert httpx.get(f"{health}/ready", timeout=5).status_code == 200, name
 
 
 def test_logs_never_contain_the_provider_key_or_the_prompt(observed: Observed) -> None:

@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.infra import NatsServer
+from tests.infra import Nats
 from tests.stack import Stack, make_config
 
 GOOD = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture(scope="module")
-async def stack(nats_server: NatsServer) -> AsyncIterator[Stack]:
+async def stack(nats_server: Nats) -> AsyncIterator[Stack]:
     stack = await Stack(make_config(nats_server.url, ingress={"max_body_bytes": 4096})).start()
     yield stack
     await stack.close()

@@ -5,11 +5,14 @@ The in-process stack shares one registry; `tests/e2e` scrapes each process of `l
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from prometheus_client import REGISTRY
 
 from services.mockupstream.server import MockUpstream
-from tests.infra import NatsServer
+from shared import bus, runtime
+from tests.infra import Nats
 from tests.integration.test_request_path import eventually
 from tests.stack import Stack, make_config
 
@@ -18,7 +21,7 @@ def value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def test_miss_hit_and_error_are_counted(nats_server: NatsServer, upstream: MockUpstream) -> None:
+async def test_miss_hit_and_error_are_counted(nats_server: Nats, upstream: MockUpstream) -> None:
     config = make_config(nats_server.url, providers={
         "up": {"adapter": "openai_compatible", "base_url": f"{upstream.url}/v1", "api_key": "k"}},
         router={"retry": {"attempts": 1}})
@@ -64,3 +67,16 @@ async def test_miss_hit_and_error_are_counted(nats_server: NatsServer, upstream:
         assert f'llm_edge_bus_request_duration_seconds_count{{subject="{config.prefix}.route"}}' in scraped
     finally:
         await stack.close()
+
+
+async def test_a_worker_is_ready_while_on_the_bus_and_not_draining(nats_server: Nats) -> None:
+    """What /health/ready on a worker's metrics port answers (the probe server itself: tests/unit)."""
+    nc = await bus.connect(nats_server.url, "readiness-test")
+    stop = asyncio.Event()
+    ready = runtime.taking_work(nc, stop)
+    assert ready()
+    stop.set()  # SIGTERM: draining
+    assert not ready()
+    stop.clear()
+    await nc.close()  # the bus is gone
+    assert not ready()

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as redis
 
 from services.mockupstream.server import MockUpstream
-from tests.infra import NatsServer, RedisServer
+from tests.infra import Nats, Server
 from tests.stack import Stack, make_config
 
 # These tests are about the request path: each upstream answer reaches the client as it is.
@@ -42,7 +42,7 @@ def upstream_providers(upstream: MockUpstream) -> dict[str, dict[str, object]]:
 
 
 @pytest.fixture
-async def stack(nats_server: NatsServer, upstream: MockUpstream) -> AsyncIterator[Stack]:
+async def stack(nats_server: Nats, upstream: MockUpstream) -> AsyncIterator[Stack]:
     config = make_config(
         nats_server.url,
         providers=upstream_providers(upstream),
@@ -103,7 +103,7 @@ async def test_openai_sdk_gets_a_valid_completion_with_usage(stack: Stack) -> No
 
 
 async def test_fresh_cache_process_answers_from_l2(
-    nats_server: NatsServer, upstream: MockUpstream, redis_url: str
+    nats_server: Nats, upstream: MockUpstream, redis_url: str
 ) -> None:
     config = make_config(
         nats_server.url, providers=upstream_providers(upstream), cache={"redis_url": redis_url}
@@ -128,7 +128,7 @@ async def test_fresh_cache_process_answers_from_l2(
         await stack.close()
 
 
-async def test_failover_to_the_second_target(nats_server: NatsServer, upstream: MockUpstream) -> None:
+async def test_failover_to_the_second_target(nats_server: Nats, upstream: MockUpstream) -> None:
     providers = upstream_providers(upstream) | {"broken": {"adapter": "mock", "fail_rate": 1.0}}
     config = make_config(
         nats_server.url,
@@ -161,7 +161,7 @@ async def test_requests_are_answered_without_the_cache_tier(stack: Stack) -> Non
 
 
 async def test_redis_down_still_answers_and_health_is_degraded(
-    nats_server: NatsServer, upstream: MockUpstream, redis_server: RedisServer, redis_url: str
+    nats_server: Nats, upstream: MockUpstream, redis_server: Server, redis_url: str
 ) -> None:
     config = make_config(nats_server.url, providers=upstream_providers(upstream), cache={"redis_url": redis_url})
     stack = await Stack(config).start()
@@ -181,7 +181,7 @@ async def test_redis_down_still_answers_and_health_is_degraded(
         redis_server.start()
 
 
-async def test_no_provider_worker_is_503_at_once(nats_server: NatsServer) -> None:
+async def test_no_provider_worker_is_503_at_once(nats_server: Nats) -> None:
     stack = await Stack(make_config(nats_server.url)).start(providers=False)
     try:
         started = time.monotonic()
@@ -195,7 +195,7 @@ async def test_no_provider_worker_is_503_at_once(nats_server: NatsServer) -> Non
         await stack.close()
 
 
-async def test_no_router_is_503_at_once(nats_server: NatsServer) -> None:
+async def test_no_router_is_503_at_once(nats_server: Nats) -> None:
     stack = await Stack(make_config(nats_server.url)).start()
     try:
         await stack.stop_service("router")

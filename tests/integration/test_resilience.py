@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.mockupstream.server import MockUpstream
-from tests.infra import NatsServer
+from tests.infra import Nats
 from tests.integration.test_request_path import eventually
 from tests.stack import Stack, make_config
 
@@ -47,7 +47,7 @@ def pair_config(nats_url: str, first: MockUpstream, second: MockUpstream, **rout
 
 
 async def test_429_with_retry_after_is_retried_after_the_delay(
-    nats_server: NatsServer, upstream: MockUpstream, second: MockUpstream
+    nats_server: Nats, upstream: MockUpstream, second: MockUpstream
 ) -> None:
     stack = await Stack(pair_config(nats_server.url, upstream, second)).start()  # type: ignore[arg-type]
     try:
@@ -63,7 +63,7 @@ async def test_429_with_retry_after_is_retried_after_the_delay(
 
 
 async def test_client_errors_are_not_retried(
-    nats_server: NatsServer, upstream: MockUpstream, second: MockUpstream
+    nats_server: Nats, upstream: MockUpstream, second: MockUpstream
 ) -> None:
     stack = await Stack(pair_config(nats_server.url, upstream, second)).start()  # type: ignore[arg-type]
     try:
@@ -76,7 +76,7 @@ async def test_client_errors_are_not_retried(
 
 
 async def test_context_window_error_moves_to_a_larger_target(
-    nats_server: NatsServer, upstream: MockUpstream, second: MockUpstream
+    nats_server: Nats, upstream: MockUpstream, second: MockUpstream
 ) -> None:
     config = make_config(
         nats_server.url,
@@ -99,7 +99,7 @@ async def test_context_window_error_moves_to_a_larger_target(
 
 
 async def test_breaker_opens_moves_traffic_and_a_probe_closes_it(
-    nats_server: NatsServer, upstream: MockUpstream, second: MockUpstream
+    nats_server: Nats, upstream: MockUpstream, second: MockUpstream
 ) -> None:
     stack = await Stack(pair_config(nats_server.url, upstream, second, retry={"attempts": 1})).start()  # type: ignore[arg-type]
     try:
@@ -128,7 +128,7 @@ async def test_breaker_opens_moves_traffic_and_a_probe_closes_it(
 
 
 async def test_a_breaker_opened_by_one_router_replica_is_respected_by_the_other(
-    nats_server: NatsServer, upstream: MockUpstream, second: MockUpstream
+    nats_server: Nats, upstream: MockUpstream, second: MockUpstream
 ) -> None:
     config = pair_config(nats_server.url, upstream, second, retry={"attempts": 1},
                          breaker={"consecutive_failures": 3, "cooldown_seconds": 60})
@@ -151,7 +151,7 @@ async def test_a_breaker_opened_by_one_router_replica_is_respected_by_the_other(
 
 
 async def test_all_breakers_open_is_a_clear_503(
-    nats_server: NatsServer, upstream: MockUpstream, second: MockUpstream
+    nats_server: Nats, upstream: MockUpstream, second: MockUpstream
 ) -> None:
     config = pair_config(nats_server.url, upstream, second, retry={"attempts": 1},
                          breaker={"consecutive_failures": 1, "cooldown_seconds": 60})
@@ -169,7 +169,7 @@ async def test_all_breakers_open_is_a_clear_503(
 
 
 async def test_slow_target_and_a_two_second_deadline_is_504_at_two_seconds(
-    nats_server: NatsServer, upstream: MockUpstream, second: MockUpstream
+    nats_server: Nats, upstream: MockUpstream, second: MockUpstream
 ) -> None:
     stack = await Stack(pair_config(nats_server.url, upstream, second)).start()  # type: ignore[arg-type]
     try:
@@ -185,7 +185,7 @@ async def test_slow_target_and_a_two_second_deadline_is_504_at_two_seconds(
         await stack.close()
 
 
-async def test_weighted_split_over_a_thousand_requests(nats_server: NatsServer) -> None:
+async def test_weighted_split_over_a_thousand_requests(nats_server: Nats) -> None:
     config = make_config(
         nats_server.url,
         providers={"heavy": {"adapter": "mock"}, "light": {"adapter": "mock"}},
@@ -207,7 +207,7 @@ async def test_weighted_split_over_a_thousand_requests(nats_server: NatsServer) 
         await stack.close()
 
 
-async def test_least_latency_converges_to_the_faster_target(nats_server: NatsServer) -> None:
+async def test_least_latency_converges_to_the_faster_target(nats_server: Nats) -> None:
     config = make_config(
         nats_server.url,
         providers={"slow": {"adapter": "mock", "latency_ms": 60}, "fast": {"adapter": "mock", "latency_ms": 5}},
@@ -227,7 +227,7 @@ async def test_least_latency_converges_to_the_faster_target(nats_server: NatsSer
         await stack.close()
 
 
-async def test_fifty_identical_concurrent_requests_make_one_upstream_call(nats_server: NatsServer) -> None:
+async def test_fifty_identical_concurrent_requests_make_one_upstream_call(nats_server: Nats) -> None:
     slow = MockUpstream(latency_ms=300)
     await slow.start()
     config = make_config(nats_server.url, providers={
@@ -249,7 +249,7 @@ async def test_fifty_identical_concurrent_requests_make_one_upstream_call(nats_s
         await slow.stop()
 
 
-async def test_admission_cap_holds_across_two_workers_and_everyone_is_served(nats_server: NatsServer) -> None:
+async def test_admission_cap_holds_across_two_workers_and_everyone_is_served(nats_server: Nats) -> None:
     slow = MockUpstream(latency_ms=100)
     await slow.start()
     config = make_config(nats_server.url, providers={

@@ -24,7 +24,7 @@ import pytest
 from services.launcher import free_port
 from services.status.table import SHORT_ID, render
 from services.status.topology import Topology, collect
-from tests.infra import NatsServer
+from tests.infra import Nats
 from tests.stack import Stack, make_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-async def stack(nats_server: NatsServer) -> AsyncIterator[Stack]:
+async def stack(nats_server: Nats) -> AsyncIterator[Stack]:
     stack = await Stack(make_config(nats_server.url)).start()
     assert stack.http is not None
     for text in ("hi", "hello"):  # two different prompts: two cache misses, so every service works
@@ -49,7 +49,7 @@ async def stack(nats_server: NatsServer) -> AsyncIterator[Stack]:
     await stack.close()
 
 
-def monitor_url(nats_server: NatsServer) -> str:
+def monitor_url(nats_server: Nats) -> str:
     return f"http://127.0.0.1:{nats_server.monitor_port}"
 
 
@@ -86,7 +86,7 @@ def as_json(topology: Topology) -> dict[str, Any]:
     return result
 
 
-async def test_collect_finds_every_instance_with_its_requests(stack: Stack, nats_server: NatsServer) -> None:
+async def test_collect_finds_every_instance_with_its_requests(stack: Stack, nats_server: Nats) -> None:
     nc = await nats.connect(nats_server.url)
     try:
         async with httpx.AsyncClient() as http:
@@ -103,7 +103,7 @@ async def test_collect_finds_every_instance_with_its_requests(stack: Stack, nats
     assert {"test-cache", "test-router", "test-mock", "test-ingress"} <= names
 
 
-async def test_table_names_every_service_and_instance(stack: Stack, nats_server: NatsServer) -> None:
+async def test_table_names_every_service_and_instance(stack: Stack, nats_server: Nats) -> None:
     nc = await nats.connect(nats_server.url)
     try:
         async with httpx.AsyncClient() as http:
@@ -117,7 +117,7 @@ async def test_table_names_every_service_and_instance(stack: Stack, nats_server:
     assert "nats-server " in table and "connections" in table
 
 
-async def test_cli_json_lists_the_stack_and_the_server(stack: Stack, nats_server: NatsServer) -> None:
+async def test_cli_json_lists_the_stack_and_the_server(stack: Stack, nats_server: Nats) -> None:
     code, out, err = await status_cli("--json", "--nats-url", nats_server.url,
                                       "--monitor", monitor_url(nats_server))
     assert code == 0, err
@@ -128,7 +128,7 @@ async def test_cli_json_lists_the_stack_and_the_server(stack: Stack, nats_server
     assert document["monitor_error"] is None
 
 
-async def test_cli_table(stack: Stack, nats_server: NatsServer) -> None:
+async def test_cli_table(stack: Stack, nats_server: Nats) -> None:
     code, out, err = await status_cli("--nats-url", nats_server.url, "--monitor", monitor_url(nats_server))
     assert code == 0, err
     for name, _ in EXPECTED.values():
@@ -145,7 +145,7 @@ async def test_unreachable_nats_exits_1_fast() -> None:
     assert time.monotonic() - started < 5  # ~2 s budget plus the interpreter's start-up
 
 
-async def test_unreachable_monitor_is_reported_not_fatal(stack: Stack, nats_server: NatsServer) -> None:
+async def test_unreachable_monitor_is_reported_not_fatal(stack: Stack, nats_server: Nats) -> None:
     code, out, err = await status_cli("--json", "--nats-url", nats_server.url,
                                       "--monitor", f"http://127.0.0.1:{free_port()}")
     assert code == 0, err
@@ -155,7 +155,7 @@ async def test_unreachable_monitor_is_reported_not_fatal(stack: Stack, nats_serv
     assert_lists_the_stack(document["services"], stack)
 
 
-async def test_watch_prints_rates_until_ctrl_c(stack: Stack, nats_server: NatsServer) -> None:
+async def test_watch_prints_rates_until_ctrl_c(stack: Stack, nats_server: Nats) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.cli", "status", "--json", "--watch", "0.6", "--timeout", "0.2",
         "--nats-url", nats_server.url, "--monitor", monitor_url(nats_server),

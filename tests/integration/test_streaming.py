@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from services.mockupstream.server import MockUpstream
-from tests.infra import NatsServer
+from tests.infra import Nats
 from tests.integration.test_request_path import eventually
 from tests.stack import Stack, make_config
 
@@ -34,7 +34,7 @@ def providers(upstream: MockUpstream) -> dict[str, dict[str, object]]:
 
 
 @pytest.fixture
-async def stack(nats_server: NatsServer, upstream: MockUpstream) -> AsyncIterator[Stack]:
+async def stack(nats_server: Nats, upstream: MockUpstream) -> AsyncIterator[Stack]:
     config = make_config(
         nats_server.url,
         providers=providers(upstream),
@@ -133,7 +133,7 @@ async def test_error_before_any_chunk_is_a_plain_http_error(stack: Stack, upstre
         await collect(stack.openai(), model="up/gpt-4o", messages=[{"role": "user", "content": "429"}])
 
 
-async def test_client_disconnect_closes_the_upstream_call(nats_server: NatsServer) -> None:
+async def test_client_disconnect_closes_the_upstream_call(nats_server: Nats) -> None:
     slow = MockUpstream(chunks=50, chunk_interval_ms=100)
     await slow.start()
     stack = await Stack(make_config(nats_server.url, providers=providers(slow))).start()
@@ -184,7 +184,7 @@ async def test_non_streamed_answer_serves_a_later_stream(stack: Stack, upstream:
     assert upstream.stats["calls"] == 1
 
 
-async def test_stall_longer_than_the_idle_timeout_is_an_error(nats_server: NatsServer) -> None:
+async def test_stall_longer_than_the_idle_timeout_is_an_error(nats_server: Nats) -> None:
     config = make_config(nats_server.url, providers={"mock": {"chunk_interval_ms": 1000}},
                          ingress={"stream_idle_timeout_seconds": 0.2})
     stack = await Stack(config).start()
@@ -220,7 +220,7 @@ async def test_hundred_concurrent_streams_get_their_own_chunks_in_order(stack: S
         assert text == expected
 
 
-async def test_a_lost_chunk_ends_the_stream_with_an_error(nats_server: NatsServer) -> None:
+async def test_a_lost_chunk_ends_the_stream_with_an_error(nats_server: Nats) -> None:
     """A router stand-in on the real bus that skips chunk 2: the client must not get a clean ending."""
     from shared import bus
     from shared.messages import StreamChunk, StreamEnd, encode

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from shared import metrics
+from shared import metrics, runtime
 from shared.config import load
 from tests.unit.deploy_manifests import (
     DEPLOY,
@@ -65,11 +65,12 @@ def test_compose_references_services_volumes_and_files_that_exist() -> None:
                 assert source in volumes, (name, source)
         if build := service.get("build"):
             assert (DEPLOY / build["context"] / build["dockerfile"]).is_file()
-        image = service["image"]
+        image = _interpolate(service["image"], {})
         assert not image.endswith(":latest") and ":" in image, f"{name}: pin the image ({image})"
-    assert services["nats"]["image"] == "nats:2.10-alpine"
+    assert _interpolate(services["nats"]["image"], {}) == "nats:2.10-alpine"
     assert {"-js", "-m"} <= set(services["nats"]["command"])
-    assert services["redis"]["image"] == "redis:7-alpine"
+    assert _interpolate(services["redis"]["image"], {}) == "redis:7-alpine"
+    assert _interpolate(services["redis"]["image"], {"REDIS_IMAGE": "mirror/redis:7"}) == "mirror/redis:7"
     exporter = services["nats-exporter"]
     assert exporter["image"].startswith("natsio/prometheus-nats-exporter:")
     assert {"-varz", "-connz", "-routez", "-subz"} <= set(exporter["command"])
@@ -270,7 +271,7 @@ def _dockerignored(path: str) -> bool:
     """Whether Docker leaves `path` out of the build context (last matching pattern wins; a pattern
     that matches a parent directory matches its contents)."""
     ignored = False
-    for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines():
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
         pattern = line.strip()
         if not pattern or pattern.startswith("#"):
             continue
@@ -313,14 +314,14 @@ def _healthcheck_module() -> ModuleType:
 
 
 @pytest.fixture
-def http_server() -> Iterator[tuple[int, list[str]]]:
-    """A loopback server that answers 200 on /health/live and /metrics, recording the paths asked."""
+def ingress_like() -> Iterator[tuple[int, list[str]]]:
+    """A loopback server that answers 200 on /health/ready, as the ingress does, recording the paths asked."""
     asked: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             asked.append(self.path)
-            self.send_response(200 if self.path in ("/health/live", "/metrics") else 404)
+            self.send_response(200 if self.path == "/health/ready" else 404)
             self.end_headers()
 
         def log_message(self, format: str, *args: Any) -> None:
@@ -334,6 +335,18 @@ def http_server() -> Iterator[tuple[int, list[str]]]:
     server.server_close()
 
 
+@pytest.fixture
+def metrics_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """The real metrics and probe server of a cache, router or provider process, not yet ready."""
+    monkeypatch.setattr(runtime, "_readiness", None)
+    server = metrics.probe_server("127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
 def _closed_port() -> int:
     server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     port = server.server_address[1]
@@ -341,11 +354,20 @@ def _closed_port() -> int:
     return port
 
 
-def test_the_container_healthcheck_asks_whichever_service_runs(http_server: tuple[int, list[str]]) -> None:
+def test_the_container_healthcheck_asks_the_ingress_for_readiness(ingress_like: tuple[int, list[str]]) -> None:
     healthcheck = _healthcheck_module()
-    port, asked = http_server
-    closed = str(_closed_port())
-    assert healthcheck.main({"PORT": str(port)}) == 0 and asked == ["/health/live"]
-    assert healthcheck.main({"PORT": closed, "METRICS_PORT": str(port)}) == 0 and asked[-1] == "/metrics"
-    assert healthcheck.main({"PORT": closed, "METRICS_PORT": closed}) == 1
-    assert healthcheck.main({"PORT": closed}) == 1
+    port, asked = ingress_like
+    assert healthcheck.main({"PORT": str(port)}) == 0 and asked == ["/health/ready"]
+    assert healthcheck.main({"PORT": str(_closed_port())}) == 1
+
+
+def test_the_container_healthcheck_follows_a_workers_readiness(metrics_port: int) -> None:
+    healthcheck = _healthcheck_module()
+    env = {"PORT": str(_closed_port()), "METRICS_PORT": str(metrics_port)}
+    assert healthcheck.main(env) == 1  # started, not yet on the bus
+    taking_work = True
+    runtime.notify_ready(lambda: taking_work)
+    assert healthcheck.main(env) == 0
+    taking_work = False  # lost the bus, or draining
+    assert healthcheck.main(env) == 1
+    assert healthcheck.main({"PORT": str(_closed_port()), "METRICS_PORT": str(_closed_port())}) == 1

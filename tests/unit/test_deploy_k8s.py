@@ -195,7 +195,9 @@ def test_pods_are_hardened_bounded_and_drain_before_they_are_killed(name: str) -
                 assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
                 assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
             else:
-                assert container["readinessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+                assert container["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "metrics"}
+                assert container["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "metrics"}
+                assert container["startupProbe"]["httpGet"] == {"path": "/health/live", "port": "metrics"}
                 assert {"name": "METRICS_PORT", "value": str(METRICS_PORT)} in container["env"]
                 assert {"name": "metrics", "containerPort": METRICS_PORT} in container["ports"]
 

@@ -11,8 +11,9 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from nats.aio.client import Client
@@ -214,6 +215,17 @@ def next_request_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):010x}"
 
 
+def _probe_or_scrape(scope: MutableMapping[str, Any]) -> bool:
+    return str(scope.get("path", "")).startswith(("/health", "/metrics"))
+
+
+# FastAPI's own spans (FastAPI 0.16x traces every request once a tracer provider is set): none for the
+# probes and scrapes that arrive every few seconds (they buried the request traces in Jaeger), and none
+# for its internals (dependencies, endpoint). Chat completions never reach FastAPI: shared/tracing.py
+# traces them. Older FastAPI keeps unknown settings in `app.extra` and ignores them.
+_FASTAPI_TELEMETRY = {"exclude": _probe_or_scrape, "operation_spans": False}
+
+
 def create_app(config: Config, nc: Client | None = None) -> FastPath:
     gateway = Gateway(config)
     owns_connection = nc is None
@@ -229,7 +241,8 @@ def create_app(config: Config, nc: Client | None = None) -> FastPath:
         if owns_connection and gateway.nc is not None and not gateway.nc.is_closed:
             await gateway.nc.drain()
 
-    app = FastAPI(title="LLM Edge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="LLM Edge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  telemetry=_FASTAPI_TELEMETRY)
     app.state.gateway = gateway
 
     @app.exception_handler(GatewayError)

@@ -154,6 +154,18 @@ def test_a_hit_is_a_trace_of_ingress_and_cache_only(observed: Observed) -> None:
     assert ingress[4] == bytes.fromhex("cd" * 8)  # the caller's traceparent is the parent
 
 
+def test_probes_and_scrapes_leave_no_traces(observed: Observed) -> None:
+    for path in ("/health/ready", "/health/live", "/health", "/metrics"):
+        httpx.get(f"{observed.url}{path}", timeout=5)
+    traceparent = f"00-{'ef' * 16}-{'01' * 8}-01"
+    chat(observed.url, "after the probes", traceparent=traceparent)
+    # The ingress exports its spans in the order they ended: once this request's span has arrived, a
+    # span for any of the probes before it would have too.
+    observed.receiver.wait_for_trace({"llm-edge-ingress"}, bytes.fromhex("ef" * 16))
+    names = {name for service, name, *_ in observed.receiver.spans if service == "llm-edge-ingress"}
+    assert not {name for name in names if "/health" in name or "/metrics" in name}, names
+
+
 def test_every_process_serves_its_metrics(observed: Observed) -> None:
     chat(observed.url, "metrics please")
     urls = re.findall(r"(http://\S+/metrics) \((\w[\w ]*)\)", observed.banner)

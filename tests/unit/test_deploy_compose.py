@@ -72,7 +72,7 @@ def test_compose_references_services_volumes_and_files_that_exist() -> None:
     assert _interpolate(services["redis"]["image"], {}) == "redis:7-alpine"
     assert _interpolate(services["redis"]["image"], {"REDIS_IMAGE": "mirror/redis:7"}) == "mirror/redis:7"
     exporter = services["nats-exporter"]
-    assert exporter["image"].startswith("natsio/prometheus-nats-exporter:")
+    assert _interpolate(exporter["image"], {}).startswith("natsio/prometheus-nats-exporter:")
     assert {"-varz", "-connz", "-routez", "-subz"} <= set(exporter["command"])
     assert any(arg.startswith("-jsz") for arg in exporter["command"])
     assert "http://nats:8222" in exporter["command"]

@@ -4,6 +4,13 @@ Services register with `nats.micro` so `nats micro ls/info/stats` and `$SRV.PING
 micro runs one handler at a time per subscription, so endpoints here start a task per request (bounded)
 and keep micro's stats honest by timing the whole task. Handlers get the raw message (to answer with
 bytes they did not decode) and raise `GatewayError` to answer with an error.
+
+A responder that dies (SIGKILL, OOM, a lost node) never answers, and NATS does not tell the requester:
+plain request-reply would wait for the whole deadline, ten minutes for an LLM call. So the long hops
+(ingress → router → provider worker) ask for heartbeats: a request carrying `Llm-Heartbeat: N` gets an
+empty `Llm-Alive` message every N seconds for as long as its handler runs (none at all for a request
+answered within N seconds), and `request(..., heartbeat=N)` gives up with `Lost` after `LOST_AFTER` beats
+of silence, so the caller can retry elsewhere within seconds.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 
 import nats
@@ -35,6 +43,16 @@ class NoResponders(Unavailable):
     """Nobody subscribes to the subject: the service is not running. Known in under a millisecond."""
 
     default_code = "no_responders"
+
+
+class Lost(Unavailable):
+    """The instance working on the request went silent (its heartbeats stopped): it died or hangs."""
+
+    default_code = "responder_lost"
+
+
+HEARTBEAT_SECONDS = 1.0  # how often a handler that asked for it says it is still working
+LOST_AFTER = 5  # heartbeats missed before the requester gives up on it
 
 
 async def connect(url: str, name: str) -> Client:
@@ -89,6 +107,7 @@ class _TaskEndpoint(Endpoint):
     async def _run(self, msg: Msg) -> None:
         start = time.perf_counter_ns()
         self._num_requests += 1
+        beating = _heartbeats(self._service._client, msg)
         try:
             await self._handler(msg)  # type: ignore[arg-type]
         except GatewayError as exc:
@@ -99,6 +118,8 @@ class _TaskEndpoint(Endpoint):
             self._count_error(exc)
             await reply_error(self._service._client, msg.reply, InternalError("internal error"))
         finally:
+            if beating is not None:
+                beating.cancel()
             self._slots.release()
             self._processing_time += time.perf_counter_ns() - start
             self._average_processing_time = int(self._processing_time / self._num_requests)
@@ -106,6 +127,42 @@ class _TaskEndpoint(Endpoint):
     def _count_error(self, exc: Exception) -> None:
         self._num_errors += 1
         self._last_error = f"{type(exc).__name__}: {exc}"
+
+
+def _heartbeats(nc: Client, msg: Msg) -> _Heartbeat | None:
+    """Heartbeats to the requester while the handler runs, when it asked for them: a timer (nothing to
+    send) until the first is due, so a request answered quickly costs one timer and no message."""
+    if not msg.reply or not msg.headers or Headers.HEARTBEAT not in msg.headers:
+        return None
+    try:
+        every = max(0.05, float(msg.headers[Headers.HEARTBEAT]))
+    except ValueError:
+        return None
+    beat = _Heartbeat(nc, msg.reply, every)
+    beat.timer = asyncio.get_running_loop().call_later(every, beat.start)
+    return beat
+
+
+class _Heartbeat:
+    def __init__(self, nc: Client, to: str, every: float) -> None:
+        self.nc, self.to, self.every = nc, to, every
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._beat())
+
+    async def _beat(self) -> None:
+        while True:
+            if self.nc.is_connected:
+                await self.nc.publish(self.to, b"", headers={Headers.ALIVE: "1"})
+            await asyncio.sleep(self.every)  # the heartbeat's period, not a wait for something to happen
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.task is not None:
+            self.task.cancel()
 
 
 class Server:
@@ -194,9 +251,11 @@ async def _guarded(handler: Handler, msg: Msg) -> None:
 
 
 async def request(
-    nc: Client, subject: str, payload: bytes, headers: dict[str, str], timeout: float
+    nc: Client, subject: str, payload: bytes, headers: dict[str, str], timeout: float,
+    heartbeat: float | None = None,
 ) -> tuple[Reply, Msg]:
-    """Request-reply with our errors: `NoResponders` at once, `DeadlineExceeded` at the timeout.
+    """Request-reply with our errors: `NoResponders` at once, `DeadlineExceeded` at the timeout, and
+    with `heartbeat`, `Lost` once the responder has been silent for `LOST_AFTER` heartbeats.
 
     Returns the decoded reply and the raw message (to pass its bytes on without encoding them again).
     """
@@ -204,7 +263,10 @@ async def request(
         raise DeadlineExceeded("the request deadline passed before it was sent", where=subject)
     started = time.perf_counter()
     try:
-        msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
+        if heartbeat is None:
+            msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
+        else:
+            msg = await _replies(nc).request(subject, payload, headers, timeout, heartbeat)
     except nats.errors.NoRespondersError as exc:
         raise NoResponders(f"no instance is serving {subject}", where=subject) from exc
     except nats.errors.TimeoutError as exc:
@@ -213,6 +275,68 @@ async def request(
         raise Unavailable("the message bus is not connected", code="bus_unavailable") from exc
     metrics.BUS_DURATION.labels(subject).observe(time.perf_counter() - started)
     return reply_decoder.decode(msg.data), msg
+
+
+class _Replies:
+    """One wildcard inbox per connection for requests that take heartbeats (nats-py's own request
+    resolves on the first message, which would be a heartbeat)."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.prefix = nc.new_inbox()
+        self.sub: Subscription | None = None
+        self.waiting: dict[str, asyncio.Queue[Msg]] = {}
+        self.tokens = 0
+
+    async def _deliver(self, msg: Msg) -> None:
+        queue = self.waiting.get(msg.subject[len(self.prefix) + 1:])
+        if queue is not None:  # else a late heartbeat or reply for a request given up on
+            queue.put_nowait(msg)
+
+    async def request(
+        self, subject: str, payload: bytes, headers: dict[str, str], timeout: float, heartbeat: float
+    ) -> Msg:
+        if self.sub is None:
+            self.sub = await self.nc.subscribe(f"{self.prefix}.*", cb=self._deliver)
+        self.tokens += 1
+        token = str(self.tokens)
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self.waiting[token] = queue
+        try:
+            await self.nc.publish(subject, payload, reply=f"{self.prefix}.{token}",
+                                  headers={**headers, Headers.HEARTBEAT: f"{heartbeat:g}"})
+            now = time.monotonic()
+            ends, heard = now + timeout, now
+            while True:
+                silence_ends = heard + heartbeat * LOST_AFTER
+                try:
+                    msg = await asyncio.wait_for(queue.get(), min(ends, silence_ends) - now)
+                except TimeoutError:
+                    now = time.monotonic()
+                    if now >= ends:
+                        raise nats.errors.TimeoutError from None
+                    if now >= silence_ends:
+                        raise Lost(f"the instance serving {subject} went silent", where=subject) from None
+                    continue
+                now = time.monotonic()
+                if msg.headers and Headers.ALIVE in msg.headers:
+                    heard = now
+                    continue
+                if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+                    raise nats.errors.NoRespondersError
+                return msg
+        finally:
+            del self.waiting[token]
+
+
+_replies_by_connection: weakref.WeakKeyDictionary[Client, _Replies] = weakref.WeakKeyDictionary()
+
+
+def _replies(nc: Client) -> _Replies:
+    found = _replies_by_connection.get(nc)
+    if found is None:
+        found = _replies_by_connection[nc] = _Replies(nc)
+    return found
 
 
 def deadline_from(headers: dict[str, str] | None) -> float | None:

@@ -77,6 +77,10 @@ class Headers:
     NAMESPACE = "Llm-Namespace"
     TARGET_MODEL = "Llm-Target-Model"
     REPLY_TO = "Llm-Reply-To"  # where a request taken from a work queue is answered
+    # On a request: "send me a heartbeat every N seconds while you work on this" (see bus.request).
+    HEARTBEAT = "Llm-Heartbeat"
+    # On a message to a reply subject: a heartbeat (the work goes on), not the reply.
+    ALIVE = "Llm-Alive"
 
 
 # Service names as registered with the NATS services framework (`nats micro ls`).

@@ -324,16 +324,25 @@ async def lookup(
 
 
 async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadline: float) -> Reply:
-    try:
-        reply, _ = await bus.request(
-            gateway.bus(), gateway.subjects.route, payload, headers,
-            deadline + _REPLY_GRACE_SECONDS - time.monotonic(),
-        )
-    except bus.NoResponders as exc:
-        raise Unavailable("No router instance is running.", code="no_router") from exc
-    except DeadlineExceeded as exc:
-        raise DeadlineExceeded("The request did not complete before its deadline.") from exc
-    return reply
+    """Ask a router for the answer. A router that dies while it holds the request goes silent (no
+    heartbeats): the request goes to another router once, rather than waiting for the deadline."""
+    for attempt in (1, 2):
+        try:
+            reply, _ = await bus.request(
+                gateway.bus(), gateway.subjects.route, payload, headers,
+                deadline + _REPLY_GRACE_SECONDS - time.monotonic(), bus.HEARTBEAT_SECONDS,
+            )
+        except bus.NoResponders as exc:
+            raise Unavailable("No router instance is running.", code="no_router") from exc
+        except DeadlineExceeded as exc:
+            raise DeadlineExceeded("The request did not complete before its deadline.") from exc
+        except bus.Lost as exc:
+            log.warning("the router handling the request went silent (attempt %d)", attempt)
+            if attempt == 2:
+                raise Unavailable("The router handling the request stopped answering.", code="router_lost") from exc
+            continue
+        return reply
+    raise AssertionError("unreachable")
 
 
 async def open_stream(

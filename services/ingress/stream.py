@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.ingress import shapes
+from shared import bus
 from shared.errors import DeadlineExceeded, GatewayError, ProviderError, Unavailable, from_reply
 from shared.messages import (
     ChatResult,
@@ -104,6 +105,7 @@ class BusStream:
         self.frames: asyncio.Queue[Msg] = asyncio.Queue()
         self.sub: Subscription | None = None
         self.finished = False
+        self.heard = time.monotonic()
 
     async def open(self, payload: bytes, headers: dict[str, str]) -> None:
         inbox = self.nc.new_inbox()
@@ -112,18 +114,35 @@ class BusStream:
             self.frames.put_nowait(msg)
 
         self.sub = await self.nc.subscribe(inbox, cb=deliver)
-        await self.nc.publish(self.subjects.route, payload, reply=inbox, headers=headers)
+        # The router's heartbeats come to this inbox too, until its part is done (see bus.request).
+        await self.nc.publish(self.subjects.route, payload, reply=inbox,
+                              headers={**headers, Headers.HEARTBEAT: f"{bus.HEARTBEAT_SECONDS:g}"})
+        self.heard = time.monotonic()
 
     async def next(self, timeout: float, what: str) -> Reply:
+        """The next frame within `timeout`; `Unavailable` when nothing at all (no frame, no heartbeat)
+        arrived for `bus.LOST_AFTER` heartbeats: whoever was serving the stream died."""
         if timeout <= 0:
             raise DeadlineExceeded("The request deadline passed during the stream.")
-        try:
-            msg = await asyncio.wait_for(self.frames.get(), timeout)
-        except TimeoutError:
-            raise DeadlineExceeded(f"No {what} within {timeout:.3g}s.", code="stream_timeout") from None
-        if not msg.data and (msg.headers or {}).get("Status") == "503":
-            raise Unavailable("No router instance is running.", code="no_router")
-        return reply_decoder.decode(msg.data)
+        ends = time.monotonic() + timeout
+        while True:
+            silence_ends = self.heard + bus.HEARTBEAT_SECONDS * bus.LOST_AFTER
+            try:
+                msg = await asyncio.wait_for(self.frames.get(), min(ends, silence_ends) - time.monotonic())
+            except TimeoutError:
+                now = time.monotonic()
+                if now >= ends:
+                    raise DeadlineExceeded(f"No {what} within {timeout:.3g}s.", code="stream_timeout") from None
+                if now >= silence_ends:
+                    raise Unavailable("The gateway lost the service that was handling this stream.",
+                                      code="stream_lost") from None
+                continue
+            self.heard = time.monotonic()
+            if msg.headers and Headers.ALIVE in msg.headers:
+                continue
+            if not msg.data and (msg.headers or {}).get("Status") == "503":
+                raise Unavailable("No router instance is running.", code="no_router")
+            return reply_decoder.decode(msg.data)
 
     async def close(self) -> None:
         if self.sub is not None:

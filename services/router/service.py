@@ -161,6 +161,9 @@ class Router:
             started = time.monotonic()
             try:
                 reply, raw = await self._ask(target, subject, payload, onward, deadline)
+            except bus.Lost as lost:  # the worker died mid-call: retried like a failed call, on a live one
+                log.warning("a %s worker went silent mid-call", target.provider)
+                reply = lost.to_reply()
             except bus.NoResponders:
                 await self._outcome(target, ok=False)
                 return Unavailable(f"no worker is running for provider `{target.provider}`",
@@ -208,7 +211,7 @@ class Router:
                 await self.inbox.start()
             return await self.inbox.request(
                 self.server.nc.jetstream(), self.subjects.admission(target.provider), payload, onward, timeout)
-        return await bus.request(self.server.nc, subject, payload, onward, timeout)
+        return await bus.request(self.server.nc, subject, payload, onward, timeout, bus.HEARTBEAT_SECONDS)
 
     def breaker(self, target: Target) -> Breaker:
         found = self.breakers.get(target.key)

@@ -11,7 +11,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -39,7 +39,7 @@ from shared.errors import (
     from_reply,
 )
 from shared.logs import request_id
-from shared.messages import CacheMiss, ChatResult, ErrorReply, Reply, StreamOptions, encode
+from shared.messages import CacheMiss, ChatResult, ErrorReply, Reply, StreamChunk, StreamOptions, encode
 from shared.subjects import Headers, Subjects
 
 log = logging.getLogger("llm_edge.ingress")
@@ -122,7 +122,8 @@ async def chat_completions(gateway: Gateway, request: Request) -> Response:
             # Every chunk is known: one write carries them all (still one SSE event per chunk).
             frames = [b"".join(stream.replay(cached, include_usage))]
             return sse_response(iter(frames), rid, cached.provider, tier)
-        response = await open_stream(gateway, payload, headers, rid, include_usage, deadline)
+        response = await open_stream(gateway, payload, headers, rid, deadline,
+                                     lambda first: stream.ChunkWriter.starting(first, rid, include_usage))
         metrics.TIME_TO_FIRST_CHUNK.labels(chat.model).observe(time.perf_counter() - started)
         return response
     if cached is not None:
@@ -337,8 +338,8 @@ async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadl
 
 
 async def open_stream(
-    gateway: Gateway, payload: bytes, headers: dict[str, str], rid: str, include_usage: bool,
-    deadline: float,
+    gateway: Gateway, payload: bytes, headers: dict[str, str], rid: str, deadline: float,
+    writer: Callable[[StreamChunk], stream.Writer],
 ) -> Response:
     bus_stream = stream.BusStream(gateway.bus(), gateway.subjects, rid)
     headers[Headers.STREAM] = "1"
@@ -349,7 +350,7 @@ async def open_stream(
         await bus_stream.close()
         raise
     idle = gateway.config.ingress.stream_idle_timeout_seconds
-    frames = stream.relay(bus_stream, first, include_usage, idle, deadline + _REPLY_GRACE_SECONDS)
+    frames = stream.relay(bus_stream, first, writer(first), idle, deadline + _REPLY_GRACE_SECONDS)
     return sse_response(frames, rid, first.provider or "", None)
 
 

@@ -34,10 +34,13 @@ from shared.messages import (
 
 PATHS = frozenset({"/v1/messages", "/messages"})
 
-# --- the request, as Anthropic documents it (unknown fields are refused, not silently dropped) ----------
+# --- the request, as Anthropic documents it ---------------------------------------------------------------
+# A top-level field this gateway cannot honour is refused with its name rather than silently dropped. Inside
+# blocks, extra fields are ignored: an answer's blocks passed back as input carry response-only fields
+# (`citations: null`, `caller`), which Anthropic accepts too. A block type it cannot carry is refused.
 
 
-class _Cacheable(Struct, kw_only=True, forbid_unknown_fields=True):
+class _Cacheable(Struct, kw_only=True):
     # Prompt-caching hints are Anthropic's own optimisation; accepted and ignored (the gateway caches whole
     # answers itself), so clients written for Anthropic work unchanged.
     cache_control: dict[str, Any] | None | UnsetType = UNSET
@@ -45,15 +48,14 @@ class _Cacheable(Struct, kw_only=True, forbid_unknown_fields=True):
 
 class TextBlock(_Cacheable, tag="text", tag_field="type"):
     text: str
-    citations: list[dict[str, Any]] | None | UnsetType = UNSET
 
 
-class Base64Source(Struct, tag="base64", tag_field="type", forbid_unknown_fields=True):
+class Base64Source(Struct, tag="base64", tag_field="type"):
     media_type: str
     data: str
 
 
-class URLSource(Struct, tag="url", tag_field="type", forbid_unknown_fields=True):
+class URLSource(Struct, tag="url", tag_field="type"):
     url: str
 
 
@@ -76,7 +78,7 @@ class ToolResultBlock(_Cacheable, tag="tool_result", tag_field="type"):
 Block = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock
 
 
-class InputMessage(Struct, kw_only=True, forbid_unknown_fields=True):
+class InputMessage(Struct, kw_only=True):
     role: Literal["user", "assistant"]
     content: str | list[Block]
 
@@ -88,13 +90,13 @@ class ToolSpec(_Cacheable):
     type: Literal["custom"] | UnsetType = UNSET
 
 
-class ToolChoice(Struct, kw_only=True, forbid_unknown_fields=True):
+class ToolChoice(Struct, kw_only=True):
     type: Literal["auto", "any", "tool", "none"]
     name: str | UnsetType = UNSET
     disable_parallel_tool_use: bool | UnsetType = UNSET
 
 
-class Metadata(Struct, kw_only=True, forbid_unknown_fields=True):
+class Metadata(Struct, kw_only=True):
     user_id: str | None | UnsetType = UNSET
 
 
@@ -110,6 +112,9 @@ class MessagesRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     metadata: Metadata | UnsetType = UNSET
     tools: list[ToolSpec] | UnsetType = UNSET
     tool_choice: ToolChoice | UnsetType = UNSET
+    # Hints about Anthropic's own serving (prompt caching, capacity tier): accepted, with nothing to do here.
+    cache_control: dict[str, Any] | None | UnsetType = UNSET
+    service_tier: str | UnsetType = UNSET
 
 
 _decoder = msgspec.json.Decoder(MessagesRequest)

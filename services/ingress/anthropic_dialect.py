@@ -121,6 +121,9 @@ _decoder = msgspec.json.Decoder(MessagesRequest)
 _PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 _UNKNOWN = re.compile(r"unknown field `([^`]+)`")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
+_VALUE = re.compile(r"^Invalid value ('[^']*')")
+_BLOCK_TYPE = re.compile(r"content\[\d+\]\.type$")
+_TOOL_TYPE = re.compile(r"^tools\[\d+\]\.type$")
 _TOOL_CHOICES: dict[str, Literal["auto", "required", "none"]] = {"auto": "auto", "any": "required", "none": "none"}
 
 
@@ -149,6 +152,13 @@ def _invalid(text: str) -> InvalidRequest:
     if missing := _MISSING.search(text):
         name = f"{where}.{missing.group(1)}" if where else missing.group(1)
         return InvalidRequest(f"`{name}`: field required.", param=name)
+    if (value := _VALUE.search(text)) and _BLOCK_TYPE.search(where):
+        return InvalidRequest(f"`{where}`: content blocks of type {value.group(1)} are not supported by this "
+                              "gateway (text, image, tool_use and tool_result are).", param=where,
+                              code="unsupported_content")
+    if _TOOL_TYPE.search(where):
+        return InvalidRequest(f"`{where}`: only client tools (a name and an input_schema) are supported by this "
+                              "gateway, not Anthropic's server tools.", param=where, code="unsupported_tool")
     return InvalidRequest(f"Invalid request: {text}", param=where or None)
 
 

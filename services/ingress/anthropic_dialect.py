@@ -322,7 +322,9 @@ def message_id(unified_id: str) -> str:
     return "msg_" + (unified_id.removeprefix("chatcmpl-") or uuid.uuid4().hex)
 
 
-def stop_reason(finish_reason: str | None) -> str:
+def stop_reason(finish_reason: str | None, stop_sequence: str | None = None) -> str:
+    if stop_sequence is not None and finish_reason in (None, "stop"):
+        return "stop_sequence"
     return STOP_REASONS.get(finish_reason or "stop", "end_turn")
 
 
@@ -359,7 +361,8 @@ def message_of(result: ChatResult) -> AnthropicMessage:
         id=message_id(result.id),
         content=content,
         model=result.model,
-        stop_reason=stop_reason(choice.finish_reason if choice is not None else None),
+        stop_reason=stop_reason(choice.finish_reason if choice is not None else None, result.stop_sequence),
+        stop_sequence=result.stop_sequence,
         usage=usage_of(result.usage),
     )
 

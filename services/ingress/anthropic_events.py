@@ -114,9 +114,9 @@ class EventWriter:
     def end(self, frame: StreamEnd) -> bytes:
         out: list[bytes] = []
         self._close(out)
-        reason = stop_reason(frame.finish_reason or self.finish_reason)
-        out.append(event(b"message_delta", MessageDelta(delta=StopDelta(stop_reason=reason),
-                                                        usage=usage_of(frame.usage))))
+        reason = stop_reason(frame.finish_reason or self.finish_reason, frame.stop_sequence)
+        delta = StopDelta(stop_reason=reason, stop_sequence=frame.stop_sequence)
+        out.append(event(b"message_delta", MessageDelta(delta=delta, usage=usage_of(frame.usage))))
         out.append(MESSAGE_STOP)
         return b"".join(out)
 
@@ -163,7 +163,8 @@ def frames_of(result: ChatResult, words_per_chunk: int = 4) -> tuple[list[Stream
         chunks.append(StreamChunk(seq=len(chunks), tool_calls=[delta]))
     end = StreamEnd(seq=len(chunks), id=result.id, model=result.model, created=result.created,
                     finish_reason=choice.finish_reason if choice is not None else None, usage=result.usage,
-                    provider=result.provider, target_model=result.target_model, cost_usd=result.cost_usd)
+                    provider=result.provider, target_model=result.target_model, cost_usd=result.cost_usd,
+                    stop_sequence=result.stop_sequence)
     return chunks, end
 
 

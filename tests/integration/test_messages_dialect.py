@@ -105,6 +105,20 @@ async def test_anthropic_upstream_receives_an_anthropic_request(stack: Stack, up
     assert sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hi Claude"}]}]
 
 
+async def test_a_stop_sequence_the_anthropic_upstream_matched_is_reported(
+    stack: Stack, upstream: MockUpstream
+) -> None:
+    upstream.script([{"status": 200, "body": {
+        "id": "msg_up_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": "One, two, "}], "stop_reason": "stop_sequence",
+        "stop_sequence": "three", "usage": {"input_tokens": 9, "output_tokens": 4}}}])
+    message = await client(stack).messages.create(
+        model="claude/claude-sonnet-4-5", max_tokens=64, stop_sequences=["three"], messages=user("Count"))
+    assert upstream.stats["last_request"]["stop_sequences"] == ["three"]
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "three")
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (9, 4)
+
+
 @pytest.mark.parametrize("model", ["up/gpt-4o", "claude/claude-sonnet-4-5"])
 async def test_tool_use_round_trip(stack: Stack, model: str) -> None:
     sdk = client(stack)

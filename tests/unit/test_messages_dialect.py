@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from services.ingress.anthropic_dialect import error_json, message_json, parse_messages_request
@@ -265,7 +266,8 @@ def frames_from_upstream(wire: bytes) -> tuple[list[StreamChunk], StreamEnd]:
                           finish_reason=d.finish_reason, id=summary.id if i == 0 else None)
               for i, d in enumerate(deltas)]
     end = StreamEnd(seq=len(chunks), id=summary.id, model=summary.model, created=0,
-                    finish_reason=summary.finish_reason, usage=summary.usage, provider="claude", target_model="m")
+                    finish_reason=summary.finish_reason, usage=summary.usage, provider="claude", target_model="m",
+                    stop_sequence=summary.stop_sequence)
     return chunks, end
 
 
@@ -356,3 +358,28 @@ def test_a_cached_answer_replays_as_a_stream_of_the_same_message() -> None:
         ("message_stop", None),
     ]
     assert stream[-2][1]["usage"] == {"input_tokens": 10, "output_tokens": 5}
+
+
+# --- stop sequences: known only when the provider says which one matched (Anthropic does) -----------------
+
+
+def test_a_matched_stop_sequence_is_reported_when_the_provider_says() -> None:
+    upstream = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-opus",
+                "content": [{"type": "text", "text": "One, two"}], "stop_reason": "stop_sequence",
+                "stop_sequence": "three", "usage": {"input_tokens": 5, "output_tokens": 3}}
+    unified = adapter.parse_response(json.dumps(upstream).encode(), provider="claude", model="claude-3-opus")
+    assert (unified.choices[0].finish_reason, unified.stop_sequence) == ("stop", "three")
+    answer = json.loads(message_json(unified))
+    assert (answer["stop_reason"], answer["stop_sequence"]) == ("stop_sequence", "three")
+
+
+def test_a_streamed_stop_sequence_reaches_the_message_delta() -> None:
+    wire = (FIXTURES / "stream_text.txt").read_bytes().replace(
+        b'"stop_reason":"end_turn","stop_sequence":null', b'"stop_reason":"stop_sequence","stop_sequence":"!"')
+    chunks, end = frames_from_upstream(wire)
+    assert end.stop_sequence == "!"
+    writer = EventWriter.starting(chunks[0], "rid")
+    stream = events(b"".join([*(writer.chunk(c) for c in chunks), writer.end(end)]))
+    assert stream[-2][1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "!"}
+    cached = msgspec.structs.replace(result(ResponseMessage(content="Hello there")), stop_sequence="!")
+    assert events(replay(cached))[-2][1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "!"}

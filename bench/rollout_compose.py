@@ -5,7 +5,7 @@ flight through the ingress, half of them streams. Prints what failed or came bac
 the drain works).
 
     docker compose -f deploy/compose.yaml up --build -d
-    .venv/bin/python bench/rollout_compose.py --url http://127.0.0.1:8080 --project llm-edge
+    .venv/bin/python bench/rollout_compose.py --url http://127.0.0.1:8080 --project deploy
 
 The ingress is left alone: compose publishes one ingress container on the gateway port, and restarting
 the only one refuses connections whatever it does (Kubernetes puts a Service and a preStop delay in front;
@@ -61,7 +61,7 @@ async def restart_in_turn(project: str, log: list[str]) -> None:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8080")
-    parser.add_argument("--project", default="llm-edge", help="the compose project name")
+    parser.add_argument("--project", default="deploy", help="the compose project name (the directory's)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=120, help="how long the load runs; the restarts "
                         "must be over before it ends")

@@ -243,6 +243,11 @@ def _k8s_definitions() -> Any:
 CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
 
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}` and `${VAR:-default}` for the values the tests read."""
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: env.get(m[1]) or m[2] or "", value)
+
+
 @cache
 def compose() -> Doc:
     document: Doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())

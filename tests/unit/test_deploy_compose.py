@@ -34,14 +34,10 @@ from tests.unit.deploy_manifests import (
     _check_command,
     _yaml_docs,
     compose,
+    interpolate,
 )
 
 # ------------------------------------------------------------------ compose
-
-
-def _interpolate(value: str, env: dict[str, str]) -> str:
-    """Compose's `${VAR}` and `${VAR:-default}` for the values this test reads."""
-    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: env.get(m[1]) or m[2] or "", value)
 
 
 def test_compose_file_follows_the_compose_specification() -> None:
@@ -65,14 +61,14 @@ def test_compose_references_services_volumes_and_files_that_exist() -> None:
                 assert source in volumes, (name, source)
         if build := service.get("build"):
             assert (DEPLOY / build["context"] / build["dockerfile"]).is_file()
-        image = _interpolate(service["image"], {})
+        image = interpolate(service["image"], {})
         assert not image.endswith(":latest") and ":" in image, f"{name}: pin the image ({image})"
-    assert _interpolate(services["nats"]["image"], {}) == "nats:2.10-alpine"
+    assert interpolate(services["nats"]["image"], {}) == "nats:2.10-alpine"
     assert {"-js", "-m"} <= set(services["nats"]["command"])
-    assert _interpolate(services["redis"]["image"], {}) == "redis:7-alpine"
-    assert _interpolate(services["redis"]["image"], {"REDIS_IMAGE": "mirror/redis:7"}) == "mirror/redis:7"
+    assert interpolate(services["redis"]["image"], {}) == "redis:7-alpine"
+    assert interpolate(services["redis"]["image"], {"REDIS_IMAGE": "mirror/redis:7"}) == "mirror/redis:7"
     exporter = services["nats-exporter"]
-    assert _interpolate(exporter["image"], {}).startswith("natsio/prometheus-nats-exporter:")
+    assert interpolate(exporter["image"], {}).startswith("natsio/prometheus-nats-exporter:")
     assert {"-varz", "-connz", "-routez", "-subz"} <= set(exporter["command"])
     assert any(arg.startswith("-jsz") for arg in exporter["command"])
     assert "http://nats:8222" in exporter["command"]
@@ -87,7 +83,7 @@ def test_compose_runs_each_llm_edge_service_as_the_cli_expects(
     assert set(ours) == OUR_COMPOSE_SERVICES
     assert len({json.dumps([s["image"], s["build"]], sort_keys=True) for s in ours.values()}) == 1
     for name, service in ours.items():
-        env = {key: _interpolate(str(value), shell) for key, value in service["environment"].items()}
+        env = {key: interpolate(str(value), shell) for key, value in service["environment"].items()}
         config_mount = next(m for m in service["volumes"] if m.split(":")[1] == env["LLM_EDGE_CONFIG"])
         config = load(DEPLOY / config_mount.split(":")[0], env=env)
         if name != "provider-openai" or shell:  # the openai profile needs the key in the shell

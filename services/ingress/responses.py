@@ -64,8 +64,11 @@ def error_response(error: GatewayError, request: Request) -> Response:
         headers["retry-after"] = str(max(1, int(error.retry_after + 0.999)))
     if error.http_status >= 500:
         log.warning("request failed: %d %s (%s)", error.http_status, error.code, error.where or "ingress")
-    # The error body speaks the dialect of the endpoint that was called, so each SDK raises its own
-    # exception class with our message; the status is the gateway's own either way.
+    # The body speaks the dialect of the endpoint that was called. DESIGN.md has every error OpenAI-shaped,
+    # but a client of Anthropic's Messages API reads Anthropic's documented body (`type: "error"`, and error
+    # types such as not_found_error or overloaded_error that OpenAI's vocabulary lacks), and a stream's
+    # `error` event must be in that shape anyway; one shape per endpoint, then. The status is the gateway's
+    # own either way, so each SDK raises the exception class that matches it, with our message.
     if request.scope.get("path") in anthropic_dialect.PATHS:
         body = anthropic_dialect.error_json(error, rid)
     else:

@@ -158,13 +158,15 @@ async def create_message(gateway: Gateway, request: Request) -> Response:
     metrics, cost), only translated at the edge, in and out."""
     started = time.perf_counter()
     ex = await begin(gateway, request, anthropic_dialect.parse_messages_request)
-    if ex.chat.stream is True:
-        if ex.cached is not None:
-            frames = [anthropic_events.replay(ex.cached)]
-            return sse_response(iter(frames), ex.rid, ex.cached.provider, ex.tier)
-        return await stream_reply(gateway, ex, started,
-                                  lambda first: anthropic_events.EventWriter.starting(first, ex.rid))
-    return await answer(gateway, request, ex, started, anthropic_dialect.message_json)
+    if ex.chat.stream is not True:
+        response = await answer(gateway, request, ex, started, anthropic_dialect.message_json)
+    elif ex.cached is not None:
+        response = sse_response(iter([anthropic_events.replay(ex.cached)]), ex.rid, ex.cached.provider, ex.tier)
+    else:
+        response = await stream_reply(gateway, ex, started,
+                                      lambda first: anthropic_events.EventWriter.starting(first, ex.rid))
+    response.headers["request-id"] = ex.rid  # where Anthropic's SDKs look for it (`_request_id`)
+    return response
 
 
 async def stream_reply(

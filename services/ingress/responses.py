@@ -71,6 +71,8 @@ def error_response(error: GatewayError, request: Request) -> Response:
     # own either way, so each SDK raises the exception class that matches it, with our message.
     if request.scope.get("path") in anthropic_dialect.PATHS:
         body = anthropic_dialect.error_json(error, rid)
+        if rid:
+            headers["request-id"] = rid
     else:
         body = shapes.error_json(error)
     return Response(body, status_code=error.http_status, media_type=JSON, headers=headers)

@@ -1,9 +1,10 @@
-"""Server-sent events in OpenAI's chunk format, from bus frames or from a cached answer.
+"""Server-sent events from bus frames or from a cached answer: the relay, and OpenAI's chunk format (other
+dialects bring their own `Writer`, e.g. `anthropic_events.py`).
 
 The ingress owns one inbox per stream. Frames arrive numbered; a gap, an error frame, a stall longer
-than the idle timeout or the deadline ends the stream with an error event and no `[DONE]`, so a client
-never mistakes half an answer for a whole one. When the client goes away, a cancel notice tells the
-provider worker to close its upstream call.
+than the idle timeout or the deadline ends the stream with an error event and no proper ending (`[DONE]`,
+`message_stop`), so a client never mistakes half an answer for a whole one. When the client goes away, a
+cancel notice tells the provider worker to close its upstream call.
 """
 
 from __future__ import annotations

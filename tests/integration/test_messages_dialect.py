@@ -63,7 +63,7 @@ async def test_plain_message_with_a_system_prompt(stack: Stack) -> None:
     assert message.usage.output_tokens == count_tokens("Mock reply to: Hello")
     assert raw.headers["x-llm-edge-provider"] == "mock"
     assert raw.headers["x-llm-edge-cache"] == "miss"
-    assert raw.headers["x-request-id"]
+    assert raw.headers["x-request-id"] == message._request_id
     assert float(raw.headers["x-llm-edge-latency-ms"]) > 0
     assert "x-llm-edge-cost-usd" in raw.headers
 
@@ -207,6 +207,7 @@ async def test_unknown_model_is_not_found(stack: Stack) -> None:
     with pytest.raises(anthropic.NotFoundError) as caught:
         await client(stack).messages.create(model="no-such-model", max_tokens=10, messages=user("hi"))
     assert "no-such-model" in caught.value.message
+    assert caught.value.request_id and caught.value.body["request_id"] == caught.value.request_id  # type: ignore[index]
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"", b"[]", b'{"model": "mock", "max_tokens": "ten", "messages": []}'])

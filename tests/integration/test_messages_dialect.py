@@ -300,3 +300,20 @@ async def test_without_a_router_it_is_a_503_at_once(stack: Stack) -> None:
     assert time.monotonic() - started < 0.5
     assert response.status_code == 503
     assert json.loads(response.text)["error"]["type"] == "api_error"
+
+
+async def test_oversized_body_and_wrong_method_in_anthropics_shape_then_healthy(nats_server: Nats) -> None:
+    stack = await Stack(make_config(nats_server.url, ingress={"max_body_bytes": 4096})).start()
+    try:
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            await client(stack).messages.create(model="mock", max_tokens=10, messages=user("x" * 10_000))
+        assert caught.value.status_code == 413
+        assert caught.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
+        wrong = await stack.http.get("/v1/messages")
+        assert wrong.status_code == 405 and wrong.json()["type"] == "error"
+        for _ in range(3):
+            await stack.http.post("/v1/messages", content=b"{{{{")
+        message = await client(stack).messages.create(model="mock", max_tokens=10, messages=user("still there?"))
+        assert message.content[0].type == "text" and message.content[0].text == "Mock reply to: still there?"
+    finally:
+        await stack.close()

@@ -191,6 +191,8 @@ class ChatResult(Struct, frozen=True, kw_only=True, tag="result", tag_field="kin
     provider_seconds: float = 0.0
     # Streams only: the upstream's time to its first chunk, what "least latency" means for a stream.
     first_chunk_seconds: float | None = None
+    # Which of the request's stop sequences ended the answer, when the provider says (Anthropic does).
+    stop_sequence: str | None = None
 
 
 class ErrorReply(Struct, frozen=True, kw_only=True, tag="error", tag_field="kind"):
@@ -248,6 +250,7 @@ class StreamEnd(Struct, frozen=True, kw_only=True, tag="end", tag_field="kind"):
     provider: str
     target_model: str
     cost_usd: float = 0.0
+    stop_sequence: str | None = None  # as in `ChatResult`
 
 
 class CacheMiss(Struct, frozen=True, kw_only=True, tag="miss", tag_field="kind"):

@@ -1,5 +1,6 @@
-"""The HTTP edge: OpenAI-compatible endpoints that turn a request into one bus message and the reply
-into JSON. Every error leaves as OpenAI's error shape with its status, through one exception handler.
+"""The HTTP edge: OpenAI-compatible endpoints (and Anthropic's Messages API beside them) that turn a request
+into one bus message and the reply into JSON or SSE. Every error leaves in the called dialect's error shape
+with its status, through one exception handler.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI
 from nats.aio.client import Client
@@ -21,11 +22,12 @@ from opentelemetry.trace import Span, SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from services.ingress import health, shapes, stream
+from services.ingress import anthropic_dialect, anthropic_events, health, shapes, stream
 from services.ingress.parse import parse_chat_request, read_body
+from services.ingress.responses import JSON, TIERS, error_response, result_response, sse_response
 from services.router.routes import Routes
 from shared import bus, metrics, runtime, tracing
 from shared.config import Config
@@ -39,17 +41,24 @@ from shared.errors import (
     from_reply,
 )
 from shared.logs import request_id
-from shared.messages import CacheMiss, ChatResult, ErrorReply, Reply, StreamOptions, encode
+from shared.messages import (
+    CacheMiss,
+    ChatRequest,
+    ChatResult,
+    ErrorReply,
+    Reply,
+    StreamChunk,
+    StreamOptions,
+    encode,
+)
 from shared.subjects import Headers, Subjects
 
 log = logging.getLogger("llm_edge.ingress")
 
-JSON = "application/json"
 # Extra time granted to the bus beyond the client's deadline, so the hop that ran out of time can still
 # answer with its own, more precise error.
 _REPLY_GRACE_SECONDS = 0.25
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_TIERS = {"l1": "hit-l1", "l2": "hit-l2"}
 
 
 class Gateway:
@@ -98,16 +107,26 @@ class Gateway:
         return seconds
 
 
-async def chat_completions(gateway: Gateway, request: Request) -> Response:
-    started = time.perf_counter()
+class Exchange:
+    """One request on its way over the bus, whichever client dialect it arrived in."""
+
+    __slots__ = ("cached", "chat", "deadline", "headers", "payload", "rid", "tier")
+
+    def __init__(self, rid: str, chat: ChatRequest, payload: bytes, headers: dict[str, str], deadline: float,
+                 cached: ChatResult | None, tier: str | None) -> None:
+        self.rid, self.chat, self.payload, self.headers = rid, chat, payload, headers
+        self.deadline, self.cached, self.tier = deadline, cached, tier
+
+
+async def begin(gateway: Gateway, request: Request, parse: Callable[[bytes], ChatRequest]) -> Exchange:
+    """Request id, body, model check, deadline and the cache lookup: the same for every dialect."""
     rid = request.headers.get("x-request-id", "")
     if not _REQUEST_ID.match(rid):
         rid = next_request_id()
     request_id.set(rid)
     request.state.request_id = rid
-    config = gateway.config
-    body = await read_body(request, config.ingress.max_body_bytes)
-    chat = parse_chat_request(body)
+    body = await read_body(request, gateway.config.ingress.max_body_bytes)
+    chat = parse(body)
     gateway.routes.resolve(chat.model)  # 404 for an unknown model before any bus hop
     request.state.model = chat.model
     timeout = gateway.timeout(request)
@@ -115,24 +134,61 @@ async def chat_completions(gateway: Gateway, request: Request) -> Response:
     headers = gateway.bus_headers(request, rid, time.time() + timeout)
     payload = encode(chat)
     cached, tier = await lookup(gateway, payload, headers, timeout)
-    request.state.cache = _TIERS.get(tier or "", "miss")
+    request.state.cache = TIERS.get(tier or "", "miss")
+    return Exchange(rid, chat, payload, headers, deadline, cached, tier)
+
+
+async def chat_completions(gateway: Gateway, request: Request) -> Response:
+    started = time.perf_counter()
+    ex = await begin(gateway, request, parse_chat_request)
+    chat = ex.chat
     if chat.stream is True:
         include_usage = isinstance(chat.stream_options, StreamOptions) and chat.stream_options.include_usage is True
-        if cached is not None:
+        if ex.cached is not None:
             # Every chunk is known: one write carries them all (still one SSE event per chunk).
-            frames = [b"".join(stream.replay(cached, include_usage))]
-            return sse_response(iter(frames), rid, cached.provider, tier)
-        response = await open_stream(gateway, payload, headers, rid, include_usage, deadline)
-        metrics.TIME_TO_FIRST_CHUNK.labels(chat.model).observe(time.perf_counter() - started)
-        return response
-    if cached is not None:
+            frames = [b"".join(stream.replay(ex.cached, include_usage))]
+            return sse_response(iter(frames), ex.rid, ex.cached.provider, ex.tier)
+        return await stream_reply(gateway, ex, started,
+                                  lambda first: stream.ChunkWriter.starting(first, ex.rid, include_usage))
+    return await answer(gateway, request, ex, started, shapes.completion_json)
+
+
+async def create_message(gateway: Gateway, request: Request) -> Response:
+    """Anthropic's Messages API: the same unified request on the same path (cache, routing, fallback,
+    metrics, cost), only translated at the edge, in and out."""
+    started = time.perf_counter()
+    ex = await begin(gateway, request, anthropic_dialect.parse_messages_request)
+    if ex.chat.stream is not True:
+        response = await answer(gateway, request, ex, started, anthropic_dialect.message_json)
+    elif ex.cached is not None:
+        response = sse_response(iter([anthropic_events.replay(ex.cached)]), ex.rid, ex.cached.provider, ex.tier)
+    else:
+        response = await stream_reply(gateway, ex, started,
+                                      lambda first: anthropic_events.EventWriter.starting(first, ex.rid))
+    response.headers["request-id"] = ex.rid  # where Anthropic's SDKs look for it (`_request_id`)
+    return response
+
+
+async def stream_reply(
+    gateway: Gateway, ex: Exchange, started: float, writer: Callable[[StreamChunk], stream.Writer]
+) -> Response:
+    response = await open_stream(gateway, ex.payload, ex.headers, ex.rid, ex.deadline, writer)
+    metrics.TIME_TO_FIRST_CHUNK.labels(ex.chat.model).observe(time.perf_counter() - started)
+    return response
+
+
+async def answer(
+    gateway: Gateway, request: Request, ex: Exchange, started: float, render: Callable[[ChatResult], bytes]
+) -> Response:
+    """The whole answer, from the cache or the router, as one JSON body in the client's dialect."""
+    if ex.cached is not None:
         request.state.provider_seconds = 0.0
-        return result_response(cached, rid, tier, started)
-    reply = await route(gateway, payload, headers, deadline)
+        return result_response(ex.cached, ex.rid, ex.tier, started, render)
+    reply = await route(gateway, ex.payload, ex.headers, ex.deadline)
     match reply:
         case ChatResult():
             request.state.provider_seconds = reply.provider_seconds
-            return result_response(reply, rid, None, started)
+            return result_response(reply, ex.rid, None, started, render)
         case ErrorReply():
             raise from_reply(reply)
         case _:
@@ -146,14 +202,19 @@ class FastPath:
     its telemetry check) was about a fifth of the ingress's CPU; everything else stays with FastAPI.
     """
 
-    PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+    HANDLERS: ClassVar[dict[str, Callable[[Gateway, Request], Awaitable[Response]]]] = {
+        "/v1/chat/completions": chat_completions,
+        "/chat/completions": chat_completions,
+        **dict.fromkeys(anthropic_dialect.PATHS, create_message),
+    }
 
     def __init__(self, app: FastAPI, gateway: Gateway) -> None:
         self.app = app
         self.gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.PATHS:
+        handler = self.HANDLERS.get(scope["path"]) if scope["type"] == "http" else None
+        if handler is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -163,7 +224,7 @@ class FastPath:
         try:
             with tracing.span("chat", request.headers, SpanKind.SERVER, _SPAN_ATTRIBUTES) as span:
                 try:
-                    response = await chat_completions(self.gateway, request)
+                    response = await handler(self.gateway, request)
                 except GatewayError as exc:
                     origin = "provider" if exc.where.startswith("provider:") else "gateway"
                     response = error_response(exc, request)
@@ -268,6 +329,11 @@ def create_app(config: Config, nc: Client | None = None) -> FastPath:
         # Served by FastPath; declared here too so that other methods get a 405, not a 404.
         return await chat_completions(gateway, request)
 
+    @app.post("/v1/messages")
+    @app.post("/messages")
+    async def messages(request: Request) -> Response:
+        return await create_message(gateway, request)  # served by FastPath, as chat completions are
+
     @app.get("/v1/models")
     @app.get("/models")
     async def models() -> Response:
@@ -346,8 +412,8 @@ async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadl
 
 
 async def open_stream(
-    gateway: Gateway, payload: bytes, headers: dict[str, str], rid: str, include_usage: bool,
-    deadline: float,
+    gateway: Gateway, payload: bytes, headers: dict[str, str], rid: str, deadline: float,
+    writer: Callable[[StreamChunk], stream.Writer],
 ) -> Response:
     bus_stream = stream.BusStream(gateway.bus(), gateway.subjects, rid)
     headers[Headers.STREAM] = "1"
@@ -358,52 +424,8 @@ async def open_stream(
         await bus_stream.close()
         raise
     idle = gateway.config.ingress.stream_idle_timeout_seconds
-    frames = stream.relay(bus_stream, first, include_usage, idle, deadline + _REPLY_GRACE_SECONDS)
+    frames = stream.relay(bus_stream, first, writer(first), idle, deadline + _REPLY_GRACE_SECONDS)
     return sse_response(frames, rid, first.provider or "", None)
-
-
-def sse_response(
-    frames: AsyncIterator[bytes] | Iterator[bytes], rid: str, provider: str, tier: str | None
-) -> Response:
-    return StreamingResponse(
-        frames,
-        media_type="text/event-stream",
-        headers={
-            "x-request-id": rid,
-            "x-llm-edge-provider": provider,
-            "x-llm-edge-cache": _TIERS.get(tier or "", "miss"),
-            "cache-control": "no-cache",
-            "x-accel-buffering": "no",
-        },
-    )
-
-
-def result_response(result: ChatResult, rid: str, tier: str | None, started: float) -> Response:
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    return Response(
-        shapes.completion_json(result),
-        media_type=JSON,
-        headers={
-            "x-request-id": rid,
-            "x-llm-edge-provider": result.provider,
-            "x-llm-edge-model": result.target_model,
-            "x-llm-edge-cache": _TIERS.get(tier or "", "miss"),
-            "x-llm-edge-latency-ms": f"{elapsed_ms:.2f}",
-            "x-llm-edge-cost-usd": f"{result.cost_usd:.8f}",
-        },
-    )
-
-
-def error_response(error: GatewayError, request: Request) -> Response:
-    headers = {}
-    rid = getattr(request.state, "request_id", None)
-    if rid:
-        headers["x-request-id"] = rid
-    if error.retry_after is not None:
-        headers["retry-after"] = str(max(1, int(error.retry_after + 0.999)))
-    if error.http_status >= 500:
-        log.warning("request failed: %d %s (%s)", error.http_status, error.code, error.where or "ingress")
-    return Response(shapes.error_json(error), status_code=error.http_status, media_type=JSON, headers=headers)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -1,9 +1,10 @@
-"""Server-sent events in OpenAI's chunk format, from bus frames or from a cached answer.
+"""Server-sent events from bus frames or from a cached answer: the relay, and OpenAI's chunk format (other
+dialects bring their own `Writer`, e.g. `anthropic_events.py`).
 
 The ingress owns one inbox per stream. Frames arrive numbered; a gap, an error frame, a stall longer
-than the idle timeout or the deadline ends the stream with an error event and no `[DONE]`, so a client
-never mistakes half an answer for a whole one. When the client goes away, a cancel notice tells the
-provider worker to close its upstream call.
+than the idle timeout or the deadline ends the stream with an error event and no proper ending (`[DONE]`,
+`message_stop`), so a client never mistakes half an answer for a whole one. When the client goes away, a
+cancel notice tells the provider worker to close its upstream call.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 import nats.errors
@@ -166,11 +167,45 @@ async def first_frame(stream: BusStream, deadline: float) -> StreamChunk:
             raise ProviderError("The stream began out of order.", code="stream_out_of_order")
 
 
+class Writer(Protocol):
+    """One client dialect's rendering of a stream: each frame in, the bytes to send out."""
+
+    def chunk(self, frame: StreamChunk) -> bytes: ...
+
+    def end(self, frame: StreamEnd) -> bytes: ...
+
+    def error(self, error: GatewayError) -> bytes: ...
+
+
+class ChunkWriter:
+    """OpenAI's chunk format: one SSE event per frame, usage last when asked for, then `[DONE]`."""
+
+    def __init__(self, meta: Meta) -> None:
+        self.meta = meta
+
+    @classmethod
+    def starting(cls, first: StreamChunk, rid: str, include_usage: bool) -> ChunkWriter:
+        return cls(Meta(first.id or f"chatcmpl-{rid}", first.model or "", first.created or int(time.time()),
+                        include_usage))
+
+    def chunk(self, frame: StreamChunk) -> bytes:
+        return self.meta.chunk([ChunkChoice(index=frame.index, delta=delta_of(frame),
+                                            finish_reason=frame.finish_reason)])
+
+    def end(self, frame: StreamEnd) -> bytes:
+        if self.meta.include_usage:
+            return self.meta.chunk([], usage=frame.usage or Usage()) + DONE
+        return DONE
+
+    def error(self, error: GatewayError) -> bytes:
+        return error_event(error)
+
+
 async def relay(
-    stream: BusStream, first: StreamChunk, include_usage: bool, idle: float, deadline: float
+    stream: BusStream, first: StreamChunk, writer: Writer, idle: float, deadline: float
 ) -> AsyncIterator[bytes]:
-    meta = Meta(first.id or f"chatcmpl-{stream.rid}", first.model or "", first.created or int(time.time()),
-                include_usage)
+    """Frames in order become the writer's events; anything else ends the stream with its error event,
+    never with the dialect's proper ending."""
     frame: Reply = first
     expected = 0
     try:
@@ -178,28 +213,25 @@ async def relay(
             match frame:
                 case StreamChunk(seq=seq) if seq == expected:
                     expected += 1
-                    yield meta.chunk([ChunkChoice(index=frame.index, delta=delta_of(frame),
-                                                  finish_reason=frame.finish_reason)])
+                    yield writer.chunk(frame)
                 case StreamEnd(seq=seq) if seq == expected:
                     stream.finished = True
-                    if include_usage:
-                        yield meta.chunk([], usage=frame.usage or Usage())
-                    yield DONE
+                    yield writer.end(frame)
                     return
                 case ErrorReply():
                     stream.finished = True
-                    yield error_event(from_reply(frame))
+                    yield writer.error(from_reply(frame))
                     return
                 case _:
                     log.warning("stream frame out of order: expected %d", expected)
-                    yield error_event(ProviderError(
+                    yield writer.error(ProviderError(
                         "The stream lost a chunk on the way; it was ended rather than delivered incomplete.",
                         code="stream_gap"))
                     return
             try:
                 frame = await stream.next(min(idle, deadline - time.monotonic()), "chunk")
             except GatewayError as exc:
-                yield error_event(exc)
+                yield writer.error(exc)
                 return
     finally:
         await stream.close()

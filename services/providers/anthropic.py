@@ -145,6 +145,7 @@ class _Reply(Struct):
     id: str = ""
     model: str = ""
     stop_reason: str | None = None
+    stop_sequence: str | None = None
     usage: MessageUsage | None = None
 
 
@@ -237,6 +238,7 @@ class AnthropicAdapter:
             usage=unified_usage(reply.usage or MessageUsage()),
             provider=provider,
             target_model=model,
+            stop_sequence=reply.stop_sequence if reply.stop_reason == "stop_sequence" else None,
         )
 
     def parse_error(

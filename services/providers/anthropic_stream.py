@@ -40,6 +40,7 @@ class _Delta(Struct):
     text: str = ""
     partial_json: str = ""
     stop_reason: str | None = None
+    stop_sequence: str | None = None
 
 
 class _ErrorDetail(Struct):
@@ -85,6 +86,7 @@ class EventParser:
         self.created = int(time.time())  # Anthropic does not say when; the call started now
         self.usage = MessageUsage()
         self.finish_reason: str | None = None
+        self.stop_sequence: str | None = None
         self.tools: dict[int, int] = {}  # content block index -> tool call index
         self.role_sent = False
         self.stopped = False
@@ -109,6 +111,8 @@ class EventParser:
                 if e.usage is not None:
                     self._count(e.usage)  # cumulative counts: the last ones win
                 if e.delta is not None and self.finish_reason is None:
+                    if e.delta.stop_reason == "stop_sequence":
+                        self.stop_sequence = e.delta.stop_sequence
                     self.finish_reason = FINISH_REASONS.get(e.delta.stop_reason or "", "stop")
                     return self._first(Delta(finish_reason=self.finish_reason))
             case "message_stop":
@@ -131,6 +135,7 @@ class EventParser:
             created=self.created,
             finish_reason=self.finish_reason or "stop",
             usage=unified_usage(self.usage),
+            stop_sequence=self.stop_sequence,
         )
 
     def _block_delta(self, index: int, delta: _Delta) -> list[Delta]:

@@ -171,6 +171,7 @@ class StreamSummary:
     created: int
     finish_reason: str | None
     usage: Usage | None
+    stop_sequence: str | None = None  # which stop sequence ended it, when the provider says
 
 
 class StreamParser(Protocol):

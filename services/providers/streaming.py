@@ -128,10 +128,12 @@ class _Pump:
                                    where=self.worker.where) from exc
         usage = self.summary.usage if self.summary else None
         finish = self.summary.finish_reason if self.summary else None
+        stop_sequence = self.summary.stop_sequence if self.summary else None
         self.cost = self.worker.account(self.model, usage or Usage(), 200, time.monotonic() - self.began)
         await nc.publish(self.to, encode(StreamEnd(
             seq=self.seq, id=self.id, model=self.model, created=self.created, finish_reason=finish,
             usage=usage, provider=self.worker.name, target_model=self.model, cost_usd=self.cost,
+            stop_sequence=stop_sequence,
         )))
 
     def result(self) -> ChatResult:
@@ -140,4 +142,5 @@ class _Pump:
             usage=self.summary.usage if self.summary else None,
             provider=self.worker.name, target_model=self.model,
         )
-        return msgspec.structs.replace(result, cost_usd=self.cost, first_chunk_seconds=self.first_chunk)
+        return msgspec.structs.replace(result, cost_usd=self.cost, first_chunk_seconds=self.first_chunk,
+                                       stop_sequence=self.summary.stop_sequence if self.summary else None)

@@ -1,4 +1,4 @@
-"""`llm-edge up` as a user runs it: real processes, the official `openai` SDK, a mock OpenAI upstream
+"""`llm-edge up` as a user runs it: real processes, the official `openai` and `anthropic` SDKs, a mock OpenAI upstream
 in its own process, the embedded nats-server, supervision and a clean Ctrl-C.
 """
 
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anthropic
 import httpx
 import nats
 import openai
@@ -117,6 +118,23 @@ def test_openai_sdk_against_the_gateway(gateway: Gateway) -> None:
     assert completion.choices[0].message.content == "Mock reply to: Say hello"
     assert completion.usage is not None
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+
+
+def test_anthropic_sdk_against_the_gateway(gateway: Gateway) -> None:
+    client = anthropic.Anthropic(base_url=gateway.url, api_key="anything")
+    message = client.messages.create(model="mock", max_tokens=100, system="Be brief.",
+                                     messages=[{"role": "user", "content": "Say hello"}])
+    assert message.id.startswith("msg_") and message.stop_reason == "end_turn"
+    assert message.content[0].type == "text" and message.content[0].text == "Mock reply to: Say hello"
+    assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
+    with client.messages.stream(model="upstream-model", max_tokens=100,
+                                messages=[{"role": "user", "content": "Stream through the upstream"}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Echo: Stream through the upstream"
+    assert final.model == "gpt-4o-mini" and final.stop_reason == "end_turn" and final.usage.output_tokens > 0
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.create(model="no-such-model", max_tokens=10, messages=[{"role": "user", "content": "x"}])
 
 
 def test_second_identical_request_is_a_cache_hit(gateway: Gateway) -> None:

@@ -1,0 +1,78 @@
+"""The HTTP answers of the edge: JSON bodies and SSE streams with the headers that say what happened, and
+errors in the shape of the dialect the client called (OpenAI's, or Anthropic's on the Messages API).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from services.ingress import anthropic_dialect, shapes
+from shared.errors import GatewayError
+from shared.messages import ChatResult
+
+log = logging.getLogger("llm_edge.ingress")
+
+JSON = "application/json"
+TIERS = {"l1": "hit-l1", "l2": "hit-l2"}
+
+
+def sse_response(
+    frames: AsyncIterator[bytes] | Iterator[bytes], rid: str, provider: str, tier: str | None
+) -> Response:
+    return StreamingResponse(
+        frames,
+        media_type="text/event-stream",
+        headers={
+            "x-request-id": rid,
+            "x-llm-edge-provider": provider,
+            "x-llm-edge-cache": TIERS.get(tier or "", "miss"),
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",
+        },
+    )
+
+
+def result_response(
+    result: ChatResult, rid: str, tier: str | None, started: float, render: Callable[[ChatResult], bytes]
+) -> Response:
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    return Response(
+        render(result),
+        media_type=JSON,
+        headers={
+            "x-request-id": rid,
+            "x-llm-edge-provider": result.provider,
+            "x-llm-edge-model": result.target_model,
+            "x-llm-edge-cache": TIERS.get(tier or "", "miss"),
+            "x-llm-edge-latency-ms": f"{elapsed_ms:.2f}",
+            "x-llm-edge-cost-usd": f"{result.cost_usd:.8f}",
+        },
+    )
+
+
+def error_response(error: GatewayError, request: Request) -> Response:
+    headers = {}
+    rid = getattr(request.state, "request_id", None)
+    if rid:
+        headers["x-request-id"] = rid
+    if error.retry_after is not None:
+        headers["retry-after"] = str(max(1, int(error.retry_after + 0.999)))
+    if error.http_status >= 500:
+        log.warning("request failed: %d %s (%s)", error.http_status, error.code, error.where or "ingress")
+    # The body speaks the dialect of the endpoint that was called. DESIGN.md has every error OpenAI-shaped,
+    # but a client of Anthropic's Messages API reads Anthropic's documented body (`type: "error"`, and error
+    # types such as not_found_error or overloaded_error that OpenAI's vocabulary lacks), and a stream's
+    # `error` event must be in that shape anyway; one shape per endpoint, then. The status is the gateway's
+    # own either way, so each SDK raises the exception class that matches it, with our message.
+    if request.scope.get("path") in anthropic_dialect.PATHS:
+        body = anthropic_dialect.error_json(error, rid)
+        if rid:
+            headers["request-id"] = rid
+    else:
+        body = shapes.error_json(error)
+    return Response(body, status_code=error.http_status, media_type=JSON, headers=headers)

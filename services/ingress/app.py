@@ -11,7 +11,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,7 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from services.ingress import health, shapes, stream
+from services.ingress import health, limits, shapes, stream
+from services.ingress.auth import Grant, Keyring
+from services.ingress.limits import Limiter, Refused
 from services.ingress.parse import parse_chat_request, read_body
 from services.router.routes import Routes
 from shared import bus, metrics, runtime, tracing
@@ -39,7 +41,7 @@ from shared.errors import (
     from_reply,
 )
 from shared.logs import request_id
-from shared.messages import CacheMiss, ChatResult, ErrorReply, Reply, StreamOptions, encode
+from shared.messages import CacheMiss, ChatResult, ErrorReply, Reply, StreamEnd, StreamOptions, Usage, encode
 from shared.subjects import Headers, Subjects
 
 log = logging.getLogger("llm_edge.ingress")
@@ -61,17 +63,21 @@ class Gateway:
         self.routes = Routes(config)
         self.nc: Client | None = None
         self.draining = False
+        # None when no keys are configured: the gateway is open, as if every caller were one tenant.
+        self.keyring = keyring(config)
 
     def bus(self) -> Client:
         if self.nc is None or not self.nc.is_connected:
             raise Unavailable("the message bus is not connected", code="bus_unavailable")
         return self.nc
 
-    def bus_headers(self, request: Request, rid: str, deadline: float) -> dict[str, str]:
+    def bus_headers(
+        self, request: Request, rid: str, deadline: float, namespace: str = "default"
+    ) -> dict[str, str]:
         headers = {
             Headers.REQUEST_ID: rid,
             Headers.DEADLINE: str(int(deadline * 1000)),
-            Headers.NAMESPACE: "default",
+            Headers.NAMESPACE: namespace,
         }
         control = request.headers.get("cache-control", "").lower()
         flags = [flag for flag in ("no-cache", "no-store") if flag in control]
@@ -97,6 +103,45 @@ class Gateway:
             raise InvalidRequest("`x-llm-edge-timeout` must be between 0 and 3600 seconds.")
         return seconds
 
+    def authenticate(self, request: Request) -> Grant | None:
+        """The caller's key (401 without a valid one); None when the gateway has no keys (open)."""
+        if self.keyring is None:
+            return None
+        grant = self.keyring.authenticate(request.headers)
+        request.state.key = grant.name
+        return grant
+
+    async def admit(self, request: Request, grant: Grant | None, model: str) -> str:
+        """The model check (403) and the key's limits (429), then the cache namespace to use."""
+        if grant is None or self.keyring is None:
+            return "default"
+        try:
+            snap = await self.keyring.admit(grant, model)
+        except Refused as refused:
+            request.state.limit_headers = limits.headers(grant.rule, refused.snap)
+            if refused.snap.denied == "budget":  # waiting seconds will not help: tell SDKs not to retry
+                request.state.limit_headers["x-should-retry"] = "false"
+            raise refused.error from None
+        if snap is not None:
+            request.state.limit_headers = limits.headers(grant.rule, snap)
+        return grant.namespace
+
+    def charge(self, grant: Grant | None, usage: Usage | None, cost: float) -> None:
+        """Count an answer's real tokens and cost against its key; never delays the response."""
+        if grant is not None and grant.rule.limited and self.keyring is not None:
+            self.keyring.limiter.charge(grant.rule, usage.total_tokens if usage is not None else 0, cost)
+
+
+def keyring(config: Config) -> Keyring | None:
+    if not config.keys:
+        return None
+    store = None
+    if url := config.limits_redis_url:
+        from services.ingress.limits_redis import RedisLimits  # redis-py costs ~20 MB: only when used
+
+        store = RedisLimits(url, config.limits.redis_timeout_seconds, config.prefix)
+    return Keyring(config, Limiter(config, store))
+
 
 async def chat_completions(gateway: Gateway, request: Request) -> Response:
     started = time.perf_counter()
@@ -106,13 +151,15 @@ async def chat_completions(gateway: Gateway, request: Request) -> Response:
     request_id.set(rid)
     request.state.request_id = rid
     config = gateway.config
+    grant = gateway.authenticate(request)  # 401 before the body is even read
     body = await read_body(request, config.ingress.max_body_bytes)
     chat = parse_chat_request(body)
     gateway.routes.resolve(chat.model)  # 404 for an unknown model before any bus hop
     request.state.model = chat.model
     timeout = gateway.timeout(request)
+    namespace = await gateway.admit(request, grant, chat.model)
     deadline = time.monotonic() + timeout
-    headers = gateway.bus_headers(request, rid, time.time() + timeout)
+    headers = gateway.bus_headers(request, rid, time.time() + timeout, namespace)
     payload = encode(chat)
     cached, tier = await lookup(gateway, payload, headers, timeout)
     request.state.cache = _TIERS.get(tier or "", "miss")
@@ -122,7 +169,11 @@ async def chat_completions(gateway: Gateway, request: Request) -> Response:
             # Every chunk is known: one write carries them all (still one SSE event per chunk).
             frames = [b"".join(stream.replay(cached, include_usage))]
             return sse_response(iter(frames), rid, cached.provider, tier)
-        response = await open_stream(gateway, payload, headers, rid, include_usage, deadline)
+        on_end = None
+        if grant is not None:
+            def on_end(end: StreamEnd) -> None:
+                gateway.charge(grant, end.usage, end.cost_usd)
+        response = await open_stream(gateway, payload, headers, rid, include_usage, deadline, on_end)
         metrics.TIME_TO_FIRST_CHUNK.labels(chat.model).observe(time.perf_counter() - started)
         return response
     if cached is not None:
@@ -132,6 +183,7 @@ async def chat_completions(gateway: Gateway, request: Request) -> Response:
     match reply:
         case ChatResult():
             request.state.provider_seconds = reply.provider_seconds
+            gateway.charge(grant, reply.usage, reply.cost_usd)  # cache hits cost nothing: not charged
             return result_response(reply, rid, None, started)
         case ErrorReply():
             raise from_reply(reply)
@@ -172,6 +224,8 @@ class FastPath:
                     log.exception("unhandled error")
                     response = error_response(InternalError("internal error"), request)
                     tracing.failed(span, 500, "internal error")
+                if (limit_headers := getattr(request.state, "limit_headers", None)) is not None:
+                    response.headers.update(limit_headers)
                 if span is not None:
                     annotate(span, request, response)
                 await response(scope, receive, send)
@@ -191,6 +245,8 @@ def annotate(span: Span, request: Request, response: Response) -> None:
         span.update_name(f"chat {model}")
         span.set_attribute("gen_ai.request.model", model)
     span.set_attribute("llm_edge.cache", getattr(state, "cache", "none"))
+    if (key := getattr(state, "key", None)) is not None:
+        span.set_attribute("llm_edge.key", key)  # the key's configured name, never the key
     if (rid := getattr(state, "request_id", None)) is not None:
         span.set_attribute("llm_edge.request_id", rid)
 
@@ -237,6 +293,8 @@ def create_app(config: Config, nc: Client | None = None) -> FastPath:
         runtime.notify_ready()
         yield
         gateway.draining = True
+        if gateway.keyring is not None:
+            await gateway.keyring.limiter.close()
         tracing.shutdown()
         if owns_connection and gateway.nc is not None and not gateway.nc.is_closed:
             await gateway.nc.drain()
@@ -270,8 +328,11 @@ def create_app(config: Config, nc: Client | None = None) -> FastPath:
 
     @app.get("/v1/models")
     @app.get("/models")
-    async def models() -> Response:
-        cards = [shapes.ModelCard(id=name) for name in gateway.routes.public_models()]
+    async def models(request: Request) -> Response:
+        names = gateway.routes.public_models()
+        if (grant := gateway.authenticate(request)) is not None and gateway.keyring is not None:
+            names = gateway.keyring.visible(grant, names)
+        cards = [shapes.ModelCard(id=name) for name in names]
         return Response(shapes.encode(shapes.ModelList(data=cards)), media_type=JSON)
 
     @app.get("/metrics")
@@ -338,7 +399,7 @@ async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadl
 
 async def open_stream(
     gateway: Gateway, payload: bytes, headers: dict[str, str], rid: str, include_usage: bool,
-    deadline: float,
+    deadline: float, on_end: Callable[[StreamEnd], None] | None = None,
 ) -> Response:
     bus_stream = stream.BusStream(gateway.bus(), gateway.subjects, rid)
     headers[Headers.STREAM] = "1"
@@ -349,7 +410,7 @@ async def open_stream(
         await bus_stream.close()
         raise
     idle = gateway.config.ingress.stream_idle_timeout_seconds
-    frames = stream.relay(bus_stream, first, include_usage, idle, deadline + _REPLY_GRACE_SECONDS)
+    frames = stream.relay(bus_stream, first, include_usage, idle, deadline + _REPLY_GRACE_SECONDS, on_end)
     return sse_response(frames, rid, first.provider or "", None)
 
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
 import msgspec
@@ -148,7 +148,8 @@ async def first_frame(stream: BusStream, deadline: float) -> StreamChunk:
 
 
 async def relay(
-    stream: BusStream, first: StreamChunk, include_usage: bool, idle: float, deadline: float
+    stream: BusStream, first: StreamChunk, include_usage: bool, idle: float, deadline: float,
+    on_end: Callable[[StreamEnd], None] | None = None,
 ) -> AsyncIterator[bytes]:
     meta = Meta(first.id or f"chatcmpl-{stream.rid}", first.model or "", first.created or int(time.time()),
                 include_usage)
@@ -163,6 +164,8 @@ async def relay(
                                                   finish_reason=frame.finish_reason)])
                 case StreamEnd(seq=seq) if seq == expected:
                     stream.finished = True
+                    if on_end is not None:
+                        on_end(frame)
                     if include_usage:
                         yield meta.chunk([], usage=frame.usage or Usage())
                     yield DONE

@@ -111,10 +111,11 @@ class Gateway:
         request.state.key = grant.name
         return grant
 
-    async def admit(self, request: Request, grant: Grant | None, model: str) -> str:
-        """The model check (403) and the key's limits (429), then the cache namespace to use."""
-        if grant is None or self.keyring is None:
-            return "default"
+    async def admit(self, request: Request, grant: Grant, model: str) -> str:
+        """The model check (403) and the key's limits (429), then the cache namespace to use.
+
+        Every model-serving endpoint calls `authenticate` first and this once it knows the model."""
+        assert self.keyring is not None
         try:
             snap = await self.keyring.admit(grant, model)
         except Refused as refused:
@@ -126,9 +127,9 @@ class Gateway:
             request.state.limit_headers = limits.headers(grant.rule, snap)
         return grant.namespace
 
-    def charge(self, grant: Grant | None, usage: Usage | None, cost: float) -> None:
+    def charge(self, grant: Grant, usage: Usage | None, cost: float) -> None:
         """Count an answer's real tokens and cost against its key; never delays the response."""
-        if grant is not None and grant.rule.limited and self.keyring is not None:
+        if grant.rule.limited and self.keyring is not None:
             self.keyring.limiter.charge(grant.rule, usage.total_tokens if usage is not None else 0, cost)
 
 
@@ -151,13 +152,14 @@ async def chat_completions(gateway: Gateway, request: Request) -> Response:
     request_id.set(rid)
     request.state.request_id = rid
     config = gateway.config
-    grant = gateway.authenticate(request)  # 401 before the body is even read
+    # No keys configured: one branch here and one per later use of `grant`, nothing else.
+    grant = None if gateway.keyring is None else gateway.authenticate(request)  # 401 before reading
     body = await read_body(request, config.ingress.max_body_bytes)
     chat = parse_chat_request(body)
     gateway.routes.resolve(chat.model)  # 404 for an unknown model before any bus hop
     request.state.model = chat.model
     timeout = gateway.timeout(request)
-    namespace = await gateway.admit(request, grant, chat.model)
+    namespace = "default" if grant is None else await gateway.admit(request, grant, chat.model)
     deadline = time.monotonic() + timeout
     headers = gateway.bus_headers(request, rid, time.time() + timeout, namespace)
     payload = encode(chat)
@@ -171,7 +173,7 @@ async def chat_completions(gateway: Gateway, request: Request) -> Response:
             return sse_response(iter(frames), rid, cached.provider, tier)
         on_end = None
         if grant is not None:
-            def on_end(end: StreamEnd) -> None:
+            def on_end(end: StreamEnd, grant: Grant = grant) -> None:
                 gateway.charge(grant, end.usage, end.cost_usd)
         response = await open_stream(gateway, payload, headers, rid, include_usage, deadline, on_end)
         metrics.TIME_TO_FIRST_CHUNK.labels(chat.model).observe(time.perf_counter() - started)
@@ -183,7 +185,8 @@ async def chat_completions(gateway: Gateway, request: Request) -> Response:
     match reply:
         case ChatResult():
             request.state.provider_seconds = reply.provider_seconds
-            gateway.charge(grant, reply.usage, reply.cost_usd)  # cache hits cost nothing: not charged
+            if grant is not None:  # cache hits cost nothing and are not charged
+                gateway.charge(grant, reply.usage, reply.cost_usd)
             return result_response(reply, rid, None, started)
         case ErrorReply():
             raise from_reply(reply)
@@ -224,7 +227,9 @@ class FastPath:
                     log.exception("unhandled error")
                     response = error_response(InternalError("internal error"), request)
                     tracing.failed(span, 500, "internal error")
-                if (limit_headers := getattr(request.state, "limit_headers", None)) is not None:
+                if self.gateway.keyring is not None and (
+                    limit_headers := getattr(request.state, "limit_headers", None)
+                ) is not None:
                     response.headers.update(limit_headers)
                 if span is not None:
                     annotate(span, request, response)

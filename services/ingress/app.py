@@ -25,8 +25,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from services.ingress import health, limits, shapes, stream
-from services.ingress.auth import Grant, Keyring
-from services.ingress.limits import Limiter, Refused
+from services.ingress.auth import Grant, keyring
+from services.ingress.limits import Refused
 from services.ingress.parse import parse_chat_request, read_body
 from services.router.routes import Routes
 from shared import bus, metrics, runtime, tracing
@@ -131,17 +131,6 @@ class Gateway:
         """Count an answer's real tokens and cost against its key; never delays the response."""
         if grant.rule.limited and self.keyring is not None:
             self.keyring.limiter.charge(grant.rule, usage.total_tokens if usage is not None else 0, cost)
-
-
-def keyring(config: Config) -> Keyring | None:
-    if not config.keys:
-        return None
-    store = None
-    if url := config.limits_redis_url:
-        from services.ingress.limits_redis import RedisLimits  # redis-py costs ~20 MB: only when used
-
-        store = RedisLimits(url, config.limits.redis_timeout_seconds, config.prefix)
-    return Keyring(config, Limiter(config, store))
 
 
 async def chat_completions(gateway: Gateway, request: Request) -> Response:

@@ -90,3 +90,15 @@ class Keyring:
         if not grant.rule.limited:
             return None
         return await self.limiter.admit(grant.rule)
+
+
+def keyring(config: Config) -> Keyring | None:
+    """The gateway's keys and limits; None when no keys are configured (the gateway is open)."""
+    if not config.keys:
+        return None
+    store = None
+    if url := config.limits_redis_url:
+        from services.ingress.limits_redis import RedisLimits  # redis-py costs ~20 MB: only when used
+
+        store = RedisLimits(url, config.limits.redis_timeout_seconds, config.prefix)
+    return Keyring(config, Limiter(config, store))

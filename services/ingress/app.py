@@ -40,7 +40,7 @@ from shared.errors import (
     Unavailable,
     from_reply,
 )
-from shared.logs import request_id
+from shared.logs import key_name, request_id
 from shared.messages import CacheMiss, ChatResult, ErrorReply, Reply, StreamEnd, StreamOptions, Usage, encode
 from shared.subjects import Headers, Subjects
 
@@ -107,8 +107,10 @@ class Gateway:
         """The caller's key (401 without a valid one); None when the gateway has no keys (open)."""
         if self.keyring is None:
             return None
+        key_name.set(None)  # a keep-alive connection's next request must not log the last one's key
         grant = self.keyring.authenticate(request.headers)
         request.state.key = grant.name
+        key_name.set(grant.name)
         return grant
 
     async def admit(self, request: Request, grant: Grant, model: str) -> str:

@@ -219,3 +219,17 @@ def test_forced_counts_stay_within_one_window() -> None:
         local.admit(RPM3, "", force=True)
     snap = local.admit(RPM3, "", force=True)
     assert snap.requests_tat - snap.now <= 60.0 + 1e-6
+
+
+def test_log_lines_name_the_key_never_the_key() -> None:
+    import logging
+
+    from shared.logs import JsonFormatter, key_name
+
+    token = key_name.set("team")
+    try:
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", None, None)
+        line = json.loads(JsonFormatter("ingress").format(record))
+    finally:
+        key_name.reset(token)
+    assert line["key"] == "team"

@@ -129,6 +129,10 @@ class Gateway:
             request.state.limit_headers = limits.headers(grant.rule, snap)
         return grant.namespace
 
+    def stream_charger(self, grant: Grant) -> Callable[[StreamEnd], None]:
+        """What a stream calls with its end frame: the usage and cost it reports are charged."""
+        return lambda end: self.charge(grant, end.usage, end.cost_usd)
+
     def charge(self, grant: Grant, usage: Usage | None, cost: float) -> None:
         """Count an answer's real tokens and cost against its key; never delays the response."""
         if grant.rule.limited and self.keyring is not None:
@@ -162,10 +166,7 @@ async def chat_completions(gateway: Gateway, request: Request) -> Response:
             # Every chunk is known: one write carries them all (still one SSE event per chunk).
             frames = [b"".join(stream.replay(cached, include_usage))]
             return sse_response(iter(frames), rid, cached.provider, tier)
-        on_end = None
-        if grant is not None:
-            def on_end(end: StreamEnd, grant: Grant = grant) -> None:
-                gateway.charge(grant, end.usage, end.cost_usd)
+        on_end = None if grant is None else gateway.stream_charger(grant)
         response = await open_stream(gateway, payload, headers, rid, include_usage, deadline, on_end)
         metrics.TIME_TO_FIRST_CHUNK.labels(chat.model).observe(time.perf_counter() - started)
         return response

@@ -26,7 +26,7 @@ from services.ingress.limits import (
     retry_after,
     verdict,
 )
-from shared.config import Config, ConfigError, load
+from shared.config import Config, ConfigError, decode, encode, load
 from shared.errors import AuthenticationFailed, PermissionDenied, QuotaExceeded, RateLimited
 
 DIGEST = hashlib.sha256(b"sk-secret").hexdigest()
@@ -56,8 +56,10 @@ def test_keys_from_the_environment_replace_the_files(tmp_path: Path) -> None:
     file = tmp_path / "edge.yaml"
     file.write_text(f"keys:\n  - {{name: file, sha256: {DIGEST}}}\n")
     env = {"LLM_EDGE_KEYS": json.dumps([{"name": "env", "sha256": DIGEST, "tenant": "acme"}])}
-    (key,) = load(file, env=env).keys
+    config = load(file, env=env)
+    (key,) = config.keys
     assert key.name == "env" and key.namespace == "acme"
+    assert decode(encode(config)).keys == config.keys  # what `llm-edge up` hands its children
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,27 @@ def _ingress(config: Config) -> None:
     runtime.run(lambda: serve(config))  # uvicorn handles SIGTERM itself: stop accepting, finish, exit
 
 
+def hash_key(argv: list[str]) -> int:
+    """The digest that `keys[].sha256` wants: the key is read from stdin (prompted for, unechoed, on a
+    terminal), so it never lands in the shell's history or the process list."""
+    if argv:
+        print("usage: llm-edge hash-key < file-holding-the-key", file=sys.stderr)
+        return 2
+    from services.ingress.auth import digest
+
+    if sys.stdin.isatty():
+        import getpass
+
+        key = getpass.getpass("API key: ")
+    else:
+        key = sys.stdin.readline().rstrip("\r\n")
+    if not key:
+        print("llm-edge: no key on stdin", file=sys.stderr)
+        return 2
+    print(digest(key))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Commands with options of their own, which argparse's REMAINDER would not pass through.
@@ -44,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         from services.bench.cli import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["hash-key"]:  # needs no configuration, and must not print anything else
+        return hash_key(argv[1:])
     if argv[:1] == ["mock-upstream"]:
         from services.mockupstream.server import main as upstream_main
 
@@ -61,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     upstream.add_argument("args", nargs=argparse.REMAINDER)
     bench = commands.add_parser("bench", help="load-test an OpenAI-compatible URL and report", add_help=False)
     bench.add_argument("args", nargs=argparse.REMAINDER)
+    commands.add_parser("hash-key", help="read an API key on stdin, print the SHA-256 digest to configure")
     status_options.add_arguments(commands.add_parser("status", help="service instances on the bus, nats-server numbers"))
     args = parser.parse_args(argv)
 

@@ -7,6 +7,7 @@ With no file and no provider keys, the gateway starts with the mock provider so 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -108,6 +109,31 @@ class CacheConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     lookup_timeout_seconds: float = 1.0
 
 
+class ApiKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One caller's key: only its SHA-256 digest is configured (`llm-edge hash-key` prints it)."""
+
+    name: str  # what metrics, logs and traces call the key; never the key itself
+    sha256: str  # hex digest of the key
+    models: list[str] | None = None  # public model names it may use; None: every model
+    rpm: int | None = None  # requests per window (a minute unless limits.window_seconds says otherwise)
+    tpm: int | None = None  # tokens (prompt + completion) per window
+    budget_usd: float | None = None  # spend per limits.budget_period
+    tenant: str | None = None  # cache namespace; keys of one tenant share cached answers
+
+    @property
+    def namespace(self) -> str:
+        return self.tenant or self.name
+
+
+class LimitsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # Where the counters live, shared by every ingress replica; defaults to cache.redis_url. Without
+    # Redis (or while it is unreachable) each ingress process enforces the limits on its own.
+    redis_url: str | None = None
+    redis_timeout_seconds: float = 0.1
+    window_seconds: float = 60.0  # the "minute" of rpm and tpm
+    budget_period: Literal["month", "total"] = "month"  # month: calendar month, UTC
+
+
 class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     prefix: str = "llm"
     nats_url: str = "nats://127.0.0.1:4222"
@@ -121,6 +147,13 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     router: RouterConfig = RouterConfig()
     providers: dict[str, ProviderConfig] = {}
     models: list[ModelRoute] = []
+    # API keys; none configured: the gateway is open and every caller shares the "default" namespace.
+    keys: list[ApiKey] = []
+    limits: LimitsConfig = LimitsConfig()
+
+    @property
+    def limits_redis_url(self) -> str | None:
+        return self.limits.redis_url or self.cache.redis_url
 
     def provider(self, name: str) -> ProviderConfig:
         try:
@@ -139,7 +172,11 @@ _ENV_FIELDS: dict[str, tuple[str | None, str, type]] = {
     "LLM_EDGE_PREFIX": (None, "prefix", str),
     "METRICS_PORT": (None, "metrics_port", int),
     "OTEL_EXPORTER_OTLP_ENDPOINT": (None, "otel_endpoint", str),
+    "LIMITS_REDIS_URL": ("limits", "redis_url", str),
 }
+# The key list as JSON (the `keys` section's shape), e.g. from a Kubernetes Secret; replaces the file's.
+_KEYS_ENV = "LLM_EDGE_KEYS"
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 _PROVIDER_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
@@ -179,7 +216,13 @@ def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
             providers[name] = msgspec.structs.replace(existing, api_key=existing.api_key or key)
     if not providers:
         providers["mock"] = ProviderConfig()
-    return msgspec.structs.replace(config, providers=providers)
+    config = msgspec.structs.replace(config, providers=providers)
+    if keys := env.get(_KEYS_ENV):
+        try:
+            config = msgspec.structs.replace(config, keys=msgspec.json.decode(keys, type=list[ApiKey]))
+        except msgspec.DecodeError as exc:  # ValidationError included; the message names the field
+            raise ConfigError(f"{_KEYS_ENV}: {exc}") from None
+    return config
 
 
 def _validate(config: Config) -> Config:
@@ -198,7 +241,43 @@ def _validate(config: Config) -> Config:
                 raise ConfigError(
                     f"models[{i}].targets[{j}].provider: {target.provider!r} is not in providers"
                 )
+    _validate_keys(config)
     return config
+
+
+def _validate_keys(config: Config) -> None:
+    names: set[str] = set()
+    digests: set[str] = set()
+    for i, key in enumerate(config.keys):
+        where = f"keys[{i}]"
+        if not key.name:
+            raise ConfigError(f"{where}.name: a key needs a name")
+        if key.name in names:
+            raise ConfigError(f"{where}.name: {key.name!r} is used by another key")
+        if not _DIGEST.match(key.sha256):
+            raise ConfigError(
+                f"{where}.sha256: expected 64 lowercase hex digits (`llm-edge hash-key` prints them)"
+            )
+        if key.sha256 in digests:
+            raise ConfigError(f"{where}.sha256: the same digest is configured for another key")
+        for field in ("rpm", "tpm"):
+            value = getattr(key, field)
+            if value is not None and value < 1:
+                raise ConfigError(f"{where}.{field}: must be at least 1 (leave it out for no limit)")
+        if key.budget_usd is not None and key.budget_usd < 0:
+            raise ConfigError(f"{where}.budget_usd: must not be negative")
+        if key.tenant is not None and not key.tenant:
+            raise ConfigError(f"{where}.tenant: must not be empty (leave it out to use the key's name)")
+        if key.models is not None and not key.models:
+            raise ConfigError(
+                f"{where}.models: an empty list allows nothing; leave it out to allow every model"
+            )
+        names.add(key.name)
+        digests.add(key.sha256)
+    if config.limits.window_seconds <= 0:
+        raise ConfigError("limits.window_seconds: must be positive")
+    if config.limits.redis_timeout_seconds <= 0:
+        raise ConfigError("limits.redis_timeout_seconds: must be positive")
 
 
 def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:

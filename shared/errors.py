@@ -60,7 +60,7 @@ class InvalidRequest(GatewayError):
 
 class AuthenticationFailed(GatewayError):
     status = 401
-    type = "authentication_error"
+    type = "invalid_request_error"  # what OpenAI sends with a 401
     default_code = "invalid_api_key"
 
 
@@ -87,6 +87,14 @@ class RateLimited(GatewayError):
     type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
     retryable = True
+
+
+class QuotaExceeded(GatewayError):
+    """The key's budget is spent: a 429 that waiting a few seconds does not cure (OpenAI's shape)."""
+
+    status = 429
+    type = "insufficient_quota"
+    default_code = "insufficient_quota"
 
 
 class InternalError(GatewayError):

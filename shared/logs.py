@@ -14,6 +14,8 @@ import msgspec
 from opentelemetry import trace
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# The configured name of the caller's API key (never the key), when the gateway has keys.
+key_name: contextvars.ContextVar[str | None] = contextvars.ContextVar("key_name", default=None)
 
 _encoder = msgspec.json.Encoder()
 
@@ -35,6 +37,8 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None) or request_id.get()
         if rid:
             line["request_id"] = rid
+        if (key := key_name.get()) is not None:
+            line["key"] = key
         span = trace.get_current_span().get_span_context()
         if span.is_valid:
             line["trace_id"] = format(span.trace_id, "032x")

@@ -65,6 +65,13 @@ QUEUE_DEPTH = Gauge("llm_edge_queue_depth", "Requests waiting in a provider's ad
 IN_FLIGHT = Gauge("llm_edge_admitted_in_flight", "Admitted calls not yet finished, all replicas", ["provider"])
 BREAKER_OPEN = Gauge("llm_edge_breaker_open", "1 while the target's circuit breaker is open", ["target"])
 RETRIES = Counter("llm_edge_retries", "Retries of a target after a retryable failure", ["target"])
+RATE_LIMITED = Counter(
+    "llm_edge_rate_limited", "Requests refused by a key's limit (requests, tokens or budget)",
+    ["key", "limit"],
+)
+LIMITER_FALLBACKS = Counter(
+    "llm_edge_limiter_fallbacks", "Admissions decided by the per-process limits because Redis did not answer",
+)
 BUS_DURATION = Histogram(
     "llm_edge_bus_request_duration_seconds", "Bus request-reply round trip by subject",
     ["subject"], buckets=_OVERHEAD + (1, 5, 30),

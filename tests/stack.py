@@ -15,7 +15,7 @@ import openai
 import uvicorn
 
 from services.cache.service import CacheService
-from services.ingress.app import create_app
+from services.ingress.app import FastPath, create_app
 from services.launcher import free_port
 from services.providers.worker import ProviderWorker
 from services.router.service import Router
@@ -39,7 +39,9 @@ class Stack:
         self.workers: list[ProviderWorker] = []
         self.ingress_nc = None
         self.http: httpx.AsyncClient | None = None
-        self.uvicorn: uvicorn.Server | None = None
+        self.apps: list[FastPath] = []
+        self.ingresses: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+        self.extra_ncs: list[Any] = []
         self.url = ""
 
     async def _server(self, key: str, name: str) -> bus.Server:
@@ -73,20 +75,36 @@ class Stack:
         for name in self.config.providers if providers else ():
             await self.start_provider(name)
         self.ingress_nc = await bus.connect(self.config.nats_url, "test-ingress")
-        app = create_app(self.config, self.ingress_nc)
+        self.url = await self._serve(create_app(self.config, self.ingress_nc))
+        self.http = httpx.AsyncClient(base_url=self.url, timeout=30)
+        return self
+
+    async def _serve(self, app: FastPath) -> str:
+        self.apps.append(app)
         port = free_port()
-        self.uvicorn = uvicorn.Server(uvicorn.Config(
+        server = uvicorn.Server(uvicorn.Config(
             app, host="127.0.0.1", port=port, loop="none", lifespan="on", log_level="warning",
             access_log=False,
         ))
-        self.uvicorn_task = asyncio.create_task(self.uvicorn.serve())
-        while not self.uvicorn.started:  # uvicorn offers no awaitable for "listening"
-            if self.uvicorn_task.done():
-                self.uvicorn_task.result()
+        task = asyncio.create_task(server.serve())
+        self.ingresses.append((server, task))
+        while not server.started:  # uvicorn offers no awaitable for "listening"
+            if task.done():
+                task.result()
             await asyncio.sleep(0.001)
-        self.url = f"http://127.0.0.1:{port}"
-        self.http = httpx.AsyncClient(base_url=self.url, timeout=30)
-        return self
+        return f"http://127.0.0.1:{port}"
+
+    async def add_ingress(self) -> str:
+        """Another ingress replica on the same bus (and Redis), with its own connection; its base URL."""
+        nc = await bus.connect(self.config.nats_url, "test-ingress")
+        self.extra_ncs.append(nc)
+        return await self._serve(create_app(self.config, nc))
+
+    async def settle(self) -> None:
+        """Wait until every ingress has written the usage charges of the answers it gave."""
+        for app in self.apps:
+            if app.gateway.keyring is not None:
+                await app.gateway.keyring.limiter.settle()
 
     async def stop_service(self, key: str) -> None:
         server = self.servers.pop(key)
@@ -94,8 +112,8 @@ class Stack:
         if key in self.caches:
             await self.caches.pop(key).close()
 
-    def openai(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
+    def openai(self, api_key: str = "unused", url: str | None = None, **options: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{url or self.url}/v1", api_key=api_key, max_retries=0, **options)
 
     async def close(self) -> None:
         for worker in self.workers:
@@ -107,8 +125,10 @@ class Stack:
             await worker.close()
         if self.http is not None:
             await self.http.aclose()
-        if self.uvicorn is not None:
-            self.uvicorn.should_exit = True
-            await self.uvicorn_task
-        if self.ingress_nc is not None and not self.ingress_nc.is_closed:
-            await self.ingress_nc.close()
+        for server, _ in self.ingresses:
+            server.should_exit = True
+        for _, task in self.ingresses:
+            await task
+        for nc in [self.ingress_nc, *self.extra_ncs]:
+            if nc is not None and not nc.is_closed:
+                await nc.close()

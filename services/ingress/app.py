@@ -26,96 +26,43 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from services.ingress import anthropic_dialect, anthropic_events, health, shapes, stream
+from services.ingress.auth import Grant
+from services.ingress.gateway import Gateway, lookup, open_stream, route
 from services.ingress.parse import parse_chat_request, read_body
 from services.ingress.responses import JSON, TIERS, error_response, result_response, sse_response
-from services.router.routes import Routes
 from shared import bus, metrics, runtime, tracing
 from shared.config import Config
 from shared.errors import (
-    DeadlineExceeded,
     GatewayError,
     InternalError,
     InvalidRequest,
     NotFound,
-    Unavailable,
     from_reply,
 )
 from shared.logs import request_id
 from shared.messages import (
-    CacheMiss,
     ChatRequest,
     ChatResult,
     ErrorReply,
-    Reply,
     StreamChunk,
     StreamOptions,
     encode,
 )
-from shared.subjects import Headers, Subjects
 
 log = logging.getLogger("llm_edge.ingress")
 
-# Extra time granted to the bus beyond the client's deadline, so the hop that ran out of time can still
-# answer with its own, more precise error.
-_REPLY_GRACE_SECONDS = 0.25
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-class Gateway:
-    """What the routes share: configuration, the bus connection, subjects."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.subjects = Subjects(config.prefix)
-        self.routes = Routes(config)
-        self.nc: Client | None = None
-        self.draining = False
-
-    def bus(self) -> Client:
-        if self.nc is None or not self.nc.is_connected:
-            raise Unavailable("the message bus is not connected", code="bus_unavailable")
-        return self.nc
-
-    def bus_headers(self, request: Request, rid: str, deadline: float) -> dict[str, str]:
-        headers = {
-            Headers.REQUEST_ID: rid,
-            Headers.DEADLINE: str(int(deadline * 1000)),
-            Headers.NAMESPACE: "default",
-        }
-        control = request.headers.get("cache-control", "").lower()
-        flags = [flag for flag in ("no-cache", "no-store") if flag in control]
-        if flags:
-            headers[Headers.CACHE_CONTROL] = ",".join(flags)
-        if ttl := request.headers.get("x-llm-edge-cache-ttl"):
-            headers[Headers.CACHE_TTL] = ttl
-        if tracing.enabled():
-            tracing.inject(headers)  # the ingress span becomes the parent of every hop after it
-        elif traceparent := request.headers.get("traceparent"):
-            headers[Headers.TRACEPARENT] = traceparent
-        return headers
-
-    def timeout(self, request: Request) -> float:
-        value = request.headers.get("x-llm-edge-timeout")
-        if value is None:
-            return self.config.ingress.request_timeout_seconds
-        try:
-            seconds = float(value)
-        except ValueError:
-            raise InvalidRequest("`x-llm-edge-timeout` must be a number of seconds.") from None
-        if not 0 < seconds <= 3600:
-            raise InvalidRequest("`x-llm-edge-timeout` must be between 0 and 3600 seconds.")
-        return seconds
 
 
 class Exchange:
     """One request on its way over the bus, whichever client dialect it arrived in."""
 
-    __slots__ = ("cached", "chat", "deadline", "headers", "payload", "rid", "tier")
+    __slots__ = ("cached", "chat", "deadline", "grant", "headers", "payload", "rid", "tier")
 
     def __init__(self, rid: str, chat: ChatRequest, payload: bytes, headers: dict[str, str], deadline: float,
-                 cached: ChatResult | None, tier: str | None) -> None:
+                 cached: ChatResult | None, tier: str | None, grant: Grant | None) -> None:
         self.rid, self.chat, self.payload, self.headers = rid, chat, payload, headers
-        self.deadline, self.cached, self.tier = deadline, cached, tier
+        self.deadline, self.cached, self.tier, self.grant = deadline, cached, tier, grant
 
 
 async def begin(gateway: Gateway, request: Request, parse: Callable[[bytes], ChatRequest]) -> Exchange:
@@ -125,17 +72,20 @@ async def begin(gateway: Gateway, request: Request, parse: Callable[[bytes], Cha
         rid = next_request_id()
     request_id.set(rid)
     request.state.request_id = rid
+    # No keys configured: one branch here and one per later use of `grant`, nothing else.
+    grant = None if gateway.keyring is None else gateway.authenticate(request)  # 401 before reading
     body = await read_body(request, gateway.config.ingress.max_body_bytes)
     chat = parse(body)
     gateway.routes.resolve(chat.model)  # 404 for an unknown model before any bus hop
     request.state.model = chat.model
     timeout = gateway.timeout(request)
+    namespace = "default" if grant is None else await gateway.admit(request, grant, chat.model)
     deadline = time.monotonic() + timeout
-    headers = gateway.bus_headers(request, rid, time.time() + timeout)
+    headers = gateway.bus_headers(request, rid, time.time() + timeout, namespace)
     payload = encode(chat)
     cached, tier = await lookup(gateway, payload, headers, timeout)
     request.state.cache = TIERS.get(tier or "", "miss")
-    return Exchange(rid, chat, payload, headers, deadline, cached, tier)
+    return Exchange(rid, chat, payload, headers, deadline, cached, tier, grant)
 
 
 async def chat_completions(gateway: Gateway, request: Request) -> Response:
@@ -172,7 +122,8 @@ async def create_message(gateway: Gateway, request: Request) -> Response:
 async def stream_reply(
     gateway: Gateway, ex: Exchange, started: float, writer: Callable[[StreamChunk], stream.Writer]
 ) -> Response:
-    response = await open_stream(gateway, ex.payload, ex.headers, ex.rid, ex.deadline, writer)
+    on_end = None if ex.grant is None else gateway.stream_charger(ex.grant)
+    response = await open_stream(gateway, ex.payload, ex.headers, ex.rid, ex.deadline, writer, on_end)
     metrics.TIME_TO_FIRST_CHUNK.labels(ex.chat.model).observe(time.perf_counter() - started)
     return response
 
@@ -188,6 +139,8 @@ async def answer(
     match reply:
         case ChatResult():
             request.state.provider_seconds = reply.provider_seconds
+            if ex.grant is not None:  # cache hits cost nothing and are not charged
+                gateway.charge(ex.grant, reply.usage, reply.cost_usd)
             return result_response(reply, ex.rid, None, started, render)
         case ErrorReply():
             raise from_reply(reply)
@@ -233,6 +186,10 @@ class FastPath:
                     log.exception("unhandled error")
                     response = error_response(InternalError("internal error"), request)
                     tracing.failed(span, 500, "internal error")
+                if self.gateway.keyring is not None and (
+                    limit_headers := getattr(request.state, "limit_headers", None)
+                ) is not None:
+                    response.headers.update(limit_headers)
                 if span is not None:
                     annotate(span, request, response)
                 await response(scope, receive, send)
@@ -252,6 +209,8 @@ def annotate(span: Span, request: Request, response: Response) -> None:
         span.update_name(f"chat {model}")
         span.set_attribute("gen_ai.request.model", model)
     span.set_attribute("llm_edge.cache", getattr(state, "cache", "none"))
+    if (key := getattr(state, "key", None)) is not None:
+        span.set_attribute("llm_edge.key", key)  # the key's configured name, never the key
     if (rid := getattr(state, "request_id", None)) is not None:
         span.set_attribute("llm_edge.request_id", rid)
 
@@ -298,6 +257,8 @@ def create_app(config: Config, nc: Client | None = None) -> FastPath:
         runtime.notify_ready()
         yield
         gateway.draining = True
+        if gateway.keyring is not None:
+            await gateway.keyring.limiter.close()
         tracing.shutdown()
         if owns_connection and gateway.nc is not None and not gateway.nc.is_closed:
             await gateway.nc.drain()
@@ -336,8 +297,11 @@ def create_app(config: Config, nc: Client | None = None) -> FastPath:
 
     @app.get("/v1/models")
     @app.get("/models")
-    async def models() -> Response:
-        cards = [shapes.ModelCard(id=name) for name in gateway.routes.public_models()]
+    async def models(request: Request) -> Response:
+        names = gateway.routes.public_models()
+        if (grant := gateway.authenticate(request)) is not None and gateway.keyring is not None:
+            names = gateway.keyring.visible(grant, names)
+        cards = [shapes.ModelCard(id=name) for name in names]
         return Response(shapes.encode(shapes.ModelList(data=cards)), media_type=JSON)
 
     @app.get("/metrics")
@@ -361,71 +325,6 @@ def create_app(config: Config, nc: Client | None = None) -> FastPath:
         return Response(shapes.encode(report), status_code=status, media_type=JSON)
 
     return FastPath(app, gateway)
-
-
-async def lookup(
-    gateway: Gateway, payload: bytes, headers: dict[str, str], timeout: float
-) -> tuple[ChatResult | None, str | None]:
-    """Ask the cache tier: a hit is one round trip; a miss says under which key the router stores it.
-
-    The ingress asks each tier itself instead of letting the cache forward the miss: NATS reports "no
-    responders" only to the publisher of a request, so a forwarded miss with no router running would be
-    dropped silently and the client would wait for its deadline.
-    """
-    control = headers.get(Headers.CACHE_CONTROL, "")
-    if not gateway.config.cache.enabled or ("no-cache" in control and "no-store" in control):
-        return None, None  # nothing to read and nothing to store: the cache tier cannot help
-    wait = min(gateway.config.cache.lookup_timeout_seconds, timeout)
-    try:
-        reply, msg = await bus.request(gateway.bus(), gateway.subjects.cache_lookup, payload, headers, wait)
-    except (bus.NoResponders, DeadlineExceeded):
-        return None, None  # the cache is optional: no instance, or too slow, means a miss
-    match reply:
-        case ChatResult():
-            return reply, (msg.headers or {}).get(Headers.CACHE_TIER)
-        case CacheMiss(key=key):
-            if "no-store" not in headers.get(Headers.CACHE_CONTROL, ""):
-                headers[Headers.CACHE_KEY] = key
-    return None, None
-
-
-async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadline: float) -> Reply:
-    """Ask a router for the answer. A router that dies while it holds the request goes silent (no
-    heartbeats): the request goes to another router once, rather than waiting for the deadline."""
-    for attempt in (1, 2):
-        try:
-            reply, _ = await bus.request(
-                gateway.bus(), gateway.subjects.route, payload, headers,
-                deadline + _REPLY_GRACE_SECONDS - time.monotonic(), bus.HEARTBEAT_SECONDS,
-            )
-        except bus.NoResponders as exc:
-            raise Unavailable("No router instance is running.", code="no_router") from exc
-        except DeadlineExceeded as exc:
-            raise DeadlineExceeded("The request did not complete before its deadline.") from exc
-        except bus.Lost as exc:
-            log.warning("the router handling the request went silent (attempt %d)", attempt)
-            if attempt == 2:
-                raise Unavailable("The router handling the request stopped answering.", code="router_lost") from exc
-            continue
-        return reply
-    raise AssertionError("unreachable")
-
-
-async def open_stream(
-    gateway: Gateway, payload: bytes, headers: dict[str, str], rid: str, deadline: float,
-    writer: Callable[[StreamChunk], stream.Writer],
-) -> Response:
-    bus_stream = stream.BusStream(gateway.bus(), gateway.subjects, rid)
-    headers[Headers.STREAM] = "1"
-    await bus_stream.open(payload, headers)
-    try:
-        first = await stream.first_frame(bus_stream, deadline + _REPLY_GRACE_SECONDS)
-    except BaseException:
-        await bus_stream.close()
-        raise
-    idle = gateway.config.ingress.stream_idle_timeout_seconds
-    frames = stream.relay(bus_stream, first, writer(first), idle, deadline + _REPLY_GRACE_SECONDS)
-    return sse_response(frames, rid, first.provider or "", None)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Literal, Protocol
 
 import msgspec
@@ -202,7 +202,8 @@ class ChunkWriter:
 
 
 async def relay(
-    stream: BusStream, first: StreamChunk, writer: Writer, idle: float, deadline: float
+    stream: BusStream, first: StreamChunk, writer: Writer, idle: float, deadline: float,
+    on_end: Callable[[StreamEnd], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """Frames in order become the writer's events; anything else ends the stream with its error event,
     never with the dialect's proper ending."""
@@ -216,6 +217,8 @@ async def relay(
                     yield writer.chunk(frame)
                 case StreamEnd(seq=seq) if seq == expected:
                     stream.finished = True
+                    if on_end is not None:
+                        on_end(frame)
                     yield writer.end(frame)
                     return
                 case ErrorReply():

@@ -1,0 +1,192 @@
+"""What the ingress's endpoints share (configuration, the bus connection, keys and limits) and how a
+request reaches the other tiers: the cache lookup, the router, a stream's inbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from nats.aio.client import Client
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.ingress import limits, stream
+from services.ingress.auth import Grant, keyring
+from services.ingress.limits import Refused
+from services.ingress.responses import sse_response
+from services.router.routes import Routes
+from shared import bus, tracing
+from shared.config import Config
+from shared.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    Unavailable,
+)
+from shared.logs import key_name
+from shared.messages import (
+    CacheMiss,
+    ChatResult,
+    Reply,
+    StreamChunk,
+    StreamEnd,
+    Usage,
+)
+from shared.subjects import Headers, Subjects
+
+log = logging.getLogger("llm_edge.ingress")
+
+# Extra time granted to the bus beyond the client's deadline, so the hop that ran out of time can still
+# answer with its own, more precise error.
+_REPLY_GRACE_SECONDS = 0.25
+
+
+class Gateway:
+    """What the routes share: configuration, the bus connection, subjects."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.subjects = Subjects(config.prefix)
+        self.routes = Routes(config)
+        self.nc: Client | None = None
+        self.draining = False
+        # None when no keys are configured: the gateway is open, as if every caller were one tenant.
+        self.keyring = keyring(config)
+
+    def bus(self) -> Client:
+        if self.nc is None or not self.nc.is_connected:
+            raise Unavailable("the message bus is not connected", code="bus_unavailable")
+        return self.nc
+
+    def bus_headers(
+        self, request: Request, rid: str, deadline: float, namespace: str = "default"
+    ) -> dict[str, str]:
+        headers = {
+            Headers.REQUEST_ID: rid,
+            Headers.DEADLINE: str(int(deadline * 1000)),
+            Headers.NAMESPACE: namespace,
+        }
+        control = request.headers.get("cache-control", "").lower()
+        flags = [flag for flag in ("no-cache", "no-store") if flag in control]
+        if flags:
+            headers[Headers.CACHE_CONTROL] = ",".join(flags)
+        if ttl := request.headers.get("x-llm-edge-cache-ttl"):
+            headers[Headers.CACHE_TTL] = ttl
+        if tracing.enabled():
+            tracing.inject(headers)  # the ingress span becomes the parent of every hop after it
+        elif traceparent := request.headers.get("traceparent"):
+            headers[Headers.TRACEPARENT] = traceparent
+        return headers
+
+    def timeout(self, request: Request) -> float:
+        value = request.headers.get("x-llm-edge-timeout")
+        if value is None:
+            return self.config.ingress.request_timeout_seconds
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise InvalidRequest("`x-llm-edge-timeout` must be a number of seconds.") from None
+        if not 0 < seconds <= 3600:
+            raise InvalidRequest("`x-llm-edge-timeout` must be between 0 and 3600 seconds.")
+        return seconds
+
+    def authenticate(self, request: Request) -> Grant | None:
+        """The caller's key (401 without a valid one); None when the gateway has no keys (open)."""
+        if self.keyring is None:
+            return None
+        key_name.set(None)  # a keep-alive connection's next request must not log the last one's key
+        grant = self.keyring.authenticate(request.headers)
+        request.state.key = grant.name
+        key_name.set(grant.name)
+        return grant
+
+    async def admit(self, request: Request, grant: Grant, model: str) -> str:
+        """The model check (403) and the key's limits (429), then the cache namespace to use.
+
+        Every model-serving endpoint calls `authenticate` first and this once it knows the model."""
+        assert self.keyring is not None
+        try:
+            snap = await self.keyring.admit(grant, model)
+        except Refused as refused:
+            request.state.limit_headers = limits.headers(grant.rule, refused.snap)
+            if refused.snap.denied == "budget":  # waiting seconds will not help: tell SDKs not to retry
+                request.state.limit_headers["x-should-retry"] = "false"
+            raise refused.error from None
+        if snap is not None:
+            request.state.limit_headers = limits.headers(grant.rule, snap)
+        return grant.namespace
+
+    def stream_charger(self, grant: Grant) -> Callable[[StreamEnd], None]:
+        """What a stream calls with its end frame: the usage and cost it reports are charged."""
+        return lambda end: self.charge(grant, end.usage, end.cost_usd)
+
+    def charge(self, grant: Grant, usage: Usage | None, cost: float) -> None:
+        """Count an answer's real tokens and cost against its key; never delays the response."""
+        if grant.rule.limited and self.keyring is not None:
+            self.keyring.limiter.charge(grant.rule, usage.total_tokens if usage is not None else 0, cost)
+
+
+async def lookup(
+    gateway: Gateway, payload: bytes, headers: dict[str, str], timeout: float
+) -> tuple[ChatResult | None, str | None]:
+    """Ask the cache tier: a hit is one round trip; a miss says under which key the router stores it.
+
+    The ingress asks each tier itself instead of letting the cache forward the miss: NATS reports "no
+    responders" only to the publisher of a request, so a forwarded miss with no router running would be
+    dropped silently and the client would wait for its deadline.
+    """
+    control = headers.get(Headers.CACHE_CONTROL, "")
+    if not gateway.config.cache.enabled or ("no-cache" in control and "no-store" in control):
+        return None, None  # nothing to read and nothing to store: the cache tier cannot help
+    wait = min(gateway.config.cache.lookup_timeout_seconds, timeout)
+    try:
+        reply, msg = await bus.request(gateway.bus(), gateway.subjects.cache_lookup, payload, headers, wait)
+    except (bus.NoResponders, DeadlineExceeded):
+        return None, None  # the cache is optional: no instance, or too slow, means a miss
+    match reply:
+        case ChatResult():
+            return reply, (msg.headers or {}).get(Headers.CACHE_TIER)
+        case CacheMiss(key=key):
+            if "no-store" not in headers.get(Headers.CACHE_CONTROL, ""):
+                headers[Headers.CACHE_KEY] = key
+    return None, None
+
+
+async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadline: float) -> Reply:
+    """Ask a router for the answer. A router that dies while it holds the request goes silent (no
+    heartbeats): the request goes to another router once, rather than waiting for the deadline."""
+    for attempt in (1, 2):
+        try:
+            reply, _ = await bus.request(
+                gateway.bus(), gateway.subjects.route, payload, headers,
+                deadline + _REPLY_GRACE_SECONDS - time.monotonic(), bus.HEARTBEAT_SECONDS,
+            )
+        except bus.NoResponders as exc:
+            raise Unavailable("No router instance is running.", code="no_router") from exc
+        except DeadlineExceeded as exc:
+            raise DeadlineExceeded("The request did not complete before its deadline.") from exc
+        except bus.Lost as exc:
+            log.warning("the router handling the request went silent (attempt %d)", attempt)
+            if attempt == 2:
+                raise Unavailable("The router handling the request stopped answering.", code="router_lost") from exc
+            continue
+        return reply
+    raise AssertionError("unreachable")
+
+
+async def open_stream(
+    gateway: Gateway, payload: bytes, headers: dict[str, str], rid: str, deadline: float,
+    writer: Callable[[StreamChunk], stream.Writer], on_end: Callable[[StreamEnd], None] | None = None,
+) -> Response:
+    bus_stream = stream.BusStream(gateway.bus(), gateway.subjects, rid)
+    headers[Headers.STREAM] = "1"
+    await bus_stream.open(payload, headers)
+    try:
+        first = await stream.first_frame(bus_stream, deadline + _REPLY_GRACE_SECONDS)
+    except BaseException:
+        await bus_stream.close()
+        raise
+    idle = gateway.config.ingress.stream_idle_timeout_seconds
+    frames = stream.relay(bus_stream, first, writer(first), idle, deadline + _REPLY_GRACE_SECONDS, on_end)
+    return sse_response(frames, rid, first.provider or "", None)

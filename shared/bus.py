@@ -277,21 +277,33 @@ async def request(
     return reply_decoder.decode(msg.data), msg
 
 
+class _Pending:
+    __slots__ = ("answer", "heard")
+
+    def __init__(self, answer: asyncio.Future[Msg], heard: float) -> None:
+        self.answer = answer
+        self.heard = heard
+
+
 class _Replies:
     """One wildcard inbox per connection for requests that take heartbeats (nats-py's own request
-    resolves on the first message, which would be a heartbeat)."""
+    resolves on the first message, which would be a heartbeat). A heartbeat only moves a timestamp."""
 
     def __init__(self, nc: Client) -> None:
         self.nc = nc
         self.prefix = nc.new_inbox()
         self.sub: Subscription | None = None
-        self.waiting: dict[str, asyncio.Queue[Msg]] = {}
+        self.waiting: dict[str, _Pending] = {}
         self.tokens = 0
 
     async def _deliver(self, msg: Msg) -> None:
-        queue = self.waiting.get(msg.subject[len(self.prefix) + 1:])
-        if queue is not None:  # else a late heartbeat or reply for a request given up on
-            queue.put_nowait(msg)
+        pending = self.waiting.get(msg.subject[len(self.prefix) + 1:])
+        if pending is None:  # a late heartbeat or reply for a request given up on
+            return
+        if msg.headers and Headers.ALIVE in msg.headers:
+            pending.heard = time.monotonic()
+        elif not pending.answer.done():
+            pending.answer.set_result(msg)
 
     async def request(
         self, subject: str, payload: bytes, headers: dict[str, str], timeout: float, heartbeat: float
@@ -300,31 +312,26 @@ class _Replies:
             self.sub = await self.nc.subscribe(f"{self.prefix}.*", cb=self._deliver)
         self.tokens += 1
         token = str(self.tokens)
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self.waiting[token] = queue
+        now = time.monotonic()
+        pending = _Pending(asyncio.get_running_loop().create_future(), now)
+        self.waiting[token] = pending
         try:
             await self.nc.publish(subject, payload, reply=f"{self.prefix}.{token}",
                                   headers={**headers, Headers.HEARTBEAT: f"{heartbeat:g}"})
-            now = time.monotonic()
-            ends, heard = now + timeout, now
+            ends = now + timeout
             while True:
-                silence_ends = heard + heartbeat * LOST_AFTER
-                try:
-                    msg = await asyncio.wait_for(queue.get(), min(ends, silence_ends) - now)
-                except TimeoutError:
-                    now = time.monotonic()
-                    if now >= ends:
-                        raise nats.errors.TimeoutError from None
-                    if now >= silence_ends:
-                        raise Lost(f"the instance serving {subject} went silent", where=subject) from None
-                    continue
+                silence_ends = pending.heard + heartbeat * LOST_AFTER
+                done, _ = await asyncio.wait((pending.answer,), timeout=min(ends, silence_ends) - now)
+                if done:
+                    msg = pending.answer.result()
+                    if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+                        raise nats.errors.NoRespondersError
+                    return msg
                 now = time.monotonic()
-                if msg.headers and Headers.ALIVE in msg.headers:
-                    heard = now
-                    continue
-                if not msg.data and msg.headers and msg.headers.get("Status") == "503":
-                    raise nats.errors.NoRespondersError
-                return msg
+                if now >= ends:
+                    raise nats.errors.TimeoutError
+                if now >= pending.heard + heartbeat * LOST_AFTER:
+                    raise Lost(f"the instance serving {subject} went silent", where=subject)
         finally:
             del self.waiting[token]
 

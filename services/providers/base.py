@@ -62,6 +62,14 @@ class HttpAdapter(Protocol):
     def stream_parser(self, *, provider: str, model: str) -> StreamParser:
         ...
 
+    def stream_decoder(self) -> StreamDecoder:
+        """The framing of this provider's stream body: SSE for most, AWS event stream for Bedrock."""
+        ...
+
+    def config_problem(self, config: ProviderConfig) -> str | None:
+        """Why `config` cannot work for this adapter (checked once at start), or None."""
+        ...
+
 
 @runtime_checkable
 class LocalAdapter(Protocol):
@@ -173,12 +181,22 @@ class StreamSummary:
     usage: Usage | None
 
 
+class StreamDecoder(Protocol):
+    """A stream body's framing: bytes in (split anywhere), complete `(event name or None, data)` out.
+
+    SSE gives the `event:` name and the joined `data:` lines; AWS's event stream gives the `:event-type`
+    (or, for an exception message, the `:exception-type`) and the JSON payload. One per response body.
+    """
+
+    def feed(self, chunk: bytes) -> list[tuple[str | None, str]]: ...
+
+
 class StreamParser(Protocol):
     """Turns one provider's stream events into deltas. One parser per upstream call."""
 
     def feed(self, event: str | None, data: str) -> list[Delta]:
-        """Handle one SSE event (`event:` name or None, joined `data:` lines). Raises GatewayError for an
-        error event in the stream."""
+        """Handle one decoded event (its name or None, its data). Raises GatewayError for an error event
+        in the stream."""
         ...
 
     def end(self) -> StreamSummary:

@@ -16,12 +16,14 @@ from msgspec import UNSET, Struct, UnsetType
 
 from services.providers.base import (
     HttpCall,
+    StreamDecoder,
     StreamParser,
     bad_response,
     body_snippet,
     error_for_status,
     merge_headers,
 )
+from services.providers.sse import SSEDecoder
 from shared.config import ProviderConfig
 from shared.errors import GatewayError, InvalidRequest
 from shared.messages import (
@@ -126,16 +128,30 @@ class OpenAICompatible:
         headers = {"Content-Type": "application/json"}
         secret = set(config.headers)  # operator-supplied headers often carry credentials
         if config.api_key is not None:
-            headers["Authorization"] = f"Bearer {config.api_key}"
-            secret.add("Authorization")
-        base_url = (config.base_url or self.default_base_url).rstrip("/")
+            name, value = self.auth_header(config.api_key)
+            headers[name] = value
+            secret.add(name)
         return HttpCall(
             method="POST",
-            url=f"{base_url}/chat/completions",
+            url=self.url(config, model),
             headers=merge_headers(headers, config.headers),
             body=body,
             secret_headers=frozenset(secret),
         )
+
+    # --- where to call: the two things an OpenAI-shaped provider (Azure) may change ---
+
+    def url(self, config: ProviderConfig, model: str) -> str:
+        return f"{(config.base_url or self.default_base_url).rstrip('/')}/chat/completions"
+
+    def auth_header(self, key: str) -> tuple[str, str]:
+        return "Authorization", f"Bearer {key}"
+
+    def config_problem(self, config: ProviderConfig) -> str | None:
+        return None
+
+    def stream_decoder(self) -> StreamDecoder:
+        return SSEDecoder()
 
     def parse_response(self, body: bytes, *, provider: str, model: str) -> ChatResult:
         try:

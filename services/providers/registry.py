@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from services.providers import anthropic, mock, openai
+from services.providers import anthropic, azure, mock, openai
 from services.providers.base import HttpAdapter, LocalAdapter
 
 ADAPTERS: dict[str, HttpAdapter | LocalAdapter] = {
     "openai": openai.adapter,
     "openai_compatible": openai.openai_compatible,
     "anthropic": anthropic.adapter,
+    "azure": azure.adapter,
     "mock": mock.adapter,
 }
 

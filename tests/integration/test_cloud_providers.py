@@ -1,0 +1,131 @@
+"""Azure OpenAI, Gemini and Bedrock through the whole gateway: the official `openai` SDK against the
+ingress, each provider's worker calling the mock upstream in that provider's wire format. Each case checks
+what a client sees (text, usage, streaming) and what the provider saw (URL, auth header, body).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import pytest
+
+from services.mockupstream.server import MockUpstream
+from tests.infra import Nats
+from tests.stack import Stack, make_config
+
+NO_CACHE = {"cache-control": "no-cache, no-store"}
+
+
+@dataclass(frozen=True)
+class Case:
+    provider: dict[str, Any]  # the provider's configuration, `{url}` standing for the mock's address
+    model: str  # the target model (deployment, model id)
+    path: str  # the URL the provider must be called at (stream: `stream_path`)
+    stream_path: str
+    auth: tuple[str, str]  # header name (lower case), value
+    prompt: str  # where the prompt text sits in the body the provider received
+
+    def config(self, url: str) -> dict[str, Any]:
+        return {k: v.replace("{url}", url) if isinstance(v, str) else v for k, v in self.provider.items()}
+
+
+CASES = {
+    "azure": Case(
+        provider={"adapter": "azure", "base_url": "{url}", "api_key": "azure-key"},
+        model="prod-gpt4o",
+        path="/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21",
+        stream_path="/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21",
+        auth=("api-key", "azure-key"),
+        prompt="messages.0.content",
+    ),
+}
+
+
+def dig(body: Any, path: str) -> Any:
+    for key in path.split("."):
+        body = body[int(key)] if isinstance(body, list) else body[key]
+    return body
+
+
+@pytest.fixture(params=list(CASES))
+def case(request: pytest.FixtureRequest) -> Case:
+    return CASES[request.param]
+
+
+@pytest.fixture
+async def stack(nats_server: Nats, upstream: MockUpstream, case: Case) -> AsyncIterator[Stack]:
+    config = make_config(
+        nats_server.url,
+        providers={"cloud": case.config(upstream.url), "mock": {}},
+        models=[{"name": "cloud-then-mock", "targets": [
+            {"provider": "cloud", "model": case.model}, {"provider": "mock", "model": "mock"}]}],
+        router={"retry": {"attempts": 2, "backoff_base_seconds": 0.01}},
+    )
+    stack = await Stack(config).start()
+    yield stack
+    await stack.close()
+
+
+async def test_answer_with_usage_and_the_provider_saw_its_own_format(
+    stack: Stack, upstream: MockUpstream, case: Case
+) -> None:
+    reply = await stack.openai().chat.completions.create(
+        model=f"cloud/{case.model}", messages=[{"role": "user", "content": "hello there cloud"}],
+        extra_headers=NO_CACHE)
+    assert reply.choices[0].message.content == "Echo: hello there cloud"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None and reply.usage.prompt_tokens == 3 and reply.usage.completion_tokens == 4
+    assert reply.usage.total_tokens == 7
+    stats = upstream.stats
+    assert stats["last_url"] == case.path
+    assert stats["last_headers"][case.auth[0]] == case.auth[1]
+    assert dig(stats["last_request"], case.prompt) == "hello there cloud"
+
+
+async def test_stream_with_usage_equals_the_answer(stack: Stack, upstream: MockUpstream, case: Case) -> None:
+    client = stack.openai()
+    chunks = [c async for c in await client.chat.completions.create(
+        model=f"cloud/{case.model}", messages=[{"role": "user", "content": "stream this to me please"}],
+        stream=True, stream_options={"include_usage": True}, extra_headers=NO_CACHE)]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Echo: stream this to me please"
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    usage = chunks[-1].usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (5, 6)
+    assert upstream.stats["last_url"] == case.stream_path
+    assert upstream.stats["last_headers"][case.auth[0]] == case.auth[1]
+
+
+async def test_429_is_retried_on_the_same_target(stack: Stack, upstream: MockUpstream) -> None:
+    upstream.script([{"status": 429, "headers": {"retry-after": "0"}}])
+    response = await stack.http.post("/v1/chat/completions", headers=NO_CACHE, json={
+        "model": "cloud-then-mock", "messages": [{"role": "user", "content": "retry"}]})
+    assert response.status_code == 200
+    assert response.headers["x-llm-edge-provider"] == "cloud"
+    assert response.json()["choices"][0]["message"]["content"] == "Echo: retry"
+    assert upstream.stats["calls"] == 2
+
+
+async def test_429_twice_falls_back_to_the_next_target(stack: Stack, upstream: MockUpstream) -> None:
+    upstream.script([{"status": 429, "headers": {"retry-after": "0"}}] * 2)
+    response = await stack.http.post("/v1/chat/completions", headers=NO_CACHE, json={
+        "model": "cloud-then-mock", "messages": [{"role": "user", "content": "fall back"}]})
+    assert response.status_code == 200
+    assert response.headers["x-llm-edge-provider"] == "mock"
+    assert upstream.stats["calls"] == 2
+
+
+async def test_a_rate_limited_stream_is_a_429_for_the_client(stack: Stack, upstream: MockUpstream, case: Case
+                                                               ) -> None:
+    upstream.script([{"status": 429, "headers": {"retry-after": "0"}}] * 2)
+    with pytest.raises(openai.RateLimitError):
+        stream = await stack.openai().chat.completions.create(
+            model=f"cloud/{case.model}", messages=[{"role": "user", "content": "x"}], stream=True,
+            extra_headers=NO_CACHE)
+        async for _ in stream:
+            pass

@@ -5,6 +5,7 @@ what a client sees (text, usage, streaming) and what the provider saw (URL, auth
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,14 @@ CASES = {
         stream_path="/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21",
         auth=("api-key", "azure-key"),
         prompt="messages.0.content",
+    ),
+    "gemini": Case(
+        provider={"adapter": "gemini", "base_url": "{url}", "api_key": "gemini-key"},
+        model="gemini-2.5-flash",
+        path="/v1beta/models/gemini-2.5-flash:generateContent",
+        stream_path="/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        auth=("x-goog-api-key", "gemini-key"),
+        prompt="contents.0.parts.0.text",
     ),
 }
 
@@ -129,3 +138,44 @@ async def test_a_rate_limited_stream_is_a_429_for_the_client(stack: Stack, upstr
             extra_headers=NO_CACHE)
         async for _ in stream:
             pass
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather at a place",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_tool_call_round_trip(stack: Stack, case: Case, stream: bool) -> None:
+    client = stack.openai()
+    messages: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
+    if stream:
+        calls: dict[int, dict[str, str]] = {}
+        finish = None
+        async for chunk in await client.chat.completions.create(
+                model=f"cloud/{case.model}", messages=messages, tools=[WEATHER_TOOL], stream=True,
+                extra_headers=NO_CACHE):
+            for part in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+                call = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] += part.id or ""
+                call["name"] += part.function.name or "" if part.function else ""
+                call["arguments"] += part.function.arguments or "" if part.function else ""
+            finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
+        [(call_id, name, arguments)] = [(c["id"], c["name"], c["arguments"]) for c in calls.values()]
+    else:
+        reply = await client.chat.completions.create(model=f"cloud/{case.model}", messages=messages,
+                                                      tools=[WEATHER_TOOL], extra_headers=NO_CACHE)
+        finish = reply.choices[0].finish_reason
+        [tool_call] = reply.choices[0].message.tool_calls or []
+        call_id, name, arguments = tool_call.id, tool_call.function.name, tool_call.function.arguments
+    assert finish == "tool_calls" and name == "get_weather" and call_id
+    assert json.loads(arguments) == {"location": "Paris"}
+    messages += [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]},
+        {"role": "tool", "tool_call_id": call_id, "content": '{"temperature": 22}'},
+    ]
+    final = await client.chat.completions.create(model=f"cloud/{case.model}", messages=messages,
+                                                 tools=[WEATHER_TOOL], extra_headers=NO_CACHE)
+    assert final.choices[0].finish_reason == "stop"
+    assert final.choices[0].message.content == "Echo: What is the weather in Paris?"

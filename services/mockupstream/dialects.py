@@ -3,10 +3,14 @@ whose paths carry the model or deployment (Azure, Gemini, Bedrock)."""
 
 from __future__ import annotations
 
-from services.mockupstream import azure, gemini
+from services.mockupstream import azure, bedrock, gemini
 from services.mockupstream.formats import DIALECTS, Dialect
 
-_PATTERNS = ((azure.matches, azure.DIALECT), (gemini.matches, gemini.DIALECT))
+_PATTERNS = (
+    (azure.matches, azure.DIALECT),
+    (gemini.matches, gemini.DIALECT),
+    (bedrock.matches, bedrock.DIALECT),
+)
 
 
 def dialect_for(path: bytes) -> Dialect | None:

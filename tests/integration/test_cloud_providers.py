@@ -50,6 +50,14 @@ CASES = {
         auth=("x-goog-api-key", "gemini-key"),
         prompt="contents.0.parts.0.text",
     ),
+    "bedrock": Case(
+        provider={"adapter": "bedrock", "base_url": "{url}", "api_key": "bedrock-api-key"},
+        model="anthropic.claude-3-haiku-20240307-v1:0",
+        path="/model/anthropic.claude-3-haiku-20240307-v1:0/converse",
+        stream_path="/model/anthropic.claude-3-haiku-20240307-v1:0/converse-stream",
+        auth=("authorization", "Bearer bedrock-api-key"),
+        prompt="messages.0.content.0.text",
+    ),
 }
 
 
@@ -179,3 +187,18 @@ async def test_a_tool_call_round_trip(stack: Stack, case: Case, stream: bool) ->
                                                  tools=[WEATHER_TOOL], extra_headers=NO_CACHE)
     assert final.choices[0].finish_reason == "stop"
     assert final.choices[0].message.content == "Echo: What is the weather in Paris?"
+
+
+async def test_a_provider_dying_mid_stream_ends_the_stream_with_an_error(
+    stack: Stack, upstream: MockUpstream, case: Case
+) -> None:
+    upstream.script([{"status": 200, "fail_after_chunks": 2}])
+    body = {"model": f"cloud/{case.model}", "stream": True,
+            "messages": [{"role": "user", "content": "one two three four five six"}]}
+    async with stack.http.stream("POST", "/v1/chat/completions", json=body, headers=NO_CACHE) as response:
+        assert response.status_code == 200
+        raw = (await response.aread()).decode()
+    events = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
+    assert "[DONE]" not in events
+    assert json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"  # chunks reached the client
+    assert "error" in json.loads(events[-1])

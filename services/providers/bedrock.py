@@ -1,0 +1,423 @@
+"""Amazon Bedrock's Converse API: the unified request as `POST /model/{modelId}/converse`, the answer back.
+
+Followed: docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Converse.html (request, response,
+errors and their statuses), API_runtime_ConverseStream.html and API_runtime_ConverseStreamOutput.html
+(the event-stream members, in `bedrock_stream.py`), API_runtime_ContentBlock / ToolUseBlock /
+ToolResultBlock / ToolConfiguration / ToolChoice / TokenUsage, and userguide/api-keys-use.html (a Bedrock
+API key goes in `Authorization: Bearer`). Errors are restJson1: `{"message": …}` with the type in the
+`x-amzn-ErrorType` header. AWS SigV4 signing is not done here: configure a Bedrock API key.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import quote
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
+
+from services.providers.base import (
+    HttpCall,
+    StreamDecoder,
+    StreamParser,
+    bad_response,
+    body_snippet,
+    error_for_status,
+    merge_headers,
+)
+from services.providers.eventstream import EventStreamDecoder
+from shared.config import ProviderConfig
+from shared.errors import GatewayError, InvalidRequest
+from shared.messages import (
+    ChatRequest,
+    ChatResult,
+    Choice,
+    ContentPart,
+    FunctionCall,
+    ImagePart,
+    Message,
+    PromptTokensDetails,
+    ResponseMessage,
+    TextPart,
+    ToolCall,
+    ToolChoiceFunction,
+    Usage,
+)
+
+STOP_REASONS = {  # anything else reads as "stop"
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+}
+_IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
+
+# --- the request body ----------------------------------------------------------------------------
+
+
+class _ImageSource(Struct):
+    bytes: str  # base64, as blobs are in JSON
+
+
+class _Image(Struct):
+    format: str
+    source: _ImageSource
+
+
+class _ToolUse(Struct, rename="camel"):
+    tool_use_id: str
+    name: str
+    input: dict[str, msgspec.Raw]
+
+
+class _ToolResultContent(Struct, omit_defaults=True):
+    text: str | UnsetType = UNSET
+    json: dict[str, Any] | UnsetType = UNSET
+
+
+class _ToolResult(Struct, rename="camel"):
+    tool_use_id: str
+    content: list[_ToolResultContent]
+
+
+class _Block(Struct, rename="camel", omit_defaults=True):
+    # A ContentBlock is a union: exactly one member is set.
+    text: str | UnsetType = UNSET
+    image: _Image | UnsetType = UNSET
+    tool_use: _ToolUse | UnsetType = UNSET
+    tool_result: _ToolResult | UnsetType = UNSET
+
+
+class _Message(Struct):
+    role: Literal["user", "assistant"]
+    content: list[_Block]
+
+
+class _SystemText(Struct):
+    text: str
+
+
+class _InferenceConfig(Struct, rename="camel", omit_defaults=True):
+    max_tokens: int | UnsetType = UNSET
+    temperature: float | UnsetType = UNSET
+    top_p: float | UnsetType = UNSET
+    stop_sequences: list[str] | UnsetType = UNSET
+
+
+class _InputSchema(Struct):
+    json: dict[str, Any]
+
+
+class _ToolSpec(Struct, rename="camel", omit_defaults=True):
+    name: str
+    input_schema: _InputSchema
+    description: str | UnsetType = UNSET
+
+
+class _Tool(Struct, rename="camel"):
+    tool_spec: _ToolSpec
+
+
+class _NamedTool(Struct):
+    name: str
+
+
+class _ToolChoice(Struct, omit_defaults=True):
+    auto: dict[str, Any] | UnsetType = UNSET
+    any: dict[str, Any] | UnsetType = UNSET
+    tool: _NamedTool | UnsetType = UNSET
+
+
+class _ToolConfig(Struct, rename="camel", omit_defaults=True):
+    tools: list[_Tool]
+    tool_choice: _ToolChoice | UnsetType = UNSET
+
+
+class _Request(Struct, rename="camel", omit_defaults=True):
+    messages: list[_Message]
+    system: list[_SystemText] | UnsetType = UNSET
+    inference_config: _InferenceConfig | UnsetType = UNSET
+    tool_config: _ToolConfig | UnsetType = UNSET
+
+
+# --- the response and error bodies, as much of them as we read -----------------------------------
+
+
+class _ToolUseIn(Struct, rename="camel"):
+    tool_use_id: str = ""
+    name: str = ""
+    input: msgspec.Raw = msgspec.Raw(b"{}")  # kept as sent: it becomes the tool call's arguments text
+
+
+class _BlockIn(Struct, rename="camel"):
+    # One loose shape for every member, so new kinds (reasoningContent, citations) are skipped, not fatal.
+    text: str | None = None
+    tool_use: _ToolUseIn | None = None
+
+
+class _MessageIn(Struct):
+    content: list[_BlockIn] = []
+
+
+class _Output(Struct):
+    message: _MessageIn | None = None
+
+
+class TokenUsage(Struct, rename="camel"):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
+
+
+class _Response(Struct, rename="camel"):
+    output: _Output
+    stop_reason: str = ""
+    usage: TokenUsage | None = None
+
+
+class ErrorBody(Struct):
+    message: str | None = None
+    capitalised: str | None = msgspec.field(default=None, name="Message")  # some AWS front ends send it so
+    type: str | None = msgspec.field(default=None, name="__type")
+
+
+_encoder = msgspec.json.Encoder()
+_response_decoder = msgspec.json.Decoder(_Response)
+error_decoder = msgspec.json.Decoder(ErrorBody)
+_arguments_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_object_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+class BedrockAdapter:
+    name = "bedrock"
+    default_base_url = ""  # per region: https://bedrock-runtime.{region}.amazonaws.com
+
+    def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+        return self._call(request, model, config, "converse")
+
+    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+        # The stream's usage arrives in its `metadata` event without being asked for.
+        return self._call(request, model, config, "converse-stream")
+
+    def _call(self, request: ChatRequest, model: str, config: ProviderConfig, operation: str) -> HttpCall:
+        headers = {"Content-Type": "application/json"}
+        secret = set(config.headers)  # operator-supplied headers often carry credentials
+        if config.api_key is not None:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+            secret.add("Authorization")
+        base_url = (config.base_url or f"https://bedrock-runtime.{config.region}.amazonaws.com").rstrip("/")
+        # A model id may carry a version ("anthropic.claude-3-haiku-20240307-v1:0", sent as is, as in the
+        # API-key guide's curl example) or be an ARN, whose "/" must stay inside the one path segment.
+        return HttpCall(
+            method="POST",
+            url=f"{base_url}/model/{quote(model, safe=':')}/{operation}",
+            headers=merge_headers(headers, config.headers),
+            body=_encoder.encode(converse_request(request)),
+            secret_headers=frozenset(secret),
+        )
+
+    def parse_response(self, body: bytes, *, provider: str, model: str) -> ChatResult:
+        try:
+            reply = _response_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise bad_response(provider, str(exc)) from exc
+        if reply.output.message is None:
+            raise bad_response(provider, "the response has no output message")
+        blocks = reply.output.message.content
+        texts = [b.text for b in blocks if b.text is not None]
+        calls = [
+            ToolCall(id=b.tool_use.tool_use_id,
+                     function=FunctionCall(name=b.tool_use.name, arguments=bytes(b.tool_use.input).decode()))
+            for b in blocks
+            if b.tool_use is not None
+        ]
+        message = ResponseMessage(content="".join(texts) if texts else None, tool_calls=calls or UNSET)
+        return ChatResult(
+            id=f"chatcmpl-{uuid.uuid4().hex}",  # Converse gives its answers no id
+            created=int(time.time()),
+            model=model,
+            choices=[Choice(index=0, message=message, finish_reason=STOP_REASONS.get(reply.stop_reason, "stop"))],
+            usage=unified_usage(reply.usage or TokenUsage()),
+            provider=provider,
+            target_model=model,
+        )
+
+    def parse_error(
+        self, status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+    ) -> GatewayError:
+        try:
+            parsed = error_decoder.decode(body)
+        except msgspec.DecodeError:
+            parsed = ErrorBody()
+        lowered = {k.lower(): v for k, v in headers.items()}
+        # "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/", or the body's
+        # "com.amazon.coral.validate#ValidationException".
+        kind = (lowered.get("x-amzn-errortype") or parsed.type or "").split(":")[0].rpartition("#")[2]
+        message = parsed.message or parsed.capitalised or body_snippet(status, body)
+        return error_for_status(status, message, provider=provider, headers=headers, code=kind or None)
+
+    def config_problem(self, config: ProviderConfig) -> str | None:
+        if not config.base_url and not config.region:
+            return "region: Bedrock needs a region (or AWS_REGION), or a base_url"
+        return None
+
+    def stream_decoder(self) -> StreamDecoder:
+        return EventStreamDecoder()  # converse-stream answers in AWS's binary event stream, not SSE
+
+    def stream_parser(self, *, provider: str, model: str) -> StreamParser:
+        # Imported here because the parser builds on this module's tables; cheap once loaded.
+        from services.providers.bedrock_stream import ConverseStreamParser
+
+        return ConverseStreamParser(provider=provider, model=model)
+
+
+# --- the unified request as Converse's -------------------------------------------------------------
+
+
+def converse_request(request: ChatRequest) -> _Request:
+    if isinstance(request.n, int) and request.n > 1:
+        raise InvalidRequest("bedrock: n > 1 is not supported", param="n", code="unsupported_parameter")
+    system, messages = _messages(request.messages)
+    inference = _InferenceConfig(
+        max_tokens=request.max_output_tokens() or UNSET,
+        temperature=_number(request.temperature),
+        top_p=_number(request.top_p),
+        stop_sequences=request.stop_list() or UNSET,
+    )
+    return _Request(
+        messages=messages,
+        system=[_SystemText(text) for text in system] or UNSET,
+        inference_config=inference if inference != _InferenceConfig() else UNSET,
+        tool_config=_tool_config(request, messages),
+    )
+
+
+def _messages(messages: list[Message]) -> tuple[list[str], list[_Message]]:
+    """System prompts apart; the rest as alternating turns (Converse requires it), same roles merged."""
+    system: list[str] = []
+    turns: list[_Message] = []
+    for m in messages:
+        match m.role:
+            case "system" | "developer":
+                system.append(m.text())
+                continue
+            case "user":
+                role: Literal["user", "assistant"] = "user"
+                blocks = _blocks(m.content)
+            case "assistant":
+                role = "assistant"
+                text = m.text()
+                blocks = [_Block(text=text)] if text else []
+                blocks += [_Block(tool_use=_tool_use(c)) for c in m.tool_calls or ()]
+            case "tool":
+                role = "user"
+                blocks = [_Block(tool_result=_ToolResult(tool_use_id=m.tool_call_id or "",
+                                                         content=[_tool_output(m.text())]))]
+        if not blocks:
+            continue  # Converse rejects an empty content list
+        if turns and turns[-1].role == role:
+            turns[-1].content.extend(blocks)
+        else:
+            turns.append(_Message(role=role, content=blocks))
+    for turn in turns:
+        # Tool results open their user turn, before any text the client added after them.
+        turn.content.sort(key=lambda b: isinstance(b.tool_result, UnsetType))
+    return system, turns
+
+
+def _blocks(content: str | list[ContentPart] | None) -> list[_Block]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [_Block(text=content)] if content else []
+    blocks: list[_Block] = []
+    for part in content:
+        if isinstance(part, TextPart):
+            if part.text:
+                blocks.append(_Block(text=part.text))
+        elif isinstance(part, ImagePart):
+            blocks.append(_Block(image=_image(part.image_url.url)))
+    return blocks
+
+
+def _image(url: str) -> _Image:
+    header, sep, data = url.partition(",")
+    media = header[5:-7] if url.startswith("data:") and sep and header.endswith(";base64") else ""
+    if media not in _IMAGE_FORMATS:
+        raise InvalidRequest(
+            "bedrock: an image_url must be a base64 data: URL of a PNG, JPEG, GIF or WebP image",
+            param="messages", code="invalid_image_url",
+        )
+    return _Image(format=_IMAGE_FORMATS[media], source=_ImageSource(bytes=data))
+
+
+def _tool_use(call: ToolCall) -> _ToolUse:
+    try:
+        arguments = _arguments_decoder.decode(call.function.arguments or "{}")
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(
+            f"bedrock: tool call {call.id!r} has arguments that are not a JSON object",
+            param="messages", code="invalid_tool_arguments",
+        ) from exc
+    return _ToolUse(tool_use_id=call.id, name=call.function.name, input=arguments)
+
+
+def _tool_output(text: str) -> _ToolResultContent:
+    try:
+        return _ToolResultContent(json=_object_decoder.decode(text))
+    except msgspec.DecodeError:
+        return _ToolResultContent(text=text)
+
+
+def _tool_config(request: ChatRequest, messages: list[_Message]) -> _ToolConfig | UnsetType:
+    tools = [
+        _Tool(tool_spec=_ToolSpec(
+            name=t.function.name,
+            input_schema=_InputSchema(json=t.function.parameters if isinstance(t.function.parameters, dict)
+                                      else {"type": "object", "properties": {}}),
+            description=t.function.description,
+        ))
+        for t in request.tools or ()
+    ]
+    if not tools:
+        return UNSET
+    choice = request.tool_choice
+    if choice == "none":
+        # Converse has no "none": leave the tools out, unless the history holds tool blocks, which
+        # Converse only accepts alongside a toolConfig.
+        used = any(not isinstance(b.tool_use, UnsetType) or not isinstance(b.tool_result, UnsetType)
+                   for m in messages for b in m.content)
+        return _ToolConfig(tools=tools) if used else UNSET
+    if isinstance(choice, ToolChoiceFunction):
+        return _ToolConfig(tools=tools, tool_choice=_ToolChoice(tool=_NamedTool(choice.function.name)))
+    if choice == "required":
+        return _ToolConfig(tools=tools, tool_choice=_ToolChoice(any={}))
+    if choice == "auto":
+        return _ToolConfig(tools=tools, tool_choice=_ToolChoice(auto={}))
+    return _ToolConfig(tools=tools)
+
+
+def _number(value: float | None | UnsetType) -> float | UnsetType:
+    return value if isinstance(value, (int, float)) else UNSET
+
+
+def unified_usage(usage: TokenUsage) -> Usage:
+    """Converse counts prompt-cache reads and writes apart from `inputTokens`; OpenAI counts them in the prompt."""
+    prompt = usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=usage.output_tokens,
+        total_tokens=prompt + usage.output_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cache_read_input_tokens),
+    )
+
+
+adapter = BedrockAdapter()

@@ -34,8 +34,12 @@ class ProviderConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     headers: dict[str, str] = {}
     # azure: the data-plane API version ("2024-10-21" when unset); "v1" selects Azure's v1 API route.
     api_version: str | None = None
-    # bedrock: the AWS region whose endpoint serves the calls (unless base_url names one).
+    # bedrock: the AWS region whose endpoint serves the calls (unless base_url names one), and the AWS
+    # access key that signs them (SigV4) when no Bedrock API key (api_key) is configured.
     region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
     # mock provider only: simulated latency and failure
     latency_ms: float = 0.0
     fail_rate: float = 0.0
@@ -160,6 +164,9 @@ _PROVIDER_ENV_FIELDS: dict[str, tuple[str, str]] = {
     "OPENAI_API_VERSION": ("azure", "api_version"),
     "AWS_REGION": ("bedrock", "region"),
     "AWS_DEFAULT_REGION": ("bedrock", "region"),
+    "AWS_ACCESS_KEY_ID": ("bedrock", "aws_access_key_id"),
+    "AWS_SECRET_ACCESS_KEY": ("bedrock", "aws_secret_access_key"),
+    "AWS_SESSION_TOKEN": ("bedrock", "aws_session_token"),
 }
 
 

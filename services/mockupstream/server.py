@@ -211,6 +211,11 @@ class MockUpstream:
         self._notify()
 
     @property
+    def last_body(self) -> bytes | None:
+        """The last LLM call's body exactly as received (stats hold it decoded)."""
+        return self._last_body
+
+    @property
     def stats(self) -> dict[str, Any]:
         try:
             last = None if self._last_body is None else decode_any(self._last_body)

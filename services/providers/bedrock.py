@@ -5,14 +5,15 @@ errors and their statuses), API_runtime_ConverseStream.html and API_runtime_Conv
 (the event-stream members, in `bedrock_stream.py`), API_runtime_ContentBlock / ToolUseBlock /
 ToolResultBlock / ToolConfiguration / ToolChoice / TokenUsage, and userguide/api-keys-use.html (a Bedrock
 API key goes in `Authorization: Bearer`). Errors are restJson1: `{"message": …}` with the type in the
-`x-amzn-ErrorType` header. AWS SigV4 signing is not done here: configure a Bedrock API key.
+`x-amzn-ErrorType` header. Without an API key, an AWS access key signs each call (SigV4, `sigv4.py`).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -29,6 +30,7 @@ from services.providers.base import (
     merge_headers,
 )
 from services.providers.eventstream import EventStreamDecoder
+from services.providers.sigv4 import Credentials, sign
 from shared.config import ProviderConfig
 from shared.errors import GatewayError, InvalidRequest
 from shared.messages import (
@@ -200,6 +202,9 @@ class BedrockAdapter:
     name = "bedrock"
     default_base_url = ""  # per region: https://bedrock-runtime.{region}.amazonaws.com
 
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.clock = clock  # a SigV4 signature holds the time it was made
+
     def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
         return self._call(request, model, config, "converse")
 
@@ -208,21 +213,24 @@ class BedrockAdapter:
         return self._call(request, model, config, "converse-stream")
 
     def _call(self, request: ChatRequest, model: str, config: ProviderConfig, operation: str) -> HttpCall:
-        headers = {"Content-Type": "application/json"}
+        headers = merge_headers({"Content-Type": "application/json"}, config.headers)
         secret = set(config.headers)  # operator-supplied headers often carry credentials
-        if config.api_key is not None:
-            headers["Authorization"] = f"Bearer {config.api_key}"
-            secret.add("Authorization")
         base_url = (config.base_url or f"https://bedrock-runtime.{config.region}.amazonaws.com").rstrip("/")
         # A model id may carry a version ("anthropic.claude-3-haiku-20240307-v1:0", sent as is, as in the
         # API-key guide's curl example) or be an ARN, whose "/" must stay inside the one path segment.
-        return HttpCall(
-            method="POST",
-            url=f"{base_url}/model/{quote(model, safe=':')}/{operation}",
-            headers=merge_headers(headers, config.headers),
-            body=_encoder.encode(converse_request(request)),
-            secret_headers=frozenset(secret),
-        )
+        url = f"{base_url}/model/{quote(model, safe=':')}/{operation}"
+        body = _encoder.encode(converse_request(request))
+        if config.api_key is not None:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+            secret.add("Authorization")
+        elif config.aws_access_key_id and config.aws_secret_access_key:
+            credentials = Credentials(config.aws_access_key_id, config.aws_secret_access_key,
+                                      config.aws_session_token)
+            signed = sign("POST", url, headers, body, credentials=credentials,
+                          region=config.region or "", service="bedrock", now=self.clock())
+            headers |= signed
+            secret |= {"Authorization", "X-Amz-Security-Token"}
+        return HttpCall(method="POST", url=url, headers=headers, body=body, secret_headers=frozenset(secret))
 
     def parse_response(self, body: bytes, *, provider: str, model: str) -> ChatResult:
         try:
@@ -267,6 +275,10 @@ class BedrockAdapter:
     def config_problem(self, config: ProviderConfig) -> str | None:
         if not config.base_url and not config.region:
             return "region: Bedrock needs a region (or AWS_REGION), or a base_url"
+        if config.api_key is None and config.aws_access_key_id and not config.region:
+            return "region: signing with an AWS access key needs the region (or AWS_REGION)"
+        if config.api_key is None and bool(config.aws_access_key_id) != bool(config.aws_secret_access_key):
+            return "aws_secret_access_key: an AWS access key needs both its id and its secret"
         return None
 
     def stream_decoder(self) -> StreamDecoder:

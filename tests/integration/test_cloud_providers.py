@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import openai
 import pytest
 
 from services.mockupstream.server import MockUpstream
+from services.providers.sigv4 import Credentials, sign
 from tests.infra import Nats
 from tests.stack import Stack, make_config
 
@@ -26,7 +28,7 @@ class Case:
     model: str  # the target model (deployment, model id)
     path: str  # the URL the provider must be called at (stream: `stream_path`)
     stream_path: str
-    auth: tuple[str, str]  # header name (lower case), value
+    auth: tuple[str, str]  # header name (lower case), how its value starts
     prompt: str  # where the prompt text sits in the body the provider received
 
     def config(self, url: str) -> dict[str, Any]:
@@ -56,6 +58,15 @@ CASES = {
         path="/model/anthropic.claude-3-haiku-20240307-v1:0/converse",
         stream_path="/model/anthropic.claude-3-haiku-20240307-v1:0/converse-stream",
         auth=("authorization", "Bearer bedrock-api-key"),
+        prompt="messages.0.content.0.text",
+    ),
+    "bedrock-sigv4": Case(
+        provider={"adapter": "bedrock", "base_url": "{url}", "region": "us-west-2",
+                  "aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"},
+        model="anthropic.claude-3-haiku-20240307-v1:0",
+        path="/model/anthropic.claude-3-haiku-20240307-v1:0/converse",
+        stream_path="/model/anthropic.claude-3-haiku-20240307-v1:0/converse-stream",
+        auth=("authorization", "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
         prompt="messages.0.content.0.text",
     ),
 }
@@ -98,7 +109,7 @@ async def test_answer_with_usage_and_the_provider_saw_its_own_format(
     assert reply.usage.total_tokens == 7
     stats = upstream.stats
     assert stats["last_url"] == case.path
-    assert stats["last_headers"][case.auth[0]] == case.auth[1]
+    assert stats["last_headers"][case.auth[0]].startswith(case.auth[1])
     assert dig(stats["last_request"], case.prompt) == "hello there cloud"
 
 
@@ -115,7 +126,7 @@ async def test_stream_with_usage_equals_the_answer(stack: Stack, upstream: MockU
     usage = chunks[-1].usage
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (5, 6)
     assert upstream.stats["last_url"] == case.stream_path
-    assert upstream.stats["last_headers"][case.auth[0]] == case.auth[1]
+    assert upstream.stats["last_headers"][case.auth[0]].startswith(case.auth[1])
 
 
 async def test_429_is_retried_on_the_same_target(stack: Stack, upstream: MockUpstream) -> None:
@@ -202,3 +213,28 @@ async def test_a_provider_dying_mid_stream_ends_the_stream_with_an_error(
     assert "[DONE]" not in events
     assert json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"  # chunks reached the client
     assert "error" in json.loads(events[-1])
+
+
+async def test_the_sigv4_signature_holds_for_the_request_as_it_arrived(
+    nats_server: Nats, upstream: MockUpstream
+) -> None:
+    """What AWS checks: the signature recomputed from the received method, path, signed headers and body."""
+    config = make_config(nats_server.url, providers={"cloud": CASES["bedrock-sigv4"].config(upstream.url)})
+    stack = await Stack(config).start()
+    try:
+        reply = await stack.openai().chat.completions.create(
+            model="cloud/anthropic.claude-3-haiku-20240307-v1:0", messages=[{"role": "user", "content": "sign"}])
+        assert reply.choices[0].message.content == "Echo: sign"
+    finally:
+        await stack.close()
+    received = upstream.stats["last_headers"]
+    names = received["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert names == ["content-type", "host", "x-amz-date"]
+    when = datetime.strptime(received["x-amz-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    body = upstream.last_body
+    assert body is not None
+    expected = sign("POST", f"http://{received['host']}{upstream.stats['last_url']}",
+                    {"content-type": received["content-type"]}, body,
+                    credentials=Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+                    region="us-west-2", service="bedrock", now=when)
+    assert received["authorization"] == expected["Authorization"]

@@ -2,9 +2,10 @@
 `/model/{modelId}/converse-stream` (AWS's binary event stream, `application/vnd.amazon.eventstream`), errors
 as `{"message": …}` with the type in `x-amzn-ErrorType`.
 
-After docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Converse.html, API_runtime_ConverseStream.html
-and the event-stream framing botocore decodes (prelude, string headers, payload, CRC32s). The encoder here is
-written apart from the gateway's decoder on purpose: the decoder is pinned by botocore's test vectors.
+After docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Converse.html,
+API_runtime_ConverseStream.html and the event-stream framing botocore decodes (prelude, string headers,
+payload, CRC32s). The encoder here is written apart from the gateway's decoder on purpose: the decoder is
+pinned by botocore's test vectors.
 """
 
 from __future__ import annotations
@@ -87,8 +88,11 @@ def _plan(url: bytes, body: bytes) -> Plan:
 
 
 def _usage(p: Plan) -> dict[str, int]:
-    return {"inputTokens": p.prompt_tokens, "outputTokens": p.completion_tokens,
-            "totalTokens": p.prompt_tokens + p.completion_tokens}
+    return {
+        "inputTokens": p.prompt_tokens,
+        "outputTokens": p.completion_tokens,
+        "totalTokens": p.prompt_tokens + p.completion_tokens,
+    }
 
 
 def _body(p: Plan, seq: int) -> bytes:
@@ -96,12 +100,14 @@ def _body(p: Plan, seq: int) -> bytes:
         content: list[dict[str, Any]] = [{"text": p.text}]
     else:
         content = [{"toolUse": {"toolUseId": f"tooluse_mock{seq}", "name": p.tool, "input": _TOOL_INPUT}}]
-    return encode({
-        "output": {"message": {"role": "assistant", "content": content}},
-        "stopReason": "tool_use" if p.tool else "end_turn",
-        "usage": _usage(p),
-        "metrics": {"latencyMs": 1},
-    })
+    return encode(
+        {
+            "output": {"message": {"role": "assistant", "content": content}},
+            "stopReason": "tool_use" if p.tool else "end_turn",
+            "usage": _usage(p),
+            "metrics": {"latencyMs": 1},
+        }
+    )
 
 
 def _header(name: str, value: str) -> bytes:
@@ -130,13 +136,17 @@ def exception(kind: str, message: str) -> bytes:
 def _stream(p: Plan, seq: int, chunks: int) -> Stream:
     head = [event("messageStart", {"role": "assistant"})]
     if p.tool is None:
-        content = [event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}})
-                   for piece in split(p.text, chunks)]
+        content = [
+            event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}})
+            for piece in split(p.text, chunks)
+        ]
     else:
         start = {"toolUse": {"toolUseId": f"tooluse_mock{seq}", "name": p.tool}}
         head.append(event("contentBlockStart", {"contentBlockIndex": 0, "start": start}))
-        content = [event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"toolUse": {"input": piece}}})
-                   for piece in split(TOOL_ARGUMENTS, chunks)]
+        content = [
+            event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"toolUse": {"input": piece}}})
+            for piece in split(TOOL_ARGUMENTS, chunks)
+        ]
     tail = [
         event("contentBlockStop", {"contentBlockIndex": 0}),
         event("messageStop", {"stopReason": "tool_use" if p.tool else "end_turn"}),
@@ -167,5 +177,11 @@ def error_headers(status: int) -> dict[str, str]:
     return {"x-amzn-ErrorType": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"}
 
 
-DIALECT = Dialect(_plan, _body, _stream, error, stream_type=b"application/vnd.amazon.eventstream",
-                  error_headers=error_headers)
+DIALECT = Dialect(
+    _plan,
+    _body,
+    _stream,
+    error,
+    stream_type=b"application/vnd.amazon.eventstream",
+    error_headers=error_headers,
+)

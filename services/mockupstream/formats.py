@@ -1,5 +1,6 @@
 """The wire formats of the mock upstream: what it reads from a request, the deterministic reply it plans, and
 how that reply (or an error) looks as an OpenAI Chat Completions or Anthropic Messages body or SSE stream.
+Azure OpenAI, Gemini and Bedrock build on this in their own modules; `dialects.py` routes paths to them.
 """
 
 from __future__ import annotations

@@ -77,16 +77,25 @@ def _plan(url: bytes, body: bytes) -> Plan:
 
 def _usage(p: Plan, *, final: bool) -> dict[str, int]:
     out = p.completion_tokens if final else 0
-    return {"promptTokenCount": p.prompt_tokens, "candidatesTokenCount": out,
-            "totalTokenCount": p.prompt_tokens + out}
+    return {
+        "promptTokenCount": p.prompt_tokens,
+        "candidatesTokenCount": out,
+        "totalTokenCount": p.prompt_tokens + out,
+    }
 
 
-def _response(p: Plan, seq: int, parts: list[dict[str, Any]], finish: str | None, final: bool) -> dict[str, Any]:
+def _response(
+    p: Plan, seq: int, parts: list[dict[str, Any]], finish: str | None, final: bool
+) -> dict[str, Any]:
     candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
     if finish is not None:
         candidate["finishReason"] = finish
-    return {"candidates": [candidate], "usageMetadata": _usage(p, final=final), "modelVersion": p.model,
-            "responseId": f"mock-gemini-{seq}"}
+    return {
+        "candidates": [candidate],
+        "usageMetadata": _usage(p, final=final),
+        "modelVersion": p.model,
+        "responseId": f"mock-gemini-{seq}",
+    }
 
 
 def _body(p: Plan, seq: int) -> bytes:
@@ -100,7 +109,9 @@ def _event(data: dict[str, Any]) -> bytes:
 
 def _stream(p: Plan, seq: int, chunks: int) -> Stream:
     if p.tool is None:
-        content = [_event(_response(p, seq, [{"text": piece}], None, False)) for piece in split(p.text, chunks)]
+        content = [
+            _event(_response(p, seq, [{"text": piece}], None, False)) for piece in split(p.text, chunks)
+        ]
     else:
         call = {"functionCall": {"name": p.tool, "args": _TOOL_INPUT}}
         content = [_event(_response(p, seq, [call], None, False))]
@@ -110,11 +121,21 @@ def _stream(p: Plan, seq: int, chunks: int) -> Stream:
 _ERRORS = {
     400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
     403: ("PERMISSION_DENIED", "The caller does not have permission."),
-    404: ("NOT_FOUND", ("models/unknown is not found for API version v1beta, or is not supported for "
-          "generateContent.")),
-    429: ("RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan and billing details."),
-    500: ("INTERNAL", ("An internal error has occurred. Please retry or report in "
-          "https://developers.generativeai.google/guide/troubleshooting")),
+    404: (
+        "NOT_FOUND",
+        ("models/unknown is not found for API version v1beta, or is not supported for generateContent."),
+    ),
+    429: (
+        "RESOURCE_EXHAUSTED",
+        "You exceeded your current quota, please check your plan and billing details.",
+    ),
+    500: (
+        "INTERNAL",
+        (
+            "An internal error has occurred. Please retry or report in "
+            "https://developers.generativeai.google/guide/troubleshooting"
+        ),
+    ),
     503: ("UNAVAILABLE", "The model is overloaded. Please try again later."),
     504: ("DEADLINE_EXCEEDED", "The request timed out. Please try again."),
 }

@@ -64,7 +64,11 @@ class AzureOpenAI(OpenAICompatible):
         if error.code is not None and error.code.isdigit():
             # Azure repeats the HTTP status as the code ("429"): ours for that status says more.
             error.code = error_from_body(status, b"", headers, provider=provider).code
-        if status == 400 and error.code != "content_filter" and _inner_code(body) == "ResponsibleAIPolicyViolation":
+        if (
+            status == 400
+            and error.code != "content_filter"
+            and _inner_code(body) == "ResponsibleAIPolicyViolation"
+        ):
             error.code = "content_filter"
         return error
 

@@ -224,10 +224,19 @@ class BedrockAdapter:
             headers["Authorization"] = f"Bearer {config.api_key}"
             secret.add("Authorization")
         elif config.aws_access_key_id and config.aws_secret_access_key:
-            credentials = Credentials(config.aws_access_key_id, config.aws_secret_access_key,
-                                      config.aws_session_token)
-            signed = sign("POST", url, headers, body, credentials=credentials,
-                          region=config.region or "", service="bedrock", now=self.clock())
+            credentials = Credentials(
+                config.aws_access_key_id, config.aws_secret_access_key, config.aws_session_token
+            )
+            signed = sign(
+                "POST",
+                url,
+                headers,
+                body,
+                credentials=credentials,
+                region=config.region or "",
+                service="bedrock",
+                now=self.clock(),
+            )
             headers |= signed
             secret |= {"Authorization", "X-Amz-Security-Token"}
         return HttpCall(method="POST", url=url, headers=headers, body=body, secret_headers=frozenset(secret))
@@ -242,8 +251,10 @@ class BedrockAdapter:
         blocks = reply.output.message.content
         texts = [b.text for b in blocks if b.text is not None]
         calls = [
-            ToolCall(id=b.tool_use.tool_use_id,
-                     function=FunctionCall(name=b.tool_use.name, arguments=bytes(b.tool_use.input).decode()))
+            ToolCall(
+                id=b.tool_use.tool_use_id,
+                function=FunctionCall(name=b.tool_use.name, arguments=bytes(b.tool_use.input).decode()),
+            )
             for b in blocks
             if b.tool_use is not None
         ]
@@ -252,7 +263,9 @@ class BedrockAdapter:
             id=f"chatcmpl-{uuid.uuid4().hex}",  # Converse gives its answers no id
             created=int(time.time()),
             model=model,
-            choices=[Choice(index=0, message=message, finish_reason=STOP_REASONS.get(reply.stop_reason, "stop"))],
+            choices=[
+                Choice(index=0, message=message, finish_reason=STOP_REASONS.get(reply.stop_reason, "stop"))
+            ],
             usage=unified_usage(reply.usage or TokenUsage()),
             provider=provider,
             target_model=model,
@@ -331,8 +344,13 @@ def _messages(messages: list[Message]) -> tuple[list[str], list[_Message]]:
                 blocks += [_Block(tool_use=_tool_use(c)) for c in m.tool_calls or ()]
             case "tool":
                 role = "user"
-                blocks = [_Block(tool_result=_ToolResult(tool_use_id=m.tool_call_id or "",
-                                                         content=[_tool_output(m.text())]))]
+                blocks = [
+                    _Block(
+                        tool_result=_ToolResult(
+                            tool_use_id=m.tool_call_id or "", content=[_tool_output(m.text())]
+                        )
+                    )
+                ]
         if not blocks:
             continue  # Converse rejects an empty content list
         if turns and turns[-1].role == role:
@@ -366,7 +384,8 @@ def _image(url: str) -> _Image:
     if media not in _IMAGE_FORMATS:
         raise InvalidRequest(
             "bedrock: an image_url must be a base64 data: URL of a PNG, JPEG, GIF or WebP image",
-            param="messages", code="invalid_image_url",
+            param="messages",
+            code="invalid_image_url",
         )
     return _Image(format=_IMAGE_FORMATS[media], source=_ImageSource(bytes=data))
 
@@ -377,7 +396,8 @@ def _tool_use(call: ToolCall) -> _ToolUse:
     except msgspec.DecodeError as exc:
         raise InvalidRequest(
             f"bedrock: tool call {call.id!r} has arguments that are not a JSON object",
-            param="messages", code="invalid_tool_arguments",
+            param="messages",
+            code="invalid_tool_arguments",
         ) from exc
     return _ToolUse(tool_use_id=call.id, name=call.function.name, input=arguments)
 
@@ -391,12 +411,17 @@ def _tool_output(text: str) -> _ToolResultContent:
 
 def _tool_config(request: ChatRequest, messages: list[_Message]) -> _ToolConfig | UnsetType:
     tools = [
-        _Tool(tool_spec=_ToolSpec(
-            name=t.function.name,
-            input_schema=_InputSchema(json=t.function.parameters if isinstance(t.function.parameters, dict)
-                                      else {"type": "object", "properties": {}}),
-            description=t.function.description,
-        ))
+        _Tool(
+            tool_spec=_ToolSpec(
+                name=t.function.name,
+                input_schema=_InputSchema(
+                    json=t.function.parameters
+                    if isinstance(t.function.parameters, dict)
+                    else {"type": "object", "properties": {}}
+                ),
+                description=t.function.description,
+            )
+        )
         for t in request.tools or ()
     ]
     if not tools:
@@ -405,8 +430,11 @@ def _tool_config(request: ChatRequest, messages: list[_Message]) -> _ToolConfig 
     if choice == "none":
         # Converse has no "none": leave the tools out, unless the history holds tool blocks, which
         # Converse only accepts alongside a toolConfig.
-        used = any(not isinstance(b.tool_use, UnsetType) or not isinstance(b.tool_result, UnsetType)
-                   for m in messages for b in m.content)
+        used = any(
+            not isinstance(b.tool_use, UnsetType) or not isinstance(b.tool_result, UnsetType)
+            for m in messages
+            for b in m.content
+        )
         return _ToolConfig(tools=tools) if used else UNSET
     if isinstance(choice, ToolChoiceFunction):
         return _ToolConfig(tools=tools, tool_choice=_ToolChoice(tool=_NamedTool(choice.function.name)))
@@ -422,7 +450,8 @@ def _number(value: float | None | UnsetType) -> float | UnsetType:
 
 
 def unified_usage(usage: TokenUsage) -> Usage:
-    """Converse counts prompt-cache reads and writes apart from `inputTokens`; OpenAI counts them in the prompt."""
+    """Converse counts prompt-cache reads and writes apart from `inputTokens`; OpenAI counts them in the
+    prompt."""
     prompt = usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens
     return Usage(
         prompt_tokens=prompt,

@@ -87,7 +87,9 @@ class ConverseStreamParser:
             case "contentBlockStart" if e.start is not None and e.start.tool_use is not None:
                 call = self.tools[e.content_block_index] = len(self.tools)
                 start = ToolCallDelta(
-                    index=call, id=e.start.tool_use.tool_use_id, type="function",
+                    index=call,
+                    id=e.start.tool_use.tool_use_id,
+                    type="function",
                     function=FunctionCallDelta(name=e.start.tool_use.name, arguments=""),
                 )
                 return [self._first(Delta(tool_calls=[start]))]
@@ -118,7 +120,11 @@ class ConverseStreamParser:
     def _block_delta(self, index: int, delta: _Delta) -> list[Delta]:
         if delta.text:
             return [self._first(Delta(content=delta.text))]
-        if delta.tool_use is not None and delta.tool_use.input and (call := self.tools.get(index)) is not None:
+        if (
+            delta.tool_use is not None
+            and delta.tool_use.input
+            and (call := self.tools.get(index)) is not None
+        ):
             arguments = FunctionCallDelta(arguments=delta.tool_use.input)
             return [self._first(Delta(tool_calls=[ToolCallDelta(index=call, function=arguments)]))]
         return []

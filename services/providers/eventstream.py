@@ -1,4 +1,5 @@
-"""AWS's binary event stream (`application/vnd.amazon.eventstream`), decoded incrementally: bytes in, messages out.
+"""AWS's binary event stream (`application/vnd.amazon.eventstream`), decoded incrementally: bytes in,
+messages out.
 
 Each message: a 12-byte prelude (total length, headers length, CRC32 of those 8 bytes), typed headers, the
 payload, and a CRC32 of everything before it (docs.aws.amazon.com/AmazonS3/latest/API/
@@ -29,7 +30,9 @@ class Message:
 
 
 def _corrupt(detail: str) -> ProviderError:
-    return ProviderError(f"the event stream is corrupt: {detail}", code="provider_bad_response", retryable=False)
+    return ProviderError(
+        f"the event stream is corrupt: {detail}", code="provider_bad_response", retryable=False
+    )
 
 
 def _headers(data: bytes) -> dict[str, HeaderValue]:
@@ -91,8 +94,12 @@ class EventStreamDecoder:
             if binascii.crc32(buffer[: total - 4]) != message_crc:
                 raise _corrupt("message checksum mismatch")
             end_of_headers = _PRELUDE + headers_length
-            out.append(Message(_headers(bytes(buffer[_PRELUDE:end_of_headers])),
-                               bytes(buffer[end_of_headers : total - 4])))
+            out.append(
+                Message(
+                    _headers(bytes(buffer[_PRELUDE:end_of_headers])),
+                    bytes(buffer[end_of_headers : total - 4]),
+                )
+            )
             del buffer[:total]
         return out
 

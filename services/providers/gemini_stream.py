@@ -66,7 +66,9 @@ class ResponseParser:
                     call = part.function_call
                     number = self.calls[index] = self.calls.get(index, 0) + 1
                     start = ToolCallDelta(
-                        index=number - 1, id=tool_call_id(call), type="function",
+                        index=number - 1,
+                        id=tool_call_id(call),
+                        type="function",
                         function=FunctionCallDelta(name=call.name, arguments=bytes(call.args).decode()),
                     )
                     deltas.append(self._first(Delta(index=index, tool_calls=[start])))

@@ -52,16 +52,19 @@ def sign(
     names = sorted(signed)
     signed_headers = ";".join(names)
     query = sorted(
-        (quote(k, safe="-_.~"), quote(v, safe="-_.~")) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        (quote(k, safe="-_.~"), quote(v, safe="-_.~"))
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
     )
-    canonical = "\n".join([
-        method.upper(),
-        quote(parts.path or "/", safe="/~"),  # the path as sent, encoded once more (every service but S3)
-        "&".join(f"{k}={v}" for k, v in query),
-        "".join(f"{name}:{signed[name]}\n" for name in names),
-        signed_headers,
-        hashlib.sha256(body).hexdigest(),
-    ])
+    canonical = "\n".join(
+        [
+            method.upper(),
+            quote(parts.path or "/", safe="/~"),  # the path as sent, encoded once more (every service but S3)
+            "&".join(f"{k}={v}" for k, v in query),
+            "".join(f"{name}:{signed[name]}\n" for name in names),
+            signed_headers,
+            hashlib.sha256(body).hexdigest(),
+        ]
+    )
     scope = f"{amz_date[:8]}/{region}/{service}/aws4_request"
     to_sign = "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
     key = ("AWS4" + credentials.secret_access_key).encode()

@@ -61,8 +61,13 @@ CASES = {
         prompt="messages.0.content.0.text",
     ),
     "bedrock-sigv4": Case(
-        provider={"adapter": "bedrock", "base_url": "{url}", "region": "us-west-2",
-                  "aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"},
+        provider={
+            "adapter": "bedrock",
+            "base_url": "{url}",
+            "region": "us-west-2",
+            "aws_access_key_id": "AKIDEXAMPLE",
+            "aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        },
         model="anthropic.claude-3-haiku-20240307-v1:0",
         path="/model/anthropic.claude-3-haiku-20240307-v1:0/converse",
         stream_path="/model/anthropic.claude-3-haiku-20240307-v1:0/converse-stream",
@@ -88,8 +93,15 @@ async def stack(nats_server: Nats, upstream: MockUpstream, case: Case) -> AsyncI
     config = make_config(
         nats_server.url,
         providers={"cloud": case.config(upstream.url), "mock": {}},
-        models=[{"name": "cloud-then-mock", "targets": [
-            {"provider": "cloud", "model": case.model}, {"provider": "mock", "model": "mock"}]}],
+        models=[
+            {
+                "name": "cloud-then-mock",
+                "targets": [
+                    {"provider": "cloud", "model": case.model},
+                    {"provider": "mock", "model": "mock"},
+                ],
+            }
+        ],
         router={"retry": {"attempts": 2, "backoff_base_seconds": 0.01}},
     )
     stack = await Stack(config).start()
@@ -101,8 +113,10 @@ async def test_answer_with_usage_and_the_provider_saw_its_own_format(
     stack: Stack, upstream: MockUpstream, case: Case
 ) -> None:
     reply = await stack.openai().chat.completions.create(
-        model=f"cloud/{case.model}", messages=[{"role": "user", "content": "hello there cloud"}],
-        extra_headers=NO_CACHE)
+        model=f"cloud/{case.model}",
+        messages=[{"role": "user", "content": "hello there cloud"}],
+        extra_headers=NO_CACHE,
+    )
     assert reply.choices[0].message.content == "Echo: hello there cloud"
     assert reply.choices[0].finish_reason == "stop"
     assert reply.usage is not None and reply.usage.prompt_tokens == 3 and reply.usage.completion_tokens == 4
@@ -115,9 +129,16 @@ async def test_answer_with_usage_and_the_provider_saw_its_own_format(
 
 async def test_stream_with_usage_equals_the_answer(stack: Stack, upstream: MockUpstream, case: Case) -> None:
     client = stack.openai()
-    chunks = [c async for c in await client.chat.completions.create(
-        model=f"cloud/{case.model}", messages=[{"role": "user", "content": "stream this to me please"}],
-        stream=True, stream_options={"include_usage": True}, extra_headers=NO_CACHE)]
+    chunks = [
+        c
+        async for c in await client.chat.completions.create(
+            model=f"cloud/{case.model}",
+            messages=[{"role": "user", "content": "stream this to me please"}],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers=NO_CACHE,
+        )
+    ]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Echo: stream this to me please"
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
@@ -131,8 +152,11 @@ async def test_stream_with_usage_equals_the_answer(stack: Stack, upstream: MockU
 
 async def test_429_is_retried_on_the_same_target(stack: Stack, upstream: MockUpstream) -> None:
     upstream.script([{"status": 429, "headers": {"retry-after": "0"}}])
-    response = await stack.http.post("/v1/chat/completions", headers=NO_CACHE, json={
-        "model": "cloud-then-mock", "messages": [{"role": "user", "content": "retry"}]})
+    response = await stack.http.post(
+        "/v1/chat/completions",
+        headers=NO_CACHE,
+        json={"model": "cloud-then-mock", "messages": [{"role": "user", "content": "retry"}]},
+    )
     assert response.status_code == 200
     assert response.headers["x-llm-edge-provider"] == "cloud"
     assert response.json()["choices"][0]["message"]["content"] == "Echo: retry"
@@ -141,27 +165,39 @@ async def test_429_is_retried_on_the_same_target(stack: Stack, upstream: MockUps
 
 async def test_429_twice_falls_back_to_the_next_target(stack: Stack, upstream: MockUpstream) -> None:
     upstream.script([{"status": 429, "headers": {"retry-after": "0"}}] * 2)
-    response = await stack.http.post("/v1/chat/completions", headers=NO_CACHE, json={
-        "model": "cloud-then-mock", "messages": [{"role": "user", "content": "fall back"}]})
+    response = await stack.http.post(
+        "/v1/chat/completions",
+        headers=NO_CACHE,
+        json={"model": "cloud-then-mock", "messages": [{"role": "user", "content": "fall back"}]},
+    )
     assert response.status_code == 200
     assert response.headers["x-llm-edge-provider"] == "mock"
     assert upstream.stats["calls"] == 2
 
 
-async def test_a_rate_limited_stream_is_a_429_for_the_client(stack: Stack, upstream: MockUpstream, case: Case
-                                                               ) -> None:
+async def test_a_rate_limited_stream_is_a_429_for_the_client(
+    stack: Stack, upstream: MockUpstream, case: Case
+) -> None:
     upstream.script([{"status": 429, "headers": {"retry-after": "0"}}] * 2)
     with pytest.raises(openai.RateLimitError):
         stream = await stack.openai().chat.completions.create(
-            model=f"cloud/{case.model}", messages=[{"role": "user", "content": "x"}], stream=True,
-            extra_headers=NO_CACHE)
+            model=f"cloud/{case.model}",
+            messages=[{"role": "user", "content": "x"}],
+            stream=True,
+            extra_headers=NO_CACHE,
+        )
         async for _ in stream:
             pass
 
 
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather at a place",
-    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather at a place",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+    },
+}
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -172,8 +208,12 @@ async def test_a_tool_call_round_trip(stack: Stack, case: Case, stream: bool) ->
         calls: dict[int, dict[str, str]] = {}
         finish = None
         async for chunk in await client.chat.completions.create(
-                model=f"cloud/{case.model}", messages=messages, tools=[WEATHER_TOOL], stream=True,
-                extra_headers=NO_CACHE):
+            model=f"cloud/{case.model}",
+            messages=messages,
+            tools=[WEATHER_TOOL],
+            stream=True,
+            extra_headers=NO_CACHE,
+        ):
             for part in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
                 call = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
                 call["id"] += part.id or ""
@@ -182,20 +222,27 @@ async def test_a_tool_call_round_trip(stack: Stack, case: Case, stream: bool) ->
             finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
         [(call_id, name, arguments)] = [(c["id"], c["name"], c["arguments"]) for c in calls.values()]
     else:
-        reply = await client.chat.completions.create(model=f"cloud/{case.model}", messages=messages,
-                                                      tools=[WEATHER_TOOL], extra_headers=NO_CACHE)
+        reply = await client.chat.completions.create(
+            model=f"cloud/{case.model}", messages=messages, tools=[WEATHER_TOOL], extra_headers=NO_CACHE
+        )
         finish = reply.choices[0].finish_reason
         [tool_call] = reply.choices[0].message.tool_calls or []
         call_id, name, arguments = tool_call.id, tool_call.function.name, tool_call.function.arguments
     assert finish == "tool_calls" and name == "get_weather" and call_id
     assert json.loads(arguments) == {"location": "Paris"}
     messages += [
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+            ],
+        },
         {"role": "tool", "tool_call_id": call_id, "content": '{"temperature": 22}'},
     ]
-    final = await client.chat.completions.create(model=f"cloud/{case.model}", messages=messages,
-                                                 tools=[WEATHER_TOOL], extra_headers=NO_CACHE)
+    final = await client.chat.completions.create(
+        model=f"cloud/{case.model}", messages=messages, tools=[WEATHER_TOOL], extra_headers=NO_CACHE
+    )
     assert final.choices[0].finish_reason == "stop"
     assert final.choices[0].message.content == "Echo: What is the weather in Paris?"
 
@@ -204,8 +251,11 @@ async def test_a_provider_dying_mid_stream_ends_the_stream_with_an_error(
     stack: Stack, upstream: MockUpstream, case: Case
 ) -> None:
     upstream.script([{"status": 200, "fail_after_chunks": 2}])
-    body = {"model": f"cloud/{case.model}", "stream": True,
-            "messages": [{"role": "user", "content": "one two three four five six"}]}
+    body = {
+        "model": f"cloud/{case.model}",
+        "stream": True,
+        "messages": [{"role": "user", "content": "one two three four five six"}],
+    }
     async with stack.http.stream("POST", "/v1/chat/completions", json=body, headers=NO_CACHE) as response:
         assert response.status_code == 200
         raw = (await response.aread()).decode()
@@ -223,7 +273,9 @@ async def test_the_sigv4_signature_holds_for_the_request_as_it_arrived(
     stack = await Stack(config).start()
     try:
         reply = await stack.openai().chat.completions.create(
-            model="cloud/anthropic.claude-3-haiku-20240307-v1:0", messages=[{"role": "user", "content": "sign"}])
+            model="cloud/anthropic.claude-3-haiku-20240307-v1:0",
+            messages=[{"role": "user", "content": "sign"}],
+        )
         assert reply.choices[0].message.content == "Echo: sign"
     finally:
         await stack.close()
@@ -233,8 +285,14 @@ async def test_the_sigv4_signature_holds_for_the_request_as_it_arrived(
     when = datetime.strptime(received["x-amz-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     body = upstream.last_body
     assert body is not None
-    expected = sign("POST", f"http://{received['host']}{upstream.stats['last_url']}",
-                    {"content-type": received["content-type"]}, body,
-                    credentials=Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
-                    region="us-west-2", service="bedrock", now=when)
+    expected = sign(
+        "POST",
+        f"http://{received['host']}{upstream.stats['last_url']}",
+        {"content-type": received["content-type"]},
+        body,
+        credentials=Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+        region="us-west-2",
+        service="bedrock",
+        now=when,
+    )
     assert received["authorization"] == expected["Authorization"]

@@ -43,7 +43,10 @@ def test_deployment_route_with_the_default_api_version_and_the_api_key_header() 
 def test_configured_api_version_and_a_deployment_name_that_needs_quoting() -> None:
     config = msgspec.structs.replace(CONFIG, api_version="2025-04-01-preview")
     call = adapter.build_request(request(HELLO), "team a/gpt", config)
-    assert call.url == f"{ENDPOINT}/openai/deployments/team%20a%2Fgpt/chat/completions?api-version=2025-04-01-preview"
+    assert (
+        call.url
+        == f"{ENDPOINT}/openai/deployments/team%20a%2Fgpt/chat/completions?api-version=2025-04-01-preview"
+    )
 
 
 def test_v1_route_puts_the_deployment_in_the_body() -> None:
@@ -76,8 +79,9 @@ def test_the_environment_enables_azure_with_its_endpoint_and_version() -> None:
 
 
 def test_content_filtered_answer_keeps_its_finish_reason() -> None:
-    result = adapter.parse_response(fixture("azure/chat_response_content_filter.json"), provider="azure",
-                                    model="prod-gpt4o")
+    result = adapter.parse_response(
+        fixture("azure/chat_response_content_filter.json"), provider="azure", model="prod-gpt4o"
+    )
     assert result.choices[0].finish_reason == "content_filter"
     assert result.choices[0].message.content is None
     assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (21, 15)
@@ -120,6 +124,7 @@ def test_a_content_filter_400_named_only_by_its_innererror_is_still_a_content_fi
 
 
 def test_429_waits_as_azure_says() -> None:
-    error = adapter.parse_error(429, fixture("azure/error_rate_limit.json"), {"retry-after-ms": "6000"},
-                                provider="azure")
+    error = adapter.parse_error(
+        429, fixture("azure/error_rate_limit.json"), {"retry-after-ms": "6000"}, provider="azure"
+    )
     assert error.retry_after == 6.0

@@ -23,7 +23,11 @@ def wire(name: str) -> bytes:
 
 
 def feed(data: bytes, step: int | None = None) -> tuple[object, list[Delta]]:
-    parser, decoder, deltas = adapter.stream_parser(provider="bedrock", model="m"), adapter.stream_decoder(), []
+    parser, decoder, deltas = (
+        adapter.stream_parser(provider="bedrock", model="m"),
+        adapter.stream_decoder(),
+        [],
+    )
     step = step or len(data)
     for i in range(0, len(data), step):
         for name, payload in decoder.feed(data[i : i + step]):
@@ -43,7 +47,11 @@ def test_text_stream_with_usage_from_the_metadata_event(step: int | None) -> Non
     assert deltas[0].role == "assistant" and all(d.role is None for d in deltas[1:])
     assert deltas[-1].finish_reason == "stop" and summary.finish_reason == "stop"
     assert summary.usage is not None
-    assert (summary.usage.prompt_tokens, summary.usage.completion_tokens, summary.usage.total_tokens) == (8, 12, 20)
+    assert (summary.usage.prompt_tokens, summary.usage.completion_tokens, summary.usage.total_tokens) == (
+        8,
+        12,
+        20,
+    )
 
 
 def test_tool_use_is_numbered_among_tool_calls_and_its_input_streams_as_arguments() -> None:
@@ -51,9 +59,13 @@ def test_tool_use_is_numbered_among_tool_calls_and_its_input_streams_as_argument
     assert "".join(d.content or "" for d in deltas) == "Let me look that up."
     parts = [part for d in deltas for part in d.tool_calls or ()]
     assert {p.index for p in parts} == {0}
-    assert parts[0].id == "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q" and parts[0].function.name == "top_song"  # type: ignore[union-attr]
-    arguments = "".join(p.function.arguments for p in parts
-                        if isinstance(p.function, FunctionCallDelta) and isinstance(p.function.arguments, str))
+    assert parts[0].id == "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q"
+    assert isinstance(parts[0].function, FunctionCallDelta) and parts[0].function.name == "top_song"
+    arguments = "".join(
+        p.function.arguments
+        for p in parts
+        if isinstance(p.function, FunctionCallDelta) and isinstance(p.function.arguments, str)
+    )
     assert json.loads(arguments) == {"sign": "WZPZ"}
     assert summary.finish_reason == "tool_calls"
 
@@ -73,13 +85,16 @@ def test_a_message_cut_inside_its_frame_is_never_half_delivered() -> None:
     assert summary.usage is None  # messageStop arrived: the answer is whole, its usage unknown
 
 
-@pytest.mark.parametrize(("kind", "cls", "status", "code"), [
-    ("throttlingException", RateLimited, 429, "ThrottlingException"),  # documented 429
-    ("validationException", InvalidRequest, 400, "ValidationException"),  # documented 400
-    ("modelStreamErrorException", ProviderError, 502, "provider_status_424"),  # documented 424
-    ("internalServerException", ProviderError, 502, "provider_error"),  # documented 500
-    ("serviceUnavailableException", Unavailable, 503, "provider_overloaded"),  # documented 503
-])
+@pytest.mark.parametrize(
+    ("kind", "cls", "status", "code"),
+    [
+        ("throttlingException", RateLimited, 429, "ThrottlingException"),  # documented 429
+        ("validationException", InvalidRequest, 400, "ValidationException"),  # documented 400
+        ("modelStreamErrorException", ProviderError, 502, "provider_status_424"),  # documented 424
+        ("internalServerException", ProviderError, 502, "provider_error"),  # documented 500
+        ("serviceUnavailableException", Unavailable, 503, "provider_overloaded"),  # documented 503
+    ],
+)
 def test_an_exception_in_the_stream_is_the_error_of_its_documented_status(
     kind: str, cls: type[GatewayError], status: int, code: str
 ) -> None:

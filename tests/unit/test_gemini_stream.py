@@ -1,5 +1,6 @@
-"""The Gemini adapter's streaming: `streamGenerateContent?alt=sse` transcripts (tests/fixtures/gemini/stream_*,
-CRLF-framed as Google sends them) through the adapter's decoder and parser, whole and split byte by byte."""
+"""The Gemini adapter's streaming: `streamGenerateContent?alt=sse` transcripts
+(tests/fixtures/gemini/stream_*, CRLF-framed as Google sends them) through the adapter's decoder and parser,
+whole and split byte by byte."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "gemini"
 
 
 def run(wire: bytes, step: int | None = None) -> tuple[list[Delta], StreamSummary]:
-    parser, decoder, deltas = adapter.stream_parser(provider="gemini", model="gemini-x"), adapter.stream_decoder(), []
+    parser, decoder, deltas = (
+        adapter.stream_parser(provider="gemini", model="gemini-x"),
+        adapter.stream_decoder(),
+        [],
+    )
     step = step or len(wire)
     for i in range(0, len(wire), step):
         for event, data in decoder.feed(wire[i : i + step]):
@@ -32,7 +37,11 @@ def test_text_stream_in_any_chunking(step: int | None) -> None:
     assert deltas[-1].finish_reason == "stop"
     assert (summary.id, summary.model, summary.finish_reason) == ("sse-example-1", "gemini-2.0-flash", "stop")
     assert summary.usage is not None
-    assert (summary.usage.prompt_tokens, summary.usage.completion_tokens, summary.usage.total_tokens) == (9, 10, 19)
+    assert (summary.usage.prompt_tokens, summary.usage.completion_tokens, summary.usage.total_tokens) == (
+        9,
+        10,
+        19,
+    )
 
 
 def test_a_function_call_arrives_whole_as_one_tool_call_delta() -> None:
@@ -58,7 +67,11 @@ def test_an_error_event_in_the_stream_is_the_error_its_code_stands_for() -> None
 
 
 def test_a_blocked_prompt_in_the_stream_is_a_content_filter_error() -> None:
-    wire = b"data: " + (FIXTURES / "generate_response_blocked.json").read_bytes().replace(b"\n", b"") + b"\r\n\r\n"
+    wire = (
+        b"data: "
+        + (FIXTURES / "generate_response_blocked.json").read_bytes().replace(b"\n", b"")
+        + b"\r\n\r\n"
+    )
     with pytest.raises(InvalidRequest) as caught:
         run(wire)
     assert caught.value.code == "content_filter"
@@ -66,10 +79,18 @@ def test_a_blocked_prompt_in_the_stream_is_a_content_filter_error() -> None:
 
 def test_two_candidates_keep_their_own_index_and_finish_reason() -> None:
     events = [
-        {"candidates": [{"content": {"parts": [{"text": "A"}], "role": "model"}, "index": 0},
-                        {"content": {"parts": [{"text": "B"}], "role": "model"}, "index": 1}]},
-        {"candidates": [{"content": {"parts": [{"text": "!"}]}, "finishReason": "STOP", "index": 0},
-                        {"content": {"parts": [{"text": "?"}]}, "finishReason": "MAX_TOKENS", "index": 1}]},
+        {
+            "candidates": [
+                {"content": {"parts": [{"text": "A"}], "role": "model"}, "index": 0},
+                {"content": {"parts": [{"text": "B"}], "role": "model"}, "index": 1},
+            ]
+        },
+        {
+            "candidates": [
+                {"content": {"parts": [{"text": "!"}]}, "finishReason": "STOP", "index": 0},
+                {"content": {"parts": [{"text": "?"}]}, "finishReason": "MAX_TOKENS", "index": 1},
+            ]
+        },
     ]
     deltas, summary = run(b"".join(b"data: " + json.dumps(e).encode() + b"\r\n\r\n" for e in events))
     text = {i: "".join(d.content or "" for d in deltas if d.index == i) for i in (0, 1)}

@@ -204,9 +204,9 @@ def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
             existing = providers.get(name, ProviderConfig())
             providers[name] = msgspec.structs.replace(existing, api_key=existing.api_key or key)
     for var, (name, field) in _PROVIDER_ENV_FIELDS.items():
-        value, existing = env.get(var), providers.get(name)
-        if value and existing is not None and getattr(existing, field) is None:
-            providers[name] = msgspec.structs.replace(existing, **{field: value})
+        value, enabled = env.get(var), providers.get(name)
+        if value and enabled is not None and getattr(enabled, field) is None:
+            providers[name] = msgspec.structs.replace(enabled, **{field: value})
     if not providers:
         providers["mock"] = ProviderConfig()
     return msgspec.structs.replace(config, providers=providers)

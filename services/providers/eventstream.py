@@ -114,9 +114,8 @@ class EventStreamDecoder:
             elif kind == "exception":
                 events.append((str(headers.get(":exception-type", "")), payload))
             elif kind == "error":
+                code, text = headers.get(":error-code", ""), headers.get(":error-message", "")
                 raise ProviderError(
-                    f"the event stream ended in an error: {headers.get(':error-code')}: "
-                    f"{headers.get(':error-message')}",
-                    code="provider_error",
+                    f"the event stream ended in an error: {code!s}: {text!s}", code="provider_error"
                 )
         return events

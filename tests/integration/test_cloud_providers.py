@@ -13,6 +13,7 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from services.mockupstream.server import MockUpstream
 from services.providers.sigv4 import Credentials, sign
@@ -152,6 +153,7 @@ async def test_stream_with_usage_equals_the_answer(stack: Stack, upstream: MockU
 
 async def test_429_is_retried_on_the_same_target(stack: Stack, upstream: MockUpstream) -> None:
     upstream.script([{"status": 429, "headers": {"retry-after": "0"}}])
+    assert stack.http is not None
     response = await stack.http.post(
         "/v1/chat/completions",
         headers=NO_CACHE,
@@ -165,6 +167,7 @@ async def test_429_is_retried_on_the_same_target(stack: Stack, upstream: MockUps
 
 async def test_429_twice_falls_back_to_the_next_target(stack: Stack, upstream: MockUpstream) -> None:
     upstream.script([{"status": 429, "headers": {"retry-after": "0"}}] * 2)
+    assert stack.http is not None
     response = await stack.http.post(
         "/v1/chat/completions",
         headers=NO_CACHE,
@@ -190,7 +193,7 @@ async def test_a_rate_limited_stream_is_a_429_for_the_client(
             pass
 
 
-WEATHER_TOOL = {
+WEATHER_TOOL: Any = {  # the SDK's TypedDict, as JSON
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -207,7 +210,7 @@ async def test_a_tool_call_round_trip(stack: Stack, case: Case, stream: bool) ->
     if stream:
         calls: dict[int, dict[str, str]] = {}
         finish = None
-        async for chunk in await client.chat.completions.create(
+        async for chunk in await client.chat.completions.create(  # type: ignore[union-attr]
             model=f"cloud/{case.model}",
             messages=messages,
             tools=[WEATHER_TOOL],
@@ -227,6 +230,7 @@ async def test_a_tool_call_round_trip(stack: Stack, case: Case, stream: bool) ->
         )
         finish = reply.choices[0].finish_reason
         [tool_call] = reply.choices[0].message.tool_calls or []
+        assert isinstance(tool_call, ChatCompletionMessageFunctionToolCall)
         call_id, name, arguments = tool_call.id, tool_call.function.name, tool_call.function.arguments
     assert finish == "tool_calls" and name == "get_weather" and call_id
     assert json.loads(arguments) == {"location": "Paris"}
@@ -256,6 +260,7 @@ async def test_a_provider_dying_mid_stream_ends_the_stream_with_an_error(
         "stream": True,
         "messages": [{"role": "user", "content": "one two three four five six"}],
     }
+    assert stack.http is not None
     async with stack.http.stream("POST", "/v1/chat/completions", json=body, headers=NO_CACHE) as response:
         assert response.status_code == 200
         raw = (await response.aread()).decode()

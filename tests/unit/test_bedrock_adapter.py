@@ -18,7 +18,7 @@ from shared.messages import ChatRequest
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 KEY = ProviderConfig(api_key="bedrock-api-key", region="us-east-1")
 MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
-TOP_SONG = {
+TOP_SONG: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "top_song",
@@ -126,7 +126,7 @@ def test_tools_and_tool_history_become_tool_config_tool_use_and_tool_result() ->
                     "inputSchema": {"json": TOP_SONG["function"]["parameters"]},
                 }
             }
-        ],  # type: ignore[index]
+        ],
         "toolChoice": {"auto": {}},
     }
     assert body["messages"] == [

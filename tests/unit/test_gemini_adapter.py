@@ -18,7 +18,7 @@ from shared.messages import ChatRequest
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 KEY = ProviderConfig(api_key="gemini-key")
 MODEL = "gemini-2.5-flash"
-WEATHER_TOOL = {
+WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -126,7 +126,7 @@ def test_tools_become_function_declarations_with_the_json_schema_as_is() -> None
                 }
             ]
         }
-    ]  # type: ignore[index]
+    ]
     assert body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
 
 

@@ -12,6 +12,7 @@ import pytest
 from services.providers.base import Delta, StreamSummary
 from services.providers.gemini import adapter
 from shared.errors import InvalidRequest, ProviderError, Unavailable
+from shared.messages import FunctionCallDelta
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "gemini"
 
@@ -48,8 +49,10 @@ def test_a_function_call_arrives_whole_as_one_tool_call_delta() -> None:
     deltas, summary = run((FIXTURES / "stream_function_call.txt").read_bytes())
     [call] = deltas[0].tool_calls or []
     assert call.index == 0 and call.type == "function" and isinstance(call.id, str) and call.id
-    assert call.function.name == "get_weather"  # type: ignore[union-attr]
-    assert json.loads(call.function.arguments) == {"location": "Paris"}  # type: ignore[union-attr]
+    assert isinstance(call.function, FunctionCallDelta) and call.function.name == "get_weather"
+    assert isinstance(call.function.arguments, str) and json.loads(call.function.arguments) == {
+        "location": "Paris"
+    }
     assert summary.finish_reason == "tool_calls" and deltas[-1].finish_reason == "tool_calls"
 
 

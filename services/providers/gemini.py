@@ -152,7 +152,7 @@ class GeminiAdapter:
             method="POST",
             url=f"{base_url}{API_PATH}/{name}:{method}",
             headers=merge_headers(headers, config.headers),
-            body=_encoder.encode(gemini_request(request)),
+            body=_encoder.encode(gemini_request(request, model.removeprefix("models/"))),
             secret_headers=frozenset(secret),
         )
 

@@ -1,5 +1,5 @@
 """The unified request as a Gemini `GenerateContentRequest`: system -> `systemInstruction`, turns as
-`user`/`model` contents, sampling as `generationConfig`, tools as `functionDeclarations` with the history's
+`user`/`model` contents, sampling (and `reasoning_effort`, as thinking) as `generationConfig`, tools as `functionDeclarations` with the history's
 `functionCall` and `functionResponse` parts (ai.google.dev/api/generate-content,
 ai.google.dev/gemini-api/docs/function-calling).
 """
@@ -74,6 +74,11 @@ class _ToolConfig(Struct, rename="camel"):
     function_calling_config: _FunctionCallingConfig
 
 
+class _ThinkingConfig(Struct, rename="camel", omit_defaults=True):
+    thinking_budget: int | UnsetType = UNSET  # Gemini 2.5
+    thinking_level: str | UnsetType = UNSET  # Gemini 3 and later
+
+
 class _GenerationConfig(Struct, rename="camel", omit_defaults=True):
     temperature: float | UnsetType = UNSET
     top_p: float | UnsetType = UNSET
@@ -85,6 +90,7 @@ class _GenerationConfig(Struct, rename="camel", omit_defaults=True):
     seed: int | UnsetType = UNSET
     response_mime_type: str | UnsetType = UNSET
     response_json_schema: dict[str, Any] | UnsetType = UNSET
+    thinking_config: _ThinkingConfig | UnsetType = UNSET
 
 
 class _Request(Struct, rename="camel", omit_defaults=True):
@@ -102,7 +108,7 @@ _object_decoder = msgspec.json.Decoder(dict[str, Any])
 # --- the unified request as Gemini's ---------------------------------------------------------------
 
 
-def gemini_request(request: ChatRequest) -> _Request:
+def gemini_request(request: ChatRequest, model: str) -> _Request:
     system, contents = _contents(request.messages)
     tools = [
         _FunctionDeclaration(
@@ -117,11 +123,11 @@ def gemini_request(request: ChatRequest) -> _Request:
         system_instruction=_Content(parts=[_Part(text="\n\n".join(system))]) if system else UNSET,
         tools=[_Tool(function_declarations=tools)] if tools else UNSET,
         tool_config=_tool_config(request) if tools else UNSET,
-        generation_config=_generation_config(request),
+        generation_config=_generation_config(request, model),
     )
 
 
-def _generation_config(request: ChatRequest) -> _GenerationConfig | UnsetType:
+def _generation_config(request: ChatRequest, model: str) -> _GenerationConfig | UnsetType:
     mime: str | UnsetType = UNSET
     schema: dict[str, Any] | UnsetType = UNSET
     if isinstance(fmt := request.response_format, ResponseFormat) and fmt.type != "text":
@@ -139,8 +145,27 @@ def _generation_config(request: ChatRequest) -> _GenerationConfig | UnsetType:
         seed=_given(request.seed),
         response_mime_type=mime,
         response_json_schema=schema,
+        thinking_config=_thinking(request.reasoning_effort, model),
     )
     return config if config != _GenerationConfig() else UNSET
+
+
+# reasoning_effort -> Gemini 2.5's thinking budget, as Google's own OpenAI-compatible endpoint maps it
+# (ai.google.dev/gemini-api/docs/openai: "low", "medium", "high" -> 1K, 8K, 24K tokens; "none" -> off).
+_THINKING_BUDGETS = {"none": 0, "minimal": 0, "low": 1024, "medium": 8192, "high": 24576}
+
+
+def _thinking(effort: str | None | UnsetType, model: str) -> _ThinkingConfig | UnsetType:
+    if not isinstance(effort, str):
+        return UNSET
+    if model.removeprefix("models/").startswith("gemini-2"):
+        if effort not in _THINKING_BUDGETS:
+            raise InvalidRequest(
+                f"gemini: unknown reasoning_effort {effort!r}", param="reasoning_effort", code="invalid_value"
+            )
+        return _ThinkingConfig(thinking_budget=_THINKING_BUDGETS[effort])
+    # Later models take a level (ai.google.dev/gemini-api/docs/thinking): minimal, low, medium, high.
+    return _ThinkingConfig(thinking_level="minimal" if effort == "none" else effort)
 
 
 def _contents(messages: list[Message]) -> tuple[list[str], list[_Content]]:

@@ -113,6 +113,22 @@ def test_json_schema_response_format_becomes_a_response_json_schema() -> None:
     assert body["generationConfig"] == {"responseMimeType": "application/json", "responseJsonSchema": schema}
 
 
+@pytest.mark.parametrize(
+    ("model", "effort", "expected"),
+    [
+        ("gemini-2.5-flash", "low", {"thinkingBudget": 1024}),
+        ("gemini-2.5-pro", "high", {"thinkingBudget": 24576}),
+        ("gemini-2.5-flash", "none", {"thinkingBudget": 0}),
+        ("gemini-3-pro-preview", "low", {"thinkingLevel": "low"}),
+        ("gemini-3-flash", "none", {"thinkingLevel": "minimal"}),
+    ],
+)
+def test_reasoning_effort_becomes_a_thinking_budget_or_level(model: str, effort: str, expected: Any) -> None:
+    req = request(chat({"role": "user", "content": "think"}, reasoning_effort=effort))
+    body = json.loads(adapter.build_request(req, model, KEY).body)
+    assert body["generationConfig"] == {"thinkingConfig": expected}
+
+
 def test_tools_become_function_declarations_with_the_json_schema_as_is() -> None:
     body = sent(chat({"role": "user", "content": "weather?"}, tools=[WEATHER_TOOL], tool_choice="required"))
     function = WEATHER_TOOL["function"]

@@ -1,7 +1,7 @@
 """The unified request as a Gemini `GenerateContentRequest`: system -> `systemInstruction`, turns as
-`user`/`model` contents, sampling (and `reasoning_effort`, as thinking) as `generationConfig`, tools as `functionDeclarations` with the history's
-`functionCall` and `functionResponse` parts (ai.google.dev/api/generate-content,
-ai.google.dev/gemini-api/docs/function-calling).
+`user`/`model` contents, sampling (and `reasoning_effort`, as thinking) as `generationConfig`, tools as
+`functionDeclarations` with the history's `functionCall` and `functionResponse` parts
+(ai.google.dev/api/generate-content, ai.google.dev/gemini-api/docs/function-calling).
 """
 
 from __future__ import annotations

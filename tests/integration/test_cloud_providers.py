@@ -31,6 +31,7 @@ class Case:
     stream_path: str
     auth: tuple[str, str]  # header name (lower case), how its value starts
     prompt: str  # where the prompt text sits in the body the provider received
+    model_at: str | None = None  # where the model sits in that body, if it is there
 
     def config(self, url: str) -> dict[str, Any]:
         return {k: v.replace("{url}", url) if isinstance(v, str) else v for k, v in self.provider.items()}
@@ -44,6 +45,15 @@ CASES = {
         stream_path="/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21",
         auth=("api-key", "azure-key"),
         prompt="messages.0.content",
+    ),
+    "azure-v1": Case(
+        provider={"adapter": "azure", "base_url": "{url}", "api_key": "azure-key", "api_version": "v1"},
+        model="prod-gpt4o",
+        path="/openai/v1/chat/completions",
+        stream_path="/openai/v1/chat/completions",
+        auth=("api-key", "azure-key"),
+        prompt="messages.0.content",
+        model_at="model",  # the v1 route names the deployment in the body
     ),
     "gemini": Case(
         provider={"adapter": "gemini", "base_url": "{url}", "api_key": "gemini-key"},
@@ -126,6 +136,8 @@ async def test_answer_with_usage_and_the_provider_saw_its_own_format(
     assert stats["last_url"] == case.path
     assert stats["last_headers"][case.auth[0]].startswith(case.auth[1])
     assert dig(stats["last_request"], case.prompt) == "hello there cloud"
+    if case.model_at is not None:
+        assert dig(stats["last_request"], case.model_at) == case.model
 
 
 async def test_stream_with_usage_equals_the_answer(stack: Stack, upstream: MockUpstream, case: Case) -> None:

@@ -7,9 +7,11 @@ A `LocalAdapter` answers in-process (the mock provider) and is otherwise served 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+import msgspec
 
 from shared.config import ProviderConfig
 from shared.errors import (
@@ -139,6 +141,24 @@ def merge_headers(defaults: dict[str, str], extra: Mapping[str, str]) -> dict[st
     merged = {k: v for k, v in defaults.items() if k.lower() not in overridden}
     merged.update(extra)
     return merged
+
+
+def splice_extras(body: bytes, extra_json: bytes, keep: Callable[[str], bool]) -> bytes:
+    """`body` (a JSON object) with the client's vendor extras that `keep` accepts spliced into its top level,
+    without re-encoding it. Extras that are not a JSON object are the client's error."""
+    try:
+        extras = _extras_decoder.decode(extra_json)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"extra fields are not a JSON object: {exc}", code="invalid_extra_fields") from exc
+    kept = {k: v for k, v in extras.items() if keep(k)}
+    if not kept:
+        return body
+    # Both are JSON objects and `body` always holds a field: join them at the brace.
+    return body[:-1] + b"," + _extras_encoder.encode(kept)[1:]
+
+
+_extras_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_extras_encoder = msgspec.json.Encoder()
 
 
 def body_snippet(status: int, body: bytes) -> str:

@@ -28,6 +28,7 @@ from services.providers.base import (
     body_snippet,
     error_for_status,
     merge_headers,
+    splice_extras,
 )
 from services.providers.eventstream import EventStreamDecoder
 from services.providers.sigv4 import Credentials, sign
@@ -58,6 +59,19 @@ STOP_REASONS = {  # anything else reads as "stop"
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
 }
+# Vendor extras a client may send (OpenAI SDK: `extra_body`) that are documented Converse request fields
+# with no OpenAI counterpart (guardrails, model-specific parameters such as top_k, latency-optimised
+# inference); they go to Bedrock as sent. Anything else is not Bedrock's to read.
+EXTRA_FIELDS = frozenset(
+    {
+        "guardrailConfig",
+        "additionalModelRequestFields",
+        "additionalModelResponseFieldPaths",
+        "performanceConfig",
+        "promptVariables",
+        "requestMetadata",
+    }
+)
 _IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
 
 # --- the request body ----------------------------------------------------------------------------
@@ -220,6 +234,8 @@ class BedrockAdapter:
         # API-key guide's curl example) or be an ARN, whose "/" must stay inside the one path segment.
         url = f"{base_url}/model/{quote(model, safe=':')}/{operation}"
         body = _encoder.encode(converse_request(request))
+        if isinstance(request.extra_json, bytes):
+            body = splice_extras(body, request.extra_json, EXTRA_FIELDS.__contains__)
         if config.api_key is not None:
             headers["Authorization"] = f"Bearer {config.api_key}"
             secret.add("Authorization")

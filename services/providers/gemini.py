@@ -27,6 +27,7 @@ from services.providers.base import (
     body_snippet,
     error_for_status,
     merge_headers,
+    splice_extras,
 )
 from services.providers.gemini_request import gemini_request
 from services.providers.sse import SSEDecoder
@@ -152,7 +153,7 @@ class GeminiAdapter:
             method="POST",
             url=f"{base_url}{API_PATH}/{name}:{method}",
             headers=merge_headers(headers, config.headers),
-            body=_encoder.encode(gemini_request(request, model.removeprefix("models/"))),
+            body=_body(request, model.removeprefix("models/")),
             secret_headers=frozenset(secret),
         )
 
@@ -197,6 +198,18 @@ class GeminiAdapter:
         from services.providers.gemini_stream import ResponseParser
 
         return ResponseParser(provider=provider, model=model)
+
+
+# Vendor extras a client may send (OpenAI SDK: `extra_body`) that are documented `GenerateContentRequest`
+# fields with no OpenAI counterpart; they go to Gemini as sent. Anything else is not Gemini's to read.
+EXTRA_FIELDS = frozenset({"safetySettings", "cachedContent", "labels"})
+
+
+def _body(request: ChatRequest, model: str) -> bytes:
+    body = _encoder.encode(gemini_request(request, model))
+    if isinstance(request.extra_json, bytes):
+        body = splice_extras(body, request.extra_json, EXTRA_FIELDS.__contains__)
+    return body
 
 
 def error_from_detail(

@@ -22,10 +22,11 @@ from services.providers.base import (
     body_snippet,
     error_for_status,
     merge_headers,
+    splice_extras,
 )
 from services.providers.sse import SSEDecoder
 from shared.config import ProviderConfig
-from shared.errors import GatewayError, InvalidRequest
+from shared.errors import GatewayError
 from shared.messages import (
     ChatRequest,
     ChatResult,
@@ -86,7 +87,6 @@ class _ErrorBody(Struct):
 
 _completion_decoder = msgspec.json.Decoder(_Completion)
 _error_decoder = msgspec.json.Decoder(_ErrorBody)
-_extras_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _encoder = msgspec.json.Encoder()
 
 # Fields the gateway models win over a vendor extra of the same name: an extra must never re-route the
@@ -220,18 +220,7 @@ def _choice(choice: _Choice) -> Choice:
 
 
 def _merge_extras(body: bytes, extra_json: bytes) -> bytes:
-    """`body` with the extras' keys spliced into its top-level object, without re-encoding it."""
-    try:
-        extras = _extras_decoder.decode(extra_json)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(
-            f"extra fields are not a JSON object: {exc}", code="invalid_extra_fields"
-        ) from exc
-    kept = {k: v for k, v in extras.items() if k not in _MODELED_FIELDS}
-    if not kept:
-        return body
-    # Both are JSON objects and `body` always holds `model` and `messages`: join them at the brace.
-    return body[:-1] + b"," + _encoder.encode(kept)[1:]
+    return splice_extras(body, extra_json, lambda key: key not in _MODELED_FIELDS)
 
 
 adapter = OpenAICompatible("openai", "https://api.openai.com/v1")

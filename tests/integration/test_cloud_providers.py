@@ -313,3 +313,31 @@ async def test_the_sigv4_signature_holds_for_the_request_as_it_arrived(
         now=when,
     )
     assert received["authorization"] == expected["Authorization"]
+
+
+EXTRAS: dict[
+    str, dict[str, Any]
+] = {  # a vendor extra each provider documents, sent with the SDK's extra_body
+    "azure": {"data_sources": [{"type": "azure_search", "parameters": {"index_name": "docs"}}]},
+    "azure-v1": {"data_sources": [{"type": "azure_search", "parameters": {"index_name": "docs"}}]},
+    "gemini": {"safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"}]},
+    "bedrock": {"additionalModelRequestFields": {"top_k": 40}},
+    "bedrock-sigv4": {"guardrailConfig": {"guardrailIdentifier": "gr-1", "guardrailVersion": "1"}},
+}
+
+
+async def test_vendor_extras_reach_the_provider(stack: Stack, upstream: MockUpstream, case: Case) -> None:
+    name = next(k for k, v in CASES.items() if v is case)
+    allow_list = name.startswith(("gemini", "bedrock"))  # Azure, like OpenAI, takes every extra
+    reply = await stack.openai().chat.completions.create(
+        model=f"cloud/{case.model}",
+        messages=[{"role": "user", "content": "extras"}],
+        extra_body=EXTRAS[name] | ({"not_a_field_anywhere": 1} if allow_list else {}),
+        extra_headers=NO_CACHE,
+    )
+    assert reply.choices[0].message.content == "Echo: extras"
+    sent = upstream.stats["last_request"]
+    for key, value in EXTRAS[name].items():
+        assert sent[key] == value
+    if allow_list:
+        assert "not_a_field_anywhere" not in sent

@@ -317,3 +317,22 @@ def test_an_error_type_in_the_body_when_the_header_is_missing() -> None:
     )
     error = adapter.parse_error(400, body, {}, provider="bedrock")
     assert (error.code, error.message) == ("ValidationException", "bedrock: Malformed input request")
+
+
+def test_documented_converse_extras_go_through_and_nothing_else() -> None:
+    guardrail = {"guardrailIdentifier": "gr-1", "guardrailVersion": "1", "trace": "enabled"}
+    extras = json.dumps(
+        {
+            "guardrailConfig": guardrail,
+            "additionalModelRequestFields": {"top_k": 40},
+            "safetySettings": [],
+            "messages": [],
+        }
+    ).encode()
+    req = msgspec.structs.replace(request(chat({"role": "user", "content": "hi"})), extra_json=extras)
+    body = json.loads(adapter.build_request(req, MODEL, KEY).body)
+    assert body == {
+        "messages": [{"role": "user", "content": [{"text": "hi"}]}],
+        "guardrailConfig": guardrail,
+        "additionalModelRequestFields": {"top_k": 40},
+    }

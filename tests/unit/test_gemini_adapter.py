@@ -322,3 +322,24 @@ def test_an_error_wrapped_in_an_array_and_a_non_json_error() -> None:
     )
     error = adapter.parse_error(502, b"<html>Bad Gateway</html>", {}, provider="gemini")
     assert (error.http_status, error.message) == (502, "gemini: <html>Bad Gateway</html>")
+
+
+def test_documented_gemini_extras_go_through_and_nothing_else() -> None:
+    safety = [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"}]
+    extras = json.dumps(
+        {
+            "safetySettings": safety,
+            "cachedContent": "cachedContents/abc",
+            "service_tier": "flex",
+            "contents": "not ours to override",
+        }
+    ).encode()
+    req = msgspec.structs.replace(request(chat({"role": "user", "content": "hi"})), extra_json=extras)
+    body = json.loads(adapter.build_request(req, MODEL, KEY).body)
+    assert body == {
+        "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+        "safetySettings": safety,
+        "cachedContent": "cachedContents/abc",
+    }
+    with pytest.raises(InvalidRequest):
+        adapter.build_request(msgspec.structs.replace(req, extra_json=b"[1]"), MODEL, KEY)

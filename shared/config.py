@@ -33,6 +33,14 @@ class ProviderConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # JetStream work queue (up to their deadline) instead of failing with 429.
     max_in_flight: int | None = None
     headers: dict[str, str] = {}
+    # azure: the data-plane API version ("2024-10-21" when unset); "v1" selects Azure's v1 API route.
+    api_version: str | None = None
+    # bedrock: the AWS region whose endpoint serves the calls (unless base_url names one), and the AWS
+    # access key that signs them (SigV4) when no Bedrock API key (api_key) is configured.
+    region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
     # mock provider only: simulated latency and failure
     latency_ms: float = 0.0
     fail_rate: float = 0.0
@@ -178,7 +186,25 @@ _ENV_FIELDS: dict[str, tuple[str | None, str, type]] = {
 _KEYS_ENV = "LLM_EDGE_KEYS"
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
-_PROVIDER_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+_PROVIDER_KEY_ENV = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "azure": "AZURE_OPENAI_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "bedrock": "AWS_BEARER_TOKEN_BEDROCK",  # a Bedrock API key
+}
+
+# Settings a provider enabled above (or configured) takes from the environment when its entry leaves
+# them out: variable -> (provider, field). The variables are the ones each vendor's own SDK reads.
+_PROVIDER_ENV_FIELDS: dict[str, tuple[str, str]] = {
+    "AZURE_OPENAI_ENDPOINT": ("azure", "base_url"),
+    "OPENAI_API_VERSION": ("azure", "api_version"),
+    "AWS_REGION": ("bedrock", "region"),
+    "AWS_DEFAULT_REGION": ("bedrock", "region"),
+    "AWS_ACCESS_KEY_ID": ("bedrock", "aws_access_key_id"),
+    "AWS_SECRET_ACCESS_KEY": ("bedrock", "aws_secret_access_key"),
+    "AWS_SESSION_TOKEN": ("bedrock", "aws_session_token"),
+}
 
 
 def _decode(path: Path) -> Config:
@@ -214,6 +240,10 @@ def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
         if key:
             existing = providers.get(name, ProviderConfig())
             providers[name] = msgspec.structs.replace(existing, api_key=existing.api_key or key)
+    for var, (name, field) in _PROVIDER_ENV_FIELDS.items():
+        value, enabled = env.get(var), providers.get(name)
+        if value and enabled is not None and getattr(enabled, field) is None:
+            providers[name] = msgspec.structs.replace(enabled, **{field: value})
     if not providers:
         providers["mock"] = ProviderConfig()
     config = msgspec.structs.replace(config, providers=providers)
@@ -226,6 +256,7 @@ def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
 
 
 def _validate(config: Config) -> Config:
+    from services.providers.base import LocalAdapter
     from services.providers.registry import ADAPTERS  # the one list of provider names
 
     for name, provider in config.providers.items():
@@ -233,6 +264,9 @@ def _validate(config: Config) -> Config:
         if adapter not in ADAPTERS:
             known = ", ".join(sorted(ADAPTERS))
             raise ConfigError(f"providers.{name}.adapter: unknown adapter {adapter!r} (known: {known})")
+        found = ADAPTERS[adapter]
+        if not isinstance(found, LocalAdapter) and (problem := found.config_problem(provider)):
+            raise ConfigError(f"providers.{name}.{problem}")
     for i, route in enumerate(config.models):
         if not route.targets:
             raise ConfigError(f"models[{i}].targets: a model needs at least one target")

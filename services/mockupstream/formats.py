@@ -1,5 +1,6 @@
 """The wire formats of the mock upstream: what it reads from a request, the deterministic reply it plans, and
 how that reply (or an error) looks as an OpenAI Chat Completions or Anthropic Messages body or SSE stream.
+Azure OpenAI, Gemini and Bedrock build on this in their own modules; `dialects.py` routes paths to them.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus} | {529: b"Overlo
 # --- What the mock reads from a request (msgspec ignores every other field) -----------------------------
 
 
-class _Part(msgspec.Struct):
+class Part(msgspec.Struct):
     text: str = ""
 
 
-class _Message(msgspec.Struct):
+class Message(msgspec.Struct):
     role: str = ""
-    content: str | list[_Part] | None = None
+    content: str | list[Part] | None = None
 
 
 class _Named(msgspec.Struct):
@@ -46,7 +47,7 @@ class _StreamOptions(msgspec.Struct):
 
 class _ChatRequest(msgspec.Struct):
     model: str = ""
-    messages: list[_Message] = []
+    messages: list[Message] = []
     stream: bool = False
     stream_options: _StreamOptions | None = None
     tools: list[_OpenAITool] | None = None
@@ -54,13 +55,13 @@ class _ChatRequest(msgspec.Struct):
 
 class _MessagesRequest(msgspec.Struct):
     model: str = ""
-    messages: list[_Message] = []
-    system: str | list[_Part] | None = None
+    messages: list[Message] = []
+    system: str | list[Part] | None = None
     stream: bool = False
     tools: list[_Named] | None = None
 
 
-_chat_decoder = msgspec.json.Decoder(_ChatRequest)
+chat_decoder = msgspec.json.Decoder(_ChatRequest)
 _messages_decoder = msgspec.json.Decoder(_MessagesRequest)
 
 
@@ -91,7 +92,7 @@ script_decoder = msgspec.json.Decoder(_Script)
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
+class Plan:
     model: str
     stream: bool
     include_usage: bool
@@ -101,54 +102,54 @@ class _Plan:
     completion_tokens: int
 
 
-def _text(content: str | list[_Part] | None) -> str:
+def text_of(content: str | list[Part] | None) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     return " ".join(p.text for p in content if p.text)
 
 
-def _plan(
-    model: str, messages: list[_Message], system: str, stream: bool, usage: bool, tools: list[str]
-) -> _Plan:
+def plan(
+    model: str, messages: list[Message], system: str, stream: bool, usage: bool, tools: list[str]
+) -> Plan:
     words = len(system.split())
     last_user = ""
     for m in messages:
-        text = _text(m.content)
+        text = text_of(m.content)
         words += len(text.split())
         if m.role == "user":
             last_user = text
     # Only a user turn asks for the tool, so a conversation carrying the tool's result ends in text.
     if tools and messages and messages[-1].role == "user" and "weather" in last_user.lower():
-        return _Plan(model, stream, usage, "", tools[0], words, len(TOOL_ARGUMENTS.split()))
+        return Plan(model, stream, usage, "", tools[0], words, len(TOOL_ARGUMENTS.split()))
     reply = "Echo: " + last_user[:200]
-    return _Plan(model, stream, usage, reply, None, words, len(reply.split()))
+    return Plan(model, stream, usage, reply, None, words, len(reply.split()))
 
 
-def _split(s: str, n: int) -> list[str]:
+def split(s: str, n: int) -> list[str]:
     n = max(1, min(n, len(s)))
     return [s[len(s) * i // n : len(s) * (i + 1) // n] for i in range(n)]
 
 
 # A stream is (frames before the content, content frames, frames after); `fail_after_chunks` cuts the middle.
-_Stream = tuple[list[bytes], list[bytes], list[bytes]]
+Stream = tuple[list[bytes], list[bytes], list[bytes]]
 
 
 # --- OpenAI Chat Completions -----------------------------------------------------------------------------
 
 
-def _openai_plan(body: bytes) -> _Plan:
-    r = _chat_decoder.decode(body)
+def openai_plan(url: bytes, body: bytes) -> Plan:
+    r = chat_decoder.decode(body)
     tools = [t.function.name for t in r.tools or () if t.function is not None]
     usage = r.stream_options is not None and r.stream_options.include_usage
-    return _plan(r.model, r.messages, "", r.stream, usage, tools)
+    return plan(r.model, r.messages, "", r.stream, usage, tools)
 
 
-def _openai_usage(p: _Plan) -> dict[str, int]:
+def openai_usage(p: Plan) -> dict[str, int]:
     total = p.prompt_tokens + p.completion_tokens
     return {"prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens, "total_tokens": total}
 
 
-def _openai_body(p: _Plan, seq: int) -> bytes:
+def openai_body(p: Plan, seq: int) -> bytes:
     message: dict[str, Any] = {"role": "assistant", "content": p.text or None, "refusal": None}
     if p.tool is not None:
         function = {"name": p.tool, "arguments": TOOL_ARGUMENTS}
@@ -166,12 +167,12 @@ def _openai_body(p: _Plan, seq: int) -> bytes:
             "created": int(time.time()),
             "model": p.model,
             "choices": [choice],
-            "usage": _openai_usage(p),
+            "usage": openai_usage(p),
         }
     )
 
 
-def _openai_stream(p: _Plan, seq: int, chunks: int) -> _Stream:
+def openai_stream(p: Plan, seq: int, chunks: int) -> Stream:
     base = {
         "id": f"chatcmpl-mock-{seq}",
         "object": "chat.completion.chunk",
@@ -187,7 +188,7 @@ def _openai_stream(p: _Plan, seq: int, chunks: int) -> _Stream:
 
     if p.tool is None:
         head = frame({"role": "assistant", "content": ""})
-        content = [frame({"content": piece}) for piece in _split(p.text, chunks)]
+        content = [frame({"content": piece}) for piece in split(p.text, chunks)]
     else:
         call = {
             "index": 0,
@@ -198,11 +199,11 @@ def _openai_stream(p: _Plan, seq: int, chunks: int) -> _Stream:
         head = frame({"role": "assistant", "content": None, "tool_calls": [call]})
         content = [
             frame({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-            for piece in _split(TOOL_ARGUMENTS, chunks)
+            for piece in split(TOOL_ARGUMENTS, chunks)
         ]
     tail = [frame({}, "tool_calls" if p.tool else "stop")]
     if p.include_usage:
-        tail.append(b"data: " + encode({**base, "choices": [], "usage": _openai_usage(p)}) + b"\n\n")
+        tail.append(b"data: " + encode({**base, "choices": [], "usage": openai_usage(p)}) + b"\n\n")
     tail.append(b"data: [DONE]\n\n")
     return [head], content, tail
 
@@ -220,7 +221,7 @@ _OPENAI_ERRORS: dict[int, tuple[str, str | None, str]] = {
 
 
 def openai_error(status: int, message: str | None, seq: int) -> bytes:
-    default = ("server_error" if status >= 500 else "invalid_request_error", None, _reason(status))
+    default = ("server_error" if status >= 500 else "invalid_request_error", None, reason(status))
     kind, code, text = _OPENAI_ERRORS.get(status, default)
     return encode({"error": {"message": message or text, "type": kind, "param": None, "code": code}})
 
@@ -228,13 +229,13 @@ def openai_error(status: int, message: str | None, seq: int) -> bytes:
 # --- Anthropic Messages ----------------------------------------------------------------------------------
 
 
-def _anthropic_plan(body: bytes) -> _Plan:
+def _anthropic_plan(url: bytes, body: bytes) -> Plan:
     r = _messages_decoder.decode(body)
     tools = [t.name for t in r.tools or ()]
-    return _plan(r.model, r.messages, _text(r.system), r.stream, False, tools)
+    return plan(r.model, r.messages, text_of(r.system), r.stream, False, tools)
 
 
-def _anthropic_block(p: _Plan, seq: int, *, empty: bool) -> dict[str, Any]:
+def _anthropic_block(p: Plan, seq: int, *, empty: bool) -> dict[str, Any]:
     if p.tool is None:
         return {"type": "text", "text": "" if empty else p.text}
     return {
@@ -245,7 +246,7 @@ def _anthropic_block(p: _Plan, seq: int, *, empty: bool) -> dict[str, Any]:
     }
 
 
-def _anthropic_message(p: _Plan, seq: int, *, start: bool) -> dict[str, Any]:
+def _anthropic_message(p: Plan, seq: int, *, start: bool) -> dict[str, Any]:
     return {
         "id": f"msg_mock_{seq}",
         "type": "message",
@@ -258,7 +259,7 @@ def _anthropic_message(p: _Plan, seq: int, *, start: bool) -> dict[str, Any]:
     }
 
 
-def _anthropic_body(p: _Plan, seq: int) -> bytes:
+def _anthropic_body(p: Plan, seq: int) -> bytes:
     return encode(_anthropic_message(p, seq, start=False))
 
 
@@ -266,7 +267,7 @@ def _event(data: dict[str, Any]) -> bytes:
     return b"event: %b\ndata: %b\n\n" % (data["type"].encode(), encode(data))
 
 
-def _anthropic_stream(p: _Plan, seq: int, chunks: int) -> _Stream:
+def _anthropic_stream(p: Plan, seq: int, chunks: int) -> Stream:
     block = _anthropic_block(p, seq, empty=True)
     head = [
         _event({"type": "message_start", "message": _anthropic_message(p, seq, start=True)}),
@@ -274,9 +275,9 @@ def _anthropic_stream(p: _Plan, seq: int, chunks: int) -> _Stream:
         _event({"type": "ping"}),
     ]
     if p.tool is None:
-        deltas = [{"type": "text_delta", "text": piece} for piece in _split(p.text, chunks)]
+        deltas = [{"type": "text_delta", "text": piece} for piece in split(p.text, chunks)]
     else:
-        deltas = [{"type": "input_json_delta", "partial_json": s} for s in _split(TOOL_ARGUMENTS, chunks)]
+        deltas = [{"type": "input_json_delta", "partial_json": s} for s in split(TOOL_ARGUMENTS, chunks)]
     content = [_event({"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas]
     stop = {"stop_reason": "tool_use" if p.tool else "end_turn", "stop_sequence": None}
     tail = [
@@ -302,23 +303,29 @@ _ANTHROPIC_ERRORS = {
 
 def _anthropic_error(status: int, message: str | None, seq: int) -> bytes:
     kind = _ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    error = {"type": kind, "message": message or _reason(status)}
+    error = {"type": kind, "message": message or reason(status)}
     return encode({"type": "error", "error": error, "request_id": f"req_mock_{seq}"})
+
+
+def _no_headers(status: int) -> dict[str, str]:
+    return {}
 
 
 @dataclass(frozen=True, slots=True)
 class Dialect:
-    plan: Callable[[bytes], _Plan]
-    body: Callable[[_Plan, int], bytes]
-    stream: Callable[[_Plan, int, int], _Stream]
+    plan: Callable[[bytes, bytes], Plan]  # (request URL with its query, body) -> what to answer
+    body: Callable[[Plan, int], bytes]
+    stream: Callable[[Plan, int, int], Stream]
     error: Callable[[int, str | None, int], bytes]
+    stream_type: bytes = b"text/event-stream; charset=utf-8"
+    error_headers: Callable[[int], dict[str, str]] = _no_headers
 
 
 DIALECTS = {
-    b"/v1/chat/completions": Dialect(_openai_plan, _openai_body, _openai_stream, openai_error),
+    b"/v1/chat/completions": Dialect(openai_plan, openai_body, openai_stream, openai_error),
     b"/v1/messages": Dialect(_anthropic_plan, _anthropic_body, _anthropic_stream, _anthropic_error),
 }
 
 
-def _reason(status: int) -> str:
+def reason(status: int) -> str:
     return REASONS.get(status, b"Unknown").decode()

@@ -1,7 +1,9 @@
-"""A mock LLM provider speaking OpenAI Chat Completions and Anthropic Messages exactly as they look on the wire.
+"""A mock LLM provider speaking OpenAI Chat Completions, Anthropic Messages, Azure OpenAI, Gemini and Bedrock
+Converse exactly as they look on the wire (the formats: `formats.py` and one module per cloud provider).
 
-Raw asyncio + httptools (keep-alive, Content-Length requests, chunked SSE replies) so that it is never the
-bottleneck of a benchmark; tests script errors, delays and broken streams via `/_mock/*` or `MockUpstream`.
+Raw asyncio + httptools (keep-alive, Content-Length requests, chunked SSE or event-stream replies) so that it
+is never the bottleneck of a benchmark; tests script errors, delays and broken streams via `/_mock/*` or
+`MockUpstream`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Any, cast
 import httptools
 import msgspec
 
+from services.mockupstream.dialects import dialect_for
 from services.mockupstream.formats import (
-    DIALECTS,
     REASONS,
     Dialect,
     Scripted,
@@ -59,6 +61,7 @@ def _response(status: int, body: bytes, headers: dict[str, str], keep_alive: boo
 class _Request:
     method: bytes
     path: bytes
+    url: bytes  # the path with its query
     headers: list[tuple[bytes, bytes]]
     body: bytes
     keep_alive: bool
@@ -122,7 +125,9 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         path = self._url.split(b"?", 1)[0]
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        req = _Request(self.parser.get_method(), path, self._headers, body, self.parser.should_keep_alive())
+        req = _Request(
+            self.parser.get_method(), path, self._url, self._headers, body, self.parser.should_keep_alive()
+        )
         if self.task is None:
             self.serve(req)
         else:  # a pipelined request waits for the one in progress
@@ -203,8 +208,14 @@ class MockUpstream:
         self._by_path: Counter[str] = Counter()
         self._in_flight = self._max_in_flight = self._disconnects = 0
         self._last_body: bytes | None = None
+        self._last_url = ""
         self._last_headers: list[tuple[bytes, bytes]] = []
         self._notify()
+
+    @property
+    def last_body(self) -> bytes | None:
+        """The last LLM call's body exactly as received (stats hold it decoded)."""
+        return self._last_body
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -219,6 +230,7 @@ class MockUpstream:
             "max_in_flight": self._max_in_flight,
             "disconnects": self._disconnects,
             "last_request": last,
+            "last_url": self._last_url,
             "last_headers": {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._last_headers},
         }
 
@@ -246,7 +258,7 @@ class MockUpstream:
     # --- data plane ---
 
     def _handle(self, conn: _Connection, req: _Request) -> Coroutine[Any, Any, None] | None:
-        dialect = DIALECTS.get(req.path)
+        dialect = dialect_for(req.path)
         if dialect is not None and req.method == b"POST":
             return self._llm_call(conn, req, dialect)
         status, body = self._control(req)
@@ -279,6 +291,7 @@ class MockUpstream:
         self._calls += 1
         self._by_path[req.path.decode()] += 1
         self._last_body, self._last_headers = req.body, req.headers
+        self._last_url = req.url.decode("latin-1")
         self._in_flight += 1
         self._max_in_flight = max(self._max_in_flight, self._in_flight)
         conn.in_call = True
@@ -325,12 +338,13 @@ class MockUpstream:
                 body = encode(scripted.body)
             else:
                 body = dialect.error(scripted.status, None, seq)
+                headers = dialect.error_headers(scripted.status) | headers
             return _Out(_response(scripted.status, body, headers, ka), [])
         try:
-            plan = dialect.plan(req.body)
+            plan = dialect.plan(req.url, req.body)
         except msgspec.MsgspecError as exc:
             body = dialect.error(400, f"Invalid request body: {exc}", seq)
-            return _Out(_response(400, body, headers, ka), [])
+            return _Out(_response(400, body, dialect.error_headers(400) | headers, ka), [])
         cut = scripted.fail_after_chunks if scripted else None
         if not plan.stream:
             body = dialect.body(plan, seq)
@@ -343,7 +357,7 @@ class MockUpstream:
         if cut is None:
             chunked.append(b"0\r\n\r\n")
         return _Out(
-            _head(200, headers, ka, b"text/event-stream; charset=utf-8", None), chunked, cut is not None
+            _head(200, headers, ka, dialect.stream_type, None), chunked, cut is not None
         )
 
 

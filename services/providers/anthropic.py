@@ -17,12 +17,14 @@ from msgspec import UNSET, Struct, UnsetType
 
 from services.providers.base import (
     HttpCall,
+    StreamDecoder,
     StreamParser,
     bad_response,
     body_snippet,
     error_for_status,
     merge_headers,
 )
+from services.providers.sse import SSEDecoder
 from shared.config import ProviderConfig
 from shared.errors import GatewayError, InvalidRequest
 from shared.messages import (
@@ -255,6 +257,12 @@ class AnthropicAdapter:
             headers=headers,
             code=detail.type or None,
         )
+
+    def config_problem(self, config: ProviderConfig) -> str | None:
+        return None
+
+    def stream_decoder(self) -> StreamDecoder:
+        return SSEDecoder()
 
     def stream_parser(self, *, provider: str, model: str) -> StreamParser:
         # Imported here because the parser builds on this module's tables; cheap once loaded.

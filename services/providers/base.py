@@ -7,9 +7,11 @@ A `LocalAdapter` answers in-process (the mock provider) and is otherwise served 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+import msgspec
 
 from shared.config import ProviderConfig
 from shared.errors import (
@@ -60,6 +62,14 @@ class HttpAdapter(Protocol):
         ...
 
     def stream_parser(self, *, provider: str, model: str) -> StreamParser:
+        ...
+
+    def stream_decoder(self) -> StreamDecoder:
+        """The framing of this provider's stream body: SSE for most, AWS event stream for Bedrock."""
+        ...
+
+    def config_problem(self, config: ProviderConfig) -> str | None:
+        """Why `config` cannot work for this adapter (checked once at start), or None."""
         ...
 
 
@@ -133,6 +143,24 @@ def merge_headers(defaults: dict[str, str], extra: Mapping[str, str]) -> dict[st
     return merged
 
 
+def splice_extras(body: bytes, extra_json: bytes, keep: Callable[[str], bool]) -> bytes:
+    """`body` (a JSON object) with the client's vendor extras that `keep` accepts spliced into its top level,
+    without re-encoding it. Extras that are not a JSON object are the client's error."""
+    try:
+        extras = _extras_decoder.decode(extra_json)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"extra fields are not a JSON object: {exc}", code="invalid_extra_fields") from exc
+    kept = {k: v for k, v in extras.items() if keep(k)}
+    if not kept:
+        return body
+    # Both are JSON objects and `body` always holds a field: join them at the brace.
+    return body[:-1] + b"," + _extras_encoder.encode(kept)[1:]
+
+
+_extras_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_extras_encoder = msgspec.json.Encoder()
+
+
 def body_snippet(status: int, body: bytes) -> str:
     """What to tell the client when an error body is not the provider's usual JSON."""
     text = body.decode("utf-8", errors="replace").strip()
@@ -174,12 +202,22 @@ class StreamSummary:
     stop_sequence: str | None = None  # which stop sequence ended it, when the provider says
 
 
+class StreamDecoder(Protocol):
+    """A stream body's framing: bytes in (split anywhere), complete `(event name or None, data)` out.
+
+    SSE gives the `event:` name and the joined `data:` lines; AWS's event stream gives the `:event-type`
+    (or, for an exception message, the `:exception-type`) and the JSON payload. One per response body.
+    """
+
+    def feed(self, chunk: bytes) -> list[tuple[str | None, str]]: ...
+
+
 class StreamParser(Protocol):
     """Turns one provider's stream events into deltas. One parser per upstream call."""
 
     def feed(self, event: str | None, data: str) -> list[Delta]:
-        """Handle one SSE event (`event:` name or None, joined `data:` lines). Raises GatewayError for an
-        error event in the stream."""
+        """Handle one decoded event (its name or None, its data). Raises GatewayError for an error event
+        in the stream."""
         ...
 
     def end(self) -> StreamSummary:

@@ -16,14 +16,17 @@ from msgspec import UNSET, Struct, UnsetType
 
 from services.providers.base import (
     HttpCall,
+    StreamDecoder,
     StreamParser,
     bad_response,
     body_snippet,
     error_for_status,
     merge_headers,
+    splice_extras,
 )
+from services.providers.sse import SSEDecoder
 from shared.config import ProviderConfig
-from shared.errors import GatewayError, InvalidRequest
+from shared.errors import GatewayError
 from shared.messages import (
     ChatRequest,
     ChatResult,
@@ -84,7 +87,6 @@ class _ErrorBody(Struct):
 
 _completion_decoder = msgspec.json.Decoder(_Completion)
 _error_decoder = msgspec.json.Decoder(_ErrorBody)
-_extras_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _encoder = msgspec.json.Encoder()
 
 # Fields the gateway models win over a vendor extra of the same name: an extra must never re-route the
@@ -126,16 +128,30 @@ class OpenAICompatible:
         headers = {"Content-Type": "application/json"}
         secret = set(config.headers)  # operator-supplied headers often carry credentials
         if config.api_key is not None:
-            headers["Authorization"] = f"Bearer {config.api_key}"
-            secret.add("Authorization")
-        base_url = (config.base_url or self.default_base_url).rstrip("/")
+            name, value = self.auth_header(config.api_key)
+            headers[name] = value
+            secret.add(name)
         return HttpCall(
             method="POST",
-            url=f"{base_url}/chat/completions",
+            url=self.url(config, model),
             headers=merge_headers(headers, config.headers),
             body=body,
             secret_headers=frozenset(secret),
         )
+
+    # --- where to call: the two things an OpenAI-shaped provider (Azure) may change ---
+
+    def url(self, config: ProviderConfig, model: str) -> str:
+        return f"{(config.base_url or self.default_base_url).rstrip('/')}/chat/completions"
+
+    def auth_header(self, key: str) -> tuple[str, str]:
+        return "Authorization", f"Bearer {key}"
+
+    def config_problem(self, config: ProviderConfig) -> str | None:
+        return None
+
+    def stream_decoder(self) -> StreamDecoder:
+        return SSEDecoder()
 
     def parse_response(self, body: bytes, *, provider: str, model: str) -> ChatResult:
         try:
@@ -204,18 +220,7 @@ def _choice(choice: _Choice) -> Choice:
 
 
 def _merge_extras(body: bytes, extra_json: bytes) -> bytes:
-    """`body` with the extras' keys spliced into its top-level object, without re-encoding it."""
-    try:
-        extras = _extras_decoder.decode(extra_json)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(
-            f"extra fields are not a JSON object: {exc}", code="invalid_extra_fields"
-        ) from exc
-    kept = {k: v for k, v in extras.items() if k not in _MODELED_FIELDS}
-    if not kept:
-        return body
-    # Both are JSON objects and `body` always holds `model` and `messages`: join them at the brace.
-    return body[:-1] + b"," + _encoder.encode(kept)[1:]
+    return splice_extras(body, extra_json, lambda key: key not in _MODELED_FIELDS)
 
 
 adapter = OpenAICompatible("openai", "https://api.openai.com/v1")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from services.providers import anthropic, mock, openai
+from services.providers import anthropic, azure, bedrock, gemini, mock, openai
 from services.providers.base import HttpAdapter, LocalAdapter
 
 ADAPTERS: dict[str, HttpAdapter | LocalAdapter] = {
     "openai": openai.adapter,
     "openai_compatible": openai.openai_compatible,
     "anthropic": anthropic.adapter,
+    "azure": azure.adapter,
+    "bedrock": bedrock.adapter,
+    "gemini": gemini.adapter,
     "mock": mock.adapter,
 }
 

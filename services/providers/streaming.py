@@ -19,7 +19,6 @@ from nats.aio.msg import Msg
 from services.providers.assemble import Assembler
 from services.providers.base import Delta, HttpAdapter, StreamSummary
 from services.providers.http import Upstream
-from services.providers.sse import SSEDecoder
 from shared.errors import DeadlineExceeded, GatewayError, InvalidRequest, ProviderError
 from shared.messages import ChatRequest, ChatResult, StreamChunk, StreamEnd, Usage, encode
 from shared.subjects import Headers
@@ -43,7 +42,7 @@ async def _http_items(worker: ProviderWorker, adapter: HttpAdapter, request: Cha
                       timeout: float) -> AsyncIterator[Delta | StreamSummary]:
     call = adapter.build_stream_request(request, model, worker.settings)
     parser = adapter.stream_parser(provider=worker.name, model=model)
-    decoder = SSEDecoder()
+    decoder = adapter.stream_decoder()
     async with worker.upstream.open(call, timeout) as response:
         if response.status >= 400:
             body = await response.read()

@@ -358,3 +358,20 @@ async def test_cli_serves_on_uvloop_until_terminated() -> None:
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_azure_routes_answer_azure_openai_sdk(upstream: MockUpstream) -> None:
+    client = openai.AsyncAzureOpenAI(azure_endpoint=upstream.url, api_key="x", api_version="2024-10-21",
+                                     max_retries=0)
+    r = await client.chat.completions.create(model="my-deployment", messages=HELLO)  # type: ignore[arg-type]
+    assert r.model == "my-deployment" and r.choices[0].message.content == "Echo: hello there big world"
+    assert upstream.stats["last_url"] == "/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21"
+    assert upstream.stats["last_headers"]["api-key"] == "x"
+    stream = await client.chat.completions.create(model="d", messages=HELLO, stream=True)  # type: ignore[arg-type]
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == "Echo: hello there big world"
+    upstream.script([{"status": 400}])
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model="d", messages=HELLO)  # type: ignore[arg-type]
+    assert caught.value.code == "content_filter"
+    await client.close()

@@ -1,0 +1,268 @@
+"""The unified request as a Gemini `GenerateContentRequest`: system -> `systemInstruction`, turns as
+`user`/`model` contents, sampling (and `reasoning_effort`, as thinking) as `generationConfig`, tools as
+`functionDeclarations` with the history's `functionCall` and `functionResponse` parts
+(ai.google.dev/api/generate-content, ai.google.dev/gemini-api/docs/function-calling).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
+
+from shared.errors import InvalidRequest
+from shared.messages import (
+    ChatRequest,
+    ContentPart,
+    ImagePart,
+    Message,
+    ResponseFormat,
+    TextPart,
+    ToolCall,
+    ToolChoiceFunction,
+)
+
+_TOOL_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+
+# --- the request body ----------------------------------------------------------------------------
+
+
+class _Blob(Struct, rename="camel"):
+    mime_type: str
+    data: str
+
+
+class _FunctionCallOut(Struct):
+    name: str
+    args: dict[str, msgspec.Raw]
+
+
+class _FunctionResponse(Struct):
+    name: str
+    response: dict[str, Any]
+
+
+class _Part(Struct, rename="camel", omit_defaults=True):
+    text: str | UnsetType = UNSET
+    inline_data: _Blob | UnsetType = UNSET
+    function_call: _FunctionCallOut | UnsetType = UNSET
+    function_response: _FunctionResponse | UnsetType = UNSET
+
+
+class _Content(Struct, omit_defaults=True):
+    parts: list[_Part]
+    role: Literal["user", "model"] | UnsetType = UNSET
+
+
+class _FunctionDeclaration(Struct, rename="camel", omit_defaults=True):
+    name: str
+    description: str | UnsetType = UNSET
+    parameters_json_schema: dict[str, Any] | UnsetType = UNSET
+
+
+class _Tool(Struct, rename="camel"):
+    function_declarations: list[_FunctionDeclaration]
+
+
+class _FunctionCallingConfig(Struct, rename="camel", omit_defaults=True):
+    mode: str
+    allowed_function_names: list[str] | UnsetType = UNSET
+
+
+class _ToolConfig(Struct, rename="camel"):
+    function_calling_config: _FunctionCallingConfig
+
+
+class _ThinkingConfig(Struct, rename="camel", omit_defaults=True):
+    thinking_budget: int | UnsetType = UNSET  # Gemini 2.5
+    thinking_level: str | UnsetType = UNSET  # Gemini 3 and later
+
+
+class _GenerationConfig(Struct, rename="camel", omit_defaults=True):
+    temperature: float | UnsetType = UNSET
+    top_p: float | UnsetType = UNSET
+    max_output_tokens: int | UnsetType = UNSET
+    stop_sequences: list[str] | UnsetType = UNSET
+    candidate_count: int | UnsetType = UNSET
+    presence_penalty: float | UnsetType = UNSET
+    frequency_penalty: float | UnsetType = UNSET
+    seed: int | UnsetType = UNSET
+    response_mime_type: str | UnsetType = UNSET
+    response_json_schema: dict[str, Any] | UnsetType = UNSET
+    thinking_config: _ThinkingConfig | UnsetType = UNSET
+
+
+class _Request(Struct, rename="camel", omit_defaults=True):
+    contents: list[_Content]
+    system_instruction: _Content | UnsetType = UNSET
+    tools: list[_Tool] | UnsetType = UNSET
+    tool_config: _ToolConfig | UnsetType = UNSET
+    generation_config: _GenerationConfig | UnsetType = UNSET
+
+
+_args_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_object_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+# --- the unified request as Gemini's ---------------------------------------------------------------
+
+
+def gemini_request(request: ChatRequest, model: str) -> _Request:
+    system, contents = _contents(request.messages)
+    tools = [
+        _FunctionDeclaration(
+            name=t.function.name,
+            description=t.function.description,
+            parameters_json_schema=t.function.parameters,
+        )
+        for t in request.tools or ()
+    ]
+    return _Request(
+        contents=contents,
+        system_instruction=_Content(parts=[_Part(text="\n\n".join(system))]) if system else UNSET,
+        tools=[_Tool(function_declarations=tools)] if tools else UNSET,
+        tool_config=_tool_config(request) if tools else UNSET,
+        generation_config=_generation_config(request, model),
+    )
+
+
+def _generation_config(request: ChatRequest, model: str) -> _GenerationConfig | UnsetType:
+    mime: str | UnsetType = UNSET
+    schema: dict[str, Any] | UnsetType = UNSET
+    if isinstance(fmt := request.response_format, ResponseFormat) and fmt.type != "text":
+        mime = "application/json"
+        if not isinstance(fmt.json_schema, UnsetType):
+            schema = fmt.json_schema.schema
+    config = _GenerationConfig(
+        temperature=_given(request.temperature),
+        top_p=_given(request.top_p),
+        max_output_tokens=request.max_output_tokens() or UNSET,
+        stop_sequences=request.stop_list() or UNSET,
+        candidate_count=_given(request.n),
+        presence_penalty=_given(request.presence_penalty),
+        frequency_penalty=_given(request.frequency_penalty),
+        seed=_given(request.seed),
+        response_mime_type=mime,
+        response_json_schema=schema,
+        thinking_config=_thinking(request.reasoning_effort, model),
+    )
+    return config if config != _GenerationConfig() else UNSET
+
+
+# reasoning_effort -> Gemini 2.5's thinking budget, as Google's own OpenAI-compatible endpoint maps it
+# (ai.google.dev/gemini-api/docs/openai: "low", "medium", "high" -> 1K, 8K, 24K tokens; "none" -> off).
+_THINKING_BUDGETS = {"none": 0, "minimal": 0, "low": 1024, "medium": 8192, "high": 24576}
+
+
+def _thinking(effort: str | None | UnsetType, model: str) -> _ThinkingConfig | UnsetType:
+    if not isinstance(effort, str):
+        return UNSET
+    if model.removeprefix("models/").startswith("gemini-2"):
+        if effort not in _THINKING_BUDGETS:
+            raise InvalidRequest(
+                f"gemini: unknown reasoning_effort {effort!r}", param="reasoning_effort", code="invalid_value"
+            )
+        return _ThinkingConfig(thinking_budget=_THINKING_BUDGETS[effort])
+    # Later models take a level (ai.google.dev/gemini-api/docs/thinking): minimal, low, medium, high.
+    return _ThinkingConfig(thinking_level="minimal" if effort == "none" else effort)
+
+
+def _contents(messages: list[Message]) -> tuple[list[str], list[_Content]]:
+    """System prompts apart; the rest as `user`/`model` turns, consecutive same-role messages merged."""
+    system: list[str] = []
+    contents: list[_Content] = []
+    names: dict[str, str] = {}  # tool call id -> function name: a functionResponse is matched by name
+    for m in messages:
+        match m.role:
+            case "system" | "developer":
+                system.append(m.text())
+                continue
+            case "user":
+                role: Literal["user", "model"] = "user"
+                parts = _parts(m.content)
+            case "assistant":
+                role = "model"
+                text = m.text()
+                parts = [_Part(text=text)] if text else []
+                for call in m.tool_calls or ():
+                    names[call.id] = call.function.name
+                    parts.append(_Part(function_call=_function_call(call)))
+            case "tool":
+                role = "user"
+                name = names.get(m.tool_call_id or "") or (m.name if isinstance(m.name, str) else "")
+                if not name:
+                    raise InvalidRequest(
+                        f"gemini: tool message {m.tool_call_id!r} answers no earlier tool call",
+                        param="messages",
+                        code="invalid_tool_call_id",
+                    )
+                parts = [_Part(function_response=_FunctionResponse(name=name, response=_result(m.text())))]
+        if not parts:
+            continue  # Gemini rejects a content without parts
+        if contents and contents[-1].role == role:
+            contents[-1].parts.extend(parts)
+        else:
+            contents.append(_Content(role=role, parts=parts))
+    return system, contents
+
+
+def _parts(content: str | list[ContentPart] | None) -> list[_Part]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [_Part(text=content)] if content else []
+    parts: list[_Part] = []
+    for part in content:
+        if isinstance(part, TextPart):
+            if part.text:
+                parts.append(_Part(text=part.text))
+        elif isinstance(part, ImagePart):
+            parts.append(_Part(inline_data=_image(part.image_url.url)))
+    return parts
+
+
+def _image(url: str) -> _Blob:
+    header, sep, data = url.partition(",")
+    if url.startswith("data:") and sep and header.endswith(";base64"):
+        return _Blob(mime_type=header[5:-7], data=data)
+    # `fileData` wants a Files API URI; fetching arbitrary URLs on the caller's behalf is not ours to do.
+    raise InvalidRequest(
+        "gemini: an image_url must be a base64 data: URL", param="messages", code="invalid_image_url"
+    )
+
+
+def _function_call(call: ToolCall) -> _FunctionCallOut:
+    try:
+        args = _args_decoder.decode(call.function.arguments or "{}")
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(
+            f"gemini: tool call {call.id!r} has arguments that are not a JSON object",
+            param="messages",
+            code="invalid_tool_arguments",
+        ) from exc
+    return _FunctionCallOut(name=call.function.name, args=args)
+
+
+def _result(text: str) -> dict[str, Any]:
+    """A tool's output as `functionResponse.response`, which must be an object: JSON objects as they are,
+    anything else under `result` (the key Gemini's function-calling guide uses)."""
+    try:
+        return _object_decoder.decode(text)
+    except msgspec.DecodeError:
+        return {"result": text}
+
+
+def _tool_config(request: ChatRequest) -> _ToolConfig | UnsetType:
+    choice = request.tool_choice
+    if isinstance(choice, ToolChoiceFunction):
+        config = _FunctionCallingConfig(mode="ANY", allowed_function_names=[choice.function.name])
+    elif isinstance(choice, str):
+        config = _FunctionCallingConfig(mode=_TOOL_MODES[choice])
+    else:
+        return UNSET
+    return _ToolConfig(function_calling_config=config)
+
+
+def _given(value: Any) -> Any:
+    return UNSET if value is None else value

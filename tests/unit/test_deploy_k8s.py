@@ -228,7 +228,9 @@ def test_the_example_overlay_sets_namespace_image_replicas_and_adds_openai() -> 
 
 def test_the_base_secret_holds_empty_placeholders_only() -> None:
     (secret,) = _objects("base", "Secret")
-    assert secret["stringData"] == {"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": ""}
+    assert secret["stringData"] == dict.fromkeys(
+        ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "AZURE_OPENAI_API_KEY", "AWS_BEARER_TOKEN_BEDROCK"],
+        "")
 
 
 def test_nats_is_a_three_node_cluster_whose_routes_name_every_node() -> None:

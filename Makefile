@@ -29,7 +29,8 @@ test: dev redis
 	$(BIN)/python -m pytest -q
 
 lint: dev
-	$(BIN)/ruff check shared services tests
+	$(BIN)/ruff check shared services tests bench
+	$(BIN)/mypy shared services
 
 # LLM Edge beside LiteLLM and Portkey on this machine; installs both into bench/.venvs/ on first use.
 # BENCH_ARGS=--quick for 3 s per point; results in bench-results/ (results.json, summary.md).

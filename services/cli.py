@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["mock-upstream"]:
         from services.mockupstream.server import main as upstream_main
 
-        return upstream_main(argv[1:]) or 0
+        upstream_main(argv[1:])
+        return 0
     parser = argparse.ArgumentParser(prog="llm-edge", description=__doc__)
     parser.add_argument("--config", "-c", help="YAML or TOML configuration file (or LLM_EDGE_CONFIG)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "mock-upstream":
         from services.mockupstream.server import main as upstream_main
 
-        return upstream_main(args.args) or 0
+        upstream_main(args.args)
+        return 0
     if args.command == "status":  # needs no configuration: it only asks the bus what runs on it
         from services.status import command as status
 

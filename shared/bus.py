@@ -126,7 +126,7 @@ class _TaskEndpoint(Endpoint):
 
     def _count_error(self, exc: Exception) -> None:
         self._num_errors += 1
-        self._last_error = f"{type(exc).__name__}: {exc}"
+        self._last_error = f"{type(exc).__name__}: {exc}"  # type: ignore[assignment]  # micro types it None
 
 
 def _heartbeats(nc: Client, msg: Msg) -> _Heartbeat | None:

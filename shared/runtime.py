@@ -6,7 +6,8 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 
@@ -71,7 +72,7 @@ def taking_work(nc: NatsClient, stop: asyncio.Event) -> Callable[[], bool]:
     return lambda: nc.is_connected and not stop.is_set()
 
 
-def run(main: Callable[[], Awaitable[None]]) -> None:
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     install_uvloop()
     try:
         asyncio.run(main())

@@ -36,7 +36,7 @@ class L2Cache:
             self._failed(exc)
             return None
         self._ok()
-        return value
+        return value if isinstance(value, bytes) else None  # the client decodes nothing: bytes or None
 
     async def put(self, key: str, value: bytes, ttl: float) -> None:
         if self._backing_off() or ttl <= 0:

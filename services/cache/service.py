@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 from nats.aio.msg import Msg
@@ -107,7 +107,7 @@ class CacheService:
 
     async def health(self) -> HealthReport:
         checks = {"l1": "up", "l1_entries": str(len(self.l1)), "l1_bytes": str(self.l1.bytes)}
-        status = "up"
+        status: Literal["up", "degraded", "down"] = "up"
         if self.l2 is not None:
             up = await self.l2.ping()
             checks["l2"] = "up" if up else "down"

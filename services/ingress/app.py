@@ -243,7 +243,7 @@ def _probe_or_scrape(scope: MutableMapping[str, Any]) -> bool:
 # probes and scrapes that arrive every few seconds (they buried the request traces in Jaeger), and none
 # for its internals (dependencies, endpoint). Chat completions never reach FastAPI: shared/tracing.py
 # traces them. Older FastAPI keeps unknown settings in `app.extra` and ignores them.
-_FASTAPI_TELEMETRY = {"exclude": _probe_or_scrape, "operation_spans": False}
+_FASTAPI_TELEMETRY: Any = {"exclude": _probe_or_scrape, "operation_spans": False}
 
 
 def create_app(config: Config, nc: Client | None = None) -> FastPath:

@@ -11,7 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import msgspec
 from nats.aio.msg import Msg
@@ -34,7 +34,7 @@ async def items(worker: ProviderWorker, request: ChatRequest, model: str, timeou
         async for item in adapter.stream(request, model, worker.settings):  # type: ignore[union-attr]
             yield item
         return
-    async for item in _http_items(worker, adapter, request, model, timeout):
+    async for item in _http_items(worker, cast(HttpAdapter, adapter), request, model, timeout):
         yield item
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import cast
 
 import msgspec
 from nats.aio.msg import Msg
@@ -139,7 +140,7 @@ class ProviderWorker:
         adapter = self.adapter
         if self.local:
             return await adapter.complete(request, model, self.settings)  # type: ignore[union-attr]
-        return await self._call_http(adapter, request, model, timeout)
+        return await self._call_http(cast(HttpAdapter, adapter), request, model, timeout)
 
     async def _call_http(
         self, adapter: HttpAdapter, request: ChatRequest, model: str, timeout: float

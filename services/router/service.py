@@ -243,7 +243,8 @@ class Router:
 
     def health(self) -> HealthReport:
         now = time.monotonic()
-        checks = {f"breaker {key}": b.state for key, b in self.breakers.items() if b.state != "closed"}
+        checks: dict[str, str] = {
+            f"breaker {key}": b.state for key, b in self.breakers.items() if b.state != "closed"}
         degraded = any(not b.available(now) for b in self.breakers.values())
         return HealthReport(service="router", instance=self.server.id, status="degraded" if degraded else "up",
                             checks=checks)

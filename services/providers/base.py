@@ -176,6 +176,16 @@ def bad_response(provider: str, detail: str) -> ProviderError:
     )
 
 
+def stream_truncated(provider: str, terminator: str) -> ProviderError:
+    """The upstream body ended before the stream's documented `terminator`: a cut answer is an error."""
+    return ProviderError(
+        f"{provider}: the stream ended before {terminator}",
+        code="provider_stream_truncated",
+        retryable=False,
+        where=f"provider:{provider}",
+    )
+
+
 # --- streaming -----------------------------------------------------------------------------------
 
 

@@ -11,13 +11,12 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
+from services.providers.parts import data_url, map_parts, tool_arguments
 from shared.errors import InvalidRequest
 from shared.messages import (
     ChatRequest,
     ContentPart,
-    ImagePart,
     Message,
-    TextPart,
     ToolCall,
     ToolChoiceFunction,
 )
@@ -112,7 +111,6 @@ class _Request(Struct, rename="camel", omit_defaults=True):
     tool_config: _ToolConfig | UnsetType = UNSET
 
 
-_arguments_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _object_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -176,42 +174,23 @@ def _messages(messages: list[Message]) -> tuple[list[str], list[_Message]]:
 
 
 def _blocks(content: str | list[ContentPart] | None) -> list[_Block]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [_Block(text=content)] if content else []
-    blocks: list[_Block] = []
-    for part in content:
-        if isinstance(part, TextPart):
-            if part.text:
-                blocks.append(_Block(text=part.text))
-        elif isinstance(part, ImagePart):
-            blocks.append(_Block(image=_image(part.image_url.url)))
-    return blocks
+    return map_parts(content, lambda text: _Block(text=text), lambda url: _Block(image=_image(url)))
 
 
 def _image(url: str) -> _Image:
-    header, sep, data = url.partition(",")
-    media = header[5:-7] if url.startswith("data:") and sep and header.endswith(";base64") else ""
-    if media not in _IMAGE_FORMATS:
+    parsed = data_url(url)
+    if parsed is None or parsed[0] not in _IMAGE_FORMATS:
         raise InvalidRequest(
             "bedrock: an image_url must be a base64 data: URL of a PNG, JPEG, GIF or WebP image",
             param="messages",
             code="invalid_image_url",
         )
+    media, data = parsed
     return _Image(format=_IMAGE_FORMATS[media], source=_ImageSource(bytes=data))
 
 
 def _tool_use(call: ToolCall) -> _ToolUse:
-    try:
-        arguments = _arguments_decoder.decode(call.function.arguments or "{}")
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(
-            f"bedrock: tool call {call.id!r} has arguments that are not a JSON object",
-            param="messages",
-            code="invalid_tool_arguments",
-        ) from exc
-    return _ToolUse(tool_use_id=call.id, name=call.function.name, input=arguments)
+    return _ToolUse(tool_use_id=call.id, name=call.function.name, input=tool_arguments(call, "bedrock"))
 
 
 def _tool_output(text: str) -> _ToolResultContent:

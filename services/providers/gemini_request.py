@@ -11,14 +11,13 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
+from services.providers.parts import data_url, map_parts, tool_arguments
 from shared.errors import InvalidRequest
 from shared.messages import (
     ChatRequest,
     ContentPart,
-    ImagePart,
     Message,
     ResponseFormat,
-    TextPart,
     ToolCall,
     ToolChoiceFunction,
 )
@@ -101,7 +100,6 @@ class _Request(Struct, rename="camel", omit_defaults=True):
     generation_config: _GenerationConfig | UnsetType = UNSET
 
 
-_args_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _object_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -208,24 +206,13 @@ def _contents(messages: list[Message]) -> tuple[list[str], list[_Content]]:
 
 
 def _parts(content: str | list[ContentPart] | None) -> list[_Part]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [_Part(text=content)] if content else []
-    parts: list[_Part] = []
-    for part in content:
-        if isinstance(part, TextPart):
-            if part.text:
-                parts.append(_Part(text=part.text))
-        elif isinstance(part, ImagePart):
-            parts.append(_Part(inline_data=_image(part.image_url.url)))
-    return parts
+    return map_parts(content, lambda text: _Part(text=text), lambda url: _Part(inline_data=_image(url)))
 
 
 def _image(url: str) -> _Blob:
-    header, sep, data = url.partition(",")
-    if url.startswith("data:") and sep and header.endswith(";base64"):
-        return _Blob(mime_type=header[5:-7], data=data)
+    parsed = data_url(url)
+    if parsed is not None:
+        return _Blob(mime_type=parsed[0], data=parsed[1])
     # `fileData` wants a Files API URI; fetching arbitrary URLs on the caller's behalf is not ours to do.
     raise InvalidRequest(
         "gemini: an image_url must be a base64 data: URL", param="messages", code="invalid_image_url"
@@ -233,15 +220,7 @@ def _image(url: str) -> _Blob:
 
 
 def _function_call(call: ToolCall) -> _FunctionCallOut:
-    try:
-        args = _args_decoder.decode(call.function.arguments or "{}")
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(
-            f"gemini: tool call {call.id!r} has arguments that are not a JSON object",
-            param="messages",
-            code="invalid_tool_arguments",
-        ) from exc
-    return _FunctionCallOut(name=call.function.name, args=args)
+    return _FunctionCallOut(name=call.function.name, args=tool_arguments(call, "gemini"))
 
 
 def _result(text: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from services.providers.base import (
     error_for_status,
     merge_headers,
 )
-from services.providers.parts import data_url, map_parts, tool_arguments
+from services.providers.parts import data_url, map_parts, tool_arguments, turns
 from services.providers.sse import SSEDecoder
 from shared.config import ProviderConfig
 from shared.errors import GatewayError, InvalidRequest
@@ -271,35 +271,26 @@ class AnthropicAdapter:
 
 def _turns(messages: list[Message]) -> tuple[list[str], list[_Turn]]:
     """System prompts apart; the rest as alternating turns, consecutive same-role messages merged."""
-    system: list[str] = []
-    turns: list[_Turn] = []
-    for m in messages:
-        match m.role:
-            case "system" | "developer":
-                system.append(m.text())
-                continue
-            case "user":
-                role: Literal["user", "assistant"] = "user"
-                blocks: list[_Block] = [*_blocks(m.content)]
-            case "assistant":
-                role = "assistant"
-                text = m.text()
-                blocks = [_Text(text)] if text else []
-                blocks += [_tool_use(c) for c in m.tool_calls or ()]
-            case "tool":
-                role = "user"
-                result = (m.content or UNSET) if isinstance(m.content, str) else (_blocks(m.content) or UNSET)
-                blocks = [_ToolResult(tool_use_id=m.tool_call_id or "", content=result)]
-        if not blocks:
-            continue  # Anthropic rejects empty turns
-        if turns and turns[-1].role == role:
-            turns[-1].content.extend(blocks)
-        else:
-            turns.append(_Turn(role=role, content=blocks))
-    for turn in turns:
+    system, found = turns(messages, _message_blocks)
+    result = [_Turn(role=role, content=blocks) for role, blocks in found]
+    for turn in result:
         # Tool results must open their user turn, before any text the client added after them.
         turn.content.sort(key=lambda b: not isinstance(b, _ToolResult))
-    return system, turns
+    return system, result
+
+
+def _message_blocks(m: Message) -> list[_Block]:
+    match m.role:
+        case "user":
+            return [*_blocks(m.content)]
+        case "assistant":
+            text = m.text()
+            blocks: list[_Block] = [_Text(text)] if text else []
+            return blocks + [_tool_use(c) for c in m.tool_calls or ()]
+        case "tool":
+            result = (m.content or UNSET) if isinstance(m.content, str) else (_blocks(m.content) or UNSET)
+            return [_ToolResult(tool_use_id=m.tool_call_id or "", content=result)]
+    return []  # system prompts: `turns` keeps them apart
 
 
 def _blocks(content: str | list[ContentPart] | None) -> list[_Text | _Image]:

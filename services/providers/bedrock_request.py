@@ -11,7 +11,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
-from services.providers.parts import data_url, map_parts, tool_arguments
+from services.providers.parts import data_url, map_parts, tool_arguments, turns
 from shared.errors import InvalidRequest
 from shared.messages import (
     ChatRequest,
@@ -137,40 +137,26 @@ def converse_request(request: ChatRequest) -> _Request:
 
 def _messages(messages: list[Message]) -> tuple[list[str], list[_Message]]:
     """System prompts apart; the rest as alternating turns (Converse requires it), same roles merged."""
-    system: list[str] = []
-    turns: list[_Message] = []
-    for m in messages:
-        match m.role:
-            case "system" | "developer":
-                system.append(m.text())
-                continue
-            case "user":
-                role: Literal["user", "assistant"] = "user"
-                blocks = _blocks(m.content)
-            case "assistant":
-                role = "assistant"
-                text = m.text()
-                blocks = [_Block(text=text)] if text else []
-                blocks += [_Block(tool_use=_tool_use(c)) for c in m.tool_calls or ()]
-            case "tool":
-                role = "user"
-                blocks = [
-                    _Block(
-                        tool_result=_ToolResult(
-                            tool_use_id=m.tool_call_id or "", content=[_tool_output(m.text())]
-                        )
-                    )
-                ]
-        if not blocks:
-            continue  # Converse rejects an empty content list
-        if turns and turns[-1].role == role:
-            turns[-1].content.extend(blocks)
-        else:
-            turns.append(_Message(role=role, content=blocks))
-    for turn in turns:
+    system, found = turns(messages, _message_blocks)
+    result = [_Message(role=role, content=blocks) for role, blocks in found]
+    for turn in result:
         # Tool results open their user turn, before any text the client added after them.
         turn.content.sort(key=lambda b: isinstance(b.tool_result, UnsetType))
-    return system, turns
+    return system, result
+
+
+def _message_blocks(m: Message) -> list[_Block]:
+    match m.role:
+        case "user":
+            return _blocks(m.content)
+        case "assistant":
+            text = m.text()
+            blocks = [_Block(text=text)] if text else []
+            return blocks + [_Block(tool_use=_tool_use(c)) for c in m.tool_calls or ()]
+        case "tool":
+            result = _ToolResult(tool_use_id=m.tool_call_id or "", content=[_tool_output(m.text())])
+            return [_Block(tool_result=result)]
+    return []  # system prompts: `turns` keeps them apart
 
 
 def _blocks(content: str | list[ContentPart] | None) -> list[_Block]:

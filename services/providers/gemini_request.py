@@ -11,7 +11,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
-from services.providers.parts import data_url, map_parts, tool_arguments
+from services.providers.parts import data_url, map_parts, tool_arguments, turns
 from shared.errors import InvalidRequest
 from shared.messages import (
     ChatRequest,
@@ -168,26 +168,20 @@ def _thinking(effort: str | None | UnsetType, model: str) -> _ThinkingConfig | U
 
 def _contents(messages: list[Message]) -> tuple[list[str], list[_Content]]:
     """System prompts apart; the rest as `user`/`model` turns, consecutive same-role messages merged."""
-    system: list[str] = []
-    contents: list[_Content] = []
     names: dict[str, str] = {}  # tool call id -> function name: a functionResponse is matched by name
-    for m in messages:
+
+    def message_parts(m: Message) -> list[_Part]:
         match m.role:
-            case "system" | "developer":
-                system.append(m.text())
-                continue
             case "user":
-                role: Literal["user", "model"] = "user"
-                parts = _parts(m.content)
+                return _parts(m.content)
             case "assistant":
-                role = "model"
                 text = m.text()
                 parts = [_Part(text=text)] if text else []
                 for call in m.tool_calls or ():
                     names[call.id] = call.function.name
                     parts.append(_Part(function_call=_function_call(call)))
+                return parts
             case "tool":
-                role = "user"
                 name = names.get(m.tool_call_id or "") or (m.name if isinstance(m.name, str) else "")
                 if not name:
                     raise InvalidRequest(
@@ -195,14 +189,11 @@ def _contents(messages: list[Message]) -> tuple[list[str], list[_Content]]:
                         param="messages",
                         code="invalid_tool_call_id",
                     )
-                parts = [_Part(function_response=_FunctionResponse(name=name, response=_result(m.text())))]
-        if not parts:
-            continue  # Gemini rejects a content without parts
-        if contents and contents[-1].role == role:
-            contents[-1].parts.extend(parts)
-        else:
-            contents.append(_Content(role=role, parts=parts))
-    return system, contents
+                return [_Part(function_response=_FunctionResponse(name=name, response=_result(m.text())))]
+        return []  # system prompts: `turns` keeps them apart
+
+    system, found = turns(messages, message_parts)
+    return system, [_Content(role="model" if role == "assistant" else "user", parts=parts) for role, parts in found]
 
 
 def _parts(content: str | list[ContentPart] | None) -> list[_Part]:

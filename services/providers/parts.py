@@ -1,20 +1,43 @@
-"""OpenAI content parts and tool-call arguments as the native request builders (Anthropic, Gemini,
-Bedrock) read them: text and images mapped to each provider's blocks, base64 data: URLs split, a tool
-call's arguments decoded to the JSON object every one of them wants."""
+"""OpenAI messages as the native request builders (Anthropic, Gemini, Bedrock) read them: system prompts
+apart and same-role turns merged, text and images mapped to each provider's blocks, base64 data: URLs
+split, a tool call's arguments decoded to the JSON object every one of them wants."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import msgspec
 
 from shared.errors import InvalidRequest
-from shared.messages import ContentPart, ImagePart, TextPart, ToolCall
+from shared.messages import ContentPart, ImagePart, Message, TextPart, ToolCall
 
 T = TypeVar("T")
 
 _arguments_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def turns(
+    messages: list[Message], blocks: Callable[[Message], list[T]]
+) -> tuple[list[str], list[tuple[Literal["user", "assistant"], list[T]]]]:
+    """System and developer prompts apart; the rest as `(role, blocks)` turns in order, a tool message
+    counting as the user's, turns without blocks left out (these providers reject them) and consecutive
+    same-role turns merged (they require user and assistant to alternate)."""
+    system: list[str] = []
+    result: list[tuple[Literal["user", "assistant"], list[T]]] = []
+    for m in messages:
+        if m.role in ("system", "developer"):
+            system.append(m.text())
+            continue
+        role: Literal["user", "assistant"] = "assistant" if m.role == "assistant" else "user"
+        found = blocks(m)
+        if not found:
+            continue
+        if result and result[-1][0] == role:
+            result[-1][1].extend(found)
+        else:
+            result.append((role, found))
+    return system, result
 
 
 def map_parts(

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
-from services.ingress.parse import validate
+from services.ingress.parse import decode_body, validate
 from shared.errors import GatewayError, InvalidRequest
 from shared.messages import (
     ChatRequest,
@@ -129,15 +129,7 @@ _TOOL_CHOICES: dict[str, Literal["auto", "required", "none"]] = {"auto": "auto",
 
 def parse_messages_request(body: bytes) -> ChatRequest:
     """An Anthropic Messages body -> the unified request, or `InvalidRequest` naming what is wrong."""
-    if not body:
-        raise InvalidRequest("The request body is empty; expected a JSON object.")
-    try:
-        request = _decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise _invalid(str(exc)) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
-    chat = to_chat_request(request)
+    chat = to_chat_request(decode_body(_decoder, body, _invalid))
     validate(chat)
     return chat
 

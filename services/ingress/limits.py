@@ -85,18 +85,14 @@ def go_duration(seconds: float) -> str:
 def headers(rule: Rule, snap: Snapshot) -> dict[str, str]:
     """OpenAI's x-ratelimit-* headers for the limits the key has."""
     out: dict[str, str] = {}
-    if rule.rpm is not None:
-        ahead = max(0.0, snap.requests_tat - snap.now)
-        used = ahead * rule.rpm / rule.window
-        out["x-ratelimit-limit-requests"] = str(rule.rpm)
-        out["x-ratelimit-remaining-requests"] = str(max(0, math.floor(rule.rpm - used + 1e-9)))
-        out["x-ratelimit-reset-requests"] = go_duration(ahead)
-    if rule.tpm is not None:
-        ahead = max(0.0, snap.tokens_tat - snap.now)
-        used = ahead * rule.tpm / rule.window
-        out["x-ratelimit-limit-tokens"] = str(rule.tpm)
-        out["x-ratelimit-remaining-tokens"] = str(max(0, math.floor(rule.tpm - used + 1e-9)))
-        out["x-ratelimit-reset-tokens"] = go_duration(ahead)
+    for kind, limit, tat in (("requests", rule.rpm, snap.requests_tat), ("tokens", rule.tpm, snap.tokens_tat)):
+        if limit is None:
+            continue
+        ahead = max(0.0, tat - snap.now)
+        used = ahead * limit / rule.window
+        out[f"x-ratelimit-limit-{kind}"] = str(limit)
+        out[f"x-ratelimit-remaining-{kind}"] = str(max(0, math.floor(limit - used + 1e-9)))
+        out[f"x-ratelimit-reset-{kind}"] = go_duration(ahead)
     return out
 
 

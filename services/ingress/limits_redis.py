@@ -8,19 +8,14 @@ instead of each request paying the timeout again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from typing import cast
 
-import redis.asyncio as redis
-from redis.exceptions import RedisError
-
 from services.ingress.limits import Limit, Rule, Snapshot
+from shared.redis_backoff import RedisBackoff
 
 log = logging.getLogger("llm_edge.ingress.limits")
 
-BACKOFF_SECONDS = 1.0
 # Kept a little longer than the longest budget period it counts (a calendar month).
 _BUDGET_TTL_SECONDS = 35 * 86400
 
@@ -68,15 +63,20 @@ return 1
 
 class RedisLimits:
     def __init__(self, url: str, timeout: float, prefix: str) -> None:
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
+        self._redis = RedisBackoff(
+            url,
+            timeout,
+            log,
+            down="redis unavailable for rate limits, enforcing them per process",
+            up="redis is back for rate limits",
         )
-        self._timeout = timeout
         self._prefix = f"{prefix}:limits:"
-        self._admit = self._redis.register_script(_ADMIT)
-        self._charge = self._redis.register_script(_CHARGE)
-        self._down_until = 0.0
-        self.healthy = True
+        self._admit = self._redis.client.register_script(_ADMIT)
+        self._charge = self._redis.client.register_script(_CHARGE)
+
+    @property
+    def healthy(self) -> bool:
+        return self._redis.healthy
 
     def _keys(self, rule: Rule, period: str) -> list[str]:
         # One hash tag per key name: a key's counters sit in one Redis Cluster slot, as a script needs.
@@ -85,49 +85,20 @@ class RedisLimits:
 
     async def admit(self, rule: Rule, period: str) -> Snapshot | None:
         """The key's state after counting the request; None when Redis cannot answer (fall back)."""
-        if self._backing_off():
-            return None
         args = [rule.window, rule.rpm or 0, rule.tpm or 0, -1 if rule.budget is None else rule.budget]
-        try:
-            denied, now, req, tok, spent = await asyncio.wait_for(
-                self._admit(keys=self._keys(rule, period), args=args), self._timeout
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+        reply = await self._redis.call(lambda: self._admit(keys=self._keys(rule, period), args=args), None)
+        if reply is None:
             return None
-        self._ok()
+        denied, now, req, tok, spent = reply
         refused = cast("Limit | None", denied.decode() or None)
         return Snapshot(float(now), float(req), float(tok), float(spent), refused)
 
     async def charge(self, rule: Rule, period: str, tokens: int, cost: float) -> None:
-        if self._backing_off():
-            return  # the local limits counted it; Redis misses this one
+        """Counts an answered request's tokens and cost; when Redis cannot, only the local limits have."""
         keys = self._keys(rule, period)[1:]
         ttl = _BUDGET_TTL_SECONDS if period != "total" else 0
-        try:
-            await asyncio.wait_for(
-                self._charge(keys=keys, args=[rule.window, rule.tpm or 0, tokens, f"{cost:.12f}", ttl]),
-                self._timeout,
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
-            return
-        self._ok()
+        args: list[float | str] = [rule.window, rule.tpm or 0, tokens, f"{cost:.12f}", ttl]
+        await self._redis.call(lambda: self._charge(keys=keys, args=args), None)
 
     async def close(self) -> None:
-        await self._redis.aclose()
-
-    def _backing_off(self) -> bool:
-        return not self.healthy and time.monotonic() < self._down_until
-
-    def _failed(self, exc: BaseException) -> None:
-        if self.healthy:
-            log.warning("redis unavailable for rate limits, enforcing them per process: %s",
-                        type(exc).__name__)
-        self.healthy = False
-        self._down_until = time.monotonic() + BACKOFF_SECONDS
-
-    def _ok(self) -> None:
-        if not self.healthy:
-            log.info("redis is back for rate limits")
-        self.healthy = True
+        await self._redis.close()

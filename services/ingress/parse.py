@@ -5,12 +5,16 @@ vendor extras (fields we do not model) kept as one JSON object instead of being 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 import msgspec
 from starlette.requests import Request
 
 from shared.errors import BodyTooLarge, InvalidRequest
 from shared.messages import ChatRequest
+
+T = TypeVar("T")
 
 _decoder = msgspec.json.Decoder(ChatRequest)
 _fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -32,21 +36,20 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
+def decode_body(decoder: msgspec.json.Decoder[T], body: bytes, invalid: Callable[[str], InvalidRequest]) -> T:
+    """A JSON request body decoded straight into its type; `invalid` words a validation error's text."""
     if not body:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:
-        request = _decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        match = _PATH.search(text)
-        param = match.group(1) if match else None
-        missing = re.search(r"missing required field `([^`]+)`", text)
-        if missing:
-            param = f"{param}.{missing.group(1)}" if param else missing.group(1)
-        raise InvalidRequest(f"Invalid request: {text}", param=param or None) from exc
+        raise invalid(str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    request = decode_body(_decoder, body, _invalid)
     fields = _fields_decoder.decode(body)
     extras = {name: raw for name, raw in fields.items() if name not in _KNOWN}
     if extras:
@@ -55,6 +58,15 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         request = msgspec.structs.replace(request, extra_json=msgspec.UNSET)
     validate(request)
     return request
+
+
+def _invalid(text: str) -> InvalidRequest:
+    match = _PATH.search(text)
+    param = match.group(1) if match else None
+    missing = re.search(r"missing required field `([^`]+)`", text)
+    if missing:
+        param = f"{param}.{missing.group(1)}" if param else missing.group(1)
+    return InvalidRequest(f"Invalid request: {text}", param=param or None)
 
 
 def _check_range(value: object, name: str, low: float, high: float) -> None:

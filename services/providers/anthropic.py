@@ -24,6 +24,7 @@ from services.providers.base import (
     error_for_status,
     merge_headers,
 )
+from services.providers.parts import data_url, map_parts, tool_arguments, turns
 from services.providers.sse import SSEDecoder
 from shared.config import ProviderConfig
 from shared.errors import GatewayError, InvalidRequest
@@ -33,11 +34,9 @@ from shared.messages import (
     Choice,
     ContentPart,
     FunctionCall,
-    ImagePart,
     Message,
     PromptTokensDetails,
     ResponseMessage,
-    TextPart,
     ToolCall,
     ToolChoiceFunction,
     Usage,
@@ -163,7 +162,6 @@ class _ErrorBody(Struct):
 _encoder = msgspec.json.Encoder()
 _reply_decoder = msgspec.json.Decoder(_Reply)
 _error_decoder = msgspec.json.Decoder(_ErrorBody)
-_arguments_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 class AnthropicAdapter:
@@ -273,58 +271,38 @@ class AnthropicAdapter:
 
 def _turns(messages: list[Message]) -> tuple[list[str], list[_Turn]]:
     """System prompts apart; the rest as alternating turns, consecutive same-role messages merged."""
-    system: list[str] = []
-    turns: list[_Turn] = []
-    for m in messages:
-        match m.role:
-            case "system" | "developer":
-                system.append(m.text())
-                continue
-            case "user":
-                role: Literal["user", "assistant"] = "user"
-                blocks: list[_Block] = [*_blocks(m.content)]
-            case "assistant":
-                role = "assistant"
-                text = m.text()
-                blocks = [_Text(text)] if text else []
-                blocks += [_tool_use(c) for c in m.tool_calls or ()]
-            case "tool":
-                role = "user"
-                result = (m.content or UNSET) if isinstance(m.content, str) else (_blocks(m.content) or UNSET)
-                blocks = [_ToolResult(tool_use_id=m.tool_call_id or "", content=result)]
-        if not blocks:
-            continue  # Anthropic rejects empty turns
-        if turns and turns[-1].role == role:
-            turns[-1].content.extend(blocks)
-        else:
-            turns.append(_Turn(role=role, content=blocks))
-    for turn in turns:
+    system, found = turns(messages, _message_blocks)
+    result = [_Turn(role=role, content=blocks) for role, blocks in found]
+    for turn in result:
         # Tool results must open their user turn, before any text the client added after them.
         turn.content.sort(key=lambda b: not isinstance(b, _ToolResult))
-    return system, turns
+    return system, result
+
+
+def _message_blocks(m: Message) -> list[_Block]:
+    match m.role:
+        case "user":
+            return [*_blocks(m.content)]
+        case "assistant":
+            text = m.text()
+            blocks: list[_Block] = [_Text(text)] if text else []
+            return blocks + [_tool_use(c) for c in m.tool_calls or ()]
+        case "tool":
+            result = (m.content or UNSET) if isinstance(m.content, str) else (_blocks(m.content) or UNSET)
+            return [_ToolResult(tool_use_id=m.tool_call_id or "", content=result)]
+    return []  # system prompts: `turns` keeps them apart
 
 
 def _blocks(content: str | list[ContentPart] | None) -> list[_Text | _Image]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [_Text(content)] if content else []
-    blocks: list[_Text | _Image] = []
-    for part in content:
-        if isinstance(part, TextPart):
-            if part.text:
-                blocks.append(_Text(part.text))
-        elif isinstance(part, ImagePart):
-            blocks.append(_image(part.image_url.url))
-    return blocks
+    return map_parts(content, _Text, _image)
 
 
 def _image(url: str) -> _Image:
     if url.startswith(("http://", "https://")):
         return _Image(source=_URLSource(url=url))
-    header, sep, data = url.partition(",")
-    if url.startswith("data:") and sep and header.endswith(";base64"):
-        return _Image(source=_Base64Source(media_type=header[5:-7], data=data))
+    parsed = data_url(url)
+    if parsed is not None:
+        return _Image(source=_Base64Source(media_type=parsed[0], data=parsed[1]))
     raise InvalidRequest(
         "anthropic: an image_url must be an http(s) URL or a base64 data: URL",
         param="messages",
@@ -333,15 +311,7 @@ def _image(url: str) -> _Image:
 
 
 def _tool_use(call: ToolCall) -> _ToolUse:
-    try:
-        arguments = _arguments_decoder.decode(call.function.arguments or "{}")
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(
-            f"anthropic: tool call {call.id!r} has arguments that are not a JSON object",
-            param="messages",
-            code="invalid_tool_arguments",
-        ) from exc
-    return _ToolUse(id=call.id, name=call.function.name, input=arguments)
+    return _ToolUse(id=call.id, name=call.function.name, input=tool_arguments(call, "anthropic"))
 
 
 def _tool_choice(request: ChatRequest, *, has_tools: bool) -> _ToolChoice | UnsetType:

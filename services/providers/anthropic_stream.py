@@ -14,8 +14,8 @@ import msgspec
 from msgspec import Struct
 
 from services.providers.anthropic import FINISH_REASONS, MessageUsage, unified_usage
-from services.providers.base import Delta, StreamSummary, bad_response, error_for_status
-from shared.errors import GatewayError, ProviderError
+from services.providers.base import Delta, StreamSummary, bad_response, error_for_status, stream_truncated
+from shared.errors import GatewayError
 from shared.messages import FunctionCallDelta, ToolCallDelta
 
 # --- the events: one loose shape for all of them, so new kinds are skipped, not fatal -------------
@@ -123,12 +123,7 @@ class EventParser:
 
     def end(self) -> StreamSummary:
         if not self.stopped:
-            raise ProviderError(
-                f"{self.provider}: the stream ended before message_stop",
-                code="provider_stream_truncated",
-                retryable=False,
-                where=f"provider:{self.provider}",
-            )
+            raise stream_truncated(self.provider, "message_stop")
         return StreamSummary(
             id=self.id or f"msg_{uuid.uuid4().hex}",
             model=self.upstream_model or self.model,

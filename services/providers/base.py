@@ -168,12 +168,16 @@ def body_snippet(status: int, body: bytes) -> str:
 
 
 def bad_response(provider: str, detail: str) -> ProviderError:
-    return ProviderError(
-        f"{provider}: unreadable response: {detail}",
-        code="provider_bad_response",
-        retryable=False,
-        where=f"provider:{provider}",
-    )
+    return _unusable(provider, f"unreadable response: {detail}", "provider_bad_response")
+
+
+def stream_truncated(provider: str, terminator: str) -> ProviderError:
+    """The upstream body ended before the stream's documented `terminator`: a cut answer is an error."""
+    return _unusable(provider, f"the stream ended before {terminator}", "provider_stream_truncated")
+
+
+def _unusable(provider: str, problem: str, code: str) -> ProviderError:
+    return ProviderError(f"{provider}: {problem}", code=code, retryable=False, where=f"provider:{provider}")
 
 
 # --- streaming -----------------------------------------------------------------------------------

@@ -11,13 +11,12 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
+from services.providers.parts import data_url, map_parts, tool_arguments, turns
 from shared.errors import InvalidRequest
 from shared.messages import (
     ChatRequest,
     ContentPart,
-    ImagePart,
     Message,
-    TextPart,
     ToolCall,
     ToolChoiceFunction,
 )
@@ -112,7 +111,6 @@ class _Request(Struct, rename="camel", omit_defaults=True):
     tool_config: _ToolConfig | UnsetType = UNSET
 
 
-_arguments_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _object_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -139,79 +137,46 @@ def converse_request(request: ChatRequest) -> _Request:
 
 def _messages(messages: list[Message]) -> tuple[list[str], list[_Message]]:
     """System prompts apart; the rest as alternating turns (Converse requires it), same roles merged."""
-    system: list[str] = []
-    turns: list[_Message] = []
-    for m in messages:
-        match m.role:
-            case "system" | "developer":
-                system.append(m.text())
-                continue
-            case "user":
-                role: Literal["user", "assistant"] = "user"
-                blocks = _blocks(m.content)
-            case "assistant":
-                role = "assistant"
-                text = m.text()
-                blocks = [_Block(text=text)] if text else []
-                blocks += [_Block(tool_use=_tool_use(c)) for c in m.tool_calls or ()]
-            case "tool":
-                role = "user"
-                blocks = [
-                    _Block(
-                        tool_result=_ToolResult(
-                            tool_use_id=m.tool_call_id or "", content=[_tool_output(m.text())]
-                        )
-                    )
-                ]
-        if not blocks:
-            continue  # Converse rejects an empty content list
-        if turns and turns[-1].role == role:
-            turns[-1].content.extend(blocks)
-        else:
-            turns.append(_Message(role=role, content=blocks))
-    for turn in turns:
+    system, found = turns(messages, _message_blocks)
+    result = [_Message(role=role, content=blocks) for role, blocks in found]
+    for turn in result:
         # Tool results open their user turn, before any text the client added after them.
         turn.content.sort(key=lambda b: isinstance(b.tool_result, UnsetType))
-    return system, turns
+    return system, result
+
+
+def _message_blocks(m: Message) -> list[_Block]:
+    match m.role:
+        case "user":
+            return _blocks(m.content)
+        case "assistant":
+            text = m.text()
+            blocks = [_Block(text=text)] if text else []
+            return blocks + [_Block(tool_use=_tool_use(c)) for c in m.tool_calls or ()]
+        case "tool":
+            result = _ToolResult(tool_use_id=m.tool_call_id or "", content=[_tool_output(m.text())])
+            return [_Block(tool_result=result)]
+    return []  # system prompts: `turns` keeps them apart
 
 
 def _blocks(content: str | list[ContentPart] | None) -> list[_Block]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [_Block(text=content)] if content else []
-    blocks: list[_Block] = []
-    for part in content:
-        if isinstance(part, TextPart):
-            if part.text:
-                blocks.append(_Block(text=part.text))
-        elif isinstance(part, ImagePart):
-            blocks.append(_Block(image=_image(part.image_url.url)))
-    return blocks
+    return map_parts(content, lambda text: _Block(text=text), lambda url: _Block(image=_image(url)))
 
 
 def _image(url: str) -> _Image:
-    header, sep, data = url.partition(",")
-    media = header[5:-7] if url.startswith("data:") and sep and header.endswith(";base64") else ""
-    if media not in _IMAGE_FORMATS:
+    parsed = data_url(url)
+    if parsed is None or parsed[0] not in _IMAGE_FORMATS:
         raise InvalidRequest(
             "bedrock: an image_url must be a base64 data: URL of a PNG, JPEG, GIF or WebP image",
             param="messages",
             code="invalid_image_url",
         )
+    media, data = parsed
     return _Image(format=_IMAGE_FORMATS[media], source=_ImageSource(bytes=data))
 
 
 def _tool_use(call: ToolCall) -> _ToolUse:
-    try:
-        arguments = _arguments_decoder.decode(call.function.arguments or "{}")
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(
-            f"bedrock: tool call {call.id!r} has arguments that are not a JSON object",
-            param="messages",
-            code="invalid_tool_arguments",
-        ) from exc
-    return _ToolUse(tool_use_id=call.id, name=call.function.name, input=arguments)
+    return _ToolUse(tool_use_id=call.id, name=call.function.name, input=tool_arguments(call, "bedrock"))
 
 
 def _tool_output(text: str) -> _ToolResultContent:

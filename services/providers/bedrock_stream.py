@@ -14,9 +14,9 @@ import uuid
 import msgspec
 from msgspec import Struct
 
-from services.providers.base import Delta, StreamSummary, bad_response, error_for_status
+from services.providers.base import Delta, StreamSummary, bad_response, error_for_status, stream_truncated
 from services.providers.bedrock import STOP_REASONS, ErrorBody, TokenUsage, error_decoder, unified_usage
-from shared.errors import GatewayError, ProviderError
+from shared.errors import GatewayError
 from shared.messages import FunctionCallDelta, ToolCallDelta
 
 # --- the events' payloads: one loose shape for all of them, so new kinds are skipped, not fatal ----
@@ -103,12 +103,7 @@ class ConverseStreamParser:
 
     def end(self) -> StreamSummary:
         if not self.stopped:
-            raise ProviderError(
-                f"{self.provider}: the stream ended before messageStop",
-                code="provider_stream_truncated",
-                retryable=False,
-                where=f"provider:{self.provider}",
-            )
+            raise stream_truncated(self.provider, "messageStop")
         return StreamSummary(
             id=self.id,
             model=self.model,

@@ -11,14 +11,13 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
+from services.providers.parts import data_url, map_parts, tool_arguments, turns
 from shared.errors import InvalidRequest
 from shared.messages import (
     ChatRequest,
     ContentPart,
-    ImagePart,
     Message,
     ResponseFormat,
-    TextPart,
     ToolCall,
     ToolChoiceFunction,
 )
@@ -101,7 +100,6 @@ class _Request(Struct, rename="camel", omit_defaults=True):
     generation_config: _GenerationConfig | UnsetType = UNSET
 
 
-_args_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _object_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -170,26 +168,20 @@ def _thinking(effort: str | None | UnsetType, model: str) -> _ThinkingConfig | U
 
 def _contents(messages: list[Message]) -> tuple[list[str], list[_Content]]:
     """System prompts apart; the rest as `user`/`model` turns, consecutive same-role messages merged."""
-    system: list[str] = []
-    contents: list[_Content] = []
     names: dict[str, str] = {}  # tool call id -> function name: a functionResponse is matched by name
-    for m in messages:
+
+    def message_parts(m: Message) -> list[_Part]:
         match m.role:
-            case "system" | "developer":
-                system.append(m.text())
-                continue
             case "user":
-                role: Literal["user", "model"] = "user"
-                parts = _parts(m.content)
+                return _parts(m.content)
             case "assistant":
-                role = "model"
                 text = m.text()
                 parts = [_Part(text=text)] if text else []
                 for call in m.tool_calls or ():
                     names[call.id] = call.function.name
                     parts.append(_Part(function_call=_function_call(call)))
+                return parts
             case "tool":
-                role = "user"
                 name = names.get(m.tool_call_id or "") or (m.name if isinstance(m.name, str) else "")
                 if not name:
                     raise InvalidRequest(
@@ -197,35 +189,21 @@ def _contents(messages: list[Message]) -> tuple[list[str], list[_Content]]:
                         param="messages",
                         code="invalid_tool_call_id",
                     )
-                parts = [_Part(function_response=_FunctionResponse(name=name, response=_result(m.text())))]
-        if not parts:
-            continue  # Gemini rejects a content without parts
-        if contents and contents[-1].role == role:
-            contents[-1].parts.extend(parts)
-        else:
-            contents.append(_Content(role=role, parts=parts))
-    return system, contents
+                return [_Part(function_response=_FunctionResponse(name=name, response=_result(m.text())))]
+        return []  # system prompts: `turns` keeps them apart
+
+    system, found = turns(messages, message_parts)
+    return system, [_Content(role="model" if role == "assistant" else "user", parts=parts) for role, parts in found]
 
 
 def _parts(content: str | list[ContentPart] | None) -> list[_Part]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [_Part(text=content)] if content else []
-    parts: list[_Part] = []
-    for part in content:
-        if isinstance(part, TextPart):
-            if part.text:
-                parts.append(_Part(text=part.text))
-        elif isinstance(part, ImagePart):
-            parts.append(_Part(inline_data=_image(part.image_url.url)))
-    return parts
+    return map_parts(content, lambda text: _Part(text=text), lambda url: _Part(inline_data=_image(url)))
 
 
 def _image(url: str) -> _Blob:
-    header, sep, data = url.partition(",")
-    if url.startswith("data:") and sep and header.endswith(";base64"):
-        return _Blob(mime_type=header[5:-7], data=data)
+    parsed = data_url(url)
+    if parsed is not None:
+        return _Blob(mime_type=parsed[0], data=parsed[1])
     # `fileData` wants a Files API URI; fetching arbitrary URLs on the caller's behalf is not ours to do.
     raise InvalidRequest(
         "gemini: an image_url must be a base64 data: URL", param="messages", code="invalid_image_url"
@@ -233,15 +211,7 @@ def _image(url: str) -> _Blob:
 
 
 def _function_call(call: ToolCall) -> _FunctionCallOut:
-    try:
-        args = _args_decoder.decode(call.function.arguments or "{}")
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(
-            f"gemini: tool call {call.id!r} has arguments that are not a JSON object",
-            param="messages",
-            code="invalid_tool_arguments",
-        ) from exc
-    return _FunctionCallOut(name=call.function.name, args=args)
+    return _FunctionCallOut(name=call.function.name, args=tool_arguments(call, "gemini"))
 
 
 def _result(text: str) -> dict[str, Any]:

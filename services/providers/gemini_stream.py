@@ -13,7 +13,7 @@ import uuid
 
 import msgspec
 
-from services.providers.base import Delta, StreamSummary, bad_response
+from services.providers.base import Delta, StreamSummary, bad_response, stream_truncated
 from services.providers.gemini import (
     GenerateContentResponse,
     UsageMetadata,
@@ -23,7 +23,6 @@ from services.providers.gemini import (
     tool_call_id,
     unified_usage,
 )
-from shared.errors import ProviderError
 from shared.messages import FunctionCallDelta, ToolCallDelta
 
 _decoder = msgspec.json.Decoder(GenerateContentResponse)
@@ -82,12 +81,7 @@ class ResponseParser:
 
     def end(self) -> StreamSummary:
         if not self.finish_reasons:
-            raise ProviderError(
-                f"{self.provider}: the stream ended before a finishReason",
-                code="provider_stream_truncated",
-                retryable=False,
-                where=f"provider:{self.provider}",
-            )
+            raise stream_truncated(self.provider, "a finishReason")
         reasons = self.finish_reasons
         return StreamSummary(
             id=self.id or f"chatcmpl-{uuid.uuid4().hex}",

@@ -12,9 +12,9 @@ import uuid
 import msgspec
 from msgspec import UNSET, Struct
 
-from services.providers.base import Delta, StreamSummary, bad_response
+from services.providers.base import Delta, StreamSummary, bad_response, stream_truncated
 from services.providers.openai import error_from_body
-from shared.errors import GatewayError, ProviderError
+from shared.errors import GatewayError
 from shared.messages import FunctionCallDelta, ToolCallDelta, Usage
 
 # --- the chunk, as much of it as we read ---------------------------------------------------------
@@ -122,12 +122,7 @@ class ChunkParser:
 
     def end(self) -> StreamSummary:
         if not self.done:
-            raise ProviderError(
-                f"{self.provider}: the stream ended before [DONE]",
-                code="provider_stream_truncated",
-                retryable=False,
-                where=f"provider:{self.provider}",
-            )
+            raise stream_truncated(self.provider, "[DONE]")
         reasons = self.finish_reasons
         return StreamSummary(
             id=self.id or f"chatcmpl-{uuid.uuid4().hex}",

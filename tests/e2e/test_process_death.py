@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from services.launcher import free_port
-from tests.e2e.test_up import children_of, read_until
+from tests.e2e.test_up import children_of, read_until, stop
 
 LATENCY_MS = 3000  # long enough to kill the process while it holds the request
 
@@ -62,12 +62,7 @@ def up(tmp_path: Path) -> Iterator[Up]:
         read_until(process, "Ctrl-C drains", 30, gateway.lines)
         yield gateway
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(40)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def wait_until_serving(nats_url: str, service: str, endpoint: str) -> None:

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from services.launcher import free_port
-from tests.e2e.test_up import children_of, read_until
+from tests.e2e.test_up import children_of, read_until, stop
 
 LOAD_SECONDS = float(os.environ.get("ROLLING_LOAD_SECONDS", "60"))
 CONCURRENCY = 32
@@ -96,8 +96,4 @@ def test_rolling_restart_of_every_service_under_load_loses_nothing(tmp_path: Pat
         assert set(before.values()) == set(after.values())
         assert not set(before) & set(after), (before, after)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(40)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)

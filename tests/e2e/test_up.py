@@ -68,6 +68,16 @@ def children_of(pid: int) -> dict[int, str]:
     return found
 
 
+def stop(process: subprocess.Popen[str]) -> None:
+    """Ctrl-C, as an operator would, and time to drain; killed only if it does not stop by then."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(40)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     upstream_port = free_port()

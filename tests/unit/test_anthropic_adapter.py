@@ -4,7 +4,6 @@ recorded responses (tests/fixtures/anthropic) back into the unified types; error
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -13,21 +12,10 @@ import pytest
 from services.providers.anthropic import adapter
 from shared.config import ProviderConfig
 from shared.errors import InvalidRequest
-from shared.messages import ChatRequest
+from tests.unit.adapter_io import fixture, request
 
-FIXTURES = Path(__file__).parent.parent / "fixtures"
 KEY = ProviderConfig(api_key="sk-ant-test")
 MODEL = "claude-sonnet-4-5"
-
-
-def fixture(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-def request(body: dict[str, Any] | bytes) -> ChatRequest:
-    """A client body decoded the way the ingress decodes it."""
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return msgspec.json.decode(raw, type=ChatRequest)
 
 
 def sent(body: dict[str, Any] | bytes, config: ProviderConfig = KEY) -> dict[str, Any]:

@@ -3,19 +3,13 @@ error replies (tests/fixtures/anthropic) mapped into gateway errors."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from services.providers.anthropic import adapter
 from shared.errors import GatewayError, ProviderError
+from tests.unit.adapter_io import fixture
 
-FIXTURES = Path(__file__).parent.parent / "fixtures"
 MODEL = "claude-sonnet-4-5"
-
-
-def fixture(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ import pytest
 
 from services.providers.anthropic import adapter
 from services.providers.base import Delta, StreamSummary
-from services.providers.sse import SSEDecoder
 from shared.config import ProviderConfig
 from shared.errors import (
     BodyTooLarge,
@@ -24,6 +23,7 @@ from shared.errors import (
     Unavailable,
 )
 from shared.messages import ChatRequest, FunctionCallDelta, PromptTokensDetails, ToolCallDelta, Usage
+from tests.unit import adapter_io
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "anthropic"
 KEY = ProviderConfig(api_key="sk-ant-test")
@@ -39,18 +39,11 @@ def request(body: dict[str, Any]) -> ChatRequest:
 
 
 def feed(wire: bytes, chunk_size: int | None = None, parser: Any = None) -> tuple[Any, list[Delta]]:
-    parser = parser or adapter.stream_parser(provider="anthropic", model=MODEL)
-    decoder, deltas = SSEDecoder(), []
-    step = chunk_size or len(wire) or 1
-    for i in range(0, len(wire), step):
-        for event, data in decoder.feed(wire[i : i + step]):
-            deltas += parser.feed(event, data)
-    return parser, deltas
+    return adapter_io.feed(adapter, wire, chunk_size, provider="anthropic", model=MODEL, parser=parser)
 
 
 def run(wire: bytes, chunk_size: int | None = None) -> tuple[list[Delta], StreamSummary]:
-    parser, deltas = feed(wire, chunk_size)
-    return deltas, parser.end()
+    return adapter_io.run(adapter, wire, chunk_size, provider="anthropic", model=MODEL)
 
 
 def text(deltas: list[Delta]) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
@@ -13,21 +12,11 @@ import pytest
 from services.providers.azure import adapter
 from services.providers.sse import SSEDecoder
 from shared.config import ConfigError, ProviderConfig, load
-from shared.messages import ChatRequest
+from tests.unit.adapter_io import fixture, request
 
-FIXTURES = Path(__file__).parent.parent / "fixtures"
 ENDPOINT = "https://my-resource.openai.azure.com"
 CONFIG = ProviderConfig(adapter="azure", api_key="azure-key", base_url=ENDPOINT + "/")
 HELLO = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello!"}]}
-
-
-def fixture(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-def request(body: dict[str, Any] | bytes) -> ChatRequest:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return msgspec.json.decode(raw, type=ChatRequest)
 
 
 def test_deployment_route_with_the_default_api_version_and_the_api_key_header() -> None:

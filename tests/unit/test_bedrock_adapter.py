@@ -13,9 +13,8 @@ import pytest
 from services.providers.bedrock import adapter
 from shared.config import ConfigError, ProviderConfig, load
 from shared.errors import InvalidRequest, ProviderError
-from shared.messages import ChatRequest
+from tests.unit.adapter_io import fixture, request
 
-FIXTURES = Path(__file__).parent.parent / "fixtures"
 KEY = ProviderConfig(api_key="bedrock-api-key", region="us-east-1")
 MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
 TOP_SONG: dict[str, Any] = {
@@ -26,15 +25,6 @@ TOP_SONG: dict[str, Any] = {
         "parameters": {"type": "object", "properties": {"sign": {"type": "string"}}, "required": ["sign"]},
     },
 }
-
-
-def fixture(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-def request(body: dict[str, Any] | bytes) -> ChatRequest:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return msgspec.json.decode(raw, type=ChatRequest)
 
 
 def sent(body: dict[str, Any] | bytes) -> dict[str, Any]:

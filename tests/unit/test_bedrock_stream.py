@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from services.mockupstream.bedrock import event, exception
-from services.providers.base import Delta, StreamSummary
+from services.providers.base import Delta, StreamParser, StreamSummary
 from services.providers.bedrock import adapter
 from shared.errors import GatewayError, InvalidRequest, ProviderError, RateLimited, Unavailable
 from shared.messages import FunctionCallDelta
+from tests.unit import adapter_io
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "bedrock"
 
@@ -22,22 +23,12 @@ def wire(name: str) -> bytes:
     return b"".join(event(kind, payload) for kind, payload in json.loads((FIXTURES / name).read_bytes()))
 
 
-def feed(data: bytes, step: int | None = None) -> tuple[object, list[Delta]]:
-    parser, decoder, deltas = (
-        adapter.stream_parser(provider="bedrock", model="m"),
-        adapter.stream_decoder(),
-        [],
-    )
-    step = step or len(data)
-    for i in range(0, len(data), step):
-        for name, payload in decoder.feed(data[i : i + step]):
-            deltas += parser.feed(name, payload)
-    return parser, deltas
+def feed(data: bytes, step: int | None = None) -> tuple[StreamParser, list[Delta]]:
+    return adapter_io.feed(adapter, data, step, provider="bedrock", model="m")
 
 
 def run(data: bytes, step: int | None = None) -> tuple[list[Delta], StreamSummary]:
-    parser, deltas = feed(data, step)
-    return deltas, parser.end()  # type: ignore[attr-defined]
+    return adapter_io.run(adapter, data, step, provider="bedrock", model="m")
 
 
 @pytest.mark.parametrize("step", [None, 1, 13])
@@ -81,7 +72,7 @@ def test_a_message_cut_inside_its_frame_is_never_half_delivered() -> None:
     data = wire("stream_text.json")
     parser, deltas = feed(data[: len(data) - 5])  # the metadata event lacks its last bytes
     assert "".join(d.content or "" for d in deltas) == "Hello! How can I help you today?"
-    summary = parser.end()  # type: ignore[attr-defined]
+    summary = parser.end()
     assert summary.usage is None  # messageStop arrived: the answer is whole, its usage unknown
 
 

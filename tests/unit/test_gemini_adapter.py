@@ -4,7 +4,6 @@ response and error shapes (tests/fixtures/gemini) back into the unified types an
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -13,9 +12,8 @@ import pytest
 from services.providers.gemini import adapter
 from shared.config import ProviderConfig, load
 from shared.errors import InvalidRequest, ProviderError
-from shared.messages import ChatRequest
+from tests.unit.adapter_io import fixture, request
 
-FIXTURES = Path(__file__).parent.parent / "fixtures"
 KEY = ProviderConfig(api_key="gemini-key")
 MODEL = "gemini-2.5-flash"
 WEATHER_TOOL: dict[str, Any] = {
@@ -31,15 +29,6 @@ WEATHER_TOOL: dict[str, Any] = {
         },
     },
 }
-
-
-def fixture(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-def request(body: dict[str, Any] | bytes) -> ChatRequest:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return msgspec.json.decode(raw, type=ChatRequest)
 
 
 def sent(body: dict[str, Any] | bytes) -> dict[str, Any]:

@@ -13,21 +13,13 @@ from services.providers.base import Delta, StreamSummary
 from services.providers.gemini import adapter
 from shared.errors import InvalidRequest, ProviderError, Unavailable
 from shared.messages import FunctionCallDelta
+from tests.unit import adapter_io
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "gemini"
 
 
 def run(wire: bytes, step: int | None = None) -> tuple[list[Delta], StreamSummary]:
-    parser, decoder, deltas = (
-        adapter.stream_parser(provider="gemini", model="gemini-x"),
-        adapter.stream_decoder(),
-        [],
-    )
-    step = step or len(wire)
-    for i in range(0, len(wire), step):
-        for event, data in decoder.feed(wire[i : i + step]):
-            deltas += parser.feed(event, data)
-    return deltas, parser.end()
+    return adapter_io.run(adapter, wire, step, provider="gemini", model="gemini-x")
 
 
 @pytest.mark.parametrize("step", [None, 1, 7])

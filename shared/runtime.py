@@ -7,9 +7,10 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nats.aio.client import Client as NatsClient
+if TYPE_CHECKING:  # the launcher imports this module and must stay small: no NATS client in it
+    from nats.aio.client import Client as NatsClient
 
 log = logging.getLogger("llm_edge.runtime")
 

@@ -109,6 +109,10 @@ class IngressConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 class CacheConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True
     ttl_seconds: float = 3600.0
+    # Each ingress keeps an L1 of its own, filled by the same broadcast as the cache service's: a hit
+    # there crosses no bus at all, and without L2 a miss goes straight to the router (two crossings
+    # fewer). With L2 (redis_url) a local miss still asks the cache service, which reads Redis.
+    ingress_l1: bool = True
     l1_max_bytes: int = 64 * 1024 * 1024
     l1_max_entries: int = 100_000
     redis_url: str | None = None

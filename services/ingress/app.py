@@ -83,7 +83,7 @@ async def begin(gateway: Gateway, request: Request, parse: Callable[[bytes], Cha
     deadline = time.monotonic() + timeout
     headers = gateway.bus_headers(request, rid, time.time() + timeout, namespace)
     payload = encode(chat)
-    cached, tier = await lookup(gateway, payload, headers, timeout)
+    cached, tier = await lookup(gateway, chat, payload, headers, timeout)
     request.state.cache = TIERS.get(tier or "", "miss")
     return Exchange(rid, chat, payload, headers, deadline, cached, tier, grant)
 
@@ -253,6 +253,7 @@ def create_app(config: Config, nc: Client | None = None) -> FastPath:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway.nc = nc if nc is not None else await bus.connect(config.nats_url, "llm-edge-ingress")
+        await gateway.listen_for_fills(gateway.nc)
         log.info("ingress ready on http://%s:%d", config.ingress.host, config.ingress.port)
         runtime.notify_ready()
         yield

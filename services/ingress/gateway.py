@@ -9,15 +9,18 @@ import time
 from collections.abc import Callable
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.cache.key import cache_key
+from services.cache.l1 import L1Cache
 from services.ingress import limits, stream
 from services.ingress.auth import Grant, keyring
 from services.ingress.limits import Refused
 from services.ingress.responses import sse_response
 from services.router.routes import Routes
-from shared import bus, tracing
+from shared import bus, metrics, tracing
 from shared.config import Config
 from shared.errors import (
     DeadlineExceeded,
@@ -27,11 +30,13 @@ from shared.errors import (
 from shared.logs import key_name
 from shared.messages import (
     CacheMiss,
+    ChatRequest,
     ChatResult,
     Reply,
     StreamChunk,
     StreamEnd,
     Usage,
+    reply_decoder,
 )
 from shared.subjects import Headers, Subjects
 
@@ -53,6 +58,28 @@ class Gateway:
         self.draining = False
         # None when no keys are configured: the gateway is open, as if every caller were one tenant.
         self.keyring = keyring(config)
+        cache = config.cache
+        self.l1 = L1Cache(cache.l1_max_bytes, cache.l1_max_entries) if cache.enabled and cache.ingress_l1 else None
+        # Without L2 the cache service knows nothing this ingress's L1 does not (both hear every fill).
+        self.ask_cache_service = cache.enabled and (self.l1 is None or cache.redis_url is not None)
+
+    async def listen_for_fills(self, nc: Client) -> None:
+        """Fill the ingress's L1 from the broadcast every cache replica hears."""
+        if self.l1 is None:
+            return
+        l1, ttl = self.l1, self.config.cache.ttl_seconds
+
+        async def fill(msg: Msg) -> None:
+            headers = msg.headers or {}
+            if key := headers.get(Headers.CACHE_KEY):
+                try:
+                    seconds = float(headers.get(Headers.CACHE_TTL, ttl))
+                except ValueError:
+                    seconds = ttl
+                l1.put(key, msg.data, seconds)
+
+        await nc.subscribe(self.subjects.cache_fill, cb=fill)
+        await nc.flush()
 
     def bus(self) -> Client:
         if self.nc is None or not self.nc.is_connected:
@@ -128,9 +155,10 @@ class Gateway:
 
 
 async def lookup(
-    gateway: Gateway, payload: bytes, headers: dict[str, str], timeout: float
+    gateway: Gateway, chat: ChatRequest, payload: bytes, headers: dict[str, str], timeout: float
 ) -> tuple[ChatResult | None, str | None]:
-    """Ask the cache tier: a hit is one round trip; a miss says under which key the router stores it.
+    """The cache: first this ingress's own L1 (no bus crossing), then, when it can know more (L2), the
+    cache service: a hit is one round trip; a miss says under which key the router stores the answer.
 
     The ingress asks each tier itself instead of letting the cache forward the miss: NATS reports "no
     responders" only to the publisher of a request, so a forwarded miss with no router running would be
@@ -139,6 +167,18 @@ async def lookup(
     control = headers.get(Headers.CACHE_CONTROL, "")
     if not gateway.config.cache.enabled or ("no-cache" in control and "no-store" in control):
         return None, None  # nothing to read and nothing to store: the cache tier cannot help
+    if gateway.l1 is not None:
+        key = cache_key(chat, headers.get(Headers.NAMESPACE, "default"))
+        if "no-cache" not in control and (value := gateway.l1.get(key)) is not None:
+            hit = reply_decoder.decode(value)
+            if isinstance(hit, ChatResult):
+                _L1_HIT.inc()
+                return hit, "l1"
+        if not gateway.ask_cache_service:
+            _L1_MISS.inc()
+            if "no-store" not in control:
+                headers[Headers.CACHE_KEY] = key
+            return None, None
     wait = min(gateway.config.cache.lookup_timeout_seconds, timeout)
     try:
         reply, msg = await bus.request(gateway.bus(), gateway.subjects.cache_lookup, payload, headers, wait)
@@ -148,9 +188,12 @@ async def lookup(
         case ChatResult():
             return reply, (msg.headers or {}).get(Headers.CACHE_TIER)
         case CacheMiss(key=key):
-            if "no-store" not in headers.get(Headers.CACHE_CONTROL, ""):
+            if "no-store" not in control:
                 headers[Headers.CACHE_KEY] = key
     return None, None
+
+
+_L1_HIT, _L1_MISS = metrics.CACHE.labels("l1", "hit"), metrics.CACHE.labels("l1", "miss")
 
 
 async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadline: float) -> Reply:

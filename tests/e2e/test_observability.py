@@ -128,30 +128,35 @@ def chat(url: str, content: str, **headers: str) -> httpx.Response:
     return response
 
 
-def test_a_miss_is_one_trace_across_ingress_cache_router_and_provider(observed: Observed) -> None:
+def test_a_miss_is_one_trace_across_ingress_router_and_provider(observed: Observed) -> None:
     chat(observed.url, "trace this miss")
-    spans = observed.receiver.wait_for_trace(
-        {"llm-edge-ingress", "llm-edge-cache", "llm-edge-router", "llm-edge-provider-openai"})
+    spans = observed.receiver.wait_for_trace({"llm-edge-ingress", "llm-edge-router", "llm-edge-provider-openai"})
     by_service = {s[0]: s for s in spans}
     ingress = by_service["llm-edge-ingress"]
     assert ingress[1] == "chat gpt-4o-mini" and ingress[4] == b""  # the root
-    for child in ("llm-edge-cache", "llm-edge-router"):
-        assert by_service[child][4] == ingress[3]
+    assert by_service["llm-edge-router"][4] == ingress[3]
     assert by_service["llm-edge-provider-openai"][4] == by_service["llm-edge-router"][3]
     assert by_service["llm-edge-provider-openai"][1] == "chat gpt-4o-mini"
+    # Without L2 the ingress's own L1 answered "miss": the cache service was not asked.
+    assert "llm-edge-cache" not in by_service
 
 
-def test_a_hit_is_a_trace_of_ingress_and_cache_only(observed: Observed) -> None:
+def test_a_hit_never_leaves_the_ingress(observed: Observed) -> None:
     chat(observed.url, "trace this hit")
     deadline = time.monotonic() + 5
     while chat(observed.url, "trace this hit").headers["x-llm-edge-cache"] != "hit-l1":
         assert time.monotonic() < deadline
     traceparent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
     assert chat(observed.url, "trace this hit", traceparent=traceparent).headers["x-llm-edge-cache"] == "hit-l1"
-    spans = observed.receiver.wait_for_trace({"llm-edge-ingress", "llm-edge-cache"}, bytes.fromhex("ab" * 16))
-    assert {s[0] for s in spans} == {"llm-edge-ingress", "llm-edge-cache"}
+    spans = observed.receiver.wait_for_trace({"llm-edge-ingress"}, bytes.fromhex("ab" * 16))
     ingress = next(s for s in spans if s[0] == "llm-edge-ingress")
     assert ingress[4] == bytes.fromhex("cd" * 8)  # the caller's traceparent is the parent
+    # A miss after it, traced to the end: every process that took part in the hit would have exported
+    # its span of the hit before this one's.
+    chat(observed.url, "a miss after the hit", traceparent="00-" + "ee" * 16 + "-" + "cd" * 8 + "-01")
+    observed.receiver.wait_for_trace({"llm-edge-ingress", "llm-edge-router", "llm-edge-provider-openai"},
+                                     bytes.fromhex("ee" * 16))
+    assert {s[0] for s in observed.receiver.spans if s[2] == bytes.fromhex("ab" * 16)} == {"llm-edge-ingress"}
 
 
 def test_probes_and_scrapes_leave_no_traces(observed: Observed) -> None:

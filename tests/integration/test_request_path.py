@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import httpx
 import openai
 import pytest
 import redis.asyncio as redis
@@ -105,8 +106,9 @@ async def test_openai_sdk_gets_a_valid_completion_with_usage(stack: Stack) -> No
 async def test_fresh_cache_process_answers_from_l2(
     nats_server: Nats, upstream: MockUpstream, redis_url: str
 ) -> None:
+    # The ingress's own L1 off: this is about the cache service reading Redis.
     config = make_config(
-        nats_server.url, providers=upstream_providers(upstream), cache={"redis_url": redis_url}
+        nats_server.url, providers=upstream_providers(upstream), cache={"redis_url": redis_url, "ingress_l1": False}
     )
     stack = await Stack(config).start()
     try:
@@ -282,3 +284,45 @@ async def test_no_cache_and_no_store_together_skip_the_cache_tier(stack: Stack, 
     assert response.status_code == 200 and response.headers["x-llm-edge-cache"] == "miss"
     assert lookups() == before  # not even asked
     assert upstream.stats["calls"] == 1
+
+
+async def test_the_ingress_answers_a_hit_from_its_own_l1_with_no_cache_service(
+    nats_server: Nats, upstream: MockUpstream
+) -> None:
+    stack = await Stack(make_config(nats_server.url, providers=upstream_providers(upstream))).start()
+    try:
+        await stack.stop_service("cache")  # no cache instance at all: without L2 it has nothing to add
+        body = {**CHAT, "model": "up/gpt-4o-mini"}
+        first = await stack.http.post("/v1/chat/completions", json=body)
+        assert first.headers["x-llm-edge-cache"] == "miss"
+        l1 = stack.apps[0].gateway.l1
+        assert l1 is not None
+        await eventually(lambda: len(l1) == 1)  # the router's fill broadcast reached the ingress
+        second = await stack.http.post("/v1/chat/completions", json=body)
+        assert second.headers["x-llm-edge-cache"] == "hit-l1"
+        assert second.json()["choices"] == first.json()["choices"]
+        assert upstream.stats["calls"] == 1
+        fresh = await stack.http.post("/v1/chat/completions", json=body, headers={"Cache-Control": "no-cache"})
+        assert fresh.headers["x-llm-edge-cache"] == "miss" and upstream.stats["calls"] == 2
+    finally:
+        await stack.close()
+
+
+async def test_with_l2_a_new_ingress_replica_still_finds_earlier_answers(
+    nats_server: Nats, upstream: MockUpstream, redis_url: str
+) -> None:
+    config = make_config(nats_server.url, providers=upstream_providers(upstream), cache={"redis_url": redis_url})
+    stack = await Stack(config).start()
+    try:
+        body = {**CHAT, "model": "up/gpt-4o-mini"}
+        first = await stack.http.post("/v1/chat/completions", json=body)
+        assert first.headers["x-llm-edge-cache"] == "miss"
+        await eventually(lambda: len(stack.caches["cache"].l1) == 1)
+        later = await stack.add_ingress()  # started after the fill: its own L1 is empty
+        async with httpx.AsyncClient(base_url=later) as client:
+            second = await client.post("/v1/chat/completions", json=body)
+        assert second.headers["x-llm-edge-cache"] == "hit-l1"  # the cache service's L1 answered
+        assert second.json()["choices"] == first.json()["choices"]
+        assert upstream.stats["calls"] == 1
+    finally:
+        await stack.close()

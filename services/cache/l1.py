@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
+from shared.subjects import Headers
+
 
 class L1Cache:
     def __init__(self, max_bytes: int, max_entries: int) -> None:
@@ -44,3 +46,14 @@ class L1Cache:
     def _remove(self, key: str) -> None:
         value, _ = self._items.pop(key)
         self.bytes -= len(value) + len(key)
+
+
+def fill_ttl(headers: dict[str, str], default: float) -> float:
+    """A fill's time to live: its `Llm-Cache-Ttl` header, or `default` when absent or unreadable."""
+    value = headers.get(Headers.CACHE_TTL)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        return default

@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
 from services.cache.key import cache_key
-from services.cache.l1 import L1Cache
+from services.cache.l1 import L1Cache, fill_ttl
 from shared import bus, metrics, runtime, tracing
 from shared.config import Config
 from shared.errors import InvalidRequest
@@ -61,11 +61,13 @@ class CacheService:
         headers = msg.headers or {}
         request_id.set(headers.get(Headers.REQUEST_ID))
         control = headers.get(Headers.CACHE_CONTROL, "")
-        try:
-            request = request_decoder.decode(msg.data)
-        except msgspec.DecodeError as exc:
-            raise InvalidRequest("the request could not be decoded") from exc
-        key = cache_key(request, headers.get(Headers.NAMESPACE, "default"))
+        key = headers.get(Headers.CACHE_KEY)  # an ingress with its own L1 computed it already
+        if key is None:
+            try:
+                request = request_decoder.decode(msg.data)
+            except msgspec.DecodeError as exc:
+                raise InvalidRequest("the request could not be decoded") from exc
+            key = cache_key(request, headers.get(Headers.NAMESPACE, "default"))
         with tracing.span("cache.lookup", headers, SpanKind.SERVER) as span:
             tier = await self._lookup(msg, key, control, headers)
             if span is not None:
@@ -82,7 +84,7 @@ class CacheService:
             if self.l2 is not None:
                 if (value := await self.l2.get(key)) is not None:
                     await self.server.nc.publish(msg.reply, value, headers=_HIT_L2)
-                    self.l1.put(key, value, self._ttl(headers))
+                    self.l1.put(key, value, fill_ttl(headers, self.ttl))
                     _L2_HIT.inc()
                     return "l2"
                 _L2_MISS.inc()
@@ -92,18 +94,12 @@ class CacheService:
     async def fill_l1(self, msg: Msg) -> None:
         headers = msg.headers or {}
         if key := headers.get(Headers.CACHE_KEY):
-            self.l1.put(key, msg.data, self._ttl(headers))
+            self.l1.put(key, msg.data, fill_ttl(headers, self.ttl))
 
     async def fill_l2(self, msg: Msg) -> None:
         headers = msg.headers or {}
         if (key := headers.get(Headers.CACHE_KEY)) and self.l2 is not None:
-            await self.l2.put(key, msg.data, self._ttl(headers))
-
-    def _ttl(self, headers: dict[str, str]) -> float:
-        try:
-            return float(headers.get(Headers.CACHE_TTL, self.ttl))
-        except ValueError:
-            return self.ttl
+            await self.l2.put(key, msg.data, fill_ttl(headers, self.ttl))
 
     async def health(self) -> HealthReport:
         checks = {"l1": "up", "l1_entries": str(len(self.l1)), "l1_bytes": str(self.l1.bytes)}

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.cache.key import cache_key
-from services.cache.l1 import L1Cache
+from services.cache.l1 import L1Cache, fill_ttl
 from services.ingress import limits, stream
 from services.ingress.auth import Grant, keyring
 from services.ingress.limits import Refused
@@ -72,11 +72,7 @@ class Gateway:
         async def fill(msg: Msg) -> None:
             headers = msg.headers or {}
             if key := headers.get(Headers.CACHE_KEY):
-                try:
-                    seconds = float(headers.get(Headers.CACHE_TTL, ttl))
-                except ValueError:
-                    seconds = ttl
-                l1.put(key, msg.data, seconds)
+                l1.put(key, msg.data, fill_ttl(headers, ttl))
 
         await nc.subscribe(self.subjects.cache_fill, cb=fill)
         await nc.flush()
@@ -167,6 +163,7 @@ async def lookup(
     control = headers.get(Headers.CACHE_CONTROL, "")
     if not gateway.config.cache.enabled or ("no-cache" in control and "no-store" in control):
         return None, None  # nothing to read and nothing to store: the cache tier cannot help
+    asking = headers
     if gateway.l1 is not None:
         key = cache_key(chat, headers.get(Headers.NAMESPACE, "default"))
         if "no-cache" not in control and (value := gateway.l1.get(key)) is not None:
@@ -179,9 +176,10 @@ async def lookup(
             if "no-store" not in control:
                 headers[Headers.CACHE_KEY] = key
             return None, None
+        asking = {**headers, Headers.CACHE_KEY: key}  # the cache service need not compute it again
     wait = min(gateway.config.cache.lookup_timeout_seconds, timeout)
     try:
-        reply, msg = await bus.request(gateway.bus(), gateway.subjects.cache_lookup, payload, headers, wait)
+        reply, msg = await bus.request(gateway.bus(), gateway.subjects.cache_lookup, payload, asking, wait)
     except (bus.NoResponders, DeadlineExceeded):
         return None, None  # the cache is optional: no instance, or too slow, means a miss
     match reply:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,12 +93,12 @@ def wait_until_serving(nats_url: str, service: str, endpoint: str) -> None:
     asyncio.run(poll())
 
 
-def in_background(call: object) -> tuple[threading.Thread, dict[str, object]]:
+def in_background(call: Callable[[], object]) -> tuple[threading.Thread, dict[str, object]]:
     outcome: dict[str, object] = {}
 
     def run() -> None:
         try:
-            outcome["value"] = call()  # type: ignore[operator]
+            outcome["value"] = call()
         except openai.OpenAIError as exc:
             outcome["error"] = exc
 

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: up test venv dev redis lint bench clean
+.PHONY: up test venv dev redis clients lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +25,21 @@ redis:
 up: venv
 	$(BIN)/llm-edge up
 
-test: dev redis
+# The real CLI clients the e2e tests drive (Codex, Claude Code): each tests/clients/<name>/ pins one with
+# its package.json and lock file, installed into its own node_modules. Needs Node.js and npm.
+clients:
+	@for dir in tests/clients/*/; do \
+		[ -f "$$dir/package.json" ] || continue; \
+		if [ -f "$$dir/package-lock.json" ]; then npm ci --prefix "$$dir" --no-audit --no-fund --loglevel=error; \
+		else npm install --prefix "$$dir" --no-audit --no-fund --loglevel=error; fi || exit 1; \
+	done
+
+test: dev redis clients
 	$(BIN)/python -m pytest -q
 
 lint: dev
-	$(BIN)/ruff check shared services tests bench
-	$(BIN)/mypy shared services
+	$(BIN)/ruff check shared services llm_edge tests bench
+	$(BIN)/mypy shared services llm_edge
 
 # LLM Edge beside LiteLLM and Portkey on this machine; installs both into bench/.venvs/ on first use.
 # BENCH_ARGS=--quick for 3 s per point; results in bench-results/ (results.json, summary.md).

@@ -12,8 +12,8 @@ import time
 import uvloop
 
 sys.path.insert(0, ".")
-from services.mockupstream.server import MockUpstream
 from tests.infra import NatsServer
+from tests.mockupstream.server import MockUpstream
 from tests.stack import Stack, make_config
 
 N = 400

@@ -3,7 +3,7 @@
     .venv/bin/python bench/compare.py --out bench-results/ [--quick] [--stream]
 
 Every system is started on free 127.0.0.1 ports, measured against the same mock upstream
-(`python -m services.mockupstream`) at each concurrency and upstream latency, and stopped again with its
+(`python -m tests.mockupstream`) at each concurrency and upstream latency, and stopped again with its
 whole process tree. A system that cannot be installed or started is reported as unavailable. Writes
 results.json (every number) and summary.md (tables for docs/PERFORMANCE.md).
 """
@@ -178,7 +178,7 @@ class LLMEdge(System):
         env = clean_env(PORT=str(self.port), NATS_URL=f"nats://127.0.0.1:{free_port()}",
                         NATS_MONITOR_PORT=str(free_port()))
         cli = Path(sys.executable).parent / "llm-edge"
-        argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "services.cli"]
+        argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "llm_edge.cli"]
         self.service = Service(self.name, [*argv, "-c", str(config), "up"], env, out / "llm-edge.log")
         wall = self.service.wait_for("'LLM Edge ready'", lambda: "LLM Edge ready in" in self.service.log_text(), 60)
         line = self.service.log_text().split("LLM Edge ready in", 1)[1]
@@ -297,7 +297,7 @@ class Run:
         path = self.out / "points" / f"{tag}.json"
         path.parent.mkdir(exist_ok=True)
         path.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "services.bench", "--url", scenario.url, "--model", scenario.model,
+        argv = [sys.executable, "-m", "llm_edge.bench", "--url", scenario.url, "--model", scenario.model,
                 "-c", str(concurrency), "--duration", str(self.args.duration), "--warmup", str(self.args.warmup),
                 "--timeout", "30", "--json", str(path)]
         argv += ["--unique-prompts"] * scenario.unique + ["--stream"] * stream
@@ -312,7 +312,7 @@ class Run:
         return dict(json.loads(path.read_text()))
 
     def prime(self, scenario: Scenario) -> None:
-        argv = [sys.executable, "-m", "services.bench", "--url", scenario.url, "--model", scenario.model,
+        argv = [sys.executable, "-m", "llm_edge.bench", "--url", scenario.url, "--model", scenario.model,
                 "-c", "1", "--requests", "1", "--warmup", "0"]
         for header in scenario.headers:
             argv += ["--header", header]
@@ -357,7 +357,7 @@ class Run:
 
 
 def start_upstream(port: int, latency: float, out: Path) -> Service:
-    argv = [sys.executable, "-m", "services.mockupstream", "--port", str(port), "--latency-ms", f"{latency:g}"]
+    argv = [sys.executable, "-m", "tests.mockupstream", "--port", str(port), "--latency-ms", f"{latency:g}"]
     upstream = Service(f"mock upstream ({latency:g} ms)", argv, clean_env(), out / f"upstream-{latency:g}ms.log")
     upstream.wait_for("its stats", lambda: http_ok(f"http://127.0.0.1:{port}/_mock/stats"), 30)
     return upstream

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, ".")
-from services.launcher import free_port
+from llm_edge.launcher import free_port
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -37,14 +37,14 @@ def tree(pid: int) -> dict[int, str]:
             except OSError:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                name = "nats-server" if "nats-server" in cmd else cmd.split("services.cli ")[-1].strip()
+                name = "nats-server" if "nats-server" in cmd else cmd.split("llm_edge.cli ")[-1].strip()
                 found[int(entry.name)] = name
     return found
 
 
 def bench(url: str, concurrency: int, seconds: int) -> dict[str, object]:
     out = Path(tempfile.mkstemp(suffix=".json")[1])
-    subprocess.run([sys.executable, "-m", "services.cli", "bench", "--url", f"{url}/v1", "--model", "bench-model",
+    subprocess.run([sys.executable, "-m", "llm_edge.cli", "bench", "--url", f"{url}/v1", "--model", "bench-model",
                     "-c", str(concurrency), "--duration", str(seconds), "--unique-prompts",
                     "--header", "Cache-Control: no-store", "--json", str(out)], check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
@@ -63,7 +63,7 @@ def metric_sums(url: str) -> dict[str, float]:
 
 def main() -> None:
     upstream_port, port = free_port(), free_port()
-    upstream = subprocess.Popen([sys.executable, "-m", "services.mockupstream", "--port", str(upstream_port)],
+    upstream = subprocess.Popen([sys.executable, "-m", "tests.mockupstream", "--port", str(upstream_port)],
                                 stdout=subprocess.PIPE, text=True)
     assert upstream.stdout is not None and "listening" in upstream.stdout.readline()
     config = Path(tempfile.mkdtemp()) / "edge.yaml"
@@ -73,7 +73,7 @@ def main() -> None:
         "models:\n  - {name: bench-model, targets: [{provider: up, model: gpt-4o-mini}]}\n")
     env = dict(os.environ, PORT=str(port), NATS_URL=f"nats://127.0.0.1:{free_port()}",
                NATS_MONITOR_PORT=str(free_port()))
-    gateway = subprocess.Popen([sys.executable, "-m", "services.cli", "-c", str(config), "up"], env=env,
+    gateway = subprocess.Popen([sys.executable, "-m", "llm_edge.cli", "-c", str(config), "up"], env=env,
                                stdout=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -15,7 +15,7 @@ import httpx
 import uvloop
 
 sys.path.insert(0, ".")
-from services.mockupstream.server import MockUpstream
+from tests.mockupstream.server import MockUpstream
 
 BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
 HEADERS = {"content-type": "application/json", "authorization": "Bearer x"}

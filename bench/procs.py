@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from services.launcher import free_port  # noqa: F401  (re-exported for compare.py)
+from llm_edge.launcher import free_port  # noqa: F401  (re-exported for compare.py)
 
 # --- processes ---------------------------------------------------------------------------------------
 
@@ -47,8 +47,8 @@ def _role(pid: int, name: str) -> str:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return name
-    if "services.cli" in argv:
-        return " ".join(argv[argv.index("services.cli") + 1 :]).strip()
+    if "llm_edge.cli" in argv:
+        return " ".join(argv[argv.index("llm_edge.cli") + 1 :]).strip()
     if any("multiprocessing" in arg for arg in argv):
         return "python worker"
     return Path(argv[1]).name if len(argv) > 1 and argv[1] else name

@@ -94,7 +94,7 @@ def render(data: dict[str, Any]) -> str:
         "- versions: " + "; ".join(f"{name} {rec.get('version', '?')}" for name, rec in systems.items()),
         (f"- method: per point {method['warmup_s']:g} s warm-up then {method['duration_s']:g} s measured by "
          "`llm-edge bench` (one process, one keep-alive connection per concurrent worker) against one mock "
-         "upstream (`python -m services.mockupstream`); every process shares this machine's CPUs. Misses "
+         "upstream (`python -m tests.mockupstream`); every process shares this machine's CPUs. Misses "
          "send unique prompts with `Cache-Control: no-store`; LiteLLM and Portkey run with caching off. A "
          "request is ok only with status 200 and a valid chat.completion (streams: content and "
          "`data: [DONE]`); latencies are of ok requests only; percentiles are nearest-rank."),

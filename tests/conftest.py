@@ -5,8 +5,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import uvloop
 
-from services.mockupstream.server import MockUpstream
 from tests.infra import Nats, Server, infra
+from tests.mockupstream.server import MockUpstream
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -28,7 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from services.launcher import free_port, nats_server_binary
+from llm_edge.launcher import free_port, nats_server_binary
 
 INFRA = "LLM_EDGE_TEST_INFRA"
 NATS_IMAGE = os.environ.get("LLM_EDGE_TEST_NATS_IMAGE", "nats:2.10-alpine")  # as deploy/compose.yaml

@@ -14,9 +14,9 @@ import msgspec
 import openai
 import uvicorn
 
+from llm_edge.launcher import free_port
 from services.cache.service import CacheService
 from services.ingress.app import FastPath, create_app
-from services.launcher import free_port
 from services.providers.worker import ProviderWorker
 from services.router.service import Router
 from shared import bus

@@ -13,9 +13,9 @@ import msgspec
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
-from services.cache.key import cache_key
-from services.cache.l1 import L1Cache, fill_ttl
 from shared import bus, metrics, runtime, tracing
+from shared.cache.key import cache_key
+from shared.cache.l1 import L1Cache, fill_ttl
 from shared.config import Config
 from shared.errors import InvalidRequest
 from shared.logs import request_id

@@ -13,14 +13,13 @@ from nats.aio.msg import Msg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.cache.key import cache_key
-from services.cache.l1 import L1Cache, fill_ttl
 from services.ingress import limits, stream
 from services.ingress.auth import Grant, keyring
 from services.ingress.limits import Refused
 from services.ingress.responses import sse_response
-from services.router.routes import Routes
 from shared import bus, metrics, tracing
+from shared.cache.key import cache_key
+from shared.cache.l1 import L1Cache, fill_ttl
 from shared.config import Config
 from shared.errors import (
     DeadlineExceeded,
@@ -38,6 +37,7 @@ from shared.messages import (
     Usage,
     reply_decoder,
 )
+from shared.routes import Routes
 from shared.subjects import Headers, Subjects
 
 log = logging.getLogger("llm_edge.ingress")

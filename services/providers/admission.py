@@ -17,9 +17,9 @@ import nats.js.errors
 from nats.aio.msg import Msg
 
 from shared import bus, metrics
+from shared.bus.workqueue import CONSUMER, ensure_queue
 from shared.errors import GatewayError, InternalError
 from shared.subjects import Headers
-from shared.workqueue import CONSUMER, ensure_queue
 
 if TYPE_CHECKING:
     from services.providers.worker import ProviderWorker

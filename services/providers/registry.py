@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from services.providers import anthropic, azure, bedrock, gemini, mock, openai
+from services.providers.anthropic import adapter as anthropic
+from services.providers.azure import adapter as azure
 from services.providers.base import HttpAdapter, LocalAdapter
+from services.providers.bedrock import adapter as bedrock
+from services.providers.gemini import adapter as gemini
+from services.providers.mock import adapter as mock
+from services.providers.openai import adapter as openai
 
 ADAPTERS: dict[str, HttpAdapter | LocalAdapter] = {
     "openai": openai.adapter,
@@ -14,15 +19,3 @@ ADAPTERS: dict[str, HttpAdapter | LocalAdapter] = {
     "gemini": gemini.adapter,
     "mock": mock.adapter,
 }
-
-# Model-name conventions for names that no configured route claims: prefix -> provider.
-CONVENTIONS: tuple[tuple[str, str], ...] = (
-    ("gpt-", "openai"),
-    ("chatgpt-", "openai"),
-    ("o1", "openai"),
-    ("o3", "openai"),
-    ("o4", "openai"),
-    ("claude-", "anthropic"),
-    ("gemini-", "gemini"),
-    ("mock", "mock"),
-)

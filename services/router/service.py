@@ -21,14 +21,14 @@ from opentelemetry.trace import SpanKind
 from services.router import strategy
 from services.router.breaker import Breaker
 from services.router.retry import wait_before_retry as retry_delay
-from services.router.routes import Routes
 from shared import bus, metrics, runtime, tracing
+from shared.bus.workqueue import ReplyInbox
 from shared.config import Config, Target
 from shared.errors import DeadlineExceeded, GatewayError, InvalidRequest, Unavailable, from_reply
 from shared.logs import request_id
 from shared.messages import BreakerEvent, ChatResult, ErrorReply, HealthReport, Reply, breaker_decoder, encode
+from shared.routes import Routes
 from shared.subjects import SERVICE_ROUTER, Headers, Queues, Subjects
-from shared.workqueue import ReplyInbox
 
 log = logging.getLogger("llm_edge.router")
 

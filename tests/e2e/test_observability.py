@@ -21,7 +21,7 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from services.launcher import free_port
+from llm_edge.launcher import free_port
 from tests.e2e.test_up import read_until
 
 PROVIDER_KEY = "sk-e2e-very-secret-provider-key"
@@ -90,7 +90,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     otlp = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=otlp.serve_forever, daemon=True).start()
     upstream_port = free_port()
-    upstream = subprocess.Popen([sys.executable, "-m", "services.mockupstream", "--port", str(upstream_port)],
+    upstream = subprocess.Popen([sys.executable, "-m", "tests.mockupstream", "--port", str(upstream_port)],
                                 stdout=subprocess.PIPE, text=True)
     read_until(upstream, "listening", 15, [])
     folder = tmp_path_factory.mktemp("observability")
@@ -106,7 +106,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
                OPENAI_API_KEY=PROVIDER_KEY, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{otlp.server_port}",
                OTEL_BSP_SCHEDULE_DELAY="50")
     with open(log_path, "w") as logs:
-        process = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env,
+        process = subprocess.Popen([sys.executable, "-m", "llm_edge.cli", "up"], env=env,
                                    stdout=subprocess.PIPE, stderr=logs, text=True)
         lines: list[str] = []
         try:

@@ -21,7 +21,7 @@ import nats
 import openai
 import pytest
 
-from services.launcher import free_port
+from llm_edge.launcher import free_port
 from tests.e2e.test_up import children_of, read_until, stop
 
 LATENCY_MS = 3000  # long enough to kill the process while it holds the request
@@ -55,7 +55,7 @@ def up(tmp_path: Path) -> Iterator[Up]:
     port, nats_port = free_port(), free_port()
     env = dict(os.environ, PORT=str(port), NATS_URL=f"nats://127.0.0.1:{nats_port}",
                NATS_MONITOR_PORT=str(free_port()), LLM_EDGE_CONFIG=str(config), LOG_LEVEL="WARNING")
-    process = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "llm_edge.cli", "up"], env=env,
                                stdout=subprocess.PIPE, text=True)
     gateway = Up(process, f"http://127.0.0.1:{port}", f"nats://127.0.0.1:{nats_port}")
     try:

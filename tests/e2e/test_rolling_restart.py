@@ -16,7 +16,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from services.launcher import free_port
+from llm_edge.launcher import free_port
 from tests.e2e.test_up import children_of, read_until, stop
 
 LOAD_SECONDS = float(os.environ.get("ROLLING_LOAD_SECONDS", "60"))
@@ -24,7 +24,7 @@ CONCURRENCY = 32
 
 
 def services_of(pid: int) -> dict[int, str]:
-    return {p: c.split("services.cli ")[-1] for p, c in children_of(pid).items() if "services.cli" in c}
+    return {p: c.split("llm_edge.cli ")[-1] for p, c in children_of(pid).items() if "llm_edge.cli" in c}
 
 
 async def load(url: str, until: float, failures: list[str]) -> tuple[int, int]:
@@ -69,7 +69,7 @@ def test_rolling_restart_of_every_service_under_load_loses_nothing(tmp_path: Pat
     port = free_port()
     env = dict(os.environ, PORT=str(port), NATS_URL=f"nats://127.0.0.1:{free_port()}",
                NATS_MONITOR_PORT=str(free_port()), LLM_EDGE_CONFIG=str(config), LOG_LEVEL="WARNING")
-    process = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "llm_edge.cli", "up"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         read_until(process, "Ctrl-C drains", 30, [])

@@ -23,7 +23,7 @@ import nats
 import openai
 import pytest
 
-from services.launcher import free_port
+from llm_edge.launcher import free_port
 
 
 @dataclass
@@ -82,7 +82,7 @@ def stop(process: subprocess.Popen[str]) -> None:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     upstream_port = free_port()
     upstream = subprocess.Popen(
-        [sys.executable, "-m", "services.mockupstream", "--port", str(upstream_port)],
+        [sys.executable, "-m", "tests.mockupstream", "--port", str(upstream_port)],
         stdout=subprocess.PIPE, text=True,
     )
     read_until(upstream, "listening", 15, [])
@@ -99,7 +99,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     env = dict(os.environ, PORT=str(port), NATS_URL=f"nats://127.0.0.1:{nats_port}",
                NATS_MONITOR_PORT=str(monitor_port), LLM_EDGE_CONFIG=str(config))
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up"], env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "llm_edge.cli", "up"], env=env, stdout=subprocess.PIPE, text=True
     )
     lines: list[str] = []
     try:
@@ -165,8 +165,8 @@ def test_second_identical_request_is_a_cache_hit(gateway: Gateway) -> None:
 
 def test_each_service_is_its_own_process(gateway: Gateway) -> None:
     commands = " | ".join(children_of(gateway.process.pid).values())
-    for part in ("nats-server", "services.cli ingress", "services.cli cache", "services.cli router",
-                 "services.cli provider mock", "services.cli provider up"):
+    for part in ("nats-server", "llm_edge.cli ingress", "llm_edge.cli cache", "llm_edge.cli router",
+                 "llm_edge.cli provider mock", "llm_edge.cli provider up"):
         assert part in commands, commands
 
 
@@ -186,7 +186,7 @@ def test_every_service_answers_srv_ping(gateway: Gateway) -> None:
 
 def test_status_json_lists_every_instance_after_traffic(gateway: Gateway) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "status", "--json", "--nats-url", gateway.nats_url,
+        [sys.executable, "-m", "llm_edge.cli", "status", "--json", "--nats-url", gateway.nats_url,
          "--monitor", f"http://127.0.0.1:{gateway.monitor_port}"],
         capture_output=True, text=True, timeout=30, check=False,
     )

@@ -15,9 +15,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
-from services.mockupstream.server import MockUpstream
-from services.providers.sigv4 import Credentials, sign
+from services.providers.bedrock.sigv4 import Credentials, sign
 from tests.infra import Nats
+from tests.mockupstream.server import MockUpstream
 from tests.stack import Stack, make_config
 
 NO_CACHE = {"cache-control": "no-cache, no-store"}

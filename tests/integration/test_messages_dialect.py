@@ -13,10 +13,10 @@ import anthropic
 import httpx
 import pytest
 
-from services.mockupstream.server import MockUpstream
-from services.providers.mock import count_tokens
+from services.providers.mock.adapter import count_tokens
 from tests.infra import Nats
 from tests.integration.test_request_path import eventually
+from tests.mockupstream.server import MockUpstream
 from tests.stack import Stack, make_config
 
 MODELS = ["mock", "up/gpt-4o-mini", "claude/claude-sonnet-4-5"]

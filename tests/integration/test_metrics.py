@@ -10,10 +10,10 @@ import asyncio
 import pytest
 from prometheus_client import REGISTRY
 
-from services.mockupstream.server import MockUpstream
 from shared import bus, runtime
 from tests.infra import Nats
 from tests.integration.test_request_path import eventually
+from tests.mockupstream.server import MockUpstream
 from tests.stack import Stack, make_config
 
 

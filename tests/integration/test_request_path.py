@@ -13,8 +13,8 @@ import openai
 import pytest
 import redis.asyncio as redis
 
-from services.mockupstream.server import MockUpstream
 from tests.infra import Nats, Server
+from tests.mockupstream.server import MockUpstream
 from tests.stack import Stack, make_config
 
 # These tests are about the request path: each upstream answer reaches the client as it is.

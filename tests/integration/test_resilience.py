@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import REGISTRY
 
-from services.mockupstream.server import MockUpstream
 from tests.infra import Nats
 from tests.integration.test_request_path import eventually
+from tests.mockupstream.server import MockUpstream
 from tests.stack import Stack, make_config
 
 NO_CACHE = {"cache-control": "no-cache, no-store"}

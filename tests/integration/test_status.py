@@ -21,9 +21,9 @@ import msgspec
 import nats
 import pytest
 
-from services.launcher import free_port
-from services.status.table import SHORT_ID, render
-from services.status.topology import Topology, collect
+from llm_edge.launcher import free_port
+from llm_edge.status.table import SHORT_ID, render
+from llm_edge.status.topology import Topology, collect
 from tests.infra import Nats
 from tests.stack import Stack, make_config
 
@@ -56,7 +56,7 @@ def monitor_url(nats_server: Nats) -> str:
 
 async def status_cli(*args: str, timeout: float = 15) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "status", *args,
+        sys.executable, "-m", "llm_edge.cli", "status", *args,
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout)
@@ -158,7 +158,7 @@ async def test_unreachable_monitor_is_reported_not_fatal(stack: Stack, nats_serv
 
 async def test_watch_prints_rates_until_ctrl_c(stack: Stack, nats_server: Nats) -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "status", "--json", "--watch", "0.6", "--timeout", "0.2",
+        sys.executable, "-m", "llm_edge.cli", "status", "--json", "--watch", "0.6", "--timeout", "0.2",
         "--nats-url", nats_server.url, "--monitor", monitor_url(nats_server),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )

@@ -13,9 +13,9 @@ import httpx
 import openai
 import pytest
 
-from services.mockupstream.server import MockUpstream
 from tests.infra import Nats
 from tests.integration.test_request_path import eventually
+from tests.mockupstream.server import MockUpstream
 from tests.stack import Stack, make_config
 
 WEATHER_TOOL = {"type": "function", "function": {

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from referencing import Registry, Resource
 
-from services import cli
+from llm_edge import cli
 from shared.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]

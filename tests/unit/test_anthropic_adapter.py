@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from services.providers.anthropic import adapter
+from services.providers.anthropic.adapter import adapter
 from shared.config import ProviderConfig
 from shared.errors import InvalidRequest
 from tests.unit.adapter_io import fixture, request

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.providers.anthropic import adapter
+from services.providers.anthropic.adapter import adapter
 from shared.errors import GatewayError, ProviderError
 from tests.unit.adapter_io import fixture
 

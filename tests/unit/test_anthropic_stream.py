@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from services.providers.anthropic import adapter
+from services.providers.anthropic.adapter import adapter
 from services.providers.base import Delta, StreamSummary
 from shared.config import ProviderConfig
 from shared.errors import (

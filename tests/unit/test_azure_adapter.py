@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from services.providers.azure import adapter
+from services.providers.azure.adapter import adapter
 from services.providers.sse import SSEDecoder
 from shared.config import ConfigError, ProviderConfig, load
 from tests.unit.adapter_io import fixture, request

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from services.providers.bedrock import adapter
+from services.providers.bedrock.adapter import adapter
 from shared.config import ConfigError, ProviderConfig, load
 from shared.errors import InvalidRequest, ProviderError
 from tests.unit.adapter_io import fixture, request

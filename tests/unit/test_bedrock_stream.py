@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from services.mockupstream.bedrock import event, exception
 from services.providers.base import Delta, StreamParser, StreamSummary
-from services.providers.bedrock import adapter
+from services.providers.bedrock.adapter import adapter
 from shared.errors import GatewayError, InvalidRequest, ProviderError, RateLimited, Unavailable
 from shared.messages import FunctionCallDelta
+from tests.mockupstream.bedrock import event, exception
 from tests.unit import adapter_io
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "bedrock"

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from services.bench import report
-from services.bench.check import StreamCheck, completion_problem
-from services.bench.cli import options_from, parser
-from services.bench.client import Bench, Options, Result
-from services.mockupstream.server import MockUpstream
+from llm_edge.bench import report
+from llm_edge.bench.check import StreamCheck, completion_problem
+from llm_edge.bench.cli import options_from, parser
+from llm_edge.bench.client import Bench, Options, Result
+from tests.mockupstream.server import MockUpstream
 
 
 def _options(upstream: MockUpstream, **kw: object) -> Options:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from services.cache.key import cache_key
-from services.cache.l1 import L1Cache
+from shared.cache.key import cache_key
+from shared.cache.l1 import L1Cache
 from shared.messages import ChatRequest
 
 

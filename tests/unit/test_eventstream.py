@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.providers.eventstream import EventStreamDecoder, Message
+from services.providers.bedrock.eventstream import EventStreamDecoder, Message
 from shared.errors import ProviderError
 
 EMPTY_MESSAGE = b"\x00\x00\x00\x10\x00\x00\x00\x00\x05\xc2H\xeb}\x98\xc8\xff"

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from services.providers.gemini import adapter
+from services.providers.gemini.adapter import adapter
 from shared.config import ProviderConfig, load
 from shared.errors import InvalidRequest, ProviderError
 from tests.unit.adapter_io import fixture, request

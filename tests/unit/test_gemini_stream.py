@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.providers.base import Delta, StreamSummary
-from services.providers.gemini import adapter
+from services.providers.gemini.adapter import adapter
 from shared.errors import InvalidRequest, ProviderError, Unavailable
 from shared.messages import FunctionCallDelta
 from tests.unit import adapter_io

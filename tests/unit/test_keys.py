@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from services.cli import main
+from llm_edge.cli import main
 from services.ingress.auth import Keyring, presented_key
 from services.ingress.limits import (
     Limiter,

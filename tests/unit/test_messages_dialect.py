@@ -14,7 +14,7 @@ import pytest
 
 from services.ingress.anthropic_dialect import error_json, message_json, parse_messages_request
 from services.ingress.anthropic_events import EventWriter, replay
-from services.providers.anthropic import adapter
+from services.providers.anthropic.adapter import adapter
 from services.providers.base import Delta, StreamSummary
 from services.providers.sse import SSEDecoder
 from shared.config import ProviderConfig

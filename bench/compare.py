@@ -298,8 +298,8 @@ class Run:
         path.parent.mkdir(exist_ok=True)
         path.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "llm_edge.bench", "--url", scenario.url, "--model", scenario.model,
-                "-c", str(concurrency), "--duration", str(self.args.duration), "--warmup", str(self.args.warmup),
-                "--timeout", "30", "--json", str(path)]
+                "--concurrency", str(concurrency), "--duration", str(self.args.duration),
+                "--warmup", str(self.args.warmup), "--timeout", "30", "--json", str(path)]
         argv += ["--unique-prompts"] * scenario.unique + ["--stream"] * stream
         for header in scenario.headers:
             argv += ["--header", header]
@@ -313,7 +313,7 @@ class Run:
 
     def prime(self, scenario: Scenario) -> None:
         argv = [sys.executable, "-m", "llm_edge.bench", "--url", scenario.url, "--model", scenario.model,
-                "-c", "1", "--requests", "1", "--warmup", "0"]
+                "--concurrency", "1", "--requests", "1", "--warmup", "0"]
         for header in scenario.headers:
             argv += ["--header", header]
         run(argv, 60)

@@ -45,7 +45,7 @@ def tree(pid: int) -> dict[int, str]:
 def bench(url: str, concurrency: int, seconds: int) -> dict[str, object]:
     out = Path(tempfile.mkstemp(suffix=".json")[1])
     subprocess.run([sys.executable, "-m", "llm_edge.cli", "bench", "--url", f"{url}/v1", "--model", "bench-model",
-                    "-c", str(concurrency), "--duration", str(seconds), "--unique-prompts",
+                    "--concurrency", str(concurrency), "--duration", str(seconds), "--unique-prompts",
                     "--header", "Cache-Control: no-store", "--json", str(out)], check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 

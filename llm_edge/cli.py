@@ -58,52 +58,92 @@ def hash_key(argv: list[str]) -> int:
     return 0
 
 
+def _config_option(p: argparse.ArgumentParser, top: bool) -> None:
+    # Accepted before the command and after it: the subcommand's copy leaves the value alone unless given.
+    p.add_argument("--config", "-c", default=None if top else argparse.SUPPRESS,
+                   help="YAML or TOML configuration file (or LLM_EDGE_CONFIG)")
+
+
+def parser() -> argparse.ArgumentParser:
+    """Every command is a real subcommand with its own `--help`; a mistake exits 2 with a message."""
+    top = argparse.ArgumentParser(prog="llm-edge", description=__doc__)
+    _config_option(top, top=True)
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, **kwargs: object) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help, **kwargs)  # type: ignore[arg-type]
+        _config_option(sub, top=False)
+        return sub
+
+    command("up", "start nats-server and every service on this machine").set_defaults(run=_run_up)
+    for name, help in (("ingress", "run the HTTP ingress"), ("cache", "run the cache service"),
+                       ("router", "run the router service")):
+        command(name, help).set_defaults(run=_run_service)
+    provider = command("provider", "run one provider's worker")
+    provider.add_argument("name", help="a provider named in the configuration")
+    provider.set_defaults(run=_run_service)
+    from llm_edge.bench.cli import add_arguments as bench_arguments
+
+    bench = command("bench", "load-test an OpenAI-compatible URL and report")
+    bench_arguments(bench)
+    bench.set_defaults(run=_run_bench)
+    command("hash-key", "read an API key on stdin, print the SHA-256 digest to configure").set_defaults(
+        run=lambda args: hash_key([]))
+    status = command("status", "service instances on the bus, nats-server numbers")
+    status_options.add_arguments(status)
+    status.set_defaults(run=_run_status)
+    return top
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    # Commands with options of their own, which argparse's REMAINDER would not pass through.
-    if argv[:1] == ["bench"]:
-        from llm_edge.bench.cli import main as bench_main
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    result: int = args.run(args)
+    return result
 
-        return bench_main(argv[1:])
-    if argv[:1] == ["hash-key"]:  # needs no configuration, and must not print anything else
-        return hash_key(argv[1:])
-    parser = argparse.ArgumentParser(prog="llm-edge", description=__doc__)
-    parser.add_argument("--config", "-c", help="YAML or TOML configuration file (or LLM_EDGE_CONFIG)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("up", help="start nats-server and every service on this machine")
-    commands.add_parser("ingress", help="run the HTTP ingress")
-    commands.add_parser("cache", help="run the cache service")
-    commands.add_parser("router", help="run the router service")
-    provider = commands.add_parser("provider", help="run one provider's worker")
-    provider.add_argument("name")
-    bench = commands.add_parser("bench", help="load-test an OpenAI-compatible URL and report", add_help=False)
-    bench.add_argument("args", nargs=argparse.REMAINDER)
-    commands.add_parser("hash-key", help="read an API key on stdin, print the SHA-256 digest to configure")
-    status_options.add_arguments(commands.add_parser("status", help="service instances on the bus, nats-server numbers"))
-    args = parser.parse_args(argv)
 
-    if args.command == "status":  # needs no configuration: it only asks the bus what runs on it
-        from llm_edge.status import command as status
+def _run_bench(args: argparse.Namespace) -> int:
+    from llm_edge.bench.cli import run_parsed
 
-        return status.main(args)
+    return run_parsed(args)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from llm_edge.status import command as status  # needs no configuration: it only asks the bus
+
+    return status.main(args)
+
+
+def _configured(args: argparse.Namespace) -> Config | None:
     try:
         config = load(args.config)
     except ConfigError as exc:
         print(f"llm-edge: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return None
     if args.command == "provider" and args.name not in config.providers:
         print(f"llm-edge: provider {args.name!r} is not configured (have: {', '.join(config.providers)})",
               file=sys.stderr)
+        return None
+    return config
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    config = _configured(args)
+    if config is None:
+        return 2
+    logs.setup("up", config.log_level)
+    from llm_edge.launcher import up
+
+    runtime.install_uvloop()
+    return asyncio.run(up(config, args.config))
+
+
+def _run_service(args: argparse.Namespace) -> int:
+    config = _configured(args)
+    if config is None:
         return 2
     service = args.command if args.command != "provider" else f"provider-{args.name}"
     logs.setup(service, config.log_level)
-    if args.command != "up":
-        tracing.setup(service, config.otel_endpoint)
-    if args.command == "up":
-        from llm_edge.launcher import up
-
-        runtime.install_uvloop()
-        return asyncio.run(up(config, args.config))
+    tracing.setup(service, config.otel_endpoint)
     try:
         if args.command == "ingress":
             _ingress(config)

@@ -25,9 +25,19 @@ def _header(text: str) -> tuple[str, str]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llm-edge bench", description=__doc__)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default="http://127.0.0.1:8080/v1", help="base URL (…/v1)")
     p.add_argument("--model", default="mock")
-    p.add_argument("-c", "--concurrency", type=int, default=8, help="workers, one connection each")
+    p.add_argument("--concurrency", type=int, default=8,
+                   help="connections (closed loop: workers, one request at a time each; open loop: the most "
+                   "requests in flight)")
+    p.add_argument("--rate", type=float, metavar="N",
+                   help="open loop: send N requests per second on a fixed schedule and measure each latency "
+                   "from its intended send time, as wrk2 does (default: closed loop)")
     amount = p.add_mutually_exclusive_group()
     amount.add_argument("--duration", type=float, default=10.0, help="seconds to measure (default 10)")
     amount.add_argument("--requests", type=int, help="measure exactly this many requests instead")
@@ -40,7 +50,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the summary as JSON here")
     p.add_argument("--progress", action="store_true", help="show progress even when stderr is not a TTY")
-    return p
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -58,6 +67,7 @@ def options_from(args: argparse.Namespace) -> Options:
         unique_prompts=args.unique_prompts,
         headers=tuple(headers),
         timeout=args.timeout,
+        rate=args.rate,
     )
 
 
@@ -100,7 +110,10 @@ async def execute(options: Options, progress: bool = False, out: TextIO = sys.st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    return run_parsed(parser().parse_args(argv))
+
+
+def run_parsed(args: argparse.Namespace) -> int:
     try:
         options = options_from(args)
         bench_progress = args.progress or sys.stderr.isatty()

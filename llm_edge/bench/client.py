@@ -1,5 +1,11 @@
 """The load generator: one keep-alive HTTP/1.1 connection per worker on raw asyncio + httptools.
 
+Closed loop (the default): each worker sends its next request when the last one is answered, so a slow
+server also slows the load and its tail is under-reported (coordinated omission). Open loop (`rate`):
+request i is due at `start + i / rate` whatever happened before; a worker takes the next due slot when it
+is free, and latency counts from the slot's intended send time, so time spent waiting for a free
+connection behind a slow answer is in the figure (wrk2's correction).
+
 Request bytes are built from pre-encoded pieces; the only per-request work is the prompt counter, the
 response parse and the ok check, so a single core drives tens of thousands of requests per second and the
 generator is not what a benchmark measures.
@@ -37,6 +43,7 @@ class Options:
     unique_prompts: bool = False  # a distinct prompt per request (cache misses) instead of one fixed prompt
     headers: tuple[tuple[str, str], ...] = ()
     timeout: float = 60.0  # per request; a timed-out request is a transport error
+    rate: float | None = None  # open loop: requests per second on a fixed schedule (None: closed loop)
 
 
 @dataclass(slots=True)
@@ -186,6 +193,8 @@ class Bench:
             raise ValueError("concurrency must be at least 1")
         if options.requests is None and not options.duration:
             raise ValueError("give a duration or a request count")
+        if options.rate is not None and not options.rate > 0:
+            raise ValueError("rate must be a positive number of requests per second")
         self.options = options
         self.target = _Target(options)
         self.result = Result()
@@ -193,6 +202,7 @@ class Bench:
         self.measure_from = 0.0
         self._left = options.requests
         self._until = 0.0
+        self._slot = 0  # open loop: the next request's index in the schedule
 
     async def run(self) -> Result:
         options = self.options
@@ -212,6 +222,13 @@ class Bench:
         _, conn = await loop.create_connection(lambda: _Connection(stream), self.target.host, self.target.port)
         return conn
 
+    def _next_due(self) -> float:
+        """Open loop: when the next request in the schedule is due (the warm-up included)."""
+        assert self.options.rate is not None
+        due = self.started + self._slot / self.options.rate
+        self._slot += 1
+        return due
+
     def _take(self, now: float) -> bool | None:
         """Whether the next request is measured; None when the run is over."""
         if now < self.measure_from:
@@ -226,7 +243,13 @@ class Bench:
     async def _worker(self, loop: asyncio.AbstractEventLoop, conn: _Connection | None) -> float:
         result, target, timeout, stream = self.result, self.target, self.options.timeout, self.options.stream
         last = self.measure_from
-        while (measured := self._take(time.perf_counter())) is not None:
+        open_loop = self.options.rate is not None
+        while True:
+            due = self._next_due() if open_loop else time.perf_counter()
+            if (wait := due - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)  # the schedule's own pace, not a wait for something to happen
+            if (measured := self._take(due)) is None:
+                break
             if conn is None or conn.closed:
                 try:
                     conn = await self._connect(loop)
@@ -252,7 +275,7 @@ class Bench:
                 result.invalid[problem] += 1
             else:
                 result.ok += 1
-                result.latency.append(end - conn.sent_at)
+                result.latency.append(end - (due if open_loop else conn.sent_at))
                 if stream:
                     result.first_chunk.append(conn.first_chunk)
                     result.chunk_gaps.extend(conn.gaps)

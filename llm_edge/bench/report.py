@@ -42,6 +42,7 @@ def summarize(options: Options, result: Result) -> dict[str, Any]:
         "url": options.url,
         "model": options.model,
         "concurrency": options.concurrency,
+        "rate_rps": options.rate,  # None: closed loop
         "stream": options.stream,
         "unique_prompts": options.unique_prompts,
         "headers": [f"{name}: {value}" for name, value in options.headers],
@@ -83,8 +84,9 @@ def table(summary: dict[str, Any]) -> str:
     lat = summary["latency_ms"]
     rows = [
         ("target", f"{summary['url']}  model {summary['model']}  {mode}  {prompts}"),
-        ("load", f"concurrency {summary['concurrency']}, {summary['elapsed_s']:.2f} s measured, "
-                 + f"{summary['warmup_s']:g} s warm-up before"),
+        ("load", (f"open loop at {summary['rate_rps']:g} req/s, at most {summary['concurrency']} in flight"
+                  if summary.get("rate_rps") else f"closed loop, concurrency {summary['concurrency']}")
+                 + f", {summary['elapsed_s']:.2f} s measured, {summary['warmup_s']:g} s warm-up before"),
         ("requests", f"{summary['requests']}  ok {summary['ok']}  errors {summary['errors']}"),
         ("errors", _errors_line(summary)),
         ("throughput", f"{summary['throughput_rps']:.1f} ok req/s"),

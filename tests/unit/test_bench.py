@@ -85,6 +85,30 @@ async def test_warmup_requests_are_sent_but_not_counted(upstream: MockUpstream) 
     assert result.ok + result.warmup_requests == upstream.stats["calls"]
 
 
+async def test_open_loop_sends_on_its_schedule_not_as_fast_as_it_can(upstream: MockUpstream) -> None:
+    result = await Bench(_options(upstream, concurrency=4, rate=40.0, duration=0.5)).run()
+
+    # Slots fall due every 25 ms; those due within the 0.5 s measured are sent, one per slot.
+    assert result.ok == 20 == upstream.stats["calls"] and result.errors == 0
+
+
+async def test_open_loop_counts_the_wait_behind_a_slow_answer_that_closed_loop_hides() -> None:
+    slow = MockUpstream(latency_ms=50.0)  # one connection then serves at most 20 req/s
+    await slow.start()
+    try:
+        closed = await Bench(_options(slow, concurrency=1, requests=12)).run()
+        opened = await Bench(_options(slow, concurrency=1, rate=40.0, requests=12)).run()
+    finally:
+        await slow.stop()
+
+    # Closed loop: every request takes the upstream's 50 ms. Open loop at twice the capacity: request i
+    # was due at i * 25 ms but could only leave at i * 50 ms, and that queueing is part of its latency.
+    # The last of 12 was due at 275 ms and left at 550 ms at the earliest: at least 325 ms in all.
+    open_p99, closed_p99 = report.percentile(opened.latency, 99), report.percentile(closed.latency, 99)
+    assert open_p99 is not None and closed_p99 is not None
+    assert open_p99 >= 0.325 > closed_p99
+
+
 async def test_an_unreachable_target_fails_before_anything_is_measured(upstream: MockUpstream) -> None:
     bench = Bench(_options(upstream, concurrency=1, requests=3))
     await upstream.stop()
@@ -141,7 +165,7 @@ def test_completion_check() -> None:
 def test_cli_options() -> None:
     args = parser().parse_args(
         ["--url", "http://127.0.0.1:1/v1", "--requests", "5", "--header", "Cache-Control: no-store",
-         "--api-key", "k", "--stream", "-c", "3"]
+         "--api-key", "k", "--stream", "--concurrency", "3"]
     )
     options = options_from(args)
 
@@ -149,3 +173,6 @@ def test_cli_options() -> None:
     assert options.headers == (("Cache-Control", "no-store"), ("authorization", "Bearer k"))
     with pytest.raises(SystemExit):
         parser().parse_args(["--header", "no colon"])
+    assert options_from(parser().parse_args(["--rate", "250"])).rate == 250.0
+    with pytest.raises(ValueError):
+        Bench(Options(rate=0.0))

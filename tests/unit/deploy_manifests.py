@@ -4,17 +4,19 @@ deploy/, checked offline: compose.yaml against the Compose specification, every 
 against the Kubernetes API schemas, and the references between files (commands, ports, selectors,
 metric names, configuration) against each other and against the code.
 
-The Kubernetes manifests are rendered the way `kubectl apply -k` would: by a small renderer here for the
-kustomize features deploy/k8s uses (it refuses the others), checked against `kubectl kustomize` where
-kubectl is installed. Schemas: deploy/schemas/compose-spec.json (see its README) and the copies of the
+The Kubernetes manifests are rendered by `kubectl kustomize`, exactly as `kubectl apply -k` would. Schemas: deploy/schemas/compose-spec.json (see its README) and the copies of the
 Kubernetes schemas that the `kubernetes-validate` package ships.
 """
 
 from __future__ import annotations
 
-import copy
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
@@ -48,36 +50,7 @@ def _key(doc: Doc) -> tuple[str, str, str]:
     return doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"]
 
 
-# ------------------------------------------------------------------ a kustomize subset
-
-_KUSTOMIZE_FIELDS = {
-    "apiVersion", "kind", "resources", "components", "namespace", "images", "replicas", "patches",
-}
-_CLUSTER_SCOPED = {"Namespace"}
-
-
-def _merge(base: Any, patch: Any) -> Any:
-    """Strategic merge as kustomize does it for what our patches touch: maps merge, lists of named
-    items merge by name, anything else is replaced."""
-    if isinstance(base, dict) and isinstance(patch, dict):
-        assert not any(key.startswith("$") for key in patch), f"patch directives are not rendered: {patch}"
-        merged = dict(base)
-        for key, value in patch.items():
-            merged[key] = _merge(base[key], value) if key in base else copy.deepcopy(value)
-        return merged
-    named = isinstance(base, list) and isinstance(patch, list) and all(
-        isinstance(item, dict) and "name" in item for item in [*base, *patch]
-    )
-    if named:
-        merged_list = [copy.deepcopy(item) for item in base]
-        for item in patch:
-            index = next((i for i, old in enumerate(merged_list) if old["name"] == item["name"]), None)
-            if index is None:
-                merged_list.append(copy.deepcopy(item))
-            else:
-                merged_list[index] = _merge(merged_list[index], item)
-        return merged_list
-    return copy.deepcopy(patch)
+# ------------------------------------------------------------------ rendering: kustomize itself
 
 
 def _containers(doc: Doc) -> list[Doc]:
@@ -87,50 +60,29 @@ def _containers(doc: Doc) -> list[Doc]:
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
-def render(directory: Path, accumulated: list[Doc] | None = None) -> list[Doc]:
-    """The objects `kubectl kustomize directory` prints (in another order)."""
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unknown = set(kustomization) - _KUSTOMIZE_FIELDS
-    assert not unknown, f"{directory}: this test does not render kustomize fields {sorted(unknown)}"
-    docs = [] if accumulated is None else accumulated
-    for entry in kustomization.get("resources", []):
-        target = directory / entry
-        docs = [*docs, *(render(target) if target.is_dir() else _yaml_docs(target))]
-    for entry in kustomization.get("components", []):
-        docs = render(directory / entry, docs)  # a component adds to, and transforms, what came before
-    for entry in kustomization.get("patches", []):
-        assert set(entry) == {"path"}, f"{directory}: only patches from a file are rendered: {entry}"
-        for patch in _yaml_docs(directory / entry["path"]):
-            targets = [doc for doc in docs if (doc["kind"], doc["metadata"]["name"]) ==
-                       (patch["kind"], patch["metadata"]["name"])]
-            assert len(targets) == 1, f"{entry['path']}: {patch['kind']}/{patch['metadata']['name']}"
-            docs[docs.index(targets[0])] = _merge(targets[0], patch)
-    for image in kustomization.get("images", []):
-        for doc in docs:
-            for container in _containers(doc):
-                if re.split(r"[:@]", container["image"])[0] == image["name"]:
-                    container["image"] = f"{image.get('newName', image['name'])}:{image['newTag']}"
-    for replicas in kustomization.get("replicas", []):
-        targets = [doc for doc in docs if doc["kind"] in ("Deployment", "StatefulSet")
-                   and doc["metadata"]["name"] == replicas["name"]]
-        assert targets, f"{directory}: replicas for {replicas['name']}, which does not exist"
-        for doc in targets:
-            doc["spec"]["replicas"] = replicas["count"]
-    if namespace := kustomization.get("namespace"):
-        for doc in docs:
-            if doc["kind"] not in _CLUSTER_SCOPED:
-                doc["metadata"]["namespace"] = namespace
-    return docs
+def kustomize(directory: Path) -> list[Doc]:
+    """The objects `kubectl apply -k directory` would apply, rendered by kubectl's own kustomize (the
+    machine's kubectl, or the one `make dev` installs into the venv when the machine has none)."""
+    kubectl = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    assert kubectl is not None, "kubectl (with kustomize) is needed: `make dev` installs one when missing"
+    built = subprocess.run([kubectl, "kustomize", str(directory)], check=False, capture_output=True, text=True,
+                           timeout=60)
+    assert built.returncode == 0, f"kubectl kustomize {directory}: {built.stderr}"
+    return [doc for doc in yaml.safe_load_all(built.stdout) if doc]
 
 
 def _render_with_monitoring() -> list[Doc]:
     """The base plus the Prometheus Operator component, as an overlay that includes it renders."""
-    return render(K8S / "base" / "monitoring", render(K8S / "base"))
+    with tempfile.TemporaryDirectory() as scratch:
+        base = Path(os.path.relpath(K8S / "base", scratch))
+        (Path(scratch) / "kustomization.yaml").write_text(
+            f"resources: [{base.as_posix()}]\ncomponents: [{(base / 'monitoring').as_posix()}]\n")
+        return kustomize(Path(scratch))
 
 
 RENDERS: dict[str, Callable[[], list[Doc]]] = {
-    "base": lambda: render(K8S / "base"),
-    "example": lambda: render(K8S / "overlays" / "example"),
+    "base": lambda: kustomize(K8S / "base"),
+    "example": lambda: kustomize(K8S / "overlays" / "example"),
     "base+monitoring": _render_with_monitoring,
 }
 

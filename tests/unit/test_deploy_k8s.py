@@ -5,10 +5,7 @@ schemas, each other, the configuration and the code (helpers in tests/unit/deplo
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -75,24 +72,6 @@ def test_service_monitors_select_services_and_ports_that_exist() -> None:
     # Our metrics have a `service` label of their own; the operator's would rename it to exported_service.
     assert all(e.get("honorLabels") for m in monitors if m["metadata"]["name"] != "nats"
                for e in m["spec"]["endpoints"])
-
-
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-@pytest.mark.parametrize("name", RENDERS)
-def test_the_renderer_here_agrees_with_kubectl_kustomize(name: str, tmp_path: Path) -> None:
-    target = {"base": K8S / "base", "example": K8S / "overlays" / "example"}.get(name)
-    if target is None:  # kustomize builds a component only from a kustomization that includes it
-        base = Path(os.path.relpath(K8S / "base", tmp_path))
-        (tmp_path / "kustomization.yaml").write_text(
-            f"resources: [{base.as_posix()}]\ncomponents: [{(base / 'monitoring').as_posix()}]\n"
-        )
-        target = tmp_path
-    built = subprocess.run(
-        ["kubectl", "kustomize", str(target)], check=False, capture_output=True, text=True, timeout=60
-    )
-    assert built.returncode == 0, built.stderr
-    theirs = sorted((doc for doc in yaml.safe_load_all(built.stdout) if doc), key=_key)
-    assert theirs == sorted(rendered(name), key=_key)
 
 
 # ------------------------------------------------------------------ Kubernetes cross-references

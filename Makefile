@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: up test venv dev redis kubectl clients lint bench clean
+.PHONY: up test venv dev redis kubectl clients lint bench reliability clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ lint: dev
 # BENCH_ARGS=--quick for 3 s per point; results in bench-results/ (results.json, summary.md).
 bench: venv
 	$(BIN)/python bench/compare.py --out bench-results/ $(BENCH_ARGS)
+
+# The fault suite (docs/RELIABILITY.md): every scenario on loopback, then a soak (RELIABILITY_ARGS=--soak-seconds 60
+# for a short one; --only NAME,NAME for some). About 10 minutes plus the soak; results in bench-results/reliability/.
+reliability: dev redis
+	$(BIN)/python -m bench.reliability $(RELIABILITY_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -3,7 +3,8 @@ Converse exactly as they look on the wire (the formats: `formats.py` and one mod
 
 Raw asyncio + httptools (keep-alive, Content-Length requests, chunked SSE or event-stream replies) so that it
 is never the bottleneck of a benchmark; tests script errors, delays and broken streams via `/_mock/*` or
-`MockUpstream`.
+`MockUpstream` (`/_mock/script` queues answers one by one, `/_mock/fault` answers every call alike for a
+while).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -172,6 +174,8 @@ class MockUpstream:
         self._conns: set[_Connection] = set()
         self._waiters: list[asyncio.Future[None]] = []
         self._script: deque[Scripted] = deque()
+        self._fault: Scripted | None = None  # answers every call until `_fault_until` (a timed fault)
+        self._fault_until = 0.0
         self._seq = 0
         self.reset()
 
@@ -202,8 +206,15 @@ class MockUpstream:
     def script(self, responses: Sequence[dict[str, Any]]) -> None:
         self._script.extend(script_decoder.decode(encode({"responses": list(responses)})).responses)
 
+    def fault(self, response: dict[str, Any], seconds: float) -> None:
+        """Answer every call like `response` (a script entry) for the next `seconds`: a 429 storm, a 5xx
+        burst, hanging calls or cut streams that last a while, whatever the request rate."""
+        self._fault = _fault_decoder.decode(encode(response))
+        self._fault_until = time.monotonic() + seconds
+
     def reset(self) -> None:
         self._script.clear()
+        self._fault, self._fault_until = None, 0.0
         self._calls = 0
         self._by_path: Counter[str] = Counter()
         self._in_flight = self._max_in_flight = self._disconnects = 0
@@ -274,6 +285,13 @@ class MockUpstream:
             case b"POST", b"/_mock/reset":
                 self.reset()
                 return 200, b'{"ok":true}'
+            case b"POST", b"/_mock/fault":
+                try:
+                    fault = _timed_fault_decoder.decode(req.body)
+                except msgspec.MsgspecError as exc:
+                    return 400, openai_error(400, f"Bad fault: {exc}", 0)
+                self._fault, self._fault_until = fault.response, time.monotonic() + fault.seconds
+                return 200, b'{"ok":true}'
             case b"POST", b"/_mock/script":
                 try:
                     self._script.extend(script_decoder.decode(req.body).responses)
@@ -295,7 +313,10 @@ class MockUpstream:
         self._in_flight += 1
         self._max_in_flight = max(self._max_in_flight, self._in_flight)
         conn.in_call = True
-        scripted = self._script.popleft() if self._script else None
+        if self._script:
+            scripted: Scripted | None = self._script.popleft()
+        else:
+            scripted = self._fault if self._fault is not None and time.monotonic() < self._fault_until else None
         out = self._outcome(req, dialect, self._seq, scripted)
         delay = (self.latency_ms + (scripted.delay_ms if scripted else 0.0)) / 1000
         interval = self.chunk_interval_ms / 1000 if out.frames else 0.0
@@ -359,6 +380,15 @@ class MockUpstream:
         return _Out(
             _head(200, headers, ka, dialect.stream_type, None), chunked, cut is not None
         )
+
+
+class _TimedFault(msgspec.Struct, forbid_unknown_fields=True):
+    seconds: float
+    response: Scripted
+
+
+_timed_fault_decoder = msgspec.json.Decoder(_TimedFault)
+_fault_decoder = msgspec.json.Decoder(Scripted)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

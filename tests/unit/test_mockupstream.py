@@ -270,6 +270,22 @@ async def test_control_plane_over_http_scripts_counts_and_resets(upstream: MockU
     assert upstream.stats == after
 
 
+async def test_a_timed_fault_answers_every_call_alike_until_it_ends(upstream: MockUpstream) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(base_url=upstream.url) as http:
+        bad = await http.post("/_mock/fault", json={"seconds": 1, "response": {"stauts": 429}})
+        set_ = await http.post("/_mock/fault", json={"seconds": 30, "response": {"status": 429}})
+        during = [await http.post("/v1/chat/completions", json=body) for _ in range(5)]
+        upstream.fault({"status": 503}, seconds=0.0)  # a fault that has already ended
+        after = await http.post("/v1/chat/completions", json=body)
+
+    assert bad.status_code == 400 and "stauts" in bad.json()["error"]["message"]
+    assert set_.status_code == 200
+    assert [r.status_code for r in during] == [429] * 5
+    assert during[0].json()["error"]["code"] == "rate_limit_exceeded"
+    assert after.status_code == 200 and after.json()["choices"][0]["message"]["content"] == "Echo: hi"
+
+
 async def test_unknown_paths_and_bad_bodies_get_provider_errors(upstream: MockUpstream) -> None:
     async with httpx.AsyncClient(base_url=upstream.url) as http:
         missing = await http.get("/v1/models")

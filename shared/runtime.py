@@ -7,10 +7,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # the launcher imports this module and must stay small: no NATS client in it
-    from nats.aio.client import Client as NatsClient
+from typing import Any, Protocol
 
 log = logging.getLogger("llm_edge.runtime")
 
@@ -68,9 +65,14 @@ def is_ready() -> bool:
     return _readiness is not None and _readiness()
 
 
-def taking_work(nc: NatsClient, stop: asyncio.Event) -> Callable[[], bool]:
+class _Connection(Protocol):  # a `shared.bus.Bus`; not imported: the launcher must not load the NATS client
+    @property
+    def connected(self) -> bool: ...
+
+
+def taking_work(connection: _Connection, stop: asyncio.Event) -> Callable[[], bool]:
     """The readiness of a bus service: connected to NATS and not draining."""
-    return lambda: nc.is_connected and not stop.is_set()
+    return lambda: connection.connected and not stop.is_set()
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:

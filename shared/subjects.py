@@ -45,7 +45,7 @@ class Subjects:
 
     @property
     def cancel(self) -> str:
-        """Broadcast: the client of the request id in the header went away; stop its upstream call."""
+        """Broadcast: the client of the bus id in the header went away; stop its upstream call."""
         return f"{self.prefix}.cancel"
 
 
@@ -65,7 +65,9 @@ class Queues:
 class Headers:
     """Request-scoped facts carried as NATS headers (each service reads only the ones it needs)."""
 
-    REQUEST_ID = "Llm-Request-Id"
+    REQUEST_ID = "Llm-Request-Id"  # for logs only: the client's x-request-id or the ingress's own
+    # The bus's own id of a request: unguessable, never taken from the client; stream cancels use it.
+    BUS_ID = "Llm-Bus-Id"
     TRACEPARENT = "traceparent"
     DEADLINE = "Llm-Deadline"  # absolute, milliseconds since the epoch
     STREAM = "Llm-Stream"  # "1" when the client asked for a stream
@@ -79,7 +81,8 @@ class Headers:
     REPLY_TO = "Llm-Reply-To"  # where a request taken from a work queue is answered
     # On a request: "send me a heartbeat every N seconds while you work on this" (see bus.request).
     HEARTBEAT = "Llm-Heartbeat"
-    # On a message to a reply subject: a heartbeat (the work goes on), not the reply.
+    # On a message to a reply subject: a heartbeat (the work goes on), not the reply. Its value is
+    # "started" once a stream has sent its first chunk to the client (it must not be retried after that).
     ALIVE = "Llm-Alive"
 
 

@@ -37,11 +37,11 @@ class Stack:
         self.caches: dict[str, CacheService] = {}
         self.routers: dict[str, Router] = {}
         self.workers: list[ProviderWorker] = []
-        self.ingress_nc = None
+        self.ingress_bus: bus.Bus | None = None
         self.http: httpx.AsyncClient | None = None
         self.apps: list[FastPath] = []
         self.ingresses: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
-        self.extra_ncs: list[Any] = []
+        self.extra_buses: list[bus.Bus] = []
         self.url = ""
 
     async def _server(self, key: str, name: str) -> bus.Server:
@@ -52,20 +52,21 @@ class Stack:
         return server
 
     async def start_cache(self, key: str = "cache") -> CacheService:
-        cache = CacheService(self.config, await self._server(key, "test-cache"))
-        await cache.start()
+        cache = CacheService(self.config)
+        await cache.start(await self._server(key, "test-cache"))
         self.caches[key] = cache
         return cache
 
     async def start_router(self, key: str = "router") -> Router:
-        router = Router(self.config, await self._server(key, "test-router"))
-        await router.start()
+        server = await self._server(key, "test-router")
+        router = Router(self.config, server.bus)
+        await router.start(server)
         self.routers[key] = router
         return router
 
     async def start_provider(self, name: str, key: str | None = None) -> None:
-        worker = ProviderWorker(self.config, name, await self._server(key or f"provider.{name}", f"test-{name}"))
-        await worker.start()
+        worker = ProviderWorker(self.config, name)
+        await worker.start(await self._server(key or f"provider.{name}", f"test-{name}"))
         self.workers.append(worker)
 
     async def start(self, cache: bool = True, providers: bool = True) -> Stack:
@@ -74,8 +75,8 @@ class Stack:
         await self.start_router()
         for name in self.config.providers if providers else ():
             await self.start_provider(name)
-        self.ingress_nc = await bus.connect(self.config.nats_url, "test-ingress")
-        self.url = await self._serve(create_app(self.config, self.ingress_nc))
+        self.ingress_bus = await bus.connect(self.config.nats_url, "test-ingress")
+        self.url = await self._serve(create_app(self.config, self.ingress_bus))
         self.http = httpx.AsyncClient(base_url=self.url, timeout=30)
         return self
 
@@ -96,9 +97,9 @@ class Stack:
 
     async def add_ingress(self) -> str:
         """Another ingress replica on the same bus (and Redis), with its own connection; its base URL."""
-        nc = await bus.connect(self.config.nats_url, "test-ingress")
-        self.extra_ncs.append(nc)
-        return await self._serve(create_app(self.config, nc))
+        connection = await bus.connect(self.config.nats_url, "test-ingress")
+        self.extra_buses.append(connection)
+        return await self._serve(create_app(self.config, connection))
 
     async def settle(self) -> None:
         """Wait until every ingress has written the usage charges of the answers it gave."""
@@ -129,6 +130,6 @@ class Stack:
             server.should_exit = True
         for _, task in self.ingresses:
             await task
-        for nc in [self.ingress_nc, *self.extra_ncs]:
-            if nc is not None and not nc.is_closed:
-                await nc.close()
+        for connection in [self.ingress_bus, *self.extra_buses]:
+            if connection is not None:
+                await connection.close()

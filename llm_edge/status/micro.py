@@ -4,19 +4,12 @@ every reply collected for a short window and joined by instance id.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 import msgspec
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.micro.service import (
-    INFO_RESPONSE_TYPE,
-    PING_RESPONSE_TYPE,
-    STATS_RESPONSE_TYPE,
-    ServiceVerb,
-    control_subject,
-)
+
+from shared import bus
+from shared.bus.micro import DISCOVERY_SUBJECTS, INFO_TYPE, PING_TYPE, STATS_TYPE
 
 # The wire formats (io.nats.micro.v1.*), as much of them as we read. Fields other implementations may
 # leave out or send as null carry defaults.
@@ -28,7 +21,7 @@ class _Identity(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     version: str = ""
 
 
-class PingResponse(_Identity, frozen=True, kw_only=True, tag=PING_RESPONSE_TYPE):
+class PingResponse(_Identity, frozen=True, kw_only=True, tag=PING_TYPE):
     pass
 
 
@@ -38,7 +31,7 @@ class EndpointInfo(msgspec.Struct, frozen=True, kw_only=True):
     queue_group: str | None = None
 
 
-class InfoResponse(_Identity, frozen=True, kw_only=True, tag=INFO_RESPONSE_TYPE):
+class InfoResponse(_Identity, frozen=True, kw_only=True, tag=INFO_TYPE):
     description: str | None = None
     endpoints: list[EndpointInfo] | None = None
 
@@ -53,7 +46,7 @@ class EndpointStats(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str | None = None
 
 
-class StatsResponse(_Identity, frozen=True, kw_only=True, tag=STATS_RESPONSE_TYPE):
+class StatsResponse(_Identity, frozen=True, kw_only=True, tag=STATS_TYPE):
     started: datetime | None = None
     endpoints: list[EndpointStats] | None = None
 
@@ -98,25 +91,9 @@ class Discovery(msgspec.Struct, frozen=True, kw_only=True):
     unreadable_replies: int
 
 
-async def discover(nc: Client, window: float) -> Discovery:
+async def discover(connection: bus.Bus, window: float) -> Discovery:
     """Ask every service instance on the bus for its ping, info and stats; wait `window` seconds."""
-    replies: list[bytes] = []
-
-    async def collect(msg: Msg) -> None:
-        if msg.data:  # an empty message is the server's "no responders" status, not an instance
-            replies.append(msg.data)
-
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=collect)
-    try:
-        for verb in (ServiceVerb.PING, ServiceVerb.INFO, ServiceVerb.STATS):
-            await nc.publish(control_subject(verb), b"", reply=inbox)
-        await nc.flush()
-        # Scatter-gather: how many instances exist is what we are asking, so the window is the only end.
-        await asyncio.sleep(window)
-    finally:
-        await sub.unsubscribe()
-    return join(replies)
+    return join(await bus.gather(connection, DISCOVERY_SUBJECTS, window))
 
 
 def join(replies: list[bytes]) -> Discovery:

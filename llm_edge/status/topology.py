@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import httpx
 import msgspec
-from nats.aio.client import Client
 
 from llm_edge.status.micro import Discovery, ServiceStatus, discover
 from llm_edge.status.monitor import MonitorUnavailable, ServerStatus, read_server, with_rates
+from shared import bus
 
 
 class Topology(msgspec.Struct, frozen=True, kw_only=True):
@@ -24,7 +24,7 @@ class Topology(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def collect(
-    nc: Client,
+    connection: bus.Bus,
     http: httpx.AsyncClient,
     monitor_url: str | None,
     window: float = 0.5,
@@ -35,12 +35,12 @@ async def collect(
     `previous`, the last snapshot of a `--watch`, turns the server's counters into rates.
     """
     server_task = asyncio.create_task(_server(http, monitor_url))
-    discovery: Discovery = await discover(nc, window)
+    discovery: Discovery = await discover(connection, window)
     server, monitor_error = await server_task
     if server is not None and previous is not None:
         server = with_rates(server, previous.server)
     return Topology(
-        nats_url=nc.connected_url.geturl() if nc.connected_url else "",
+        nats_url=connection.url,
         collected_at=datetime.now(UTC),
         window_seconds=window,
         services=discovery.services,

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
-from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
 from shared import bus, metrics, runtime, tracing
@@ -19,7 +19,7 @@ from shared.cache.l1 import L1Cache, fill_ttl
 from shared.config import Config
 from shared.errors import InvalidRequest
 from shared.logs import request_id
-from shared.messages import CacheMiss, HealthReport, encode, request_decoder
+from shared.messages import CacheMiss, HealthReport, request_decoder
 from shared.subjects import SERVICE_CACHE, Headers, Queues, Subjects
 
 if TYPE_CHECKING:
@@ -34,9 +34,9 @@ _L2_HIT, _L2_MISS = metrics.CACHE.labels("l2", "hit"), metrics.CACHE.labels("l2"
 
 
 class CacheService:
-    def __init__(self, config: Config, server: bus.Server) -> None:
+    def __init__(self, config: Config) -> None:
         settings = config.cache
-        self.server = server
+        self.instance = ""
         self.subjects = Subjects(config.prefix)
         self.ttl = settings.ttl_seconds
         self.l1 = L1Cache(settings.l1_max_bytes, settings.l1_max_entries)
@@ -46,60 +46,57 @@ class CacheService:
 
             self.l2 = L2Cache(settings.redis_url, settings.redis_timeout_seconds, config.prefix)
 
-    async def start(self) -> None:
-        await self.server.endpoint("lookup", self.subjects.cache_lookup, Queues.CACHE, self.handle)
-        await self.server.subscribe(self.subjects.cache_fill, self.fill_l1)
+    async def start(self, server: bus.Server) -> None:
+        self.instance = server.id
+        await server.endpoint("lookup", self.subjects.cache_lookup, Queues.CACHE, bus.Endpoint(bus.raw, self.lookup))
+        await server.listen(self.subjects.cache_fill, self.fill_l1)
         if self.l2 is not None:
-            await self.server.subscribe(self.subjects.cache_fill, self.fill_l2, queue=Queues.CACHE_L2_WRITER)
-        await self.server.health_endpoint(self.subjects.health("cache"), self.health)
+            await server.listen(self.subjects.cache_fill, self.fill_l2, queue=Queues.CACHE_L2_WRITER)
+        await server.health_endpoint(self.subjects.health("cache"), self.health)
 
     async def close(self) -> None:
         if self.l2 is not None:
             await self.l2.close()
 
-    async def handle(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        request_id.set(headers.get(Headers.REQUEST_ID))
-        control = headers.get(Headers.CACHE_CONTROL, "")
+    async def lookup(self, payload: bytes, ctx: bus.Context) -> bus.Raw | CacheMiss:
+        """A hit: the stored answer's bytes, its tier in a header. A miss: the key the router fills."""
+        headers = ctx.headers
+        request_id.set(ctx.request_id)
         key = headers.get(Headers.CACHE_KEY)  # an ingress with its own L1 computed it already
         if key is None:
             try:
-                request = request_decoder.decode(msg.data)
+                request = request_decoder.decode(payload)
             except msgspec.DecodeError as exc:
                 raise InvalidRequest("the request could not be decoded") from exc
             key = cache_key(request, headers.get(Headers.NAMESPACE, "default"))
         with tracing.span("cache.lookup", headers, SpanKind.SERVER) as span:
-            tier = await self._lookup(msg, key, control, headers)
+            answer = await self._lookup(key, headers.get(Headers.CACHE_CONTROL, ""), headers)
             if span is not None:
-                span.set_attribute("llm_edge.cache", tier or "miss")
+                span.set_attribute("llm_edge.cache", "miss" if isinstance(answer, CacheMiss) else
+                                   (answer.headers or {}).get(Headers.CACHE_TIER, ""))
+        return answer
 
-    async def _lookup(self, msg: Msg, key: str, control: str, headers: dict[str, str]) -> str | None:
-        """Answer the lookup; the tier that hit, or None for a miss."""
+    async def _lookup(self, key: str, control: str, headers: Mapping[str, str]) -> bus.Raw | CacheMiss:
         if "no-cache" not in control:
             if (value := self.l1.get(key)) is not None:
-                await self.server.nc.publish(msg.reply, value, headers=_HIT_L1)
                 _L1_HIT.inc()
-                return "l1"
+                return bus.Raw(value, _HIT_L1)
             _L1_MISS.inc()
             if self.l2 is not None:
                 if (value := await self.l2.get(key)) is not None:
-                    await self.server.nc.publish(msg.reply, value, headers=_HIT_L2)
                     self.l1.put(key, value, fill_ttl(headers, self.ttl))
                     _L2_HIT.inc()
-                    return "l2"
+                    return bus.Raw(value, _HIT_L2)
                 _L2_MISS.inc()
-        await self.server.nc.publish(msg.reply, encode(CacheMiss(key=key)))
-        return None
+        return CacheMiss(key=key)
 
-    async def fill_l1(self, msg: Msg) -> None:
-        headers = msg.headers or {}
+    async def fill_l1(self, data: bytes, headers: Mapping[str, str]) -> None:
         if key := headers.get(Headers.CACHE_KEY):
-            self.l1.put(key, msg.data, fill_ttl(headers, self.ttl))
+            self.l1.put(key, data, fill_ttl(headers, self.ttl))
 
-    async def fill_l2(self, msg: Msg) -> None:
-        headers = msg.headers or {}
+    async def fill_l2(self, data: bytes, headers: Mapping[str, str]) -> None:
         if (key := headers.get(Headers.CACHE_KEY)) and self.l2 is not None:
-            await self.l2.put(key, msg.data, fill_ttl(headers, self.ttl))
+            await self.l2.put(key, data, fill_ttl(headers, self.ttl))
 
     async def health(self) -> HealthReport:
         checks = {"l1": "up", "l1_entries": str(len(self.l1)), "l1_bytes": str(self.l1.bytes)}
@@ -110,18 +107,18 @@ class CacheService:
             status = "up" if up else "degraded"
         else:
             checks["l2"] = "off"
-        return HealthReport(service="cache", instance=self.server.id, status=status, checks=checks)
+        return HealthReport(service="cache", instance=self.instance, status=status, checks=checks)
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
     metrics.serve(config.metrics_port)
-    nc = await bus.connect(config.nats_url, SERVICE_CACHE)
-    server = bus.Server(nc, SERVICE_CACHE, "0.1.0", "LLM Edge cache: L1 memory + L2 Redis")
+    connection = await bus.connect(config.nats_url, SERVICE_CACHE)
+    server = bus.Server(connection, SERVICE_CACHE, "0.1.0", "LLM Edge cache: L1 memory + L2 Redis")
     await server.start()
-    cache = CacheService(config, server)
-    await cache.start()
+    cache = CacheService(config)
+    await cache.start(server)
     log.info("cache ready (l2 %s)", "on" if cache.l2 else "off")
-    runtime.notify_ready(runtime.taking_work(nc, stop))
+    runtime.notify_ready(runtime.taking_work(connection, stop))
     await stop.wait()
     await server.drain()
     await cache.close()

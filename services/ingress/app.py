@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
 from fastapi import FastAPI
-from nats.aio.client import Client
 from opentelemetry.trace import Span, SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -246,14 +245,14 @@ def _probe_or_scrape(scope: MutableMapping[str, Any]) -> bool:
 _FASTAPI_TELEMETRY: Any = {"exclude": _probe_or_scrape, "operation_spans": False}
 
 
-def create_app(config: Config, nc: Client | None = None) -> FastPath:
+def create_app(config: Config, connection: bus.Bus | None = None) -> FastPath:
     gateway = Gateway(config)
-    owns_connection = nc is None
+    owns_connection = connection is None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gateway.nc = nc if nc is not None else await bus.connect(config.nats_url, "llm-edge-ingress")
-        await gateway.listen_for_fills(gateway.nc)
+        gateway.connection = connection or await bus.connect(config.nats_url, "llm-edge-ingress")
+        await gateway.listen_for_fills(gateway.connection)
         log.info("ingress ready on http://%s:%d", config.ingress.host, config.ingress.port)
         runtime.notify_ready()
         yield
@@ -261,8 +260,8 @@ def create_app(config: Config, nc: Client | None = None) -> FastPath:
         if gateway.keyring is not None:
             await gateway.keyring.limiter.close()
         tracing.shutdown()
-        if owns_connection and gateway.nc is not None and not gateway.nc.is_closed:
-            await gateway.nc.drain()
+        if owns_connection and gateway.connection is not None and not gateway.connection.closed:
+            await gateway.connection.drain()
 
     app = FastAPI(title="LLM Edge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
                   telemetry=_FASTAPI_TELEMETRY)
@@ -315,13 +314,13 @@ def create_app(config: Config, nc: Client | None = None) -> FastPath:
 
     @app.get("/health/ready")
     async def ready() -> Response:
-        ok = not gateway.draining and gateway.nc is not None and gateway.nc.is_connected
+        ok = not gateway.draining and gateway.connection is not None and gateway.connection.connected
         body = b'{"status":"ready"}' if ok else b'{"status":"not ready"}'
         return Response(body, status_code=200 if ok else 503, media_type=JSON)
 
     @app.get("/health")
     async def health_report() -> Response:
-        report = await health.probe(gateway.nc, gateway.subjects, list(config.providers))
+        report = await health.probe(gateway.connection, gateway.subjects, list(config.providers))
         status = 503 if report.status == "unhealthy" else 200
         return Response(shapes.encode(report), status_code=status, media_type=JSON)
 

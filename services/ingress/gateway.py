@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -54,7 +52,7 @@ class Gateway:
         self.config = config
         self.subjects = Subjects(config.prefix)
         self.routes = Routes(config)
-        self.nc: Client | None = None
+        self.connection: bus.Bus | None = None
         self.draining = False
         # None when no keys are configured: the gateway is open, as if every caller were one tenant.
         self.keyring = keyring(config)
@@ -63,24 +61,22 @@ class Gateway:
         # Without L2 the cache service knows nothing this ingress's L1 does not (both hear every fill).
         self.ask_cache_service = cache.enabled and (self.l1 is None or cache.redis_url is not None)
 
-    async def listen_for_fills(self, nc: Client) -> None:
+    async def listen_for_fills(self, connection: bus.Bus) -> None:
         """Fill the ingress's L1 from the broadcast every cache replica hears."""
         if self.l1 is None:
             return
         l1, ttl = self.l1, self.config.cache.ttl_seconds
 
-        async def fill(msg: Msg) -> None:
-            headers = msg.headers or {}
+        async def fill(data: bytes, headers: Mapping[str, str]) -> None:
             if key := headers.get(Headers.CACHE_KEY):
-                l1.put(key, msg.data, fill_ttl(headers, ttl))
+                l1.put(key, data, fill_ttl(headers, ttl))
 
-        await nc.subscribe(self.subjects.cache_fill, cb=fill)
-        await nc.flush()
+        await connection.listen(self.subjects.cache_fill, fill)
 
-    def bus(self) -> Client:
-        if self.nc is None or not self.nc.is_connected:
+    def bus(self) -> bus.Bus:
+        if self.connection is None or not self.connection.connected:
             raise Unavailable("the message bus is not connected", code="bus_unavailable")
-        return self.nc
+        return self.connection
 
     def bus_headers(
         self, request: Request, rid: str, deadline: float, namespace: str = "default"
@@ -179,12 +175,12 @@ async def lookup(
         asking = {**headers, Headers.CACHE_KEY: key}  # the cache service need not compute it again
     wait = min(gateway.config.cache.lookup_timeout_seconds, timeout)
     try:
-        reply, msg = await bus.request(gateway.bus(), gateway.subjects.cache_lookup, payload, asking, wait)
+        reply, answer = await gateway.bus().request(gateway.subjects.cache_lookup, payload, asking, wait)
     except (bus.NoResponders, DeadlineExceeded):
         return None, None  # the cache is optional: no instance, or too slow, means a miss
     match reply:
         case ChatResult():
-            return reply, (msg.headers or {}).get(Headers.CACHE_TIER)
+            return reply, answer.headers.get(Headers.CACHE_TIER)
         case CacheMiss(key=key):
             if "no-store" not in control:
                 headers[Headers.CACHE_KEY] = key
@@ -199,8 +195,8 @@ async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadl
     heartbeats): the request goes to another router once, rather than waiting for the deadline."""
     for attempt in (1, 2):
         try:
-            reply, _ = await bus.request(
-                gateway.bus(), gateway.subjects.route, payload, headers,
+            reply, _ = await gateway.bus().request(
+                gateway.subjects.route, payload, headers,
                 deadline + _REPLY_GRACE_SECONDS - time.monotonic(), bus.HEARTBEAT_SECONDS,
             )
         except bus.NoResponders as exc:
@@ -220,9 +216,8 @@ async def open_stream(
     gateway: Gateway, payload: bytes, headers: dict[str, str], rid: str, deadline: float,
     writer: Callable[[StreamChunk], stream.Writer], on_end: Callable[[StreamEnd], None] | None = None,
 ) -> Response:
-    bus_stream = stream.BusStream(gateway.bus(), gateway.subjects, rid)
     headers[Headers.STREAM] = "1"
-    await bus_stream.open(payload, headers)
+    bus_stream = await gateway.bus().open_stream(gateway.subjects.route, payload, headers, gateway.subjects.cancel)
     try:
         first = await stream.first_frame(bus_stream, deadline + _REPLY_GRACE_SECONDS)
     except BaseException:

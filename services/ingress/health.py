@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-import nats.errors
 from msgspec import Struct
-from nats.aio.client import Client
 
+from shared import bus
+from shared.errors import DeadlineExceeded, GatewayError
 from shared.messages import HealthReport, health_decoder
 from shared.subjects import Subjects
 
@@ -34,28 +34,28 @@ class HealthView(Struct, kw_only=True):
     providers: dict[str, Component]
 
 
-async def _probe(nc: Client, subject: str) -> Component:
+async def _probe(connection: bus.Bus, subject: str) -> Component:
     try:
-        msg = await nc.request(subject, b"", timeout=PROBE_TIMEOUT_SECONDS)
-        report: HealthReport = health_decoder.decode(msg.data)
-    except nats.errors.NoRespondersError:
+        answer = await connection.ask(subject, b"", {}, PROBE_TIMEOUT_SECONDS)
+        report: HealthReport = health_decoder.decode(answer.data)
+    except bus.NoResponders:
         return Component(status="down", error="no instance running")
-    except nats.errors.TimeoutError:
+    except DeadlineExceeded:
         return Component(status="down", error="no answer")
-    except nats.errors.Error as exc:
+    except GatewayError as exc:
         return Component(status="down", error=type(exc).__name__)
     return Component(status=report.status, instance=report.instance, checks=report.checks)
 
 
-async def probe(nc: Client | None, subjects: Subjects, providers: list[str]) -> HealthView:
+async def probe(connection: bus.Bus | None, subjects: Subjects, providers: list[str]) -> HealthView:
     down = Component(status="down", error="bus not connected")
-    if nc is None or not nc.is_connected:
+    if connection is None or not connection.connected:
         return HealthView(
             status="unhealthy", bus="disconnected", cache=down, router=down,
             providers=dict.fromkeys(providers, down),
         )
     kinds = ["cache", "router", *(f"provider.{name}" for name in providers)]
-    results = await asyncio.gather(*(_probe(nc, subjects.health(kind)) for kind in kinds))
+    results = await asyncio.gather(*(_probe(connection, subjects.health(kind)) for kind in kinds))
     cache, router, *provider_results = results
     by_provider = dict(zip(providers, provider_results, strict=True))
     up = [c for c in by_provider.values() if c.status == "up"]

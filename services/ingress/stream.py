@@ -1,7 +1,7 @@
 """Server-sent events from bus frames or from a cached answer: the relay, and OpenAI's chunk format (other
 dialects bring their own `Writer`, e.g. `anthropic_events.py`).
 
-The ingress owns one inbox per stream. Frames arrive numbered; a gap, an error frame, a stall longer
+Each stream is one token of the bus's reply multiplexer (`bus.Stream`). Frames arrive numbered; a gap, an error frame, a stall longer
 than the idle timeout or the deadline ends the stream with an error event and no proper ending (`[DONE]`,
 `message_stop`), so a client never mistakes half an answer for a whole one. When the client goes away, a
 cancel notice tells the provider worker to close its upstream call.
@@ -9,23 +9,17 @@ cancel notice tells the provider worker to close its upstream call.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Literal, Protocol
 
 import msgspec
-import nats.errors
 from msgspec import UNSET, Struct, UnsetType
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from services.ingress import shapes
 from shared import bus
-from shared.errors import DeadlineExceeded, GatewayError, ProviderError, Unavailable, from_reply
+from shared.errors import GatewayError, ProviderError, from_reply
 from shared.messages import (
     ChatResult,
     ErrorReply,
@@ -35,9 +29,7 @@ from shared.messages import (
     StreamEnd,
     ToolCallDelta,
     Usage,
-    reply_decoder,
 )
-from shared.subjects import Headers, Subjects
 
 log = logging.getLogger("llm_edge.ingress.stream")
 
@@ -96,65 +88,7 @@ def delta_of(frame: StreamChunk) -> ChunkDelta:
     )
 
 
-class BusStream:
-    """One stream's inbox: opened before the request is published, so no frame can be missed."""
-
-    def __init__(self, nc: Client, subjects: Subjects, rid: str) -> None:
-        self.nc = nc
-        self.subjects = subjects
-        self.rid = rid
-        self.frames: asyncio.Queue[Msg] = asyncio.Queue()
-        self.sub: Subscription | None = None
-        self.finished = False
-        self.heard = time.monotonic()
-
-    async def open(self, payload: bytes, headers: dict[str, str]) -> None:
-        inbox = self.nc.new_inbox()
-
-        async def deliver(msg: Msg) -> None:
-            self.frames.put_nowait(msg)
-
-        self.sub = await self.nc.subscribe(inbox, cb=deliver)
-        # The router's heartbeats come to this inbox too, until its part is done (see bus.request).
-        await self.nc.publish(self.subjects.route, payload, reply=inbox,
-                              headers={**headers, Headers.HEARTBEAT: f"{bus.HEARTBEAT_SECONDS:g}"})
-        self.heard = time.monotonic()
-
-    async def next(self, timeout: float, what: str) -> Reply:
-        """The next frame within `timeout`; `Unavailable` when nothing at all (no frame, no heartbeat)
-        arrived for `bus.LOST_AFTER` heartbeats: whoever was serving the stream died."""
-        if timeout <= 0:
-            raise DeadlineExceeded("The request deadline passed during the stream.")
-        ends = time.monotonic() + timeout
-        while True:
-            silence_ends = self.heard + bus.HEARTBEAT_SECONDS * bus.LOST_AFTER
-            try:
-                msg = await asyncio.wait_for(self.frames.get(), min(ends, silence_ends) - time.monotonic())
-            except TimeoutError:
-                now = time.monotonic()
-                if now >= ends:
-                    raise DeadlineExceeded(f"No {what} within {timeout:.3g}s.", code="stream_timeout") from None
-                if now >= silence_ends:
-                    raise Unavailable("The gateway lost the service that was handling this stream.",
-                                      code="stream_lost") from None
-                continue
-            self.heard = time.monotonic()
-            if msg.headers and Headers.ALIVE in msg.headers:
-                continue
-            if not msg.data and (msg.headers or {}).get("Status") == "503":
-                raise Unavailable("No router instance is running.", code="no_router")
-            return reply_decoder.decode(msg.data)
-
-    async def close(self) -> None:
-        if self.sub is not None:
-            with contextlib.suppress(nats.errors.Error):  # a closing connection takes the inbox with it
-                await self.sub.unsubscribe()
-            self.sub = None
-        if not self.finished and self.nc.is_connected:
-            await self.nc.publish(self.subjects.cancel, b"", headers={Headers.REQUEST_ID: self.rid})
-
-
-async def first_frame(stream: BusStream, deadline: float) -> StreamChunk:
+async def first_frame(stream: bus.Stream, deadline: float) -> StreamChunk:
     """The first frame decides the HTTP status: an error before any chunk is a plain JSON error."""
     frame = await stream.next(deadline - time.monotonic(), "first chunk")
     match frame:
@@ -202,7 +136,7 @@ class ChunkWriter:
 
 
 async def relay(
-    stream: BusStream, first: StreamChunk, writer: Writer, idle: float, deadline: float,
+    stream: bus.Stream, first: StreamChunk, writer: Writer, idle: float, deadline: float,
     on_end: Callable[[StreamEnd], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """Frames in order become the writer's events; anything else ends the stream with its error event,

@@ -1,8 +1,8 @@
-"""Streaming in the provider worker: upstream events -> numbered chunks straight to the ingress inbox.
+"""Streaming in the provider worker: upstream events -> numbered chunks, which the bus sends straight to
+the ingress inbox, then the assembled answer for the router (the cache fills from it).
 
-The router is told the outcome: the assembled answer (for the cache) or an error. An error before the
-first chunk lets the router try the next target; after it, the worker ends the client's stream with an
-error frame itself and marks the error `stream_started`, so nobody retries behind the client's back.
+An error before the first chunk lets the router try the next target; after it, the bus ends the client's
+stream with an error frame and marks the error `stream_started`, so nobody retries behind its back.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, cast
 
 import msgspec
-from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind
 
 from services.providers.assemble import Assembler
 from services.providers.base import Delta, HttpAdapter, StreamSummary
 from services.providers.http import Upstream
-from shared.errors import DeadlineExceeded, GatewayError, InvalidRequest, ProviderError
-from shared.messages import ChatRequest, ChatResult, StreamChunk, StreamEnd, Usage, encode
+from shared import bus, tracing
+from shared.errors import DeadlineExceeded, GatewayError
+from shared.logs import request_id
+from shared.messages import ChatRequest, ChatResult, StreamChunk, StreamEnd, Usage
 from shared.subjects import Headers
 
 if TYPE_CHECKING:
@@ -54,43 +56,37 @@ async def _http_items(worker: ProviderWorker, adapter: HttpAdapter, request: Cha
     yield parser.end()
 
 
-async def serve_stream(worker: ProviderWorker, msg: Msg, request: ChatRequest, model: str, timeout: float
-                       ) -> None:
-    headers = msg.headers or {}
-    to = headers.get(Headers.STREAM_TO)
-    if not to:
-        raise InvalidRequest("a stream request needs a destination inbox")
-    rid = headers.get(Headers.REQUEST_ID) or uuid.uuid4().hex
-    nc = worker.server.nc
-    state = _Pump(worker, to, rid, model)
+def target_model(request: ChatRequest, ctx: bus.Context) -> str:
+    return ctx.headers.get(Headers.TARGET_MODEL) or request.model
+
+
+async def frames(worker: ProviderWorker, request: ChatRequest, ctx: bus.Context
+                 ) -> AsyncIterator[StreamChunk | StreamEnd | ChatResult]:
+    """The stream handler: numbered chunks, the end frame, then the assembled answer (for the router and
+    the cache). The bus sends the frames to the client's inbox and ends the stream on an error."""
+    request_id.set(ctx.request_id)
+    timeout = worker.time_left(ctx)
+    model = target_model(request, ctx)
+    pump = _Pump(worker, ctx.request_id or uuid.uuid4().hex, model)
     started = time.perf_counter()
-    pump = asyncio.create_task(state.run(request, timeout))
-    worker.streams[rid] = pump
+    worker.active.inc()
     try:
-        await pump
-    except asyncio.CancelledError:
-        if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-            raise  # the worker itself is being stopped
-        error = ProviderError("the client disconnected", code="client_disconnected", where=worker.where)
-        await nc.publish(msg.reply, encode(msgspec.structs.replace(error.to_reply(), stream_started=True)))
-        return
-    except GatewayError as exc:
-        worker.account(model, None, exc.http_status, time.perf_counter() - started)
-        if state.seq == 0:
-            raise  # nothing reached the client: the router may try another target
-        reply = msgspec.structs.replace(exc.to_reply(), stream_started=True)
-        await nc.publish(to, encode(reply))
-        await nc.publish(msg.reply, encode(reply))
-        return
+        with tracing.span(f"chat {model}", ctx.headers, SpanKind.CLIENT, worker.attributes(model)) as span:
+            try:
+                async for frame in pump.run(request, timeout):
+                    yield frame
+            except GatewayError as exc:
+                worker.account(model, None, exc.http_status, time.perf_counter() - started)
+                tracing.failed(span, exc.http_status, exc.message)
+                raise
+            yield pump.result()
     finally:
-        worker.streams.pop(rid, None)
-    await nc.publish(msg.reply, encode(state.result()))
+        worker.active.dec()
 
 
 class _Pump:
-    def __init__(self, worker: ProviderWorker, to: str, rid: str, model: str) -> None:
+    def __init__(self, worker: ProviderWorker, rid: str, model: str) -> None:
         self.worker = worker
-        self.to = to
         self.model = model
         self.id = f"chatcmpl-{rid}"
         self.created = int(time.time())
@@ -102,8 +98,7 @@ class _Pump:
 
     cost = 0.0
 
-    async def run(self, request: ChatRequest, timeout: float) -> None:
-        nc = self.worker.server.nc
+    async def run(self, request: ChatRequest, timeout: float) -> AsyncIterator[StreamChunk | StreamEnd]:
         try:
             async with asyncio.timeout(timeout):
                 async for item in items(self.worker, request, self.model, timeout):
@@ -114,13 +109,13 @@ class _Pump:
                     first = self.seq == 0
                     if first:
                         self.first_chunk = time.monotonic() - self.began
-                    await nc.publish(self.to, encode(StreamChunk(
+                    yield StreamChunk(
                         seq=self.seq, index=item.index, role=item.role, content=item.content,
                         tool_calls=item.tool_calls, finish_reason=item.finish_reason,
                         id=self.id if first else None, model=self.model if first else None,
                         created=self.created if first else None,
                         provider=self.worker.name if first else None,
-                    )))
+                    )
                     self.seq += 1
         except TimeoutError as exc:
             raise DeadlineExceeded("the request deadline passed during the stream",
@@ -129,11 +124,11 @@ class _Pump:
         finish = self.summary.finish_reason if self.summary else None
         stop_sequence = self.summary.stop_sequence if self.summary else None
         self.cost = self.worker.account(self.model, usage or Usage(), 200, time.monotonic() - self.began)
-        await nc.publish(self.to, encode(StreamEnd(
+        yield StreamEnd(
             seq=self.seq, id=self.id, model=self.model, created=self.created, finish_reason=finish,
             usage=usage, provider=self.worker.name, target_model=self.model, cost_usd=self.cost,
             stop_sequence=stop_sequence,
-        )))
+        )
 
     def result(self) -> ChatResult:
         result = self.assembler.result(

@@ -2,7 +2,8 @@
 
 It decodes the unified request, lets the adapter build the upstream call, sends it on one pooled HTTP
 client, and answers with the unified result or an error mapped at this boundary (status -> retryable).
-Work whose deadline has already passed is dropped before any upstream call is made.
+Work whose deadline has already passed is dropped before any upstream call is made. With `max_in_flight`
+it also takes requests from the provider's admission queue (shared/bus/workqueue.py).
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import cast
 
 import msgspec
-from nats.aio.msg import Msg
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import SpanKind
 
 from services.providers import streaming
-from services.providers.admission import QueueConsumer
 from services.providers.base import HttpAdapter, LocalAdapter
 from services.providers.http import Upstream
 from services.providers.registry import ADAPTERS
@@ -25,47 +25,56 @@ from shared import bus, metrics, pricing, runtime, tracing
 from shared.config import Config, ProviderConfig
 from shared.errors import DeadlineExceeded, GatewayError, ProviderError
 from shared.logs import request_id
-from shared.messages import ChatRequest, ChatResult, HealthReport, Usage, encode, request_decoder
-from shared.subjects import Headers, Queues, Subjects, provider_service_name
+from shared.messages import (
+    ChatRequest,
+    ChatResult,
+    HealthReport,
+    StreamChunk,
+    StreamEnd,
+    Usage,
+    request_decoder,
+)
+from shared.subjects import Queues, Subjects, provider_service_name
 
 log = logging.getLogger("llm_edge.provider")
 
 
 class ProviderWorker:
-    def __init__(self, config: Config, name: str, server: bus.Server) -> None:
+    def __init__(self, config: Config, name: str) -> None:
         self.name = name
         self.settings: ProviderConfig = config.provider(name)
         self.adapter = ADAPTERS[self.settings.adapter or name]
         # Decided once: a runtime Protocol check costs microseconds on every request.
         self.local = isinstance(self.adapter, LocalAdapter)
-        self.server = server
+        self.instance = ""
         self.subjects = Subjects(config.prefix)
         self.upstream = Upstream(name, self.settings.max_connections)
-        # Streams in flight by request id, so a cancel notice can stop the right upstream call.
-        self.streams: dict[str, asyncio.Task[None]] = {}
         self.active = metrics.ACTIVE.labels(f"provider.{name}")
-        self.queue: QueueConsumer | None = None
+        self.queue: bus.QueueConsumer | None = None
         self.max_age = config.ingress.request_timeout_seconds + 60
+        self.endpoint = bus.Endpoint(request_decoder.decode, self.chat, self.stream)
 
-    async def start(self) -> None:
-        await self.server.endpoint(
-            "chat",
-            self.subjects.provider_chat(self.name),
-            Queues.provider(self.name),
-            self.handle,
-            limit=self.settings.max_concurrency,
-        )
-        await self.server.subscribe(self.subjects.cancel, self.cancel)
-        if self.settings.max_in_flight:
-            self.queue = QueueConsumer(self, self.settings.max_in_flight, self.max_age)
+    async def start(self, server: bus.Server) -> None:
+        self.instance = server.id
+        await server.endpoint("chat", self.subjects.provider_chat(self.name), Queues.provider(self.name),
+                              self.endpoint, cancels=self.subjects.cancel, limit=self.settings.max_concurrency)
+        if cap := self.settings.max_in_flight:
+            self.queue = bus.QueueConsumer(
+                server, self.endpoint, self.subjects.admission_stream(self.name),
+                self.subjects.admission(self.name), cap, self.max_age, self.settings.max_concurrency,
+                on_taken=metrics.QUEUE_WAIT.labels(self.name).observe, on_depth=self._depth)
             await self.queue.start()
-        await self.server.health_endpoint(self.subjects.health(f"provider.{self.name}"), self.health)
+        await server.health_endpoint(self.subjects.health(f"provider.{self.name}"), self.health)
+
+    def _depth(self, queued: int, in_flight: int) -> None:
+        metrics.QUEUE_DEPTH.labels(self.name).set(queued)
+        metrics.IN_FLIGHT.labels(self.name).set(in_flight)
 
     def health(self) -> HealthReport:
         checks = {}
         if self.queue is not None:
-            checks = {"queue_depth": str(self.queue.depth), "max_in_flight": str(self.queue.cap)}
-        return HealthReport(service=f"provider.{self.name}", instance=self.server.id, checks=checks)
+            checks = {"queue_depth": str(self.queue.pending), "max_in_flight": str(self.queue.cap)}
+        return HealthReport(service=f"provider.{self.name}", instance=self.instance, checks=checks)
 
     async def stop_queue(self) -> None:
         if self.queue is not None:
@@ -74,40 +83,39 @@ class ProviderWorker:
     async def close(self) -> None:
         await self.upstream.close()
 
-    async def handle(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        request_id.set(headers.get(Headers.REQUEST_ID))
-        left = bus.remaining(bus.deadline_from(headers), self.settings.timeout_seconds)
+    def time_left(self, ctx: bus.Context) -> float:
+        """Seconds this call may take: the request's deadline or the provider's timeout, the sooner."""
+        left = ctx.remaining(self.settings.timeout_seconds)
         if left <= 0:
             raise DeadlineExceeded("deadline passed before the provider was called", where=self.where)
-        request = request_decoder.decode(msg.data)
-        model = headers.get(Headers.TARGET_MODEL) or request.model
+        return min(left, self.settings.timeout_seconds)
+
+    async def chat(self, request: ChatRequest, ctx: bus.Context) -> ChatResult:
+        request_id.set(ctx.request_id)
+        timeout = self.time_left(ctx)
+        model = streaming.target_model(request, ctx)
         self.active.inc()
-        attributes = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model,
-                      "gen_ai.provider.name": self.name}
         try:
-            with tracing.span(f"chat {model}", headers, SpanKind.CLIENT, attributes) as span:
-                await self._serve(msg, request, model, left, span)
+            with tracing.span(f"chat {model}", ctx.headers, SpanKind.CLIENT, self.attributes(model)) as span:
+                started = time.perf_counter()
+                try:
+                    result = await self.complete(request, model, timeout)
+                except GatewayError as exc:
+                    self.account(model, None, exc.http_status, time.perf_counter() - started)
+                    tracing.failed(span, exc.http_status, exc.message)
+                    raise
+                elapsed = time.perf_counter() - started
+                cost = self.account(model, result.usage, 200, elapsed)
+                tracing.record_usage(span, self.name, result.model, result.usage)
+                return msgspec.structs.replace(result, provider=self.name, provider_seconds=elapsed, cost_usd=cost)
         finally:
             self.active.dec()
 
-    async def _serve(self, msg: Msg, request: ChatRequest, model: str, left: float, span: Span | None) -> None:
-        headers = msg.headers or {}
-        if headers.get(Headers.STREAM) == "1":
-            await streaming.serve_stream(self, msg, request, model, min(left, self.settings.timeout_seconds))
-            return
-        started = time.perf_counter()
-        try:
-            result = await self.complete(request, model, min(left, self.settings.timeout_seconds))
-        except GatewayError as exc:
-            self.account(model, None, exc.http_status, time.perf_counter() - started)
-            tracing.failed(span, exc.http_status, exc.message)
-            raise
-        elapsed = time.perf_counter() - started
-        cost = self.account(model, result.usage, 200, elapsed)
-        tracing.record_usage(span, self.name, result.model, result.usage)
-        result = msgspec.structs.replace(result, provider=self.name, provider_seconds=elapsed, cost_usd=cost)
-        await self.server.nc.publish(msg.reply, encode(result))
+    def stream(self, request: ChatRequest, ctx: bus.Context) -> AsyncIterator[StreamChunk | StreamEnd | ChatResult]:
+        return streaming.frames(self, request, ctx)
+
+    def attributes(self, model: str) -> dict[str, str]:
+        return {"gen_ai.operation.name": "chat", "gen_ai.request.model": model, "gen_ai.provider.name": self.name}
 
     def account(self, model: str, usage: Usage | None, status: int, seconds: float) -> float:
         """Count one upstream call in the metrics; the answer's cost in USD (0 when unpriced)."""
@@ -125,12 +133,6 @@ class ProviderWorker:
             return 0.0
         metrics.COST.labels(self.name, model).inc(cost)
         return cost
-
-    async def cancel(self, msg: Msg) -> None:
-        rid = (msg.headers or {}).get(Headers.REQUEST_ID)
-        if rid and (task := self.streams.get(rid)) is not None:
-            log.info("client disconnected; closing the upstream call")
-            task.cancel()
 
     @property
     def where(self) -> str:
@@ -162,13 +164,13 @@ class ProviderWorker:
 
 async def serve(config: Config, name: str, stop: asyncio.Event) -> None:
     metrics.serve(config.metrics_port)
-    nc = await bus.connect(config.nats_url, provider_service_name(name))
-    server = bus.Server(nc, provider_service_name(name), "0.1.0", f"LLM Edge provider worker: {name}")
+    connection = await bus.connect(config.nats_url, provider_service_name(name))
+    server = bus.Server(connection, provider_service_name(name), "0.1.0", f"LLM Edge provider worker: {name}")
     await server.start()
-    worker = ProviderWorker(config, name, server)
-    await worker.start()
+    worker = ProviderWorker(config, name)
+    await worker.start(server)
     log.info("provider worker %s ready", name)
-    runtime.notify_ready(runtime.taking_work(nc, stop))
+    runtime.notify_ready(runtime.taking_work(connection, stop))
     await stop.wait()
     await worker.stop_queue()
     await server.drain()

@@ -44,6 +44,11 @@ class Breaker:
             return now - self.opened_at >= self.config.cooldown_seconds
         return not (self.state == "half_open" and self.probing)
 
+    def release(self) -> None:
+        """A call let through by `allow` ended with no verdict on the target (a dead worker, the client's
+        own deadline): a half-open breaker lets the next call probe instead."""
+        self.probing = False
+
     def record(self, ok: bool, now: float) -> State | None:
         """Count one call's outcome; the new state when it changed."""
         before = self.state

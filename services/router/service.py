@@ -2,7 +2,9 @@
 back within the deadline, keeps a circuit breaker per target (shared with the other replicas over the
 bus), coalesces identical requests in flight, and fills the cache.
 
-It passes the provider's reply bytes on to the ingress untouched.
+It passes the provider's reply bytes on to the ingress untouched. Only the target's own failures feed
+its breaker: a worker that died (`Lost`) is retried on a live one, and the client's own deadline is the
+client's; a stream whose worker died after its first chunk is ended with one error, never restarted.
 """
 
 from __future__ import annotations
@@ -11,20 +13,18 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol
 
 import msgspec
-from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
 from services.router import strategy
 from services.router.breaker import Breaker
 from services.router.retry import wait_before_retry as retry_delay
 from shared import bus, metrics, runtime, tracing
-from shared.bus.workqueue import ReplyInbox
 from shared.config import Config, Target
-from shared.errors import DeadlineExceeded, GatewayError, InvalidRequest, Unavailable, from_reply
+from shared.errors import DeadlineExceeded, GatewayError, ProviderError, Unavailable, from_reply
 from shared.logs import request_id
 from shared.messages import BreakerEvent, ChatResult, ErrorReply, HealthReport, Reply, breaker_decoder, encode
 from shared.routes import Routes
@@ -35,59 +35,69 @@ log = logging.getLogger("llm_edge.router")
 # Failures that are the caller's own: another target would refuse the same request.
 _NO_FALLBACK_STATUS = frozenset({400, 413, 422})
 # Request headers a provider worker needs; nothing else is copied onward.
-_PASSED_ON = (Headers.REQUEST_ID, Headers.DEADLINE, Headers.TRACEPARENT, Headers.STREAM)
+_PASSED_ON = (Headers.REQUEST_ID, Headers.BUS_ID, Headers.DEADLINE, Headers.TRACEPARENT, Headers.STREAM)
+# Times a call whose worker went silent is sent again (each time to a live worker) before moving on.
+LOST_RETRIES = 2
+# A timeout this close to the request's deadline is the client's deadline, not the target's slowness.
+_DEADLINE_SLACK_SECONDS = 0.1
 
 
 class _ModelOnly(msgspec.Struct):
     model: str
 
 
-_model_decoder = msgspec.msgpack.Decoder(_ModelOnly)
+class Calls(Protocol):
+    """What the router needs of the bus (`bus.Bus` is one): ask a provider's workers, directly or through
+    its admission queue, and publish (fills, breaker events, a stream's last error)."""
+
+    async def request(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float,
+                      heartbeat: float | None = None) -> tuple[Reply, bus.Answer]: ...
+
+    async def enqueue(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float,
+                      heartbeat: float = ...) -> tuple[Reply, bus.Answer]: ...
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None,
+                      reply: str = "") -> None: ...
 
 
 class Router:
-    def __init__(self, config: Config, server: bus.Server) -> None:
+    def __init__(self, config: Config, calls: Calls) -> None:
         self.config = config
-        self.server = server
+        self.calls = calls
+        self.instance = ""  # this replica's id on the bus, set by `start`
         self.routes = Routes(config)
         self.subjects = Subjects(config.prefix)
         self.default_timeout = config.ingress.request_timeout_seconds
+        self.heartbeat = bus.HEARTBEAT_SECONDS
         self.breakers: dict[str, Breaker] = {}
         self.stats: dict[str, strategy.TargetStats] = {}
         self.inflight: dict[str, asyncio.Future[bytes | None]] = {}
         self.rng = random.Random()
-        self.inbox: ReplyInbox | None = None
 
-    async def start(self) -> None:
-        await self.server.endpoint("route", self.subjects.route, Queues.ROUTER, self.handle)
-        await self.server.subscribe(self.subjects.breaker, self.on_breaker_event)
-        await self.server.health_endpoint(self.subjects.health("router"), self.health)
+    async def start(self, server: bus.Server) -> None:
+        self.instance = server.id
+        await server.endpoint("route", self.subjects.route, Queues.ROUTER,
+                              bus.Endpoint(msgspec.msgpack.Decoder(_ModelOnly).decode, self.handle))
+        await server.listen(self.subjects.breaker, self.on_breaker_event)
+        await server.health_endpoint(self.subjects.health("router"), self.health)
 
-    async def handle(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        request_id.set(headers.get(Headers.REQUEST_ID))
-        with tracing.span("route", headers, SpanKind.SERVER) as span:
+    async def handle(self, request: _ModelOnly, ctx: bus.Context) -> bus.Raw | None:
+        """The provider's answer as it sent it, or None for a stream (its frames went to the client)."""
+        request_id.set(ctx.request_id)
+        with tracing.span("route", ctx.headers, SpanKind.SERVER) as span:
             try:
-                await self._route(msg, headers)
+                data = await self._route(request.model, ctx)
             except GatewayError as exc:
                 tracing.failed(span, exc.http_status, exc.message)
                 raise
+        return None if data is None else bus.Raw(data)
 
-    async def _route(self, msg: Msg, headers: dict[str, str]) -> None:
-        try:
-            model = _model_decoder.decode(msg.data).model
-        except msgspec.DecodeError as exc:
-            raise InvalidRequest("the request could not be decoded") from exc
+    async def _route(self, model: str, ctx: bus.Context) -> bytes | None:
         targets = self.routes.resolve(model)
-        streaming = headers.get(Headers.STREAM) == "1"
-        key = headers.get(Headers.CACHE_KEY)
-        if streaming or not key or "no-cache" in headers.get(Headers.CACHE_CONTROL, ""):
-            data = await self._call(msg, headers, model, targets, streaming)
-        else:
-            data = await self._single_flight(key, self._call(msg, headers, model, targets, streaming))
-        if data is None:
-            return  # a stream: the worker sent every frame to the ingress itself
-        await self.server.nc.publish(msg.reply, data)
+        key = ctx.headers.get(Headers.CACHE_KEY)
+        if ctx.streaming or not key or "no-cache" in ctx.headers.get(Headers.CACHE_CONTROL, ""):
+            return await self._call(ctx, model, targets)
+        return await self._single_flight(key, self._call(ctx, model, targets))
 
     async def _single_flight(self, key: str, call: Coroutine[Any, Any, bytes | None]) -> bytes | None:
         """Identical requests in flight together share one upstream call (per router replica)."""
@@ -108,16 +118,14 @@ class Router:
         finally:
             del self.inflight[key]
 
-    async def _call(
-        self, msg: Msg, headers: dict[str, str], model: str, targets: list[Target], streaming: bool
-    ) -> bytes | None:
+    async def _call(self, ctx: bus.Context, model: str, targets: list[Target]) -> bytes | None:
         """Try targets in the strategy's order, retrying each while that helps, within the deadline."""
-        deadline = bus.deadline_from(headers)
+        headers = ctx.headers
         onward = {name: headers[name] for name in _PASSED_ON if name in headers}
         tracing.inject(onward)
-        if streaming:
+        if ctx.streaming:
             # Chunks go from the worker straight to the ingress; the router hears only the outcome.
-            onward[Headers.STREAM_TO] = msg.reply
+            onward[Headers.STREAM_TO] = ctx.reply
         now = time.monotonic()
         ordered = strategy.order(self.routes.strategy(model), targets, self.stats, self.rng,
                                  self.config.router.hybrid_latency_weight)
@@ -130,7 +138,7 @@ class Router:
         for target in candidates:
             if window is not None and (target.context_window or 0) <= window:
                 continue
-            outcome = await self._try_target(target, msg.data, headers, onward, deadline, streaming)
+            outcome = await self._try_target(target, ctx, onward)
             if isinstance(outcome, GatewayError):
                 error = outcome
                 if outcome.code == "context_length_exceeded":
@@ -144,14 +152,13 @@ class Router:
         raise error
 
     async def _try_target(
-        self, target: Target, payload: bytes, headers: dict[str, str], onward: dict[str, str],
-        deadline: float | None, streaming: bool,
+        self, target: Target, ctx: bus.Context, onward: dict[str, str]
     ) -> bytes | None | GatewayError:
         """The answer's bytes (None for a stream that reached the client), or the error to move on with."""
         onward[Headers.TARGET_MODEL] = target.model
-        subject = self.subjects.provider_chat(target.provider)
         breaker = self.breaker(target)
         retry = self.config.router.retry
+        deadline = ctx.deadline
         attempt = 0
         while True:
             attempt += 1
@@ -160,35 +167,39 @@ class Router:
                                    code="target_unavailable", where=f"provider:{target.provider}")
             started = time.monotonic()
             try:
-                reply, raw = await self._ask(target, subject, payload, onward, deadline)
-            except bus.Lost as lost:  # the worker died mid-call: retried like a failed call, on a live one
-                log.warning("a %s worker went silent mid-call", target.provider)
-                reply = lost.to_reply()
+                reply, answer = await self._ask_live(target, ctx, onward, deadline)
+            except bus.Lost as lost:
+                breaker.release()  # our worker died: nothing learnt about the target
+                return await self._lost(target, ctx, lost)
             except bus.NoResponders:
                 await self._outcome(target, ok=False)
                 return Unavailable(f"no worker is running for provider `{target.provider}`",
                                    code="no_provider_worker", where=f"provider:{target.provider}")
             except DeadlineExceeded:
-                await self._outcome(target, ok=False)
+                breaker.release()  # the client's own deadline says nothing about the target
                 raise
             match reply:
                 case ChatResult():
                     await self._outcome(target, ok=True)
-                    seconds = reply.first_chunk_seconds if streaming else time.monotonic() - started
+                    seconds = reply.first_chunk_seconds if ctx.streaming else time.monotonic() - started
                     self.stats.setdefault(target.key, strategy.TargetStats()).observe(seconds or 0.0)
                     # The fill goes first (a buffered publish, it does not delay the reply) so that a
                     # client repeating the request at once already finds it in every L1.
-                    await self._fill(headers, raw.data)
-                    return None if streaming else raw.data
+                    await self._fill(ctx.headers, answer.data)
+                    return None if ctx.streaming else answer.data
                 case ErrorReply(stream_started=True):
                     await self._outcome(target, ok=reply.code == "client_disconnected")
                     return None  # the worker already ended the client's stream with this error
                 case ErrorReply():
                     error = from_reply(reply)
                     if reply.status in _NO_FALLBACK_STATUS:
+                        breaker.release()
                         return error  # the caller's own fault: not the target's, not worth a retry
-                    await self._outcome(target, ok=False)
                     time_left = bus.remaining(deadline, self.default_timeout)
+                    if reply.status == 504 and time_left <= _DEADLINE_SLACK_SECONDS:
+                        breaker.release()
+                        raise error  # the client's own deadline ran out at the worker: no time to move on
+                    await self._outcome(target, ok=False)
                     delay = (retry_delay(attempt, reply.retry_after, time_left, retry, self.rng)
                              if reply.retryable and attempt < retry.attempts else None)
                     if delay is None:
@@ -198,20 +209,42 @@ class Router:
                     log.info("target %s failed (%d), retrying in %.2fs", target.key, reply.status, delay)
                     await asyncio.sleep(delay)
                 case _:
-                    return GatewayError(f"unexpected reply from {subject}")
+                    return GatewayError(f"unexpected reply for {target.key}")
 
-    async def _ask(
-        self, target: Target, subject: str, payload: bytes, onward: dict[str, str], deadline: float | None
-    ) -> tuple[Reply, Msg]:
+    async def _ask_live(self, target: Target, ctx: bus.Context, onward: dict[str, str], deadline: float | None
+                        ) -> tuple[Reply, bus.Answer]:
+        """Ask a worker; when it dies holding the call (`Lost`), ask again (a live one takes it), unless
+        it was a stream the client already has part of."""
+        for lost_so_far in range(LOST_RETRIES + 1):
+            try:
+                return await self._ask(target, ctx.data, onward, deadline)
+            except bus.Lost as lost:
+                if lost.started or lost_so_far == LOST_RETRIES:
+                    raise
+                log.warning("a %s worker went silent mid-call; asking a live one", target.provider)
+        raise AssertionError("unreachable")
+
+    async def _lost(self, target: Target, ctx: bus.Context, lost: bus.Lost) -> GatewayError | None:
+        if not lost.started:
+            return Unavailable(f"the workers of `{target.provider}` kept going silent",
+                               code="provider_worker_lost", where=f"provider:{target.provider}")
+        # Part of the answer reached the client: restarting it elsewhere would repeat it. One clear end.
+        log.warning("a %s worker died mid-stream; ending the stream", target.provider)
+        error = ProviderError("The worker serving this stream stopped; the stream was ended, not restarted.",
+                              code="stream_lost", where=f"provider:{target.provider}")
+        reply = msgspec.structs.replace(error.to_reply(), stream_started=True)
+        await self.calls.publish(ctx.reply, encode(reply))
+        return None
+
+    async def _ask(self, target: Target, payload: bytes, onward: dict[str, str], deadline: float | None
+                   ) -> tuple[Reply, bus.Answer]:
         """Straight to the provider's workers, or through its admission queue when it has a cap."""
         timeout = bus.remaining(deadline, self.default_timeout)
         if self.config.providers[target.provider].max_in_flight:
-            if self.inbox is None:
-                self.inbox = ReplyInbox(self.server.nc)
-                await self.inbox.start()
-            return await self.inbox.request(
-                self.server.nc.jetstream(), self.subjects.admission(target.provider), payload, onward, timeout)
-        return await bus.request(self.server.nc, subject, payload, onward, timeout, bus.HEARTBEAT_SECONDS)
+            return await self.calls.enqueue(self.subjects.admission(target.provider), payload, onward, timeout,
+                                            self.heartbeat)
+        return await self.calls.request(self.subjects.provider_chat(target.provider), payload, onward, timeout,
+                                        self.heartbeat)
 
     def breaker(self, target: Target) -> Breaker:
         found = self.breakers.get(target.key)
@@ -228,12 +261,12 @@ class Router:
     async def _breaker_changed(self, key: str, state: str) -> None:
         log.warning("circuit breaker for %s is now %s", key, state)
         metrics.BREAKER_OPEN.labels(key).set(1 if state == "open" else 0)
-        event = BreakerEvent(target=key, state=state, origin=self.server.id)  # type: ignore[arg-type]
-        await self.server.nc.publish(self.subjects.breaker, encode(event))
+        event = BreakerEvent(target=key, state=state, origin=self.instance)  # type: ignore[arg-type]
+        await self.calls.publish(self.subjects.breaker, encode(event))
 
-    async def on_breaker_event(self, msg: Msg) -> None:
-        event = breaker_decoder.decode(msg.data)
-        if event.origin == self.server.id:
+    async def on_breaker_event(self, data: bytes, headers: Mapping[str, str]) -> None:
+        event = breaker_decoder.decode(data)
+        if event.origin == self.instance:
             return
         breaker = self.breakers.get(event.target)
         if breaker is None:
@@ -246,26 +279,26 @@ class Router:
         checks: dict[str, str] = {
             f"breaker {key}": b.state for key, b in self.breakers.items() if b.state != "closed"}
         degraded = any(not b.available(now) for b in self.breakers.values())
-        return HealthReport(service="router", instance=self.server.id, status="degraded" if degraded else "up",
+        return HealthReport(service="router", instance=self.instance, status="degraded" if degraded else "up",
                             checks=checks)
 
-    async def _fill(self, headers: dict[str, str], data: bytes) -> None:
+    async def _fill(self, headers: Mapping[str, str], data: bytes) -> None:
         key = headers.get(Headers.CACHE_KEY)
         if not key or "no-store" in headers.get(Headers.CACHE_CONTROL, ""):
             return
         fill = {Headers.CACHE_KEY: key}
         if ttl := headers.get(Headers.CACHE_TTL):
             fill[Headers.CACHE_TTL] = ttl
-        await self.server.nc.publish(self.subjects.cache_fill, data, headers=fill)
+        await self.calls.publish(self.subjects.cache_fill, data, headers=fill)
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
     metrics.serve(config.metrics_port)
-    nc = await bus.connect(config.nats_url, SERVICE_ROUTER)
-    server = bus.Server(nc, SERVICE_ROUTER, "0.1.0", "LLM Edge router: targets, fallback, cache fill")
+    connection = await bus.connect(config.nats_url, SERVICE_ROUTER)
+    server = bus.Server(connection, SERVICE_ROUTER, "0.1.0", "LLM Edge router: targets, fallback, cache fill")
     await server.start()
-    await Router(config, server).start()
+    await Router(config, connection).start(server)
     log.info("router ready")
-    runtime.notify_ready(runtime.taking_work(nc, stop))
+    runtime.notify_ready(runtime.taking_work(connection, stop))
     await stop.wait()
     await server.drain()

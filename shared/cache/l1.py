@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 
 from shared.subjects import Headers
 
@@ -48,7 +49,7 @@ class L1Cache:
         self.bytes -= len(value) + len(key)
 
 
-def fill_ttl(headers: dict[str, str], default: float) -> float:
+def fill_ttl(headers: Mapping[str, str], default: float) -> float:
     """A fill's time to live: its `Llm-Cache-Ttl` header, or `default` when absent or unreadable."""
     value = headers.get(Headers.CACHE_TTL)
     if value is None:

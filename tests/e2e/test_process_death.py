@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
+import nats.js.errors
 import openai
 import pytest
 
@@ -44,14 +45,13 @@ class Up:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
+def started(tmp_path: Path, mock: str) -> Iterator[Up]:
     config = tmp_path / "edge.yaml"
     config.write_text(
         "cache: {enabled: false}\n"
         # Longer than the client waits: a stream that is only ended by its idle timeout fails the test.
         "ingress: {stream_idle_timeout_seconds: 300}\n"
-        f"providers:\n  mock: {{latency_ms: {LATENCY_MS}, stream_chunks: 6, chunk_interval_ms: 1000}}\n")
+        f"providers:\n  mock: {{{mock}}}\n")
     port, nats_port = free_port(), free_port()
     env = dict(os.environ, PORT=str(port), NATS_URL=f"nats://127.0.0.1:{nats_port}",
                NATS_MONITOR_PORT=str(free_port()), LLM_EDGE_CONFIG=str(config), LOG_LEVEL="WARNING")
@@ -63,6 +63,39 @@ def up(tmp_path: Path) -> Iterator[Up]:
         yield gateway
     finally:
         stop(process)
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    yield from started(tmp_path, f"latency_ms: {LATENCY_MS}, stream_chunks: 6, chunk_interval_ms: 1000")
+
+
+@pytest.fixture
+def capped_up(tmp_path: Path) -> Iterator[Up]:
+    """Admission on: requests to mock wait in its JetStream work queue, at most 2 in flight."""
+    yield from started(tmp_path, f"latency_ms: {LATENCY_MS}, max_in_flight: 2")
+
+
+def wait_until_taken_from_the_queue(nats_url: str) -> None:
+    """Until a worker holds a request from mock's work queue (delivered, not yet acked)."""
+
+    async def poll() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if (await js.consumer_info("LLM_ADMIT_MOCK", "workers")).num_ack_pending > 0:
+                        return
+                except nats.js.errors.NotFoundError:
+                    pass
+                await asyncio.sleep(0.05)  # polling interval
+            raise AssertionError("no worker took the queued request")
+        finally:
+            await nc.close()
+
+    asyncio.run(poll())
 
 
 def wait_until_serving(nats_url: str, service: str, endpoint: str) -> None:
@@ -126,6 +159,28 @@ def test_a_request_outlives_the_process_killed_while_holding_it(
     completion = outcome["value"]
     assert completion.choices[0].message.content == f"Mock reply to: {prompt}"  # type: ignore[attr-defined]
     assert up.pid_of(service) != victim  # answered by the restarted instance
+
+
+@pytest.mark.timeout(150)
+def test_a_queued_request_outlives_the_worker_killed_while_holding_it(capped_up: Up) -> None:
+    """Admission (max_in_flight): the worker heartbeats the request it took from the work queue, so its
+    death is noticed within about five seconds (not at the 600 s deadline) and the request is queued
+    again for a live worker (the restarted one), which answers it once."""
+    prompt = "survive the queued worker"
+    began = time.monotonic()
+    thread, outcome = in_background(lambda: capped_up.client().chat.completions.create(
+        model="mock", messages=[{"role": "user", "content": prompt}]))
+    wait_until_taken_from_the_queue(capped_up.nats_url)
+    victim = capped_up.pid_of("provider mock")
+    killed = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    thread.join(130)
+    assert "error" not in outcome, outcome.get("error")
+    completion = outcome["value"]
+    assert completion.choices[0].message.content == f"Mock reply to: {prompt}"  # type: ignore[attr-defined]
+    assert capped_up.pid_of("provider mock") != victim
+    # Noticed after ~5 s of silence, then one more call of LATENCY_MS on the restarted worker.
+    assert time.monotonic() - killed < 5 + LATENCY_MS / 1000 + 8, time.monotonic() - began
 
 
 @pytest.mark.timeout(150)

@@ -18,12 +18,12 @@ from typing import Any
 
 import httpx
 import msgspec
-import nats
 import pytest
 
 from llm_edge.launcher import free_port
 from llm_edge.status.table import SHORT_ID, render
 from llm_edge.status.topology import Topology, collect
+from shared import bus
 from tests.infra import Nats
 from tests.stack import Stack, make_config
 
@@ -88,7 +88,7 @@ def as_json(topology: Topology) -> dict[str, Any]:
 
 
 async def test_collect_finds_every_instance_with_its_requests(stack: Stack, nats_server: Nats) -> None:
-    nc = await nats.connect(nats_server.url)
+    nc = await bus.connect(nats_server.url, "status-test")
     try:
         async with httpx.AsyncClient() as http:
             topology = await collect(nc, http, monitor_url(nats_server), window=0.5)
@@ -105,7 +105,7 @@ async def test_collect_finds_every_instance_with_its_requests(stack: Stack, nats
 
 
 async def test_table_names_every_service_and_instance(stack: Stack, nats_server: Nats) -> None:
-    nc = await nats.connect(nats_server.url)
+    nc = await bus.connect(nats_server.url, "status-test")
     try:
         async with httpx.AsyncClient() as http:
             table = render(await collect(nc, http, monitor_url(nats_server), window=0.5))

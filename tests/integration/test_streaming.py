@@ -228,7 +228,7 @@ async def test_a_lost_chunk_ends_the_stream_with_an_error(nats_server: Nats) -> 
     stack = Stack(make_config(nats_server.url))
     await stack.start(cache=False, providers=False)
     await stack.stop_service("router")
-    nc = await bus.connect(nats_server.url, "lossy-router")
+    nc = (await bus.connect(nats_server.url, "lossy-router")).nc
 
     async def lossy(msg) -> None:  # type: ignore[no-untyped-def]
         for seq in (0, 1, 3):

@@ -1,0 +1,303 @@
+"""One process's connection to the bus (`Bus`): connect, publish, broadcast listening, request-reply
+through the one reply multiplexer (`replies.py`), and the ingress's side of a stream.
+
+Every nats-py exception that can reach a caller is translated here into the gateway's errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from shared import metrics
+from shared.bus.errors import BusUnavailable, Lost, NoResponders
+from shared.bus.replies import HEARTBEAT_SECONDS, LOST_AFTER, Replies, TimedOut, Waiter
+from shared.errors import DeadlineExceeded, Unavailable
+from shared.messages import Reply, reply_decoder
+from shared.subjects import Headers
+
+log = logging.getLogger("llm_edge.bus")
+
+Listener = Callable[[bytes, Mapping[str, str]], Awaitable[None]]
+_NO_HEADERS: dict[str, str] = {}
+# How often the work queue delivers one request (see workqueue.py): the first time and two redeliveries.
+QUEUE_DELIVERIES = 3
+
+
+class Answer:
+    """A reply as received: its bytes (to pass on without encoding them again) and headers."""
+
+    __slots__ = ("data", "headers")
+
+    def __init__(self, data: bytes, headers: Mapping[str, str]) -> None:
+        self.data = data
+        self.headers = headers
+
+
+class Bus:
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc  # the nats-py client; only code in shared/bus (and tests) touches it
+        self.replies = Replies(nc)
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    @property
+    def closed(self) -> bool:
+        return self.nc.is_closed
+
+    @property
+    def url(self) -> str:
+        return self.nc.connected_url.geturl() if self.nc.connected_url else ""
+
+    def new_subject(self) -> str:
+        """A fresh inbox subject, for a subscriber of one's own (status discovery, tests)."""
+        return self.nc.new_inbox()
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None,
+                      reply: str = "") -> None:
+        try:
+            await self.nc.publish(subject, data, reply=reply, headers=headers)
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                nats.errors.ConnectionDrainingError) as exc:
+            raise BusUnavailable("the message bus is not connected") from exc
+
+    async def listen(self, subject: str, handler: Listener, queue: str = "") -> None:
+        """Every message on `subject` (one per queue group with `queue`), handled inline: for handlers that
+        do not wait on anything (an L1 fill). `Server.listen` runs each in its own task instead."""
+
+        async def deliver(msg: Msg) -> None:
+            try:
+                await handler(msg.data, msg.headers or _NO_HEADERS)
+            except Exception:  # a broadcast has nobody to answer: log it, keep listening
+                log.exception("listener for %s failed", subject)
+
+        await self.nc.subscribe(subject, queue=queue, cb=deliver)
+        await self.nc.flush()
+
+    async def ask(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float,
+                  heartbeat: float | None = None) -> Answer:
+        """Request-reply with our errors: `NoResponders` at once, `DeadlineExceeded` at the timeout, and
+        with `heartbeat`, `Lost` once the responder has been silent for `LOST_AFTER` heartbeats."""
+        if timeout <= 0:
+            raise DeadlineExceeded("the request deadline passed before it was sent", where=subject)
+        started = time.perf_counter()
+        await self.replies.start()
+        waiter = self.replies.open(heartbeat)
+        try:
+            if heartbeat is not None:
+                headers = {**headers, Headers.HEARTBEAT: f"{heartbeat:g}"}
+            await self.publish(subject, payload, headers, reply=waiter.subject)
+            msg = await waiter.next(time.monotonic() + timeout, subject)
+        except TimedOut:
+            raise DeadlineExceeded("the request deadline was exceeded", where=subject) from None
+        except NoResponders:
+            raise NoResponders(f"no instance is serving {subject}", where=subject) from None
+        finally:
+            self.replies.close(waiter)
+        metrics.BUS_DURATION.labels(subject).observe(time.perf_counter() - started)
+        return Answer(msg.data, msg.headers or _NO_HEADERS)
+
+    async def request(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float,
+                      heartbeat: float | None = None) -> tuple[Reply, Answer]:
+        """`ask`, with the reply decoded (and kept as bytes beside it)."""
+        answer = await self.ask(subject, payload, headers, timeout, heartbeat)
+        return reply_decoder.decode(answer.data), answer
+
+    async def enqueue(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float,
+                      heartbeat: float = HEARTBEAT_SECONDS) -> tuple[Reply, Answer]:
+        """Queue a request in a JetStream work queue (see workqueue.py) and wait for its answer:
+        `DeadlineExceeded` at the timeout, `NoResponders` when no queue exists (no capped worker ever
+        started). The waiter is armed by the first beat of the worker that takes the request (a request
+        still queued is held by nobody); when that worker goes silent, the server's redelivery to a live
+        worker is the retry, and this keeps waiting on the same token, disarmed until the new worker beats.
+        `Lost` only once every delivery the queue allows has gone silent."""
+        if timeout <= 0:
+            raise DeadlineExceeded("the request deadline passed before it was queued", where=subject)
+        await self.replies.start()
+        waiter = self.replies.open(heartbeat, armed=False)
+        until = time.monotonic() + timeout
+        try:
+            try:
+                await self.nc.jetstream().publish(
+                    subject, payload, timeout=min(timeout, 5.0),
+                    headers={**headers, Headers.REPLY_TO: waiter.subject, Headers.HEARTBEAT: f"{heartbeat:g}"})
+            except nats.js.errors.NoStreamResponseError as exc:
+                raise NoResponders(f"no admission queue for {subject}: no worker has started",
+                                   where=subject) from exc
+            except nats.errors.TimeoutError as exc:
+                raise Unavailable("the admission queue did not accept the request", code="queue_unavailable",
+                                  where=subject) from exc
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
+                raise BusUnavailable("the message bus is not connected") from exc
+            losses = 0
+            while True:
+                try:
+                    msg = await waiter.next(until, subject)
+                    break
+                except TimedOut:
+                    raise DeadlineExceeded("the request deadline passed while queued or in flight",
+                                           where=subject) from None
+                except Lost:
+                    losses += 1
+                    if losses >= QUEUE_DELIVERIES:
+                        raise
+                    log.warning("the worker holding a queued request on %s went silent; awaiting its "
+                                "redelivery", subject)
+                    waiter.heard = None  # disarmed until the worker it is redelivered to beats
+        finally:
+            self.replies.close(waiter)
+        return reply_decoder.decode(msg.data), Answer(msg.data, msg.headers or _NO_HEADERS)
+
+    async def open_stream(self, subject: str, payload: bytes, headers: dict[str, str], cancel: str) -> Stream:
+        """Send a stream request; its frames (and the heartbeats of whoever serves it) arrive on one
+        token, which is also the request's bus id (`Llm-Bus-Id`) and the key of its cancel notice."""
+        await self.replies.start()
+        waiter = self.replies.open(HEARTBEAT_SECONDS)
+        headers = {**headers, Headers.HEARTBEAT: f"{HEARTBEAT_SECONDS:g}", Headers.BUS_ID: waiter.token}
+        try:
+            await self.publish(subject, payload, headers, reply=waiter.subject)
+        except BaseException:
+            self.replies.close(waiter)
+            raise
+        waiter.heard = time.monotonic()
+        return Stream(self, waiter, cancel)
+
+    async def drain(self) -> None:
+        if self.nc.is_connected:
+            await self.nc.drain()
+        elif not self.nc.is_closed:
+            await self.nc.close()  # the bus itself is gone: nothing left to flush
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.close()
+
+
+class Stream:
+    """The requester's side of a stream: frames in order, heartbeats skipped, silence noticed."""
+
+    def __init__(self, bus: Bus, waiter: Waiter, cancel: str) -> None:
+        self.bus = bus
+        self.waiter = waiter
+        self.cancel = cancel
+        self.finished = False  # the stream ended properly or with an error frame: nothing to cancel
+
+    @property
+    def id(self) -> str:
+        return self.waiter.token
+
+    async def next(self, timeout: float, what: str) -> Reply:
+        """The next frame within `timeout`; `Unavailable` when nothing at all (no frame, no heartbeat)
+        arrived for `LOST_AFTER` heartbeats: whoever was serving the stream died."""
+        if timeout <= 0:
+            raise DeadlineExceeded("The request deadline passed during the stream.")
+        try:
+            msg = await self.waiter.next(time.monotonic() + timeout)
+        except TimedOut:
+            raise DeadlineExceeded(f"No {what} within {timeout:.3g}s.", code="stream_timeout") from None
+        except Lost:
+            raise Unavailable("The gateway lost the service that was handling this stream.",
+                              code="stream_lost") from None
+        except NoResponders:
+            raise Unavailable("No router instance is running.", code="no_router") from None
+        return reply_decoder.decode(msg.data)
+
+    async def close(self) -> None:
+        self.bus.replies.close(self.waiter)
+        if not self.finished and self.bus.connected:
+            with contextlib.suppress(BusUnavailable):
+                await self.bus.publish(self.cancel, b"", headers={Headers.BUS_ID: self.waiter.token})
+
+
+async def connect(url: str, name: str) -> Bus:
+    """A connection that notices a dead server within seconds and reconnects forever."""
+
+    async def on_error(exc: Exception) -> None:
+        # Slow consumers drop messages silently unless reported here.
+        log.warning("nats error: %r", exc)
+
+    async def on_disconnect() -> None:
+        log.info("nats disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected")
+
+    nc = await nats.connect(
+        url,
+        name=name,
+        connect_timeout=2,
+        reconnect_time_wait=0.5,
+        max_reconnect_attempts=-1,
+        ping_interval=5,
+        max_outstanding_pings=3,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        pending_size=64 * 1024 * 1024,
+    )
+    bus = Bus(nc)
+    await bus.replies.start()
+    return bus
+
+
+class Unreachable(Exception):
+    """`connect_once` could not reach NATS; the message says why."""
+
+
+async def connect_once(url: str, name: str, deadline: float = 2.0) -> Bus:
+    """One quick attempt (and one retry), for tools that ask a question (`llm-edge status`) and must not
+    wait for a server."""
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)  # nats-py would log these; the caller prints one message that says it all
+
+    try:
+        nc = await asyncio.wait_for(
+            nats.connect(url, name=name, connect_timeout=1, reconnect_time_wait=0.2,
+                         max_reconnect_attempts=1, error_cb=on_error),
+            deadline,
+        )
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        cause = errors[-1] if errors else exc
+        detail = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+        raise Unreachable(f"cannot reach NATS at {url}: {detail}") from exc
+    return Bus(nc)
+
+
+async def gather(bus: Bus, subjects: list[str], window: float) -> list[bytes]:
+    """Scatter-gather: publish to each subject with one reply inbox and collect every non-empty reply for
+    `window` seconds (how many answer is what is being asked, so the window is the only end)."""
+    replies: list[bytes] = []
+
+    async def collect(msg: Msg) -> None:
+        if msg.data:  # an empty message is the server's "no responders" status, not an answer
+            replies.append(msg.data)
+
+    inbox = bus.nc.new_inbox()
+    try:
+        sub = await bus.nc.subscribe(inbox, cb=collect)
+        try:
+            for subject in subjects:
+                await bus.nc.publish(subject, b"", reply=inbox)
+            await bus.nc.flush()
+            await asyncio.sleep(window)
+        finally:
+            await sub.unsubscribe()
+    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
+        raise BusUnavailable("lost the connection to NATS") from exc
+    return replies
+
+
+__all__ = ["HEARTBEAT_SECONDS", "LOST_AFTER", "Answer", "Bus", "Lost", "NoResponders", "Stream", "connect"]

@@ -1,10 +1,11 @@
 """Server-sent events from bus frames or from a cached answer: the relay, and OpenAI's chunk format (other
 dialects bring their own `Writer`, e.g. `anthropic_events.py`).
 
-Each stream is one token of the bus's reply multiplexer (`bus.Stream`). Frames arrive numbered; a gap, an error frame, a stall longer
-than the idle timeout or the deadline ends the stream with an error event and no proper ending (`[DONE]`,
-`message_stop`), so a client never mistakes half an answer for a whole one. When the client goes away, a
-cancel notice tells the provider worker to close its upstream call.
+Each stream is one token of the bus's reply multiplexer (`bus.Stream`). Frames arrive numbered; a gap, an
+error frame, a stall longer than the idle timeout or the deadline ends the stream with an error event and
+no proper ending (`[DONE]`, `message_stop`), so a client never mistakes half an answer for a whole one.
+When the client goes away, a cancel notice (keyed by the stream's unguessable bus id) tells the provider
+worker to close its upstream call.
 """
 
 from __future__ import annotations

@@ -234,6 +234,8 @@ class Router:
                               code="stream_lost", where=f"provider:{target.provider}")
         reply = msgspec.structs.replace(error.to_reply(), stream_started=True)
         await self.calls.publish(ctx.reply, encode(reply))
+        if ctx.bus_id:  # a queued copy the work queue may redeliver must not run for nobody
+            await self.calls.publish(self.subjects.cancel, b"", {Headers.BUS_ID: ctx.bus_id})
         return None
 
     async def _ask(self, target: Target, payload: bytes, onward: dict[str, str], deadline: float | None

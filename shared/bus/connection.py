@@ -148,10 +148,10 @@ class Bus:
                 except TimedOut:
                     raise DeadlineExceeded("the request deadline passed while queued or in flight",
                                            where=subject) from None
-                except Lost:
+                except Lost as lost:
                     losses += 1
-                    if losses >= QUEUE_DELIVERIES:
-                        raise
+                    if lost.started or losses >= QUEUE_DELIVERIES:
+                        raise  # a stream under way is never restarted, by a redelivery either
                     log.warning("the worker holding a queued request on %s went silent; awaiting its "
                                 "redelivery", subject)
                     waiter.heard = None  # disarmed until the worker it is redelivered to beats

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -37,6 +38,8 @@ Handler = Callable[[Req, Context], Awaitable[Reply | Raw | None]]
 StreamHandler = Callable[[Req, Context], AsyncIterator[StreamChunk | StreamEnd | ChatResult]]
 Decoder = Callable[[bytes], Req]
 _NO_HEADERS: dict[str, str] = {}
+_EARLY_CANCEL_SECONDS = 60.0
+_EARLY_CANCELS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,9 @@ class Server:
         self._micro: Service | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._streams: dict[str, asyncio.Task[None]] = {}  # by bus id, for cancel notices
+        # Cancels that came before their stream did (a client gone before the request reached us, or a
+        # redelivered queued stream whose first delivery already reached the client): bus id -> when.
+        self._early_cancels: dict[str, float] = {}
         self._cancels: set[str] = set()
 
     @property
@@ -206,9 +212,13 @@ class Server:
         to = ctx.headers.get(Headers.STREAM_TO)
         if not to:
             raise InvalidRequest("a stream request needs a destination inbox")
+        key = ctx.bus_id
+        if key and self._early_cancels.pop(key, None) is not None:
+            error = ProviderError("the client disconnected", code="client_disconnected")
+            await self._reply(ctx.reply, msgspec.structs.replace(error.to_reply(), stream_started=True))
+            return
         state = _Streamed()
         pump = asyncio.create_task(self._pump(handler, request, ctx, to, state))
-        key = ctx.bus_id
         if key:
             self._streams[key] = pump
         try:
@@ -243,9 +253,18 @@ class Server:
 
     async def _on_cancel(self, data: bytes, headers: Mapping[str, str]) -> None:
         key = headers.get(Headers.BUS_ID)
-        if key and (task := self._streams.get(key)) is not None:
+        if not key:
+            return
+        if (task := self._streams.get(key)) is not None:
             log.info("client disconnected; closing the upstream call")
             task.cancel()
+            return
+        now = time.monotonic()
+        if len(self._early_cancels) >= _EARLY_CANCELS_KEPT:  # every instance hears every cancel: stay bounded
+            self._early_cancels = {k: t for k, t in self._early_cancels.items() if now - t < _EARLY_CANCEL_SECONDS}
+            while len(self._early_cancels) >= _EARLY_CANCELS_KEPT:
+                del self._early_cancels[next(iter(self._early_cancels))]
+        self._early_cancels[key] = now
 
     async def drain(self, grace: float = 30.0) -> None:
         """Stop taking work, finish what is in flight (up to `grace` seconds), then close."""

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from shared import bus
-from shared.errors import InvalidRequest
+from shared.errors import DeadlineExceeded, InvalidRequest
 from shared.messages import ChatResult, ErrorReply, StreamChunk, StreamEnd, Usage, encode
 from shared.subjects import Headers
 from tests.infra import Nats
@@ -168,6 +168,19 @@ async def test_a_stream_handler_sends_frames_to_the_stream_and_the_result_to_the
         reply, _ = await outcome
         assert isinstance(reply, ErrorReply) and reply.code == "client_disconnected" and reply.stream_started
         assert cancelled.is_set()
+
+        # A cancel that arrives before its stream (the client left first): the stream never starts.
+        late = await caller.open_stream("bus-test.nowhere", b"", {}, "bus-test.cancel")
+        await caller.publish("bus-test.cancel", b"", {Headers.BUS_ID: late.id})
+        await caller.nc.flush()
+        reply, _ = await caller.request(
+            "bus-test.stream", encode(Ping(text="three")),
+            {Headers.STREAM: "1", Headers.STREAM_TO: late.waiter.subject, Headers.BUS_ID: late.id}, 30, BEAT)
+        assert isinstance(reply, ErrorReply) and reply.code == "client_disconnected"
+        with pytest.raises(DeadlineExceeded):
+            await late.next(0.3, "chunk")  # nothing was sent to it
+        late.finished = True
+        await late.close()
     finally:
         await caller.close()
         await server.drain(grace=5)

@@ -188,10 +188,11 @@ async def test_a_stream_whose_worker_died_after_its_first_chunk_ends_with_one_er
     r = router(workers)
     assert await r.handle(CHAT, ctx(stream=True)) is None
     assert workers.asked == ["a"]
-    ((to, data, _),) = workers.published
+    (to, data, _), cancel = workers.published
     assert to == "_INBOX.ingress.token"
     error = reply_decoder.decode(data)
     assert isinstance(error, ErrorReply) and error.stream_started and error.code == "stream_lost"
+    assert cancel == (r.subjects.cancel, b"", {Headers.BUS_ID: "unguessable"})  # no redelivered copy runs
     assert failures(r, "a") == 0
 
 

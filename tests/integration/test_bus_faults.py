@@ -28,6 +28,11 @@ def active_calls() -> float:
     return REGISTRY.get_sample_value("llm_edge_active_requests", {"service": "provider.mock"}) or 0.0
 
 
+def quick_loss(stack: Stack) -> None:
+    """The router asks workers for a beat every 0.2 s, so a dead one is given up on after 1 s, not 5."""
+    stack.routers["router"].heartbeat = 0.2
+
+
 async def kill_worker(stack: Stack, key: str) -> None:
     """The worker's connection is gone, as after a SIGKILL: what it holds is never answered."""
     server = stack.servers.pop(key)
@@ -51,6 +56,7 @@ async def test_a_dead_worker_is_retried_on_a_live_one_and_never_opens_the_breake
     config = make_config(nats_server.url, providers={"mock": {"latency_ms": 1500}},
                          router={"breaker": {"consecutive_failures": 1, "cooldown_seconds": 60}})
     stack = await Stack(config).start(providers=False)
+    quick_loss(stack)
     await stack.start_provider("mock", key="doomed")
     try:
         before = active_calls()
@@ -96,6 +102,7 @@ async def test_a_started_stream_whose_worker_dies_ends_with_one_error_and_is_not
     config = make_config(nats_server.url, providers={"mock": {"stream_chunks": 6, "chunk_interval_ms": 400}},
                          ingress={"stream_idle_timeout_seconds": 60})
     stack = await Stack(config).start(providers=False)
+    quick_loss(stack)
     await stack.start_provider("mock", key="doomed")
     try:
         events: list[str] = []

@@ -16,6 +16,7 @@ import msgspec
 from shared.config import ProviderConfig
 from shared.errors import (
     BodyTooLarge,
+    ContextWindowExceeded,
     DeadlineExceeded,
     GatewayError,
     InvalidRequest,
@@ -133,6 +134,19 @@ def error_for_status(
     if status >= 500:
         return ProviderError(text, code="provider_error", where=where, retryable=True)
     return ProviderError(text, code=f"provider_status_{status}", where=where, retryable=False)
+
+
+def context_window_exceeded(message: str, *, provider: str) -> ContextWindowExceeded:
+    """The provider said the prompt does not fit its model's context window (each adapter knows how its
+    provider words it); the router may fall back to a target with a larger window."""
+    return ContextWindowExceeded(f"{provider}: {message}", param="messages", where=f"provider:{provider}")
+
+
+def mentions(message: str, phrases: tuple[str, ...]) -> bool:
+    """Whether `message` contains one of `phrases` (lower case), ignoring case. For providers that say
+    what an error is only in its message, such as a context-window overflow inside a generic 400."""
+    lowered = message.lower()
+    return any(phrase in lowered for phrase in phrases)
 
 
 def merge_headers(defaults: dict[str, str], extra: Mapping[str, str]) -> dict[str, str]:

@@ -24,7 +24,14 @@ from services.router.retry import wait_before_retry as retry_delay
 from shared import bus, metrics, runtime, tracing
 from shared.bus.workqueue import ReplyInbox
 from shared.config import Config, Target
-from shared.errors import DeadlineExceeded, GatewayError, InvalidRequest, Unavailable, from_reply
+from shared.errors import (
+    ContextWindowExceeded,
+    DeadlineExceeded,
+    GatewayError,
+    InvalidRequest,
+    Unavailable,
+    from_reply,
+)
 from shared.logs import request_id
 from shared.messages import BreakerEvent, ChatResult, ErrorReply, HealthReport, Reply, breaker_decoder, encode
 from shared.routes import Routes
@@ -133,7 +140,7 @@ class Router:
             outcome = await self._try_target(target, msg.data, headers, onward, deadline, streaming)
             if isinstance(outcome, GatewayError):
                 error = outcome
-                if outcome.code == "context_length_exceeded":
+                if isinstance(outcome, ContextWindowExceeded):
                     window = target.context_window or 0
                     if not any((t.context_window or 0) > window for t in candidates):
                         raise outcome

@@ -15,7 +15,13 @@ from services.providers.base import Delta, StreamParser, StreamSummary
 from services.providers.openai.adapter import adapter, openai_compatible
 from services.providers.sse import SSEDecoder
 from shared.config import ProviderConfig
-from shared.errors import GatewayError, InvalidRequest, NotFound, ProviderError, RateLimited
+from shared.errors import (
+    ContextWindowExceeded,
+    GatewayError,
+    NotFound,
+    ProviderError,
+    RateLimited,
+)
 from shared.messages import ChatRequest, CompletionTokensDetails, FunctionCallDelta, ToolCallDelta, Usage
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "openai"
@@ -314,7 +320,7 @@ def in_stream(name: str) -> bytes:
         ("error_server.json", ProviderError, 502, "provider_error", True),
         ("error_rate_limit.json", RateLimited, 429, "rate_limit_exceeded", True),
         ("error_insufficient_quota.json", RateLimited, 429, "insufficient_quota", False),
-        ("error_context_length.json", InvalidRequest, 400, "context_length_exceeded", False),
+        ("error_context_length.json", ContextWindowExceeded, 400, "context_length_exceeded", False),
         ("error_model_not_found.json", NotFound, 404, "model_not_found", False),
     ],
 )

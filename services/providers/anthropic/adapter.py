@@ -21,7 +21,9 @@ from services.providers.base import (
     StreamParser,
     bad_response,
     body_snippet,
+    context_window_exceeded,
     error_for_status,
+    mentions,
     merge_headers,
 )
 from services.providers.parts import data_url, map_parts, tool_arguments, turns
@@ -159,6 +161,11 @@ class _ErrorBody(Struct):
     error: _ErrorDetail
 
 
+# How Anthropic words a prompt that does not fit the model (a 400 `invalid_request_error`, no code of its
+# own): "prompt is too long: 208310 tokens > 200000 maximum", and, counting `max_tokens` in, "input length
+# and `max_tokens` exceed context limit: 178959 + 64000 > 200000, ..." (tests/fixtures/anthropic/).
+CONTEXT_OVERFLOW = ("prompt is too long", "exceed context limit")
+
 _encoder = msgspec.json.Encoder()
 _reply_decoder = msgspec.json.Decoder(_Reply)
 _error_decoder = msgspec.json.Decoder(_ErrorBody)
@@ -248,13 +255,8 @@ class AnthropicAdapter:
             detail = _error_decoder.decode(body).error
         except msgspec.DecodeError:
             detail = _ErrorDetail()
-        return error_for_status(
-            status,
-            detail.message or body_snippet(status, body),
-            provider=provider,
-            headers=headers,
-            code=detail.type or None,
-        )
+        return error_from_detail(status, detail.type, detail.message or body_snippet(status, body), headers,
+                                 provider=provider)
 
     def config_problem(self, config: ProviderConfig) -> str | None:
         return None
@@ -333,6 +335,15 @@ def _tool_choice(request: ChatRequest, *, has_tools: bool) -> _ToolChoice | Unse
 
 def _number(value: float | None | UnsetType) -> float | UnsetType:
     return value if isinstance(value, (int, float)) else UNSET
+
+
+def error_from_detail(
+    status: int, kind: str, message: str, headers: Mapping[str, str], *, provider: str
+) -> GatewayError:
+    """Anthropic's error (`type`, `message`) as our error for `status`; its type is the code."""
+    if status == 400 and kind == "invalid_request_error" and mentions(message, CONTEXT_OVERFLOW):
+        return context_window_exceeded(message, provider=provider)
+    return error_for_status(status, message, provider=provider, headers=headers, code=kind or None)
 
 
 def unified_usage(usage: MessageUsage) -> Usage:

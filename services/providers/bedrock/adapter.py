@@ -25,7 +25,9 @@ from services.providers.base import (
     StreamParser,
     bad_response,
     body_snippet,
+    context_window_exceeded,
     error_for_status,
+    mentions,
     merge_headers,
     splice_extras,
 )
@@ -110,6 +112,12 @@ class ErrorBody(Struct):
     capitalised: str | None = msgspec.field(default=None, name="Message")  # some AWS front ends send it so
     type: str | None = msgspec.field(default=None, name="__type")
 
+
+# How Bedrock words a prompt that does not fit the model, always as a 400 ValidationException: its own
+# "Input is too long for requested model.", or the model's words relayed after
+# "The model returned the following errors: " (Anthropic's "prompt is too long: N tokens > M maximum").
+# tests/fixtures/bedrock/ has the bodies and their sources.
+CONTEXT_OVERFLOW = ("input is too long", "prompt is too long", "exceed context limit")
 
 _encoder = msgspec.json.Encoder()
 _response_decoder = msgspec.json.Decoder(_Response)
@@ -203,7 +211,7 @@ class BedrockAdapter:
         # "com.amazon.coral.validate#ValidationException".
         kind = (lowered.get("x-amzn-errortype") or parsed.type or "").split(":")[0].rpartition("#")[2]
         message = parsed.message or parsed.capitalised or body_snippet(status, body)
-        return error_for_status(status, message, provider=provider, headers=headers, code=kind or None)
+        return error_from_exception(status, kind, message, headers, provider=provider)
 
     def config_problem(self, config: ProviderConfig) -> str | None:
         if not config.base_url and not config.region:
@@ -237,3 +245,12 @@ def unified_usage(usage: TokenUsage) -> Usage:
 
 
 adapter = BedrockAdapter()
+
+
+def error_from_exception(
+    status: int, kind: str, message: str, headers: Mapping[str, str], *, provider: str
+) -> GatewayError:
+    """A Bedrock exception (its type name, e.g. `ValidationException`, and message) as our error."""
+    if status == 400 and kind == "ValidationException" and mentions(message, CONTEXT_OVERFLOW):
+        return context_window_exceeded(message, provider=provider)
+    return error_for_status(status, message, provider=provider, headers=headers, code=kind or None)

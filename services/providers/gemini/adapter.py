@@ -25,7 +25,9 @@ from services.providers.base import (
     StreamParser,
     bad_response,
     body_snippet,
+    context_window_exceeded,
     error_for_status,
+    mentions,
     merge_headers,
     splice_extras,
 )
@@ -212,6 +214,11 @@ def _body(request: ChatRequest, model: str) -> bytes:
     return body
 
 
+# How Gemini words a prompt that does not fit the model (a 400 INVALID_ARGUMENT, no reason of its own): "The
+# input token count (1200293) exceeds the maximum number of tokens allowed (1048576)." (tests/fixtures/gemini/)
+CONTEXT_OVERFLOW = ("exceeds the maximum number of tokens",)
+
+
 def error_from_detail(
     status: int, error: ErrorDetail, headers: Mapping[str, str], *, provider: str
 ) -> GatewayError:
@@ -225,6 +232,8 @@ def error_from_detail(
             retryable=False,
             where=f"provider:{provider}",
         )
+    if status == 400 and error.status == "INVALID_ARGUMENT" and mentions(message, CONTEXT_OVERFLOW):
+        return context_window_exceeded(message, provider=provider)
     lowered = {k.lower(): v for k, v in headers.items()}
     if "retry-after" not in lowered:
         delay = next((d.retry_delay for d in error.details if d.retry_delay), None)

@@ -20,13 +20,14 @@ from services.providers.base import (
     StreamParser,
     bad_response,
     body_snippet,
+    context_window_exceeded,
     error_for_status,
     merge_headers,
     splice_extras,
 )
 from services.providers.sse import SSEDecoder
 from shared.config import ProviderConfig
-from shared.errors import GatewayError
+from shared.errors import ContextWindowExceeded, GatewayError
 from shared.messages import (
     ChatRequest,
     ChatResult,
@@ -198,6 +199,8 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str], *, pro
         message = parsed.error
     elif parsed.message:
         message = parsed.message
+    if code == ContextWindowExceeded.default_code:
+        return context_window_exceeded(message, provider=provider)
     error = error_for_status(status, message, provider=provider, headers=headers, code=code)
     error.param = param
     if code in _NOT_RETRYABLE_CODES:

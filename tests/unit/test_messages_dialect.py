@@ -144,11 +144,13 @@ def test_a_round_trip_through_the_anthropic_adapter_gives_back_the_request() -> 
 
 @pytest.mark.parametrize(("fields", "param", "words"), [
     ({"max_tokens": None}, "max_tokens", "field required"),
-    ({"max_tokens": 0}, "max_tokens", "at least 1"),
-    ({"temperature": 1.5}, "temperature", "between 0 and 1"),
+    ({"max_tokens": 0}, "max_tokens", "Expected `int` >= 1"),
+    ({"temperature": 1.5}, "temperature", "Expected `float` <= 1.0"),
+    ({"top_p": -0.5}, "top_p", "Expected `float` >= 0.0"),
+    ({"model": ""}, "model", "Expected `str` of length >= 1"),
     ({"top_k": 5}, "top_k", "not supported"),
     ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking", "not supported"),
-    ({"messages": []}, "messages", "at least one message"),
+    ({"messages": []}, "messages", "Expected `array` of length >= 1"),
     ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role", "Invalid"),
     ({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
      "messages[0].content[0].type", "document"),

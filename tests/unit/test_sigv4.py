@@ -121,7 +121,8 @@ def test_a_bedrock_api_key_wins_over_access_keys() -> None:
     config = ProviderConfig(
         region="us-east-1", api_key="br-key", aws_access_key_id="A", aws_secret_access_key="S"
     )
-    request = msgspec.json.decode(b'{"model": "m", "messages": []}', type=ChatRequest)
+    request = msgspec.json.decode(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}',
+                                  type=ChatRequest)
     call = BedrockAdapter(clock=lambda: WHEN).build_request(request, "m", config)
     assert call.headers["Authorization"] == "Bearer br-key" and "X-Amz-Date" not in call.headers
 

@@ -10,24 +10,24 @@ import itertools
 from typing import Any
 
 import httpx
-import msgspec
 import openai
 import uvicorn
 
 from llm_edge.launcher import free_port
 from services.cache.service import CacheService
 from services.ingress.app import FastPath, create_app
+from services.providers.settings import SETTINGS
 from services.providers.worker import ProviderWorker
 from services.router.service import Router
 from shared import bus
-from shared.config import Config, _validate
+from shared.config import Config, build
 
 _ids = itertools.count()
 
 
 def make_config(nats_url: str, **fields: Any) -> Config:
     data = {"prefix": f"t{next(_ids)}", "nats_url": nats_url, "providers": {"mock": {}}} | fields
-    return _validate(msgspec.convert(data, Config))
+    return build(data, SETTINGS)
 
 
 class Stack:

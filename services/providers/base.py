@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
-from shared.config import ProviderConfig
+from shared.config import ProviderSettings
 from shared.errors import (
     BodyTooLarge,
     ContextWindowExceeded,
@@ -40,11 +40,20 @@ class HttpCall:
     secret_headers: frozenset[str] = field(default_factory=frozenset)
 
 
-class HttpAdapter(Protocol):
+# The settings struct an adapter reads (its own, a `ProviderSettings` subclass).
+S_contra = TypeVar("S_contra", bound=ProviderSettings, contravariant=True)
+
+
+class HttpAdapter(Protocol[S_contra]):
     name: str
     default_base_url: str
 
-    def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    @property
+    def settings(self) -> type[ProviderSettings]:
+        """What a provider entry using this adapter holds."""
+        ...
+
+    def build_request(self, request: ChatRequest, model: str, config: S_contra) -> HttpCall:
         """The upstream call for `request`, addressed to the provider's `model`."""
         ...
 
@@ -58,7 +67,7 @@ class HttpAdapter(Protocol):
         """A non-2xx answer turned into our error, with the provider's own message when it has one."""
         ...
 
-    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_stream_request(self, request: ChatRequest, model: str, config: S_contra) -> HttpCall:
         """The upstream call asking for a stream (OpenAI: with usage in the last chunk)."""
         ...
 
@@ -69,19 +78,18 @@ class HttpAdapter(Protocol):
         """The framing of this provider's stream body: SSE for most, AWS event stream for Bedrock."""
         ...
 
-    def config_problem(self, config: ProviderConfig) -> str | None:
-        """Why `config` cannot work for this adapter (checked once at start), or None."""
-        ...
-
 
 @runtime_checkable
-class LocalAdapter(Protocol):
+class LocalAdapter(Protocol[S_contra]):
     name: str
 
-    async def complete(self, request: ChatRequest, model: str, config: ProviderConfig) -> ChatResult: ...
+    @property
+    def settings(self) -> type[ProviderSettings]: ...
+
+    async def complete(self, request: ChatRequest, model: str, config: S_contra) -> ChatResult: ...
 
     def stream(
-        self, request: ChatRequest, model: str, config: ProviderConfig
+        self, request: ChatRequest, model: str, config: S_contra
     ) -> AsyncIterator[Delta | StreamSummary]:
         """Deltas, then one StreamSummary last."""
         ...

@@ -22,7 +22,7 @@ from services.providers.base import HttpAdapter, LocalAdapter
 from services.providers.http import Upstream
 from services.providers.registry import ADAPTERS
 from shared import bus, metrics, pricing, runtime, tracing
-from shared.config import Config, ProviderConfig
+from shared.config import Config, ProviderSettings
 from shared.errors import DeadlineExceeded, GatewayError, ProviderError
 from shared.logs import request_id
 from shared.messages import ChatRequest, ChatResult, HealthReport, Usage, encode, request_decoder
@@ -34,8 +34,8 @@ log = logging.getLogger("llm_edge.provider")
 class ProviderWorker:
     def __init__(self, config: Config, name: str, server: bus.Server) -> None:
         self.name = name
-        self.settings: ProviderConfig = config.provider(name)
-        self.adapter = ADAPTERS[self.settings.adapter or name]
+        self.settings: ProviderSettings = config.provider(name)
+        self.adapter = ADAPTERS[self.settings.adapter]
         # Decided once: a runtime Protocol check costs microseconds on every request.
         self.local = isinstance(self.adapter, LocalAdapter)
         self.server = server

@@ -15,9 +15,9 @@ import pytest
 from services.ingress.anthropic_dialect import error_json, message_json, parse_messages_request
 from services.ingress.anthropic_events import EventWriter, replay
 from services.providers.anthropic.adapter import adapter
+from services.providers.anthropic.settings import AnthropicSettings
 from services.providers.base import Delta, StreamSummary
 from services.providers.sse import SSEDecoder
-from shared.config import ProviderConfig
 from shared.errors import (
     BodyTooLarge,
     DeadlineExceeded,
@@ -138,7 +138,7 @@ def test_a_round_trip_through_the_anthropic_adapter_gives_back_the_request() -> 
         ],
     }
     chat = parse_messages_request(json.dumps(sent).encode())
-    upstream = json.loads(adapter.build_request(chat, "claude-sonnet-4-5", ProviderConfig(api_key="k")).body)
+    upstream = json.loads(adapter.build_request(chat, "claude-sonnet-4-5", AnthropicSettings(api_key="k")).body)
     assert upstream == sent
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from services.providers.base import Delta, StreamParser, StreamSummary
 from services.providers.openai.adapter import adapter, openai_compatible
+from services.providers.openai.settings import OpenAISettings
 from services.providers.sse import SSEDecoder
-from shared.config import ProviderConfig
 from shared.errors import (
     ContextWindowExceeded,
     GatewayError,
@@ -25,7 +25,7 @@ from shared.errors import (
 from shared.messages import ChatRequest, CompletionTokensDetails, FunctionCallDelta, ToolCallDelta, Usage
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "openai"
-KEY = ProviderConfig(api_key="sk-test")
+KEY = OpenAISettings(api_key="sk-test")
 HELLO = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello!"}]}
 
 
@@ -119,7 +119,7 @@ def test_stream_request_asks_for_usage_whatever_the_client_sent() -> None:
 def test_stream_request_keeps_extras_but_they_cannot_switch_streaming_off() -> None:
     extras = json.dumps({"stream": False, "stream_options": None, "top_k": 5}).encode()
     call = openai_compatible.build_stream_request(
-        msgspec.structs.replace(request(HELLO), extra_json=extras), "llama", ProviderConfig()
+        msgspec.structs.replace(request(HELLO), extra_json=extras), "llama", OpenAISettings()
     )
     assert call.url == "http://127.0.0.1:8000/v1/chat/completions"
     assert json.loads(call.body) == {

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
+from services.providers.anthropic.settings import AnthropicSettings
 from services.providers.base import (
     HttpCall,
     StreamDecoder,
@@ -28,7 +29,6 @@ from services.providers.base import (
 )
 from services.providers.parts import data_url, map_parts, tool_arguments, turns
 from services.providers.sse import SSEDecoder
-from shared.config import ProviderConfig
 from shared.errors import GatewayError, InvalidRequest
 from shared.messages import (
     ChatRequest,
@@ -173,15 +173,16 @@ _error_decoder = msgspec.json.Decoder(_ErrorBody)
 
 class AnthropicAdapter:
     name = "anthropic"
+    settings = AnthropicSettings
     default_base_url = "https://api.anthropic.com"
 
-    def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_request(self, request: ChatRequest, model: str, config: AnthropicSettings) -> HttpCall:
         return self._call(request, model, config, stream=False)
 
-    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_stream_request(self, request: ChatRequest, model: str, config: AnthropicSettings) -> HttpCall:
         return self._call(request, model, config, stream=True)
 
-    def _call(self, request: ChatRequest, model: str, config: ProviderConfig, *, stream: bool) -> HttpCall:
+    def _call(self, request: ChatRequest, model: str, config: AnthropicSettings, *, stream: bool) -> HttpCall:
         if isinstance(request.n, int) and request.n > 1:
             raise InvalidRequest("anthropic: n > 1 is not supported", param="n", code="unsupported_parameter")
         system, turns = _turns(request.messages)
@@ -257,9 +258,6 @@ class AnthropicAdapter:
             detail = _ErrorDetail()
         return error_from_detail(status, detail.type, detail.message or body_snippet(status, body), headers,
                                  provider=provider)
-
-    def config_problem(self, config: ProviderConfig) -> str | None:
-        return None
 
     def stream_decoder(self) -> StreamDecoder:
         return SSEDecoder()

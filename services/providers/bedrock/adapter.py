@@ -33,8 +33,8 @@ from services.providers.base import (
 )
 from services.providers.bedrock.eventstream import EventStreamDecoder
 from services.providers.bedrock.request import converse_request
+from services.providers.bedrock.settings import BedrockSettings
 from services.providers.bedrock.sigv4 import Credentials, sign
-from shared.config import ProviderConfig
 from shared.errors import GatewayError
 from shared.messages import (
     ChatRequest,
@@ -126,19 +126,20 @@ error_decoder = msgspec.json.Decoder(ErrorBody)
 
 class BedrockAdapter:
     name = "bedrock"
+    settings = BedrockSettings
     default_base_url = ""  # per region: https://bedrock-runtime.{region}.amazonaws.com
 
     def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.clock = clock  # a SigV4 signature holds the time it was made
 
-    def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_request(self, request: ChatRequest, model: str, config: BedrockSettings) -> HttpCall:
         return self._call(request, model, config, "converse")
 
-    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_stream_request(self, request: ChatRequest, model: str, config: BedrockSettings) -> HttpCall:
         # The stream's usage arrives in its `metadata` event without being asked for.
         return self._call(request, model, config, "converse-stream")
 
-    def _call(self, request: ChatRequest, model: str, config: ProviderConfig, operation: str) -> HttpCall:
+    def _call(self, request: ChatRequest, model: str, config: BedrockSettings, operation: str) -> HttpCall:
         headers = merge_headers({"Content-Type": "application/json"}, config.headers)
         secret = set(config.headers)  # operator-supplied headers often carry credentials
         base_url = (config.base_url or f"https://bedrock-runtime.{config.region}.amazonaws.com").rstrip("/")
@@ -212,15 +213,6 @@ class BedrockAdapter:
         kind = (lowered.get("x-amzn-errortype") or parsed.type or "").split(":")[0].rpartition("#")[2]
         message = parsed.message or parsed.capitalised or body_snippet(status, body)
         return error_from_exception(status, kind, message, headers, provider=provider)
-
-    def config_problem(self, config: ProviderConfig) -> str | None:
-        if not config.base_url and not config.region:
-            return "region: Bedrock needs a region (or AWS_REGION), or a base_url"
-        if config.api_key is None and config.aws_access_key_id and not config.region:
-            return "region: signing with an AWS access key needs the region (or AWS_REGION)"
-        if config.api_key is None and bool(config.aws_access_key_id) != bool(config.aws_secret_access_key):
-            return "aws_secret_access_key: an AWS access key needs both its id and its secret"
-        return None
 
     def stream_decoder(self) -> StreamDecoder:
         return EventStreamDecoder()  # converse-stream answers in AWS's binary event stream, not SSE

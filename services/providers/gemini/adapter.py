@@ -32,8 +32,8 @@ from services.providers.base import (
     splice_extras,
 )
 from services.providers.gemini.request import gemini_request
+from services.providers.gemini.settings import GeminiSettings
 from services.providers.sse import SSEDecoder
-from shared.config import ProviderConfig
 from shared.errors import GatewayError, InvalidRequest, ProviderError
 from shared.messages import (
     ChatRequest,
@@ -134,16 +134,17 @@ _error_decoder = msgspec.json.Decoder(_ErrorBody | list[_ErrorBody])
 
 class GeminiAdapter:
     name = "gemini"
+    settings = GeminiSettings
     default_base_url = "https://generativelanguage.googleapis.com"
 
-    def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_request(self, request: ChatRequest, model: str, config: GeminiSettings) -> HttpCall:
         return self._call(request, model, config, "generateContent")
 
-    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_stream_request(self, request: ChatRequest, model: str, config: GeminiSettings) -> HttpCall:
         # The stream's usage arrives in its chunks' `usageMetadata` without being asked for.
         return self._call(request, model, config, "streamGenerateContent?alt=sse")
 
-    def _call(self, request: ChatRequest, model: str, config: ProviderConfig, method: str) -> HttpCall:
+    def _call(self, request: ChatRequest, model: str, config: GeminiSettings, method: str) -> HttpCall:
         headers = {"Content-Type": "application/json"}
         secret = set(config.headers)  # operator-supplied headers often carry credentials
         if config.api_key is not None:
@@ -188,9 +189,6 @@ class GeminiAdapter:
             return error_from_detail(status, detail.error, headers, provider=provider)
         except msgspec.DecodeError:
             return error_for_status(status, body_snippet(status, body), provider=provider, headers=headers)
-
-    def config_problem(self, config: ProviderConfig) -> str | None:
-        return None
 
     def stream_decoder(self) -> StreamDecoder:
         return SSEDecoder()

@@ -11,6 +11,7 @@ results.json (every number) and summary.md (tables for docs/PERFORMANCE.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -29,8 +30,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: `bench` is then importable from the repository root
-from bench.procs import Sampler, free_port, process_tree, started_at, tree_rss
-from bench.summary import brief, machine, render
+# importable only once the path above is set
+from bench.procs import Sampler, free_port, process_tree, started_at, tree_rss  # noqa: E402
+from bench.summary import brief, machine, render  # noqa: E402
 
 VENVS = ROOT / "bench" / ".venvs"
 UPSTREAM_MODEL = "gpt-4o-mini"
@@ -80,16 +82,12 @@ class Service:
         tree = {pid: started_at(pid) for pid in process_tree(self.proc.pid)}
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # each system drains and stops its own children
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
         for pid, started in tree.items():  # whatever is left, including orphans of the tree
             if started is not None and started_at(pid) == started:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         self.proc.wait()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -75,7 +76,5 @@ def taking_work(nc: NatsClient, stop: asyncio.Event) -> Callable[[], bool]:
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     install_uvloop()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
-    except KeyboardInterrupt:
-        pass

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import uvicorn
+from nats.aio.client import Client
 
 from llm_edge.launcher import free_port
 from services.cache.service import CacheService
@@ -37,8 +38,8 @@ class Stack:
         self.caches: dict[str, CacheService] = {}
         self.routers: dict[str, Router] = {}
         self.workers: list[ProviderWorker] = []
-        self.ingress_nc = None
-        self.http: httpx.AsyncClient | None = None
+        self.ingress_nc: Client | None = None
+        self._http: httpx.AsyncClient | None = None
         self.apps: list[FastPath] = []
         self.ingresses: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
         self.extra_ncs: list[Any] = []
@@ -76,7 +77,7 @@ class Stack:
             await self.start_provider(name)
         self.ingress_nc = await bus.connect(self.config.nats_url, "test-ingress")
         self.url = await self._serve(create_app(self.config, self.ingress_nc))
-        self.http = httpx.AsyncClient(base_url=self.url, timeout=30)
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=30)
         return self
 
     async def _serve(self, app: FastPath) -> str:
@@ -115,6 +116,13 @@ class Stack:
     def openai(self, api_key: str = "unused", url: str | None = None, **options: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=f"{url or self.url}/v1", api_key=api_key, max_retries=0, **options)
 
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """A client of the stack's ingress (started by `start()`)."""
+        if self._http is None:
+            raise RuntimeError("the stack's ingress is not started")
+        return self._http
+
     async def close(self) -> None:
         for worker in self.workers:
             await worker.stop_queue()
@@ -123,8 +131,8 @@ class Stack:
         for worker in self.workers:
             await worker.stop_queue()
             await worker.close()
-        if self.http is not None:
-            await self.http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
         for server, _ in self.ingresses:
             server.should_exit = True
         for _, task in self.ingresses:

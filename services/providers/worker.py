@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 from nats.aio.msg import Msg
@@ -140,10 +140,10 @@ class ProviderWorker:
         adapter = self.adapter
         if self.local:
             return await adapter.complete(request, model, self.settings)  # type: ignore[union-attr]
-        return await self._call_http(cast(HttpAdapter, adapter), request, model, timeout)
+        return await self._call_http(cast(HttpAdapter[Any], adapter), request, model, timeout)
 
     async def _call_http(
-        self, adapter: HttpAdapter, request: ChatRequest, model: str, timeout: float
+        self, adapter: HttpAdapter[Any], request: ChatRequest, model: str, timeout: float
     ) -> ChatResult:
         call = adapter.build_request(request, model, self.settings)
         response = await self.upstream.send(call, timeout)

@@ -4,7 +4,8 @@ deploy/, checked offline: compose.yaml against the Compose specification, every 
 against the Kubernetes API schemas, and the references between files (commands, ports, selectors,
 metric names, configuration) against each other and against the code.
 
-The Kubernetes manifests are rendered by `kubectl kustomize`, exactly as `kubectl apply -k` would. Schemas: deploy/schemas/compose-spec.json (see its README) and the copies of the
+The Kubernetes manifests are rendered by `kubectl kustomize`, exactly as `kubectl apply -k` would. Schemas:
+deploy/schemas/compose-spec.json (see its README) and the copies of the
 Kubernetes schemas that the `kubernetes-validate` package ships.
 """
 

@@ -203,7 +203,8 @@ def test_a_bedrock_provider_needs_a_region_and_takes_it_from_the_environment(tmp
     with pytest.raises(ConfigError, match=r"providers\.bedrock\.region"):
         load(file, env={}, adapters=SETTINGS)
     assert load(file, env={"AWS_REGION": "eu-west-1"}, adapters=SETTINGS).providers["bedrock"].region == "eu-west-1"
-    enabled = load(env={"AWS_BEARER_TOKEN_BEDROCK": "b", "AWS_DEFAULT_REGION": "us-west-2"}, adapters=SETTINGS).providers[
+    env = {"AWS_BEARER_TOKEN_BEDROCK": "b", "AWS_DEFAULT_REGION": "us-west-2"}
+    enabled = load(env=env, adapters=SETTINGS).providers[
         "bedrock"
     ]
     assert (enabled.api_key, enabled.region) == ("b", "us-west-2")

@@ -32,7 +32,8 @@ def test_provider_keys_in_the_environment_enable_those_providers() -> None:
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
     file = tmp_path / "edge.yaml"
     file.write_text("ingress:\n  port: 9000\nnats_url: nats://a:1\n")
-    config = load(file, env={"PORT": "9100", "REDIS_URL": "redis://r:6379/0", "NATS_URL": "nats://b:2"}, adapters=SETTINGS)
+    env = {"PORT": "9100", "REDIS_URL": "redis://r:6379/0", "NATS_URL": "nats://b:2"}
+    config = load(file, env=env, adapters=SETTINGS)
     assert config.ingress.port == 9100
     assert config.cache.redis_url == "redis://r:6379/0"
     assert config.nats_url == "nats://b:2"

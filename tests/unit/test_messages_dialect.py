@@ -75,7 +75,8 @@ def test_a_plain_request_maps_field_by_field() -> None:
 
 def test_system_blocks_and_content_blocks_keep_their_parts() -> None:
     chat = parse_messages_request(body(
-        system=[{"type": "text", "text": "One.", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "Two."}],
+        system=[{"type": "text", "text": "One.", "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "Two."}],
         messages=[{"role": "user", "content": [
             {"type": "text", "text": "What is this?"},
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},

@@ -143,7 +143,8 @@ def test_the_environment_gives_a_configured_bedrock_its_access_keys() -> None:
         "S",
         "T",
     )
-    assert "bedrock" not in load(env={"AWS_ACCESS_KEY_ID": "A", "AWS_SECRET_ACCESS_KEY": "S"}, adapters=SETTINGS).providers
+    keys_only = {"AWS_ACCESS_KEY_ID": "A", "AWS_SECRET_ACCESS_KEY": "S"}
+    assert "bedrock" not in load(env=keys_only, adapters=SETTINGS).providers
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,9 @@ Followed: docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Converse.h
 errors and their statuses), API_runtime_ConverseStream.html and API_runtime_ConverseStreamOutput.html
 (the event-stream members, in `bedrock_stream.py`), API_runtime_ContentBlock / ToolUseBlock /
 ToolResultBlock / ToolConfiguration / ToolChoice (the request, in `bedrock_request.py`) / TokenUsage, and
-userguide/api-keys-use.html (a Bedrock API key goes in `Authorization: Bearer`). Errors are restJson1: `{"message": …}` with the type in the
-`x-amzn-ErrorType` header. Without an API key, an AWS access key signs each call (SigV4, `sigv4.py`).
+userguide/api-keys-use.html (a Bedrock API key goes in `Authorization: Bearer`). Errors are restJson1:
+`{"message": …}` with the type in the `x-amzn-ErrorType` header. Without an API key, an AWS access key signs
+each call (SigV4, `sigv4.py`).
 """
 
 from __future__ import annotations

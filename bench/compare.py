@@ -177,9 +177,9 @@ class LLMEdge(System):
                         NATS_MONITOR_PORT=str(free_port()))
         cli = Path(sys.executable).parent / "llm-edge"
         argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "llm_edge.cli"]
-        self.service = Service(self.name, [*argv, "-c", str(config), "up"], env, out / "llm-edge.log")
-        wall = self.service.wait_for("'LLM Edge ready'", lambda: "LLM Edge ready in" in self.service.log_text(), 60)
-        line = self.service.log_text().split("LLM Edge ready in", 1)[1]
+        service = self.service = Service(self.name, [*argv, "-c", str(config), "up"], env, out / "llm-edge.log")
+        wall = service.wait_for("'LLM Edge ready'", lambda: "LLM Edge ready in" in service.log_text(), 60)
+        line = service.log_text().split("LLM Edge ready in", 1)[1]
         self.reported_ready = float(line.split("s", 1)[0])
         return wall
 
@@ -223,12 +223,12 @@ class LiteLLM(System):
         env = clean_env(LITELLM_TELEMETRY="False", LITELLM_LOCAL_MODEL_COST_MAP="True")
         argv = [str(self.home / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1",
                 "--port", str(self.port), "--num_workers", str(self.workers)]
-        self.service = Service(self.name, argv, env, out / f"{self.name}.log", cwd=out)
-        wall = self.service.wait_for("readiness", lambda: http_ok(f"http://127.0.0.1:{self.port}/health/readiness"),
-                                     240)
+        service = self.service = Service(self.name, argv, env, out / f"{self.name}.log", cwd=out)
+        wall = service.wait_for("readiness", lambda: http_ok(f"http://127.0.0.1:{self.port}/health/readiness"),
+                                240)
         # Readiness answers once one worker is up; measure and load only when every worker is.
-        self.service.wait_for(f"{self.workers} workers",
-                              lambda: self.service.log_text().count("Application startup complete") >= self.workers,
+        service.wait_for(f"{self.workers} workers",
+                         lambda: service.log_text().count("Application startup complete") >= self.workers,
                               240)
         return wall
 

@@ -153,7 +153,8 @@ class _Container:
 
         container = DockerContainer(self.image).with_command(self.command)
         for inside, outside in self.ports.items():  # loopback only (with_bind_ports binds every interface)
-            container.ports[f"{inside}/tcp"] = ("127.0.0.1", outside)
+            # docker-py binds a (host, port) pair; testcontainers annotates the value as a bare port.
+            container.ports[f"{inside}/tcp"] = ("127.0.0.1", outside)  # type: ignore[assignment]
         self.container = container.start()
         port = next(iter(self.ports.values()))
         wait_until_serving(port, type(self).answers, lambda: self.running)

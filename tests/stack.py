@@ -9,6 +9,7 @@ import asyncio
 import itertools
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import uvicorn
@@ -140,3 +141,10 @@ class Stack:
         for nc in [self.ingress_nc, *self.extra_ncs]:
             if nc is not None and not nc.is_closed:
                 await nc.close()
+
+
+def error_body(exc: openai.APIStatusError | anthropic.APIStatusError) -> dict[str, Any]:
+    """The JSON body of an error answer, as the SDK parsed it (both SDKs type it as `object`)."""
+    body = exc.body
+    assert isinstance(body, dict), body
+    return body

@@ -246,7 +246,7 @@ def events(*items: tuple[str, dict[str, Any]]) -> bytes:
 
 
 START = ("message_start", {"message": {"id": "msg_1", "model": "claude-x", "usage": {"input_tokens": 5}}})
-STOPPED = ("message_stop", {})
+STOPPED: tuple[str, dict[str, Any]] = ("message_stop", {})
 
 
 def block_start(index: int, **block: Any) -> tuple[str, dict[str, Any]]:

@@ -66,6 +66,7 @@ def test_an_azure_provider_without_an_endpoint_is_refused_at_start(tmp_path: Pat
 def test_the_environment_enables_azure_with_its_endpoint_and_version() -> None:
     env = {"AZURE_OPENAI_API_KEY": "k", "AZURE_OPENAI_ENDPOINT": ENDPOINT, "OPENAI_API_VERSION": "v1"}
     azure = load(env=env, adapters=SETTINGS).providers["azure"]
+    assert isinstance(azure, AzureSettings)
     assert (azure.api_key, azure.base_url, azure.api_version) == ("k", ENDPOINT, "v1")
 
 

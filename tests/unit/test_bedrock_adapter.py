@@ -202,12 +202,11 @@ def test_a_bedrock_provider_needs_a_region_and_takes_it_from_the_environment(tmp
     file.write_text("providers:\n  bedrock: {api_key: k}\n")
     with pytest.raises(ConfigError, match=r"providers\.bedrock\.region"):
         load(file, env={}, adapters=SETTINGS)
-    assert load(file, env={"AWS_REGION": "eu-west-1"}, adapters=SETTINGS).providers["bedrock"].region == "eu-west-1"
+    from_env = load(file, env={"AWS_REGION": "eu-west-1"}, adapters=SETTINGS).providers["bedrock"]
+    assert isinstance(from_env, BedrockSettings) and from_env.region == "eu-west-1"
     env = {"AWS_BEARER_TOKEN_BEDROCK": "b", "AWS_DEFAULT_REGION": "us-west-2"}
-    enabled = load(env=env, adapters=SETTINGS).providers[
-        "bedrock"
-    ]
-    assert (enabled.api_key, enabled.region) == ("b", "us-west-2")
+    enabled = load(env=env, adapters=SETTINGS).providers["bedrock"]
+    assert isinstance(enabled, BedrockSettings) and (enabled.api_key, enabled.region) == ("b", "us-west-2")
 
 
 # --- parse_response ------------------------------------------------------------------------------

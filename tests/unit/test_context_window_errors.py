@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,7 @@ _VALIDATION = {"x-amzn-ErrorType": "ValidationException:http://internal.amazon.c
     ids=lambda v: v if isinstance(v, str) else "",
 )
 def test_each_providers_overflow_body_is_a_context_window_error(
-    adapter: HttpAdapter, name: str, headers: dict[str, str]
+    adapter: HttpAdapter[Any], name: str, headers: dict[str, str]
 ) -> None:
     error = adapter.parse_error(400, fixture(name), headers, provider="p")
     assert type(error) is ContextWindowExceeded
@@ -68,7 +69,7 @@ def test_each_providers_overflow_body_is_a_context_window_error(
     ],
 )
 def test_other_invalid_requests_stay_plain(
-    adapter: HttpAdapter, status: int, name: str, headers: dict[str, str]
+    adapter: HttpAdapter[Any], status: int, name: str, headers: dict[str, str]
 ) -> None:
     assert not isinstance(adapter.parse_error(status, fixture(name), headers, provider="p"),
                           ContextWindowExceeded)

@@ -157,7 +157,7 @@ def _exposed_metrics() -> dict[str, set[str]]:
             continue
         labels = set(value._labelnames)
         suffixes = {"counter": ["_total", "_created"], "gauge": [""],
-                    "histogram": ["_bucket", "_sum", "_count", "_created"]}[value._type]
+                    "histogram": ["_bucket", "_sum", "_count", "_created"]}[str(value._type)]
         for suffix in suffixes:
             exposed[value._name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
     return exposed

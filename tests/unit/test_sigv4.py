@@ -138,6 +138,7 @@ def test_the_environment_gives_a_configured_bedrock_its_access_keys() -> None:
         "AWS_SESSION_TOKEN": "T",
     }
     bedrock = load(env=env, adapters=SETTINGS).providers["bedrock"]
+    assert isinstance(bedrock, BedrockSettings)
     assert (bedrock.aws_access_key_id, bedrock.aws_secret_access_key, bedrock.aws_session_token) == (
         "A",
         "S",

@@ -47,7 +47,8 @@ def bench(url: str, concurrency: int, seconds: int) -> dict[str, object]:
     subprocess.run([sys.executable, "-m", "llm_edge.cli", "bench", "--url", f"{url}/v1", "--model", "bench-model",
                     "--concurrency", str(concurrency), "--duration", str(seconds), "--unique-prompts",
                     "--header", "Cache-Control: no-store", "--json", str(out)], check=True, stdout=subprocess.DEVNULL)
-    return json.loads(out.read_text())
+    result: dict[str, object] = json.loads(out.read_text())
+    return result
 
 
 def metric_sums(url: str) -> dict[str, float]:

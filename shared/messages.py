@@ -7,12 +7,23 @@ Replies are one tagged union (`Reply`), decoded in one call and dispatched with 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 # --- request -------------------------------------------------------------------------------------
+
+# The ranges OpenAI documents for its parameters (API reference, "Create chat completion"): a body outside
+# them fails to decode, with the field named, before it costs an upstream call.
+NonEmptyStr = Annotated[str, Meta(min_length=1)]
+Temperature = Annotated[float, Meta(ge=0, le=2)]
+Probability = Annotated[float, Meta(ge=0, le=1)]
+Penalty = Annotated[float, Meta(ge=-2, le=2)]
+Choices = Annotated[int, Meta(ge=1, le=128)]
+TokenCount = Annotated[int, Meta(ge=1)]
+TopLogprobs = Annotated[int, Meta(ge=0, le=20)]
+LogitBias = Annotated[float, Meta(ge=-100, le=100)]
 
 
 class ImageURL(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -99,21 +110,21 @@ class StreamOptions(Struct, frozen=True, kw_only=True, omit_defaults=True):
 class ChatRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The unified chat request: OpenAI's parameters, each UNSET unless the client sent it."""
 
-    model: str
-    messages: list[Message]
-    temperature: float | None | UnsetType = UNSET
-    top_p: float | None | UnsetType = UNSET
-    n: int | None | UnsetType = UNSET
+    model: NonEmptyStr
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    temperature: Temperature | None | UnsetType = UNSET
+    top_p: Probability | None | UnsetType = UNSET
+    n: Choices | None | UnsetType = UNSET
     stream: bool | None | UnsetType = UNSET
     stream_options: StreamOptions | None | UnsetType = UNSET
     stop: str | list[str] | None | UnsetType = UNSET
-    max_tokens: int | None | UnsetType = UNSET
-    max_completion_tokens: int | None | UnsetType = UNSET
-    presence_penalty: float | None | UnsetType = UNSET
-    frequency_penalty: float | None | UnsetType = UNSET
-    logit_bias: dict[str, float] | None | UnsetType = UNSET
+    max_tokens: TokenCount | None | UnsetType = UNSET
+    max_completion_tokens: TokenCount | None | UnsetType = UNSET
+    presence_penalty: Penalty | None | UnsetType = UNSET
+    frequency_penalty: Penalty | None | UnsetType = UNSET
+    logit_bias: dict[str, LogitBias] | None | UnsetType = UNSET
     logprobs: bool | None | UnsetType = UNSET
-    top_logprobs: int | None | UnsetType = UNSET
+    top_logprobs: TopLogprobs | None | UnsetType = UNSET
     seed: int | None | UnsetType = UNSET
     tools: list[Tool] | None | UnsetType = UNSET
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None | UnsetType = UNSET

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct, UnsetType
 
-from services.ingress.parse import decode_body, validate
+from services.ingress.parse import Problem, decode_body, invalid, validate
 from shared.errors import GatewayError, InvalidRequest
 from shared.messages import (
     ChatRequest,
@@ -25,7 +25,10 @@ from shared.messages import (
     ImageURL,
     Message,
     NamedFunction,
+    NonEmptyStr,
+    Probability,
     TextPart,
+    TokenCount,
     Tool,
     ToolCall,
     ToolChoiceFunction,
@@ -101,12 +104,13 @@ class Metadata(Struct, kw_only=True):
 
 
 class MessagesRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    model: str
-    messages: list[InputMessage]
-    max_tokens: int
+    # Constraints as Anthropic's API reference documents them (temperature 0..1, max_tokens >= 1).
+    model: NonEmptyStr
+    messages: Annotated[list[InputMessage], Meta(min_length=1)]
+    max_tokens: TokenCount
     system: str | list[TextBlock] | UnsetType = UNSET
-    temperature: float | UnsetType = UNSET
-    top_p: float | UnsetType = UNSET
+    temperature: Probability | UnsetType = UNSET
+    top_p: Probability | UnsetType = UNSET
     stop_sequences: list[str] | UnsetType = UNSET
     stream: bool | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET
@@ -118,10 +122,6 @@ class MessagesRequest(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 _decoder = msgspec.json.Decoder(MessagesRequest)
-_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
-_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
-_MISSING = re.compile(r"missing required field `([^`]+)`")
-_VALUE = re.compile(r"^Invalid value ('[^']*')")
 _BLOCK_TYPE = re.compile(r"content\[\d+\]\.type$")
 _TOOL_TYPE = re.compile(r"^tools\[\d+\]\.type$")
 _TOOL_CHOICES: dict[str, Literal["auto", "required", "none"]] = {"auto": "auto", "any": "required", "none": "none"}
@@ -134,32 +134,22 @@ def parse_messages_request(body: bytes) -> ChatRequest:
     return chat
 
 
-def _invalid(text: str) -> InvalidRequest:
-    match = _PATH.search(text)
-    where = match.group(1) if match else ""
-    if unknown := _UNKNOWN.search(text):
-        name = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
-        return InvalidRequest(f"`{name}`: this field is not supported by this gateway's Messages API.",
-                              param=name, code="unsupported_parameter")
-    if missing := _MISSING.search(text):
-        name = f"{where}.{missing.group(1)}" if where else missing.group(1)
-        return InvalidRequest(f"`{name}`: field required.", param=name)
-    if (value := _VALUE.search(text)) and _BLOCK_TYPE.search(where):
-        return InvalidRequest(f"`{where}`: content blocks of type {value.group(1)} are not supported by this "
-                              "gateway (text, image, tool_use and tool_result are).", param=where,
+def _invalid(problem: Problem) -> InvalidRequest:
+    where = problem.path
+    if problem.kind == "unknown":
+        return InvalidRequest(f"`{problem.param}`: this field is not supported by this gateway's Messages API.",
+                              param=problem.param, code="unsupported_parameter")
+    if problem.kind == "invalid" and _BLOCK_TYPE.search(where):  # a tag no block type of ours has
+        return InvalidRequest(f"`{where}`: {problem.detail}; content blocks of that type are not supported by "
+                              "this gateway (text, image, tool_use and tool_result are).", param=where,
                               code="unsupported_content")
-    if _TOOL_TYPE.search(where):
+    if problem.kind == "invalid" and _TOOL_TYPE.search(where):
         return InvalidRequest(f"`{where}`: only client tools (a name and an input_schema) are supported by this "
                               "gateway, not Anthropic's server tools.", param=where, code="unsupported_tool")
-    return InvalidRequest(f"Invalid request: {text}", param=where or None)
+    return invalid(problem)
 
 
 def to_chat_request(request: MessagesRequest) -> ChatRequest:
-    if request.max_tokens < 1:
-        raise InvalidRequest(f"`max_tokens` must be at least 1, got {request.max_tokens}.", param="max_tokens")
-    if isinstance(request.temperature, float | int) and not 0 <= request.temperature <= 1:
-        raise InvalidRequest(f"`temperature` must be between 0 and 1, got {request.temperature}.",
-                             param="temperature")
     messages = [*_system(request.system)]
     for i, message in enumerate(request.messages):
         messages += _messages(message, f"messages[{i}]")

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 from opentelemetry.trace import SpanKind
@@ -22,7 +22,7 @@ from services.providers.base import HttpAdapter, LocalAdapter
 from services.providers.http import Upstream
 from services.providers.registry import ADAPTERS
 from shared import bus, metrics, pricing, runtime, tracing
-from shared.config import Config, ProviderConfig
+from shared.config import Config, ProviderSettings
 from shared.errors import DeadlineExceeded, GatewayError, ProviderError
 from shared.logs import request_id
 from shared.messages import (
@@ -42,8 +42,8 @@ log = logging.getLogger("llm_edge.provider")
 class ProviderWorker:
     def __init__(self, config: Config, name: str) -> None:
         self.name = name
-        self.settings: ProviderConfig = config.provider(name)
-        self.adapter = ADAPTERS[self.settings.adapter or name]
+        self.settings: ProviderSettings = config.provider(name)
+        self.adapter = ADAPTERS[self.settings.adapter]
         # Decided once: a runtime Protocol check costs microseconds on every request.
         self.local = isinstance(self.adapter, LocalAdapter)
         self.instance = ""
@@ -142,10 +142,10 @@ class ProviderWorker:
         adapter = self.adapter
         if self.local:
             return await adapter.complete(request, model, self.settings)  # type: ignore[union-attr]
-        return await self._call_http(cast(HttpAdapter, adapter), request, model, timeout)
+        return await self._call_http(cast(HttpAdapter[Any], adapter), request, model, timeout)
 
     async def _call_http(
-        self, adapter: HttpAdapter, request: ChatRequest, model: str, timeout: float
+        self, adapter: HttpAdapter[Any], request: ChatRequest, model: str, timeout: float
     ) -> ChatResult:
         call = adapter.build_request(request, model, self.settings)
         response = await self.upstream.send(call, timeout)

@@ -66,11 +66,13 @@ _messages_decoder = msgspec.json.Decoder(_MessagesRequest)
 
 
 class Scripted(msgspec.Struct, forbid_unknown_fields=True):
-    """One queued answer; `body` null with an error status means the provider's documented error body."""
+    """One queued answer; `body` null with an error status means the provider's documented error body, with
+    `message` as its message when given (e.g. the provider's words for a context-window overflow)."""
 
     status: int = 200
     headers: dict[str, str] = {}
     body: Any = None
+    message: str | None = None
     raw: str | None = None
     delay_ms: float = 0.0  # on top of the server's latency
     # Close the connection after this many content chunks (non-streaming: after half the body).

@@ -358,7 +358,7 @@ class MockUpstream:
             elif scripted.body is not None:
                 body = encode(scripted.body)
             else:
-                body = dialect.error(scripted.status, None, seq)
+                body = dialect.error(scripted.status, scripted.message, seq)
                 headers = dialect.error_headers(scripted.status) | headers
             return _Out(_response(scripted.status, body, headers, ka), [])
         try:

@@ -13,8 +13,13 @@ import uuid
 import msgspec
 from msgspec import Struct
 
-from services.providers.anthropic.adapter import FINISH_REASONS, MessageUsage, unified_usage
-from services.providers.base import Delta, StreamSummary, bad_response, error_for_status, stream_truncated
+from services.providers.anthropic.adapter import (
+    FINISH_REASONS,
+    MessageUsage,
+    error_from_detail,
+    unified_usage,
+)
+from services.providers.base import Delta, StreamSummary, bad_response, stream_truncated
 from shared.errors import GatewayError
 from shared.messages import FunctionCallDelta, ToolCallDelta
 
@@ -171,10 +176,5 @@ class EventParser:
                 setattr(self.usage, name, value)
 
     def _error(self, detail: _ErrorDetail) -> GatewayError:
-        return error_for_status(
-            _ERROR_STATUS.get(detail.type, 500),
-            detail.message or "an error event in the stream",
-            provider=self.provider,
-            headers={},
-            code=detail.type or None,
-        )
+        return error_from_detail(_ERROR_STATUS.get(detail.type, 500), detail.type,
+                                 detail.message or "an error event in the stream", {}, provider=self.provider)

@@ -20,13 +20,15 @@ from services.providers.base import (
     StreamParser,
     bad_response,
     body_snippet,
+    context_window_exceeded,
     error_for_status,
     merge_headers,
     splice_extras,
 )
+from services.providers.openai.settings import OpenAICompatibleSettings, OpenAISettings
 from services.providers.sse import SSEDecoder
-from shared.config import ProviderConfig
-from shared.errors import GatewayError
+from shared.config import ProviderSettings
+from shared.errors import ContextWindowExceeded, GatewayError
 from shared.messages import (
     ChatRequest,
     ChatResult,
@@ -102,18 +104,19 @@ _NOT_RETRYABLE_CODES = frozenset({"insufficient_quota"})
 class OpenAICompatible:
     """An `HttpAdapter` for `POST {base_url}/chat/completions` with a bearer key."""
 
-    def __init__(self, name: str, default_base_url: str) -> None:
+    def __init__(self, name: str, default_base_url: str, settings: type[ProviderSettings]) -> None:
         self.name = name
         self.default_base_url = default_base_url
+        self.settings = settings
 
-    def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_request(self, request: ChatRequest, model: str, config: ProviderSettings) -> HttpCall:
         return self._call(request, model, config, stream=False)
 
-    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderSettings) -> HttpCall:
         # Usage arrives in one last chunk only when asked for; without it a stream cannot be billed.
         return self._call(request, model, config, stream=True)
 
-    def _call(self, request: ChatRequest, model: str, config: ProviderConfig, *, stream: bool) -> HttpCall:
+    def _call(self, request: ChatRequest, model: str, config: ProviderSettings, *, stream: bool) -> HttpCall:
         # The worker decides how to call, whatever the client asked: one answer, or a stream with usage.
         upstream = msgspec.structs.replace(
             request,
@@ -141,14 +144,11 @@ class OpenAICompatible:
 
     # --- where to call: the two things an OpenAI-shaped provider (Azure) may change ---
 
-    def url(self, config: ProviderConfig, model: str) -> str:
+    def url(self, config: ProviderSettings, model: str) -> str:
         return f"{(config.base_url or self.default_base_url).rstrip('/')}/chat/completions"
 
     def auth_header(self, key: str) -> tuple[str, str]:
         return "Authorization", f"Bearer {key}"
-
-    def config_problem(self, config: ProviderConfig) -> str | None:
-        return None
 
     def stream_decoder(self) -> StreamDecoder:
         return SSEDecoder()
@@ -198,6 +198,8 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str], *, pro
         message = parsed.error
     elif parsed.message:
         message = parsed.message
+    if code == ContextWindowExceeded.default_code:
+        return context_window_exceeded(message, provider=provider)
     error = error_for_status(status, message, provider=provider, headers=headers, code=code)
     error.param = param
     if code in _NOT_RETRYABLE_CODES:
@@ -223,5 +225,7 @@ def _merge_extras(body: bytes, extra_json: bytes) -> bytes:
     return splice_extras(body, extra_json, lambda key: key not in _MODELED_FIELDS)
 
 
-adapter = OpenAICompatible("openai", "https://api.openai.com/v1")
-openai_compatible = OpenAICompatible("openai_compatible", "http://127.0.0.1:8000/v1")
+adapter = OpenAICompatible("openai", "https://api.openai.com/v1", OpenAISettings)
+openai_compatible = OpenAICompatible(
+    "openai_compatible", "http://127.0.0.1:8000/v1", OpenAICompatibleSettings
+)

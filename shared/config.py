@@ -121,6 +121,14 @@ class CacheConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     lookup_timeout_seconds: float = 1.0
 
 
+class ResponsesConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The Responses API's stored responses (`store: true`, `previous_response_id`): a JetStream key-value
+    bucket every ingress replica shares."""
+
+    retention_seconds: float = 30 * 24 * 3600.0  # a stored response expires this long after it was written
+    storage: Literal["file", "memory"] = "file"
+
+
 class ApiKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One caller's key: only its SHA-256 digest is configured (`llm-edge hash-key` prints it)."""
 
@@ -156,6 +164,7 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     otel_endpoint: str | None = None
     ingress: IngressConfig = IngressConfig()
     cache: CacheConfig = CacheConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     router: RouterConfig = RouterConfig()
     providers: dict[str, ProviderConfig] = {}
     models: list[ModelRoute] = []

@@ -107,8 +107,11 @@ class EventWriter:
         code = error.code or ("server_error" if error.http_status >= 500 else "invalid_request")
         self._event(out, "error", code=code, message=error.message, param=error.param)
         output = [item for item in self.output if item is not None]
+        # A failed response's `error.code` is one of OpenAI's fixed few: what a client may act on (Codex
+        # waits and retries on `rate_limit_exceeded`); the `error` event above carries the gateway's own code.
+        failed = "rate_limit_exceeded" if error.http_status == 429 else "server_error"
         response = response_of(self.turn, self.model, output, "failed", None,
-                               error=ErrorInfo(code=code, message=error.message))
+                               error=ErrorInfo(code=failed, message=error.message))
         self._event(out, "response.failed", response=response)
         return b"".join(out)
 

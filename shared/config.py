@@ -20,6 +20,9 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the bad field."""
 
 
+_RESPONSES_API_ADAPTERS = frozenset({"openai"})  # adapters whose provider serves OpenAI's Responses API
+
+
 class ProviderConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Which adapter speaks for this entry; defaults to the entry's own name, so several entries can
     # use one adapter (two OpenAI-compatible servers, say).
@@ -48,6 +51,13 @@ class ProviderConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     stream_chunks: int = 8
     chunk_interval_ms: float = 0.0
     stream_fail_after: int | None = None  # chunks sent before a simulated mid-stream failure
+    # Responses API clients: call this provider's own `/responses` instead of translating to chat completions
+    # (keeps reasoning items and built-in tools). Default: on for the `openai` adapter; Azure OpenAI's v1 API
+    # serves it too (`responses_api: true` with `api_version: v1`).
+    responses_api: bool | None = None
+
+    def native_responses(self, adapter: str) -> bool:
+        return self.responses_api if self.responses_api is not None else adapter in _RESPONSES_API_ADAPTERS
 
 
 class Target(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

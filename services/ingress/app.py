@@ -16,6 +16,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, M
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Literal
 
+import msgspec
 from fastapi import FastAPI
 from opentelemetry.trace import Span, SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -149,6 +150,8 @@ async def create_response(gateway: Gateway, store: ResponseStore, request: Reque
     previous = parsed.previous_response_id
     history = await store.history(tenant, previous) if isinstance(previous, str) else []
     chat, turn = responses_dialect.to_turn(parsed, history)
+    if _native_responses(gateway, chat.model):
+        chat = msgspec.structs.replace(chat, responses_body=responses_dialect.native_body(body, history))
     ex = await proceed(gateway, request, rid, grant, chat)
     if chat.stream is not True:
         response = await answer(gateway, request, ex, started, lambda result: responses_dialect.response_json(result, turn))
@@ -172,6 +175,14 @@ async def create_response(gateway: Gateway, store: ResponseStore, request: Reque
     if turn.toolbox.dropped:
         response.headers[responses_dialect.DROPPED_TOOLS_HEADER] = ",".join(sorted(set(turn.toolbox.dropped)))
     return response
+
+
+def _native_responses(gateway: Gateway, model: str) -> bool:
+    """Whether a target of `model` may be a provider with a Responses API of its own: only then does the
+    unified request carry the Responses body (the router picks the target; the worker decides how to call)."""
+    providers = gateway.config.providers
+    return any((p := providers.get(t.provider)) is not None and p.native_responses(p.adapter or t.provider)
+               for t in gateway.routes.resolve(model))
 
 
 async def _keep(store: ResponseStore, tenant: str, turn: responses_dialect.Turn, response: bytes) -> None:

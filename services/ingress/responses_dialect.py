@@ -183,6 +183,28 @@ def to_turn(request: ResponsesRequest, history: list[Item]) -> tuple[ChatRequest
     return chat, Turn(request, items, toolbox, history)
 
 
+# Fields of a Responses body that never change the answer (or that the gateway answers itself): left out of
+# the body a provider's own Responses API gets, so they cannot split the cache either.
+_NOT_FORWARDED = ("previous_response_id", "store", "stream", "stream_options", "metadata", "user",
+                  "client_metadata", "prompt_cache_key", "safety_identifier", "background", "conversation")
+_fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def native_body(body: bytes, history: list[Item]) -> bytes:
+    """The body for a provider with a Responses API of its own: the client's, with the stored conversation
+    in front of its input, so the provider needs no state of its own (`store: false`)."""
+    fields = _fields.decode(body)
+    for name in _NOT_FORWARDED:
+        fields.pop(name, None)
+    if history:
+        current = bytes(fields["input"])
+        if current.lstrip().startswith(b'"'):
+            current = b'[{"type":"message","role":"user","content":' + current + b"}]"
+        before = _json.encode(history)
+        fields["input"] = msgspec.Raw(before[:-1] + (b"," + current.lstrip()[1:] if current.strip() != b"[]" else b"]"))
+    return _json.encode(fields)
+
+
 def _tool_choice(
     choice: Literal["none", "auto", "required"] | ToolChoiceSpec | None | UnsetType, toolbox: Toolbox
 ) -> Literal["none", "auto", "required"] | ToolChoiceFunction | UnsetType:
@@ -291,7 +313,7 @@ class ResponseObject(Struct, kw_only=True):
     instructions: str | None = None
     max_output_tokens: int | None = None
     model: str
-    output: list[OutputItem]
+    output: list[OutputItem | msgspec.Raw] | msgspec.Raw  # Raw: a provider's own Responses API said it
     parallel_tool_calls: bool = True
     previous_response_id: str | None = None
     reasoning: Reasoning = Reasoning()
@@ -325,7 +347,7 @@ def usage_of(usage: Usage | None) -> ResponseUsage | None:
 
 
 def response_of(
-    turn: Turn, model: str, output: list[OutputItem], status: str, usage: Usage | None,
+    turn: Turn, model: str, output: list[OutputItem | msgspec.Raw] | msgspec.Raw, status: str, usage: Usage | None,
     finish_reason: str | None = None, error: ErrorInfo | None = None,
 ) -> ResponseObject:
     r = turn.request
@@ -365,11 +387,13 @@ def call_item(call_id: str, name: ToolName, arguments: str, status: str = "compl
                            namespace=namespace)
 
 
-def output_of(result: ChatResult, turn: Turn) -> list[OutputItem]:
+def output_of(result: ChatResult, turn: Turn) -> list[OutputItem | msgspec.Raw] | msgspec.Raw:
+    if result.responses_output is not None:
+        return msgspec.Raw(result.responses_output)  # the provider's own items, reasoning included
     choice = result.choices[0] if result.choices else None
     if choice is None:
         return []
-    output: list[OutputItem] = []
+    output: list[OutputItem | msgspec.Raw] = []
     message = choice.message
     content: list[OutputText | Refusal] = []
     if message.content:

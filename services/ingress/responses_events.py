@@ -55,7 +55,7 @@ class EventWriter:
         self.turn, self.model = turn, model
         self.seq = 0
         self.started = False
-        self.output: list[OutputItem | None] = []  # by output index; None while the item is open
+        self.output: list[OutputItem | msgspec.Raw | None] = []  # by output index; None while the item is open
         self.text: _Text | None = None
         self.calls: dict[int, _Call] = {}  # unified tool call index -> its open item
         self.finish_reason: str | None = None
@@ -76,6 +76,12 @@ class EventWriter:
         out: list[bytes] = []
         if not self.started:
             self._start(out)
+        if frame.item_json is not None:  # a whole item from a provider's own Responses API (reasoning)
+            self._close_text(out)
+            item = msgspec.Raw(frame.item_json)
+            self.output.append(item)
+            self._event(out, "response.output_item.added", output_index=len(self.output) - 1, item=item)
+            self._event(out, "response.output_item.done", output_index=len(self.output) - 1, item=item)
         if frame.content:
             text = self.text or self._open_text(out)
             text.pieces.append(frame.content)

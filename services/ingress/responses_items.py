@@ -246,6 +246,8 @@ def to_messages(items: list[Item], toolbox: Toolbox, where: str = "input") -> li
             case "additional_tools":
                 for j, spec in enumerate(item.tools or ()):
                     toolbox.add(spec, f"{at}.tools[{j}]")
+            case _ if where != "input":
+                continue  # an item a provider's own Responses API produced (a web search call…): its own business
             case other:
                 raise InvalidRequest(f"Input items of type `{other}` are not supported by this gateway "
                                      f"({', '.join(ITEM_TYPES)} are).", param=f"{at}.type", code="unsupported_item")

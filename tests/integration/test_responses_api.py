@@ -39,6 +39,7 @@ def providers(upstream: MockUpstream) -> dict[str, dict[str, object]]:
         "gemini": {"adapter": "gemini", "base_url": upstream.url, "api_key": "k"},
         "bedrock": {"adapter": "bedrock", "base_url": upstream.url, "api_key": "k"},
         "dies": {"adapter": "mock", "stream_fail_after": 2},
+        "native": {"adapter": "openai", "base_url": f"{upstream.url}/v1", "api_key": "k"},
     }
 
 
@@ -384,3 +385,52 @@ async def test_wrong_method_and_unknown_paths_speak_openai(stack: Stack) -> None
     response = await stack.http.put("/v1/responses")
     assert response.status_code == 405 and response.json()["error"]["message"]
     assert isinstance(stack.http, httpx.AsyncClient)
+
+
+async def test_openai_is_called_natively_and_reasoning_items_survive(stack: Stack, upstream: MockUpstream) -> None:
+    """OpenAI has a Responses API of its own: the worker calls it, so the reasoning item (its encrypted
+    content included) reaches the client, and goes back upstream on the next turn, by value or by id."""
+    sdk = stack.openai()
+    first = await sdk.responses.create(model="native/gpt-5", input="What is the weather in Paris?", tools=[WEATHER],
+                                       include=["reasoning.encrypted_content"], extra_headers=NO_CACHE)
+    assert upstream.stats["calls_by_path"] == {"/v1/responses": 1}
+    sent = upstream.stats["last_request"]
+    assert (sent["model"], sent["store"], sent["include"]) == ("gpt-5", False, ["reasoning.encrypted_content"])
+    reasoning, call = first.output
+    assert reasoning.type == "reasoning" and reasoning.encrypted_content and reasoning.encrypted_content.startswith("enc-mock-")
+    assert call.type == "function_call" and json.loads(call.arguments) == {"location": "Paris"}
+    assert first.usage is not None and first.usage.output_tokens_details.reasoning_tokens == 3
+    items = [i.model_dump(exclude_none=True) for i in first.output]
+    second = await sdk.responses.create(
+        model="native/gpt-5", tools=[WEATHER], extra_headers=NO_CACHE,
+        input=[{"role": "user", "content": "What is the weather in Paris?"}, *items,
+               {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny"}])
+    assert second.output_text.startswith("Echo: ")
+    assert upstream.stats["last_request"]["input"][1] == items[0]  # the reasoning item, as it came
+    third = await sdk.responses.create(model="native/gpt-5", input="Thanks!", previous_response_id=second.id,
+                                       extra_headers=NO_CACHE)
+    sent_items = upstream.stats["last_request"]["input"]
+    assert "previous_response_id" not in upstream.stats["last_request"]
+    assert [i.get("type") for i in sent_items][-3:] == ["reasoning", "message", "message"]
+    assert sent_items[-3]["encrypted_content"] == second.output[0].encrypted_content  # type: ignore[union-attr]
+    assert third.status == "completed"
+
+
+async def test_native_stream_passes_reasoning_items_through(stack: Stack, upstream: MockUpstream) -> None:
+    async with stack.openai().responses.stream(model="native/gpt-5", input="Tell me about streams",
+                                               extra_headers=NO_CACHE) as stream:
+        events = [event async for event in stream]
+        final = await stream.get_final_response()
+    assert upstream.stats["calls_by_path"] == {"/v1/responses": 1} and upstream.stats["last_request"]["stream"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    done = [e.item for e in events if e.type == "response.output_item.done"]
+    assert [i.type for i in done] == ["reasoning", "message"]
+    assert done[0].encrypted_content and done[0].encrypted_content.startswith("enc-mock-")  # type: ignore[union-attr]
+    assert final.output_text == "Echo: Tell me about streams" and [i.type for i in final.output] == ["reasoning", "message"]
+    assert events[-1].type == "response.completed"
+    again = await stack.openai().responses.create(model="native/gpt-5", input="more", previous_response_id=final.id,
+                                                  extra_headers=NO_CACHE)
+    assert again.status == "completed"
+    sent = upstream.stats["last_request"]["input"]
+    assert [i.get("type") for i in sent] == ["message", "reasoning", "message", "message"]
+    assert sent[1]["encrypted_content"] == done[0].encrypted_content  # type: ignore[union-attr]

@@ -1,5 +1,5 @@
-"""A mock LLM provider speaking OpenAI Chat Completions, Anthropic Messages, Azure OpenAI, Gemini and Bedrock
-Converse exactly as they look on the wire (the formats: `formats.py` and one module per cloud provider).
+"""A mock LLM provider speaking OpenAI Chat Completions and Responses, Anthropic Messages, Azure OpenAI, Gemini
+and Bedrock Converse exactly as they look on the wire (the formats: `formats.py` and one module per cloud provider).
 
 Raw asyncio + httptools (keep-alive, Content-Length requests, chunked SSE or event-stream replies) so that it
 is never the bottleneck of a benchmark; tests script errors, delays and broken streams via `/_mock/*` or

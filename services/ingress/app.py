@@ -149,8 +149,9 @@ async def create_response(gateway: Gateway, store: ResponseStore, request: Reque
     tenant = "default" if grant is None else grant.namespace
     previous = parsed.previous_response_id
     history = await store.history(tenant, previous) if isinstance(previous, str) else []
-    chat, turn = responses_dialect.to_turn(parsed, history)
-    if _native_responses(gateway, chat.model):
+    native = _native_responses(gateway, parsed.model)
+    chat, turn = responses_dialect.to_turn(parsed, history, native)
+    if native:
         chat = msgspec.structs.replace(chat, responses_body=responses_dialect.native_body(body, history))
     ex = await proceed(gateway, request, rid, grant, chat)
     if chat.stream is not True:

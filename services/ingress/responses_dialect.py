@@ -149,8 +149,9 @@ def _invalid(text: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid request: {text}", param=where or None)
 
 
-def to_turn(request: ResponsesRequest, history: list[Item]) -> tuple[ChatRequest, Turn]:
-    """The unified request: instructions, then the stored conversation, then this request's input."""
+def to_turn(request: ResponsesRequest, history: list[Item], native: bool = False) -> tuple[ChatRequest, Turn]:
+    """The unified request: instructions, then the stored conversation, then this request's input. `native`:
+    a provider with a Responses API of its own may serve it, so built-in tools are its to run."""
     items = [Item(role="user", content=request.input)] if isinstance(request.input, str) else request.input
     toolbox = Toolbox()
     for i, spec in enumerate(request.tools or ()):
@@ -161,7 +162,9 @@ def to_turn(request: ResponsesRequest, history: list[Item]) -> tuple[ChatRequest
     messages += to_messages(history, toolbox, "previous_response")
     messages += to_messages(items, toolbox)
     tools = toolbox.tools or UNSET
-    choice = _tool_choice(request.tool_choice, toolbox)  # checked even when no tool is left to choose
+    choice = _tool_choice(request.tool_choice, toolbox, native)  # checked even when no tool is left to choose
+    if native:
+        toolbox.dropped.clear()
     text = request.text if isinstance(request.text, TextConfig) else None
     reasoning = request.reasoning if isinstance(request.reasoning, Reasoning) else None
     chat = ChatRequest(
@@ -206,7 +209,8 @@ def native_body(body: bytes, history: list[Item]) -> bytes:
 
 
 def _tool_choice(
-    choice: Literal["none", "auto", "required"] | ToolChoiceSpec | None | UnsetType, toolbox: Toolbox
+    choice: Literal["none", "auto", "required"] | ToolChoiceSpec | None | UnsetType, toolbox: Toolbox,
+    native: bool = False,
 ) -> Literal["none", "auto", "required"] | ToolChoiceFunction | UnsetType:
     if isinstance(choice, str):
         return choice
@@ -221,6 +225,8 @@ def _tool_choice(
             raise InvalidRequest(f"`tool_choice` names the tool `{choice.name}`, which is not among `tools`.",
                                  param="tool_choice")
         return ToolChoiceFunction(function=NamedFunction(name=unified))
+    if native:
+        return "required"  # the provider's own API runs the forced built-in tool; a translation cannot
     raise InvalidRequest(f"`tool_choice` forces the built-in tool `{choice.type}`, which the provider serving "
                          "this model does not have.", param="tool_choice", code="unsupported_tool")
 

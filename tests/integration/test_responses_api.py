@@ -434,3 +434,12 @@ async def test_native_stream_passes_reasoning_items_through(stack: Stack, upstre
     sent = upstream.stats["last_request"]["input"]
     assert [i.get("type") for i in sent] == ["message", "reasoning", "message", "message"]
     assert sent[1]["encrypted_content"] == done[0].encrypted_content  # type: ignore[union-attr]
+
+
+async def test_built_in_tools_reach_a_provider_that_has_them(stack: Stack, upstream: MockUpstream) -> None:
+    raw = await stack.openai().responses.with_raw_response.create(
+        model="native/gpt-5", input="Search the web", tools=[{"type": "web_search"}],
+        tool_choice={"type": "web_search"}, extra_headers=NO_CACHE)
+    assert "x-llm-edge-dropped-tools" not in raw.headers
+    sent = upstream.stats["last_request"]
+    assert sent["tools"] == [{"type": "web_search"}] and sent["tool_choice"] == {"type": "web_search"}

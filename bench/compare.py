@@ -123,6 +123,7 @@ class Scenario:
     headers: list[str]
     unique: bool = True  # unique prompts: every request misses any cache
     prime: bool = False  # send the fixed prompt once first, so that the run measures cache hits
+    api: str = "chat"  # `llm-edge bench --api`: chat completions, or the Responses API
 
 
 @dataclass
@@ -186,7 +187,9 @@ class LLMEdge(System):
     def scenarios(self, upstream: str) -> list[Scenario]:
         url = f"http://127.0.0.1:{self.port}/v1"
         return [Scenario("llm-edge miss (no-store)", url, "bench-model", [NO_STORE]),
-                Scenario("llm-edge cache hit", url, "bench-model", [], unique=False, prime=True)]
+                Scenario("llm-edge cache hit", url, "bench-model", [], unique=False, prime=True),
+                # The same misses over OpenAI's Responses API (`store: false`, as Codex sends it).
+                Scenario("llm-edge responses miss (no-store)", url, "bench-model", [NO_STORE], api="responses")]
 
 
 class LiteLLM(System):
@@ -298,7 +301,7 @@ class Run:
         argv = [sys.executable, "-m", "llm_edge.bench", "--url", scenario.url, "--model", scenario.model,
                 "--concurrency", str(concurrency), "--duration", str(self.args.duration),
                 "--warmup", str(self.args.warmup), "--timeout", "30", "--json", str(path)]
-        argv += ["--unique-prompts"] * scenario.unique + ["--stream"] * stream
+        argv += ["--unique-prompts"] * scenario.unique + ["--stream"] * stream + ["--api", scenario.api]
         for header in scenario.headers:
             argv += ["--header", header]
         try:

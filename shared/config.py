@@ -60,6 +60,11 @@ class ProviderSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         """Why these settings cannot work (checked once, at load) as "field: reason", or None."""
         return None
 
+    def native_responses(self) -> bool:
+        """Whether Responses API clients are served by this provider's own `/responses` (keeping reasoning
+        items and built-in tools) rather than translated to its chat API."""
+        return False
+
 
 # Adapter name -> its settings struct: what `load` needs to know about the adapters.
 Adapters = Mapping[str, type[ProviderSettings]]
@@ -136,6 +141,14 @@ class CacheConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     lookup_timeout_seconds: float = 1.0
 
 
+class ResponsesConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The Responses API's stored responses (`store: true`, `previous_response_id`): a JetStream key-value
+    bucket every ingress replica shares."""
+
+    retention_seconds: float = 30 * 24 * 3600.0  # a stored response expires this long after it was written
+    storage: Literal["file", "memory"] = "file"
+
+
 class ApiKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One caller's key: only its SHA-256 digest is configured (`llm-edge hash-key` prints it)."""
 
@@ -171,6 +184,7 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     otel_endpoint: str | None = None
     ingress: IngressConfig = IngressConfig()
     cache: CacheConfig = CacheConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     router: RouterConfig = RouterConfig()
     providers: dict[str, ProviderSettings] = {}
     models: list[ModelRoute] = []

@@ -136,6 +136,11 @@ class ChatRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     # Fields this gateway does not model (vendor extras), kept as one JSON object and merged into the
     # body of OpenAI-compatible providers, so nothing a client sent is silently dropped.
     extra_json: bytes | UnsetType = UNSET
+    # A request that arrived on OpenAI's Responses API, as that API's JSON body (the whole conversation as
+    # its `input`, nothing stored upstream): a provider that serves the Responses API itself is sent this
+    # instead of a translation, so what chat completions cannot carry (reasoning items, encrypted content
+    # included; built-in tools) survives. Every other provider reads the fields above.
+    responses_body: bytes | UnsetType = UNSET
 
     def max_output_tokens(self) -> int | None:
         for value in (self.max_completion_tokens, self.max_tokens):
@@ -204,6 +209,9 @@ class ChatResult(Struct, frozen=True, kw_only=True, tag="result", tag_field="kin
     first_chunk_seconds: float | None = None
     # Which of the request's stop sequences ended the answer, when the provider says (Anthropic does).
     stop_sequence: str | None = None
+    # Answered by a provider's own Responses API (see `ChatRequest.responses_body`): its `output` items as
+    # JSON, reasoning items included, for a Responses client; `choices` say the same for everyone else.
+    responses_output: bytes | None = None
 
 
 class ErrorReply(Struct, frozen=True, kw_only=True, tag="error", tag_field="kind"):
@@ -235,6 +243,9 @@ class StreamChunk(Struct, frozen=True, kw_only=True, tag="chunk", tag_field="kin
     model: str | None = None
     created: int | None = None
     provider: str | None = None
+    # A whole output item from a provider's own Responses API that the fields above cannot express (a
+    # reasoning item), as JSON: a Responses client receives it as it is; other dialects have no place for it.
+    item_json: bytes | None = None
 
 
 class FunctionCallDelta(Struct, frozen=True, kw_only=True, omit_defaults=True):

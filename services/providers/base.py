@@ -214,6 +214,7 @@ class Delta:
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
     finish_reason: str | None = None
+    item_json: bytes | None = None  # see `StreamChunk.item_json`
 
 
 @dataclass(slots=True)

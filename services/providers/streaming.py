@@ -114,7 +114,7 @@ class _Pump:
                         tool_calls=item.tool_calls, finish_reason=item.finish_reason,
                         id=self.id if first else None, model=self.model if first else None,
                         created=self.created if first else None,
-                        provider=self.worker.name if first else None,
+                        provider=self.worker.name if first else None, item_json=item.item_json,
                     )
                     self.seq += 1
         except TimeoutError as exc:

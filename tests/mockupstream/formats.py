@@ -17,7 +17,6 @@ encode = msgspec.json.Encoder().encode
 decode_any = msgspec.json.Decoder().decode
 
 TOOL_ARGUMENTS = '{"location": "Paris"}'
-_TOOL_INPUT = msgspec.json.decode(TOOL_ARGUMENTS)
 REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus} | {529: b"Overloaded"}
 
 
@@ -65,6 +64,11 @@ chat_decoder = msgspec.json.Decoder(_ChatRequest)
 _messages_decoder = msgspec.json.Decoder(_MessagesRequest)
 
 
+class ScriptedCall(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    arguments: str = TOOL_ARGUMENTS  # JSON text
+
+
 class Scripted(msgspec.Struct, forbid_unknown_fields=True):
     """One queued answer; `body` null with an error status means the provider's documented error body, with
     `message` as its message when given (e.g. the provider's words for a context-window overflow)."""
@@ -77,6 +81,9 @@ class Scripted(msgspec.Struct, forbid_unknown_fields=True):
     delay_ms: float = 0.0  # on top of the server's latency
     # Close the connection after this many content chunks (non-streaming: after half the body).
     fail_after_chunks: int | None = None
+    # Answer with a call of this tool instead of the planned reply, in the dialect's own format (streamed
+    # or not, as asked): how a test scripts an agent's turns.
+    tool_call: ScriptedCall | None = None
 
     @property
     def replaces_reply(self) -> bool:
@@ -102,6 +109,10 @@ class Plan:
     tool: str | None  # name of the tool to call instead
     prompt_tokens: int
     completion_tokens: int
+    arguments: str = TOOL_ARGUMENTS  # the tool call's arguments (JSON text), when `tool` is set
+
+    def tool_input(self) -> Any:
+        return msgspec.json.decode(self.arguments)
 
 
 def text_of(content: str | list[Part] | None) -> str:
@@ -154,7 +165,7 @@ def openai_usage(p: Plan) -> dict[str, int]:
 def openai_body(p: Plan, seq: int) -> bytes:
     message: dict[str, Any] = {"role": "assistant", "content": p.text or None, "refusal": None}
     if p.tool is not None:
-        function = {"name": p.tool, "arguments": TOOL_ARGUMENTS}
+        function = {"name": p.tool, "arguments": p.arguments}
         message["tool_calls"] = [{"id": f"call_mock_{seq}", "type": "function", "function": function}]
     choice = {
         "index": 0,
@@ -201,7 +212,7 @@ def openai_stream(p: Plan, seq: int, chunks: int) -> Stream:
         head = frame({"role": "assistant", "content": None, "tool_calls": [call]})
         content = [
             frame({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-            for piece in split(TOOL_ARGUMENTS, chunks)
+            for piece in split(p.arguments, chunks)
         ]
     tail = [frame({}, "tool_calls" if p.tool else "stop")]
     if p.include_usage:
@@ -244,7 +255,7 @@ def _anthropic_block(p: Plan, seq: int, *, empty: bool) -> dict[str, Any]:
         "type": "tool_use",
         "id": f"toolu_mock_{seq}",
         "name": p.tool,
-        "input": {} if empty else _TOOL_INPUT,
+        "input": {} if empty else p.tool_input(),
     }
 
 
@@ -279,7 +290,7 @@ def _anthropic_stream(p: Plan, seq: int, chunks: int) -> Stream:
     if p.tool is None:
         deltas = [{"type": "text_delta", "text": piece} for piece in split(p.text, chunks)]
     else:
-        deltas = [{"type": "input_json_delta", "partial_json": s} for s in split(TOOL_ARGUMENTS, chunks)]
+        deltas = [{"type": "input_json_delta", "partial_json": s} for s in split(p.arguments, chunks)]
     content = [_event({"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas]
     stop = {"stop_reason": "tool_use" if p.tool else "end_turn", "stop_sequence": None}
     tail = [

@@ -50,6 +50,10 @@ class AzureOpenAI(OpenAICompatible):
         deployment = quote(model, safe="")
         return f"{endpoint}/openai/deployments/{deployment}/chat/completions?api-version={quote(version)}"
 
+    def responses_url(self, config: ProviderSettings) -> str:
+        """Azure serves the Responses API on its v1 route, whatever `api_version` the chat calls use."""
+        return f"{(config.base_url or '').rstrip('/')}/openai/v1/responses"
+
     def auth_header(self, key: str) -> tuple[str, str]:
         return "api-key", key
 

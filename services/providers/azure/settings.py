@@ -12,9 +12,14 @@ from shared.config import ProviderSettings
 class AzureSettings(ProviderSettings, frozen=True, kw_only=True, tag="azure"):
     # The data-plane API version ("2024-10-21" when unset); "v1" selects Azure's v1 API route.
     api_version: str | None = None
+    # Responses API clients: `true` calls Azure's own `/openai/v1/responses` (the v1 route) natively.
+    responses_api: bool = False
 
     key_env: ClassVar[str | None] = "AZURE_OPENAI_API_KEY"
     env: ClassVar[Mapping[str, str]] = {"AZURE_OPENAI_ENDPOINT": "base_url", "OPENAI_API_VERSION": "api_version"}
+
+    def native_responses(self) -> bool:
+        return self.responses_api
 
     def problem(self) -> str | None:
         if not self.base_url:

@@ -25,6 +25,7 @@ from services.providers.base import (
     merge_headers,
     splice_extras,
 )
+from services.providers.openai import responses
 from services.providers.openai.settings import OpenAICompatibleSettings, OpenAISettings
 from services.providers.sse import SSEDecoder
 from shared.config import ProviderSettings
@@ -67,7 +68,8 @@ class _Choice(Struct):
 
 
 class _Completion(Struct):
-    choices: list[_Choice]
+    choices: list[_Choice] = []
+    object: str = ""  # "response" when a Responses API call answered (see `responses.py`)
     id: str = ""
     created: int = 0
     model: str = ""
@@ -125,9 +127,14 @@ class OpenAICompatible:
             stream_options=_WITH_USAGE if stream else UNSET,
             extra_json=UNSET,
         )
-        body = _encoder.encode(upstream)
-        if isinstance(request.extra_json, bytes):
-            body = _merge_extras(body, request.extra_json)
+        if isinstance(request.responses_body, bytes) and config.native_responses():
+            body = responses.upstream_body(request.responses_body, model, stream=stream)
+            url = self.responses_url(config)
+        else:
+            body = _encoder.encode(msgspec.structs.replace(upstream, responses_body=UNSET))
+            url = self.url(config, model)
+            if isinstance(request.extra_json, bytes):
+                body = _merge_extras(body, request.extra_json)
         headers = {"Content-Type": "application/json"}
         secret = set(config.headers)  # operator-supplied headers often carry credentials
         if config.api_key is not None:
@@ -136,7 +143,7 @@ class OpenAICompatible:
             secret.add(name)
         return HttpCall(
             method="POST",
-            url=self.url(config, model),
+            url=url,
             headers=merge_headers(headers, config.headers),
             body=body,
             secret_headers=frozenset(secret),
@@ -146,6 +153,9 @@ class OpenAICompatible:
 
     def url(self, config: ProviderSettings, model: str) -> str:
         return f"{(config.base_url or self.default_base_url).rstrip('/')}/chat/completions"
+
+    def responses_url(self, config: ProviderSettings) -> str:
+        return f"{(config.base_url or self.default_base_url).rstrip('/')}/responses"
 
     def auth_header(self, key: str) -> tuple[str, str]:
         return "Authorization", f"Bearer {key}"
@@ -158,6 +168,8 @@ class OpenAICompatible:
             completion = _completion_decoder.decode(body)
         except msgspec.DecodeError as exc:
             raise bad_response(provider, str(exc)) from exc
+        if completion.object == "response":
+            return responses.parse_response(body, provider=provider, model=model)
         if not completion.choices:
             raise bad_response(provider, "the response has no choices")
         return ChatResult(

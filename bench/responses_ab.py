@@ -18,7 +18,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: `bench` is then importable from the repository root
-from bench.compare import NO_STORE, RUNNING, LLMEdge, free_port, start_upstream
+from bench.compare import NO_STORE, RUNNING, LLMEdge, start_upstream  # noqa: E402
+from bench.procs import free_port  # noqa: E402
 
 
 def bench(url: str, api: str, concurrency: int, duration: float, stream: bool, out: Path) -> dict[str, Any]:

@@ -155,7 +155,8 @@ async def create_response(gateway: Gateway, store: ResponseStore, request: Reque
         chat = msgspec.structs.replace(chat, responses_body=responses_dialect.native_body(body, history))
     ex = await proceed(gateway, request, rid, grant, chat)
     if chat.stream is not True:
-        response = await answer(gateway, request, ex, started, lambda result: responses_dialect.response_json(result, turn))
+        response = await answer(gateway, request, ex, started,
+                                lambda result: responses_dialect.response_json(result, turn))
         if turn.stored and response.status_code == 200:
             await _keep(store, tenant, turn, bytes(response.body))
     elif ex.cached is not None:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
-from services.ingress.parse import decode_body, validate
+from services.ingress.parse import Problem, decode_body, invalid, validate
 from services.ingress.responses_items import (
     CLIENT_TOOLS,
     Item,
@@ -140,13 +140,14 @@ def decode_request(body: bytes) -> ResponsesRequest:
     return request
 
 
-def _invalid(text: str) -> InvalidRequest:
-    where = text.rsplit(" - at `$", 1)[1].strip("`.") if " - at `$" in text else ""
-    if "missing required field `" in text:
-        name = text.split("missing required field `", 1)[1].split("`", 1)[0]
-        param = f"{where}.{name}" if where else name
-        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
-    return InvalidRequest(f"Invalid request: {text}", param=where or None)
+def _invalid(problem: Problem) -> InvalidRequest:
+    """OpenAI's wording for a missing parameter (`missing_required_parameter`); any other problem as
+    every dialect words it, naming the field."""
+    if problem.kind == "missing":
+        param = problem.param
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param,
+                              code="missing_required_parameter")
+    return invalid(problem)
 
 
 def to_turn(request: ResponsesRequest, history: list[Item], native: bool = False) -> tuple[ChatRequest, Turn]:
@@ -384,7 +385,9 @@ def response_of(
     )
 
 
-def call_item(call_id: str, name: ToolName, arguments: str, status: str = "completed") -> OutFunctionCall | OutCustomToolCall:
+def call_item(
+    call_id: str, name: ToolName, arguments: str, status: str = "completed"
+) -> OutFunctionCall | OutCustomToolCall:
     namespace = name.namespace if name.namespace is not None else UNSET
     if name.kind == "custom":
         return OutCustomToolCall(id=new_id("ctc"), call_id=call_id, name=name.name, input=custom_input(arguments),

@@ -169,7 +169,7 @@ async def test_failure_mid_stream_ends_with_response_failed(stack: Stack, upstre
     async with stack.openai().responses.stream(model=model, input="one two three four five six") as stream:
         seen = [event async for event in stream]
         # The SDK hands the failure over as events and never as a final response.
-        with pytest.raises(RuntimeError, match="response.completed"):
+        with pytest.raises(RuntimeError, match=r"response\.completed"):
             await stream.get_final_response()
     assert seen[-1].type == "response.failed" and seen[-1].response.status == "failed"
     assert seen[-2].type == "error" and seen[-2].message
@@ -186,7 +186,7 @@ async def test_previous_response_id_across_two_replicas(stack: Stack, upstream: 
     again = await stack.openai(url=other).responses.retrieve(first.id)
     assert again.output_text == first.output_text and again.id == first.id
     items = await stack.openai().responses.input_items.list(second.id)
-    assert [i.content[0].text for i in items.data] == ["What is my name?"]  # type: ignore[union-attr]
+    assert [i.content[0].text for i in items.data] == ["What is my name?"]  # type: ignore[union-attr,index]
     third = await stack.openai().responses.create(
         model="up/gpt-4o", input="And again?", previous_response_id=second.id, extra_headers=NO_CACHE)
     assert len(upstream.stats["last_request"]["messages"]) == 5 and third.status == "completed"
@@ -207,7 +207,7 @@ async def test_streamed_response_is_stored_before_it_completes(stack: Stack, ups
 async def test_store_false_stores_nothing(stack: Stack) -> None:
     sdk = stack.openai()
     response = await sdk.responses.create(model="mock", input="Forget me", store=False)
-    assert response.store is False
+    assert response.to_dict().get("store") is False
     with pytest.raises(openai.NotFoundError):
         await sdk.responses.retrieve(response.id)
     with pytest.raises(openai.NotFoundError):
@@ -372,7 +372,8 @@ async def test_namespaced_call_comes_back_with_its_namespace(stack: Stack, upstr
 
 
 async def test_json_schema_format_reaches_the_upstream(stack: Stack, upstream: MockUpstream) -> None:
-    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"], "additionalProperties": False}
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
+              "additionalProperties": False}
     response = await stack.openai().responses.create(
         model="up/gpt-4o", input="json please", extra_headers=NO_CACHE,
         text={"format": {"type": "json_schema", "name": "thing", "schema": schema, "strict": True}})
@@ -397,7 +398,8 @@ async def test_openai_is_called_natively_and_reasoning_items_survive(stack: Stac
     sent = upstream.stats["last_request"]
     assert (sent["model"], sent["store"], sent["include"]) == ("gpt-5", False, ["reasoning.encrypted_content"])
     reasoning, call = first.output
-    assert reasoning.type == "reasoning" and reasoning.encrypted_content and reasoning.encrypted_content.startswith("enc-mock-")
+    assert reasoning.type == "reasoning" and reasoning.encrypted_content
+    assert reasoning.encrypted_content.startswith("enc-mock-")
     assert call.type == "function_call" and json.loads(call.arguments) == {"location": "Paris"}
     assert first.usage is not None and first.usage.output_tokens_details.reasoning_tokens == 3
     items = [i.model_dump(exclude_none=True) for i in first.output]
@@ -426,7 +428,8 @@ async def test_native_stream_passes_reasoning_items_through(stack: Stack, upstre
     done = [e.item for e in events if e.type == "response.output_item.done"]
     assert [i.type for i in done] == ["reasoning", "message"]
     assert done[0].encrypted_content and done[0].encrypted_content.startswith("enc-mock-")  # type: ignore[union-attr]
-    assert final.output_text == "Echo: Tell me about streams" and [i.type for i in final.output] == ["reasoning", "message"]
+    assert final.output_text == "Echo: Tell me about streams"
+    assert [i.type for i in final.output] == ["reasoning", "message"]
     assert events[-1].type == "response.completed"
     again = await stack.openai().responses.create(model="native/gpt-5", input="more", previous_response_id=final.id,
                                                   extra_headers=NO_CACHE)

@@ -77,5 +77,5 @@ def test_a_failure_in_the_stream_is_an_error(kind: str, data: dict[str, object],
 def test_a_stream_cut_before_completed_is_an_error() -> None:
     parser = EventParser(provider="openai", model="gpt-5")
     _feed(parser, "response.output_text.delta", item_id="m", delta="x")
-    with pytest.raises(GatewayError, match="response.completed"):
+    with pytest.raises(GatewayError, match=r"response\.completed"):
         parser.end()

@@ -61,7 +61,8 @@ def test_tool_calls_join_the_assistant_message_before_them_and_outputs_become_to
     chat, _ = turn({"model": "m", "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
                     "input": [
                         {"role": "user", "content": [{"type": "input_text", "text": "q"}]},
-                        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "let me"}]},
+                        {"type": "message", "role": "assistant",
+                         "content": [{"type": "output_text", "text": "let me"}]},
                         {"type": "reasoning", "id": "rs", "summary": [], "encrypted_content": "zzz"},
                         {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
                         {"type": "function_call", "call_id": "c2", "name": "f", "arguments": "{\"a\":1}"},
@@ -81,7 +82,8 @@ def test_tool_calls_join_the_assistant_message_before_them_and_outputs_become_to
 
 def test_tool_choice_and_parallel_calls_are_sent_only_with_tools() -> None:
     chat, _ = turn({"model": "m", "input": "x", "tool_choice": "required", "parallel_tool_calls": False})
-    assert chat.tools is msgspec.UNSET and chat.tool_choice is msgspec.UNSET and chat.parallel_tool_calls is msgspec.UNSET
+    assert chat.tools is msgspec.UNSET and chat.tool_choice is msgspec.UNSET
+    assert chat.parallel_tool_calls is msgspec.UNSET
     chat, t = turn({"model": "m", "input": "x", "parallel_tool_calls": False, "tools": [{"type": "web_search"}]})
     assert chat.tools is msgspec.UNSET and t.toolbox.dropped == ["web_search"]
 
@@ -120,10 +122,12 @@ def test_the_answer_validates_as_the_sdks_response_with_cached_and_reasoning_tok
              ToolCall(id="c2", function=FunctionCall(name="ns__go", arguments="{}"))]
     response = Response.model_validate_json(
         response_json(_result(ResponseMessage(content="hi", tool_calls=calls), "tool_calls"), t))
-    assert response.status == "completed" and response.store is False and response.metadata == {"k": "v"}
+    assert response.status == "completed" and response.to_dict().get("store") is False
+    assert response.metadata == {"k": "v"}
     message, custom, function = response.output
     assert message.type == "message" and response.output_text == "hi"
-    assert custom.type == "custom_tool_call" and (custom.call_id, custom.name, custom.input) == ("c1", "patch", "*** Begin")
+    assert custom.type == "custom_tool_call"
+    assert (custom.call_id, custom.name, custom.input) == ("c1", "patch", "*** Begin")
     assert function.type == "function_call" and (function.name, function.namespace) == ("go", "ns")
     usage = response.usage
     assert usage is not None and (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (10, 5, 15)
@@ -145,7 +149,8 @@ def test_stream_frames_become_typed_events_in_order() -> None:
         writer.chunk(StreamChunk(seq=0, role="assistant", content="Hel")),
         writer.chunk(StreamChunk(seq=1, content="lo")),
         writer.chunk(StreamChunk(seq=2, tool_calls=[call])),
-        writer.chunk(StreamChunk(seq=3, tool_calls=[ToolCallDelta(index=0, function=FunctionCallDelta(arguments=":1}"))],
+        writer.chunk(StreamChunk(seq=3,
+                                 tool_calls=[ToolCallDelta(index=0, function=FunctionCallDelta(arguments=":1}"))],
                                  finish_reason="tool_calls")),
         writer.end(StreamEnd(seq=4, id="x", model="gpt-x", created=1, finish_reason="tool_calls",
                              usage=Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3),

@@ -29,8 +29,11 @@ from shared.messages import (
     JsonSchemaFormat,
     Message,
     NamedFunction,
+    Probability,
     ResponseFormat,
     StreamOptions,
+    Temperature,
+    TokenCount,
     ToolCall,
     ToolChoiceFunction,
     Usage,
@@ -84,9 +87,11 @@ class ResponsesRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     parallel_tool_calls: bool | None | UnsetType = UNSET
     text: TextConfig | None | UnsetType = UNSET
     reasoning: Reasoning | None | UnsetType = UNSET
-    max_output_tokens: int | None | UnsetType = UNSET
-    temperature: float | None | UnsetType = UNSET
-    top_p: float | None | UnsetType = UNSET
+    # OpenAI's documented ranges, as the unified request declares them: checked while decoding, so an
+    # error names its field.
+    max_output_tokens: TokenCount | None | UnsetType = UNSET
+    temperature: Temperature | None | UnsetType = UNSET
+    top_p: Probability | None | UnsetType = UNSET
     metadata: dict[str, str] | None | UnsetType = UNSET
     user: str | None | UnsetType = UNSET
     store: bool | None | UnsetType = UNSET
@@ -134,9 +139,6 @@ def decode_request(body: bytes) -> ResponsesRequest:
     if request.conversation not in (None, UNSET):
         raise InvalidRequest("`conversation` is not supported by this gateway; use `previous_response_id`.",
                              param="conversation", code="unsupported_parameter")
-    if isinstance(request.max_output_tokens, int) and request.max_output_tokens < 1:
-        raise InvalidRequest(f"`max_output_tokens` must be at least 1, got {request.max_output_tokens}.",
-                             param="max_output_tokens")
     return request
 
 

@@ -12,7 +12,7 @@ import msgspec
 from starlette.requests import Request
 
 from shared.errors import BodyTooLarge, InvalidRequest
-from shared.messages import ChatRequest
+from shared.messages import ChatRequest, encode
 
 T = TypeVar("T")
 
@@ -46,11 +46,31 @@ def decode_body(decoder: msgspec.json.Decoder[T], body: bytes, invalid: Callable
         raise invalid(str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # msgspec's own guard against a stack overflow, ~1,000 levels deep
+        raise _too_deep() from exc
+
+
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest("The request body is nested too deeply.", code="nesting_too_deep")
+
+
+def bus_payload(request: ChatRequest) -> bytes:
+    """The request encoded for the bus. JSON carries any integer and any depth; msgpack stops at 64 bits,
+    and an encoder nested deep enough runs out of stack: either is the client's input, so a 400."""
+    try:
+        return encode(request)
+    except OverflowError as exc:
+        raise InvalidRequest("The request holds an integer outside the 64-bit range.",
+                             code="integer_out_of_range") from exc
+    except RecursionError as exc:
+        raise _too_deep() from exc
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
     request = decode_body(_decoder, body, _invalid)
-    fields = _fields_decoder.decode(body)
+    # The typed decoder skips the names of fields it does not know without reading them; this one reads
+    # every name, so it is the one that meets invalid UTF-8 in a field name.
+    fields = decode_body(_fields_decoder, body, _invalid)
     extras = {name: raw for name, raw in fields.items() if name not in _KNOWN}
     if extras:
         request = msgspec.structs.replace(request, extra_json=msgspec.json.encode(extras))
@@ -69,9 +89,13 @@ def _invalid(text: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid request: {text}", param=param or None)
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _check_range(value: object, name: str, low: float, high: float) -> None:
     if isinstance(value, int | float) and not low <= value <= high:
-        raise InvalidRequest(f"`{name}` must be between {low:g} and {high:g}, got {value}.", param=name)
+        shown = value if len(str(value)) <= 40 else f"{str(value)[:20]}..."
+        raise InvalidRequest(f"`{name}` must be between {low:g} and {high:g}, got {shown}.", param=name)
 
 
 def validate(request: ChatRequest) -> None:
@@ -85,6 +109,9 @@ def validate(request: ChatRequest) -> None:
     _check_range(request.n, "n", 1, 128)
     _check_range(request.presence_penalty, "presence_penalty", -2, 2)
     _check_range(request.frequency_penalty, "frequency_penalty", -2, 2)
+    for name in ("seed", "max_tokens", "max_completion_tokens", "top_logprobs"):
+        # Every provider reads these as 64-bit integers (and msgpack cannot carry more).
+        _check_range(getattr(request, name), name, _INT64_MIN, _INT64_MAX)
     for name in ("max_tokens", "max_completion_tokens"):
         value = getattr(request, name)
         if isinstance(value, int) and value < 1:

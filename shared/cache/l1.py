@@ -50,11 +50,14 @@ class L1Cache:
 
 
 def fill_ttl(headers: Mapping[str, str], default: float) -> float:
-    """A fill's time to live: its `Llm-Cache-Ttl` header, or `default` when absent or unreadable."""
+    """A fill's time to live: its `Llm-Cache-Ttl` header, or `default` when absent, unreadable or out of
+    range (not finite, under a millisecond, over a year)."""
     value = headers.get(Headers.CACHE_TTL)
     if value is None:
         return default
     try:
-        return float(value)
+        ttl = float(value)
     except ValueError:
         return default
+    # The ingress refuses other values; a fill from elsewhere on the bus must not write what never expires.
+    return ttl if 0.001 <= ttl <= 365 * 24 * 3600.0 else default

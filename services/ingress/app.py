@@ -82,7 +82,9 @@ async def begin(gateway: Gateway, request: Request, parse: Callable[[bytes], Cha
     chat = parse(body)
     gateway.routes.resolve(chat.model)  # 404 for an unknown model before any bus hop
     request.state.model = chat.model
-    log.info("request %s %s model=%s stream=%s", request.method, request.url.path, chat.model, chat.stream is True)
+    # One line per request at info, on completion (observe); this one at debug: at info, the two lines cost
+    # a fifth to a third of the ingress's throughput (docs/RELIABILITY.md, "Logs").
+    log.debug("request %s %s model=%s stream=%s", request.method, request.url.path, chat.model, chat.stream is True)
     timeout = gateway.timeout(request)
     namespace = "default" if grant is None else await gateway.admit(request, grant, chat.model)
     deadline = time.monotonic() + timeout

@@ -168,7 +168,9 @@ class Router:
                 return Unavailable(f"`{target.key}` is failing; its circuit breaker is open.",
                                    code="target_unavailable", where=f"provider:{target.provider}")
             started = time.monotonic()
-            log.info("calling %s (attempt %d)", target.key, attempt)
+            # A first attempt at debug (the ingress's completion line names the provider, and a fallback
+            # follows a "moving on" line at info); a retry at info.
+            log.log(logging.DEBUG if attempt == 1 else logging.INFO, "calling %s (attempt %d)", target.key, attempt)
             try:
                 reply, answer = await self._ask_live(target, ctx, onward, deadline)
             except bus.Lost as lost:

@@ -1,6 +1,7 @@
-"""What the logs say about a request (issue #15, item 10): start and completion at info on the ingress,
-the provider chosen at info on the router, cache and routing decisions at debug, and a line for every
-failure a client sees: a stream cut, stalled or malformed, a final upstream 429."""
+"""What the logs say about a request (issue #15, item 10): its completion at info on the ingress (status,
+model, cache, provider, time), its start, the routing order, the target called and cache decisions at
+debug, retries and fallbacks at info, and a line for every failure a client sees: a stream cut, stalled
+or malformed, a final upstream 429."""
 
 from __future__ import annotations
 
@@ -33,10 +34,12 @@ def lines(caplog: pytest.LogCaptureFixture, logger: str, level: int = logging.DE
 async def test_a_successful_request_leaves_its_trail(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     await stack.openai().chat.completions.create(model="up/gpt-4o", messages=ASK)
+    # One line per request at info, on completion, naming the provider; its start at debug.
     ingress = lines(caplog, "llm_edge.ingress", logging.INFO)
-    assert any(m.startswith("request POST /v1/chat/completions model=up/gpt-4o stream=False") for m in ingress)
-    assert any(m.startswith("request done: 200 model=up/gpt-4o cache=miss provider=up") for m in ingress)
-    assert "calling up/gpt-4o (attempt 1)" in lines(caplog, "llm_edge.router", logging.INFO)
+    assert [m for m in ingress if m.startswith("request done: 200 model=up/gpt-4o cache=miss provider=up")]
+    started = lines(caplog, "llm_edge.ingress")
+    assert any(m.startswith("request POST /v1/chat/completions model=up/gpt-4o stream=False") for m in started)
+    assert "calling up/gpt-4o (attempt 1)" in lines(caplog, "llm_edge.router")
     assert any(m.startswith("routing up/gpt-4o") for m in lines(caplog, "llm_edge.router"))
     assert any(m.startswith("cache miss") for m in lines(caplog, "llm_edge"))
 

@@ -8,7 +8,7 @@ import json
 import sys
 
 from llm_edge.status import options as status_options
-from shared import logs, runtime, tracing
+from shared import logs, runtime, secrets, tracing
 from shared.config import Config, ConfigError, load
 
 
@@ -151,7 +151,7 @@ def _run_up(args: argparse.Namespace) -> int:
     config = _configured(args)
     if config is None:
         return 2
-    logs.setup("up", config.log_level)
+    logs.setup("up", config.log_level, secrets.configured(config))
     from llm_edge.launcher import up
 
     runtime.install_uvloop()
@@ -163,8 +163,8 @@ def _run_service(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     service = args.command if args.command != "provider" else f"provider-{args.name}"
-    logs.setup(service, config.log_level)
-    tracing.setup(service, config.otel_endpoint)
+    logs.setup(service, config.log_level, secrets.configured(config))
+    tracing.setup(service, config.tracing_endpoint)
     try:
         if args.command == "ingress":
             _ingress(config)

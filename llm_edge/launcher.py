@@ -23,11 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from shared import runtime
 from shared.config import Config
 from shared.runtime import READY_FD
 
 READY_TIMEOUT_SECONDS = 30.0
 STOP_GRACE_SECONDS = 35.0
+# The largest message the bus carries: a request or an answer is one message, so this bounds both. The
+# same value as deploy/nats/nats.conf, Kubernetes' nats-config and the Helm values (a unit test checks).
+# 32 MB holds a body at the default ingress.max_body_bytes (20 MiB) once encoded, with room for headers;
+# the cost of a big message is paid only by the request that carries it (docs/RELIABILITY.md).
+NATS_MAX_PAYLOAD = "32MB"
+
+
+def nats_config(store_dir: str) -> str:
+    """The embedded nats-server's configuration file (no command-line flag sets max_payload)."""
+    return f'max_payload: {NATS_MAX_PAYLOAD}\njetstream {{\n  store_dir: "{store_dir}"\n}}\n'
 
 
 def nats_server_binary() -> str:
@@ -71,6 +82,7 @@ class Child:
     name: str
     argv: list[str]
     env: dict[str, str]
+    fds: tuple[int, ...] = ()  # inherited by every copy (the ingress's listening socket)
     process: asyncio.subprocess.Process | None = None
     stopping: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -79,12 +91,12 @@ class Child:
         """Start a new copy; with `ready_timeout`, wait until it says it takes work (False: it did not)."""
         if ready_timeout is None:
             self.process = await asyncio.create_subprocess_exec(
-                *self.argv, env=self.env, preexec_fn=_die_with_parent)
+                *self.argv, env=self.env, pass_fds=self.fds, preexec_fn=_die_with_parent)
             return True
         read_fd, write_fd = os.pipe()
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *self.argv, env={**self.env, READY_FD: str(write_fd)}, pass_fds=(write_fd,),
+                *self.argv, env={**self.env, READY_FD: str(write_fd)}, pass_fds=(write_fd, *self.fds),
                 preexec_fn=_die_with_parent,
             )
         finally:
@@ -202,7 +214,7 @@ async def _configured_providers(base: list[str], env: dict[str, str]) -> list[st
     return providers
 
 
-async def up(config: Config, config_path: str | None = None) -> int:  # noqa: C901 - to split with the reload work
+async def up(config: Config, config_path: str | None = None) -> int:
     started = time.monotonic()
     nats_url = urlparse(config.nats_url)
     nats_host = nats_url.hostname or "127.0.0.1"
@@ -212,12 +224,27 @@ async def up(config: Config, config_path: str | None = None) -> int:  # noqa: C9
     monitor_port = int(os.environ.get("NATS_MONITOR_PORT", "8222"))
     if not port_free(nats_host, monitor_port):
         monitor_port = free_port(nats_host)
-    nats = await asyncio.create_subprocess_exec(
-        nats_server_binary(), "-a", nats_host, "-p", str(nats_port), "-m", str(monitor_port),
-        "--name", "llm-edge", "-js", "-sd", tempfile.mkdtemp(prefix="llm-edge-nats-"),
-        preexec_fn=_die_with_parent,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
+    # JetStream's store and the server's configuration live only as long as this run: removed on the way out.
+    with tempfile.TemporaryDirectory(prefix="llm-edge-nats-") as scratch:
+        conf = Path(scratch) / "nats.conf"
+        conf.write_text(nats_config(str(Path(scratch) / "jetstream")))
+        nats = await asyncio.create_subprocess_exec(
+            nats_server_binary(), "-c", str(conf), "-a", nats_host, "-p", str(nats_port), "-m", str(monitor_port),
+            "--name", "llm-edge", preexec_fn=_die_with_parent,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            return await _run(config, config_path, started, nats, nats_host, nats_port, monitor_port)
+        finally:
+            if nats.returncode is None:
+                nats.send_signal(signal.SIGTERM)
+                await nats.wait()
+
+
+async def _run(  # noqa: C901 - start, reload, drain: to split along those three
+    config: Config, config_path: str | None, started: float, nats: asyncio.subprocess.Process,
+    nats_host: str, nats_port: int, monitor_port: int,
+) -> int:
     await _wait_nats_ready(nats_host, nats_port, nats)
 
     env = dict(os.environ, NATS_URL=f"nats://{nats_host}:{nats_port}")
@@ -240,7 +267,12 @@ async def up(config: Config, config_path: str | None = None) -> int:  # noqa: C9
         Child("cache", [*base, "cache"], with_metrics(metrics_ports["cache"])),
         Child("router", [*base, "router"], with_metrics(metrics_ports["router"])),
     ]
-    ingress = Child("ingress", [*base, "ingress"], env)
+    # The launcher holds the ingress's listening socket and hands it to each copy: during a rolling
+    # restart the old and the new copy accept from one backlog, so no waiting connection is reset when
+    # the old one stops accepting (runtime.inherited_listener).
+    listener = runtime.listening_socket(config.ingress.host, config.ingress.port)
+    ingress = Child("ingress", [*base, "ingress"], dict(env, **{runtime.LISTEN_FD: str(listener.fileno())}),
+                    fds=(listener.fileno(),))
     children = [*workers, *middle, ingress]
     for child in children:
         child.task = asyncio.create_task(child.supervise())

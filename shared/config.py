@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -30,7 +30,13 @@ class ProviderSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     api_key: str | None = None
     base_url: str | None = None
-    timeout_seconds: float = 600.0
+    # Three waits, none of them a budget for the whole call (the request's deadline is the only total, so
+    # a healthy stream runs as long as the client allows): the TCP/TLS connect; the wait for the answer to
+    # begin (the response head, then a stream's first chunk; a whole non-streamed answer is generated in
+    # this wait); and the silence allowed between two chunks of a body once it flows.
+    connect_timeout_seconds: float = 10.0
+    timeout_seconds: float = 600.0  # to the first byte
+    idle_timeout_seconds: float = 60.0
     max_connections: int = 256
     max_concurrency: int = 1024  # requests one worker process handles at once
     # Calls in flight to this provider across all its worker replicas. When set, requests wait in a
@@ -59,6 +65,10 @@ class ProviderSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def problem(self) -> str | None:
         """Why these settings cannot work (checked once, at load) as "field: reason", or None."""
         return None
+
+    def secrets(self) -> tuple[str | None, ...]:
+        """The credential values this entry holds (never logged, scrubbed from what leaves the gateway)."""
+        return (self.api_key,)
 
     def native_responses(self) -> bool:
         """Whether Responses API clients are served by this provider's own `/responses` (keeping reasoning
@@ -124,6 +134,13 @@ class IngressConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     request_timeout_seconds: float = 600.0
     # A stream that sends nothing for this long ends with an error event.
     stream_idle_timeout_seconds: float = 120.0
+    # Slow or oversized clients (services/ingress/guard.py): the request head must arrive within this of
+    # its first byte (408), the body may not pause longer than this between two reads, the head may not
+    # be larger than this (431); an idle keep-alive connection closes after keep_alive_seconds.
+    client_header_timeout_seconds: float = 10.0
+    client_body_timeout_seconds: float = 15.0
+    max_header_bytes: int = 64 * 1024
+    keep_alive_seconds: int = 5
 
 
 class CacheConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -136,6 +153,8 @@ class CacheConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     l1_max_bytes: int = 64 * 1024 * 1024
     l1_max_entries: int = 100_000
     redis_url: str | None = None
+    # ENABLE_L2_CACHE=false turns L2 off while redis_url stays set (the rate limits may still use it).
+    l2_enabled: bool = True
     redis_timeout_seconds: float = 0.25
     # The ingress stops waiting for the cache tier after this and asks the router (the cache is optional).
     lookup_timeout_seconds: float = 1.0
@@ -182,6 +201,11 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     metrics_port: int | None = None
     # OTLP/HTTP collector base URL; tracing is off when unset.
     otel_endpoint: str | None = None
+    # ENABLE_TRACING: false turns tracing off even with an endpoint; true turns it on, towards the OTLP
+    # default (http://localhost:4318) when no endpoint is set. Unset: on exactly when an endpoint is.
+    tracing_enabled: bool | None = None
+    # ENABLE_METRICS=false: no /metrics on any process (the probes stay).
+    metrics_enabled: bool = True
     ingress: IngressConfig = IngressConfig()
     cache: CacheConfig = CacheConfig()
     responses: ResponsesConfig = ResponsesConfig()
@@ -191,6 +215,15 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # API keys; none configured: the gateway is open and every caller shares the "default" namespace.
     keys: list[ApiKey] = []
     limits: LimitsConfig = LimitsConfig()
+
+    @property
+    def tracing_endpoint(self) -> str | None:
+        """Where spans go, or None when tracing is off."""
+        if self.tracing_enabled is False:
+            return None
+        if self.tracing_enabled and self.otel_endpoint is None:
+            return "http://localhost:4318"  # the OTLP/HTTP default
+        return self.otel_endpoint
 
     @property
     def limits_redis_url(self) -> str | None:
@@ -203,8 +236,18 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError(f"providers.{name}: no such provider is configured") from None
 
 
+def _flag(value: str) -> bool:
+    """A boolean environment variable: true/false, 1/0, yes/no, on/off (any case)."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
 # Environment variable -> (section, field). Keys for providers are handled apart (they add a provider).
-_ENV_FIELDS: dict[str, tuple[str | None, str, type]] = {
+_ENV_FIELDS: dict[str, tuple[str | None, str, Callable[[str], object]]] = {
     "HOST": ("ingress", "host", str),
     "PORT": ("ingress", "port", int),
     "NATS_URL": (None, "nats_url", str),
@@ -214,6 +257,9 @@ _ENV_FIELDS: dict[str, tuple[str | None, str, type]] = {
     "METRICS_PORT": (None, "metrics_port", int),
     "OTEL_EXPORTER_OTLP_ENDPOINT": (None, "otel_endpoint", str),
     "LIMITS_REDIS_URL": ("limits", "redis_url", str),
+    "ENABLE_L2_CACHE": ("cache", "l2_enabled", _flag),
+    "ENABLE_TRACING": (None, "tracing_enabled", _flag),
+    "ENABLE_METRICS": (None, "metrics_enabled", _flag),
 }
 # The key list as JSON (the `keys` section's shape), e.g. from a Kubernetes Secret; replaces the file's.
 _KEYS_ENV = "LLM_EDGE_KEYS"
@@ -244,7 +290,8 @@ def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
         try:
             value = kind(env[var])
         except ValueError:
-            raise ConfigError(f"{var}={env[var]!r}: expected {kind.__name__}") from None
+            expected = "true or false" if kind is _flag else getattr(kind, "__name__", "a value")
+            raise ConfigError(f"{var}={env[var]!r}: expected {expected}") from None
         if section is None:
             config = msgspec.structs.replace(config, **{field: value})
         else:

@@ -9,9 +9,12 @@ import contextvars
 import logging
 import sys
 import time
+from collections.abc import Iterable
 
 import msgspec
 from opentelemetry import trace
+
+from shared.secrets import Redactor
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 # The configured name of the caller's API key (never the key), when the gateway has keys.
@@ -21,9 +24,11 @@ _encoder = msgspec.json.Encoder()
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self.service = service
+        # A line may quote text an upstream sent (an error message): configured secrets never leave.
+        self.redact = Redactor(secrets)
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
@@ -32,7 +37,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": self.redact(record.getMessage()),
         }
         rid = getattr(record, "request_id", None) or request_id.get()
         if rid:
@@ -43,13 +48,13 @@ class JsonFormatter(logging.Formatter):
         if span.is_valid:
             line["trace_id"] = format(span.trace_id, "032x")
         if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
+            line["exc"] = self.redact(self.formatException(record.exc_info))
         return _encoder.encode(line).decode()
 
 
-def setup(service: str, level: str = "INFO") -> None:
+def setup(service: str, level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service))
+    handler.setFormatter(JsonFormatter(service, secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

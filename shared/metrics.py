@@ -28,7 +28,7 @@ _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.
 
 REQUESTS = Counter(
     "llm_edge_requests", "Chat requests answered by the ingress",
-    ["model", "status", "origin", "cache"],
+    ["provider", "model", "status", "origin", "cache"],
 )
 REQUEST_DURATION = Histogram(
     "llm_edge_request_duration_seconds", "Time from request to response at the ingress", ["model"],
@@ -44,6 +44,26 @@ TIME_TO_FIRST_CHUNK = Histogram(
 )
 ACTIVE = Gauge("llm_edge_active_requests", "Requests in flight in this process", ["service"])
 CACHE = Counter("llm_edge_cache_lookups", "Cache lookups by tier and result", ["tier", "result"])
+CACHE_HITS = Counter("llm_edge_cache_hits", "Cache hits by tier", ["tier"])
+CACHE_MISSES = Counter("llm_edge_cache_misses", "Cache misses by tier", ["tier"])
+
+
+class Lookup:
+    """One tier's hit and miss counters, under both names (lookups{result}, and hits / misses)."""
+
+    __slots__ = ("_hit", "_hit_total", "_miss", "_miss_total")
+
+    def __init__(self, tier: str) -> None:
+        self._hit, self._hit_total = CACHE.labels(tier, "hit"), CACHE_HITS.labels(tier)
+        self._miss, self._miss_total = CACHE.labels(tier, "miss"), CACHE_MISSES.labels(tier)
+
+    def hit(self) -> None:
+        self._hit.inc()
+        self._hit_total.inc()
+
+    def miss(self) -> None:
+        self._miss.inc()
+        self._miss_total.inc()
 PROVIDER_REQUESTS = Counter(
     "llm_edge_provider_requests", "Upstream calls by provider, model and outcome",
     ["provider", "model", "status"],
@@ -56,7 +76,7 @@ COST = Counter("llm_edge_cost_usd", "Cost in US dollars by provider and model", 
 UNPRICED = Counter(
     "llm_edge_unpriced_requests", "Answers from models missing from the pricing table", ["provider", "model"],
 )
-PROVIDER_UP = Gauge("llm_edge_provider_up", "1 when the last call to the provider succeeded", ["provider"])
+PROVIDER_UP = Gauge("llm_edge_provider_available", "1 when the last call to the provider succeeded", ["provider"])
 QUEUE_WAIT = Histogram(
     "llm_edge_queue_wait_seconds", "Time a request waited in a provider's admission queue", ["provider"],
     buckets=(*_OVERHEAD, 1, 2.5, 5, 10, 30, 60),
@@ -90,24 +110,30 @@ class _QuietHandler(WSGIRequestHandler):
 _metrics_app = make_wsgi_app()
 
 
-def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    path = environ.get("PATH_INFO", "")
-    if path == "/health/live":
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"live\n"]
-    if path == "/health/ready":
-        ready = runtime.is_ready()
-        start_response("200 OK" if ready else "503 Service Unavailable", [("Content-Type", "text/plain")])
-        return [b"ready\n" if ready else b"not ready\n"]
-    return _metrics_app(environ, start_response)  # type: ignore[no-any-return]
+def _app(expose: bool) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/health/live":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"live\n"]
+        if path == "/health/ready":
+            ready = runtime.is_ready()
+            start_response("200 OK" if ready else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"ready\n" if ready else b"not ready\n"]
+        if not expose:  # ENABLE_METRICS=false: the probes only
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"metrics are disabled (ENABLE_METRICS=false)\n"]
+        return _metrics_app(environ, start_response)  # type: ignore[no-any-return]
+
+    return app
 
 
-def probe_server(host: str, port: int) -> WSGIServer:
+def probe_server(host: str, port: int, expose: bool = True) -> WSGIServer:
     """The HTTP server behind `serve`: /metrics, /health/live and /health/ready (not yet serving)."""
-    return make_server(host, port, _app, _Server, handler_class=_QuietHandler)
+    return make_server(host, port, _app(expose), _Server, handler_class=_QuietHandler)
 
 
-def serve(port: int | None, host: str = "0.0.0.0") -> None:
+def serve(port: int | None, host: str = "0.0.0.0", *, expose: bool = True) -> None:
     """Expose this process's metrics and probes on `port` (a background thread); nothing when port is None.
 
     During a rolling restart the old process still holds the port for a moment: keep trying.
@@ -118,7 +144,7 @@ def serve(port: int | None, host: str = "0.0.0.0") -> None:
     def bind() -> None:
         for _ in range(600):
             try:
-                server = probe_server(host, port)
+                server = probe_server(host, port, expose)
             except OSError:
                 time.sleep(0.1)
                 continue

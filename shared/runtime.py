@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -37,6 +38,36 @@ def stop_event() -> asyncio.Event:
 
 
 READY_FD = "LLM_EDGE_READY_FD"
+# The ingress's listening socket, when the launcher holds it and hands it to each copy it starts.
+LISTEN_FD = "LLM_EDGE_LISTEN_FD"
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """SO_REUSEPORT, so a new ingress can listen beside the old one during a rolling restart (compose and
+    Kubernetes replace containers; there the load balancer moves traffic); listening before the app
+    starts, so connections that arrive meanwhile wait in the backlog instead of failing."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def inherited_listener() -> socket.socket | None:
+    """The listening socket `llm-edge up` handed down, if it did.
+
+    One socket shared by the old and the new ingress during a rolling restart: a connection waiting in its
+    backlog stays there when the old copy stops accepting, and the new copy accepts it. With a socket
+    each (SO_REUSEPORT), the kernel resets the connections queued on the socket that closes."""
+    fd = os.environ.pop(LISTEN_FD, None)
+    if fd is None:
+        return None
+    sock = socket.socket(fileno=int(fd))
+    sock.setblocking(False)
+    return sock
 
 
 _readiness: Callable[[], bool] | None = None

@@ -30,7 +30,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from llm_edge.launcher import free_port, nats_server_binary
+from llm_edge.launcher import free_port, nats_config, nats_server_binary
 
 INFRA = "LLM_EDGE_TEST_INFRA"
 NATS_IMAGE = os.environ.get("LLM_EDGE_TEST_NATS_IMAGE", "nats:2.10-alpine")  # as deploy/compose.yaml
@@ -114,8 +114,11 @@ class NatsServer(_Process):
         self.url = f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self._start([nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port),
-                     "-js", "-sd", tempfile.mkdtemp(prefix="nats-test-")])
+        # As `llm-edge up` runs it: the same configuration file (max_payload).
+        scratch = Path(tempfile.mkdtemp(prefix="nats-test-"))
+        (scratch / "nats.conf").write_text(nats_config(str(scratch / "jetstream")))
+        self._start([nats_server_binary(), "-c", str(scratch / "nats.conf"), "-a", "127.0.0.1",
+                     "-p", str(self.port), "-m", str(self.monitor_port)])
 
 
 class RedisServer(_Process):
@@ -144,16 +147,20 @@ class _Container:
 
     answers: Callable[[socket.socket], bool]
 
-    def __init__(self, image: str, command: list[str], ports: dict[int, int]) -> None:
+    def __init__(self, image: str, command: list[str], ports: dict[int, int],
+                 volumes: tuple[tuple[str, str], ...] = ()) -> None:
         self.image = image
         self.command = command
         self.ports = ports
+        self.volumes = volumes
         self.container: Any = None
 
     def start(self) -> None:
         from testcontainers.core.container import DockerContainer
 
         container = DockerContainer(self.image).with_command(self.command)
+        for source, mounted in self.volumes:
+            container.with_volume_mapping(source, mounted, "ro")
         for inside, outside in self.ports.items():  # loopback only (with_bind_ports binds every interface)
             # docker-py binds a (host, port) pair; testcontainers annotates the value as a bare port.
             container.ports[f"{inside}/tcp"] = ("127.0.0.1", outside)  # type: ignore[assignment]
@@ -180,7 +187,10 @@ class NatsContainer(_Container):
     def __init__(self, image: str = NATS_IMAGE) -> None:
         self.port, self.monitor_port = free_port(), free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
-        super().__init__(image, ["-js", "-sd", "/data", "-m", "8222"], {4222: self.port, 8222: self.monitor_port})
+        # As compose runs it: the same configuration file (max_payload).
+        conf = str(Path(__file__).resolve().parent.parent / "deploy" / "nats" / "nats.conf")
+        super().__init__(image, ["-c", "/etc/nats/nats.conf", "-js", "-sd", "/data", "-m", "8222"],
+                         {4222: self.port, 8222: self.monitor_port}, ((conf, "/etc/nats/nats.conf"),))
 
 
 class RedisContainer(_Container):

@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llm_edge.launcher import free_port, nats_server_binary
+from llm_edge.launcher import NATS_MAX_PAYLOAD, free_port, nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_SECONDS = 30.0
@@ -134,7 +134,9 @@ class Fleet:
     def _nats_proc(self, index: int, cluster_ports: list[int]) -> Proc:
         port = self.nats_ports[index]
         store = self.workdir / f"nats-{index}"
-        argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store),
+        conf = self.workdir / "nats.conf"  # max_payload as every deployment sets it (deploy/nats/nats.conf)
+        conf.write_text(f"max_payload: {NATS_MAX_PAYLOAD}\n")
+        argv = [nats_server_binary(), "-c", str(conf), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store),
                 "--name", f"n{index}", "--server_name", f"n{index}"]
         if len(cluster_ports) > 1:
             routes = ",".join(f"nats://127.0.0.1:{p}" for i, p in enumerate(cluster_ports) if i != index)

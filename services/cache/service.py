@@ -29,8 +29,7 @@ log = logging.getLogger("llm_edge.cache")
 
 _HIT_L1 = {Headers.CACHE_TIER: "l1"}
 _HIT_L2 = {Headers.CACHE_TIER: "l2"}
-_L1_HIT, _L1_MISS = metrics.CACHE.labels("l1", "hit"), metrics.CACHE.labels("l1", "miss")
-_L2_HIT, _L2_MISS = metrics.CACHE.labels("l2", "hit"), metrics.CACHE.labels("l2", "miss")
+_L1, _L2 = metrics.Lookup("l1"), metrics.Lookup("l2")
 
 
 class CacheService:
@@ -41,7 +40,7 @@ class CacheService:
         self.ttl = settings.ttl_seconds
         self.l1 = L1Cache(settings.l1_max_bytes, settings.l1_max_entries)
         self.l2: L2Cache | None = None
-        if settings.redis_url:
+        if settings.redis_url and settings.l2_enabled:
             from services.cache.l2 import L2Cache  # redis-py costs ~20 MB; only loaded when L2 is on
 
             self.l2 = L2Cache(settings.redis_url, settings.redis_timeout_seconds, config.prefix)
@@ -71,6 +70,7 @@ class CacheService:
             key = cache_key(request, headers.get(Headers.NAMESPACE, "default"))
         with tracing.span("cache.lookup", headers, SpanKind.SERVER) as span:
             answer = await self._lookup(key, headers.get(Headers.CACHE_CONTROL, ""), headers)
+            log.debug("cache %s", "miss" if isinstance(answer, CacheMiss) else "hit")
             if span is not None:
                 span.set_attribute("llm_edge.cache", "miss" if isinstance(answer, CacheMiss) else
                                    (answer.headers or {}).get(Headers.CACHE_TIER, ""))
@@ -79,15 +79,15 @@ class CacheService:
     async def _lookup(self, key: str, control: str, headers: Mapping[str, str]) -> bus.Raw | CacheMiss:
         if "no-cache" not in control:
             if (value := self.l1.get(key)) is not None:
-                _L1_HIT.inc()
+                _L1.hit()
                 return bus.Raw(value, _HIT_L1)
-            _L1_MISS.inc()
+            _L1.miss()
             if self.l2 is not None:
                 if (value := await self.l2.get(key)) is not None:
                     self.l1.put(key, value, fill_ttl(headers, self.ttl))
-                    _L2_HIT.inc()
+                    _L2.hit()
                     return bus.Raw(value, _HIT_L2)
-                _L2_MISS.inc()
+                _L2.miss()
         return CacheMiss(key=key)
 
     async def fill_l1(self, data: bytes, headers: Mapping[str, str]) -> None:
@@ -111,7 +111,7 @@ class CacheService:
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
-    metrics.serve(config.metrics_port)
+    metrics.serve(config.metrics_port, expose=config.metrics_enabled)
     connection = await bus.connect(config.nats_url, SERVICE_CACHE)
     server = bus.Server(connection, SERVICE_CACHE, "0.1.0", "LLM Edge cache: L1 memory + L2 Redis")
     await server.start()

@@ -21,13 +21,14 @@ from fastapi import FastAPI
 from opentelemetry.trace import Span, SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from services.ingress import (
     anthropic_dialect,
     anthropic_events,
+    guard,
     health,
     responses_dialect,
     responses_events,
@@ -36,8 +37,14 @@ from services.ingress import (
     stream,
 )
 from services.ingress.auth import Grant
-from services.ingress.gateway import Gateway, lookup, open_stream, route
-from services.ingress.parse import parse_chat_request, read_body
+from services.ingress.gateway import (
+    Gateway,
+    lookup,
+    open_stream,
+    route,
+    unless_client_leaves,
+)
+from services.ingress.parse import bus_payload, parse_chat_request, read_body
 from services.ingress.responses import JSON, TIERS, error_response, result_response, sse_response
 from services.ingress.responses_store import ResponseStore
 from shared import bus, metrics, runtime, tracing
@@ -57,7 +64,6 @@ from shared.messages import (
     ErrorReply,
     StreamChunk,
     StreamOptions,
-    encode,
 )
 
 log = logging.getLogger("llm_edge.ingress")
@@ -68,11 +74,11 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 class Exchange:
     """One request on its way over the bus, whichever client dialect it arrived in."""
 
-    __slots__ = ("cached", "chat", "deadline", "grant", "headers", "payload", "rid", "tier")
+    __slots__ = ("cached", "chat", "deadline", "grant", "headers", "payload", "request", "rid", "tier")
 
-    def __init__(self, rid: str, chat: ChatRequest, payload: bytes, headers: dict[str, str], deadline: float,
-                 cached: ChatResult | None, tier: str | None, grant: Grant | None) -> None:
-        self.rid, self.chat, self.payload, self.headers = rid, chat, payload, headers
+    def __init__(self, request: Request, rid: str, chat: ChatRequest, payload: bytes, headers: dict[str, str],
+                 deadline: float, cached: ChatResult | None, tier: str | None, grant: Grant | None) -> None:
+        self.request, self.rid, self.chat, self.payload, self.headers = request, rid, chat, payload, headers
         self.deadline, self.cached, self.tier, self.grant = deadline, cached, tier, grant
 
 
@@ -99,14 +105,18 @@ async def proceed(gateway: Gateway, request: Request, rid: str, grant: Grant | N
     """The unified request's way in: model check, limits, deadline, bus headers, the cache lookup."""
     gateway.routes.resolve(chat.model)  # 404 for an unknown model before any bus hop
     request.state.model = chat.model
+    # One line per request at info, on completion (observe); this one at debug: at info, the two lines cost
+    # a fifth to a third of the ingress's throughput (docs/RELIABILITY.md, "Logs").
+    log.debug("request %s %s model=%s stream=%s", request.method, request.url.path, chat.model, chat.stream is True)
     timeout = gateway.timeout(request)
     namespace = "default" if grant is None else await gateway.admit(request, grant, chat.model)
     deadline = time.monotonic() + timeout
     headers = gateway.bus_headers(request, rid, time.time() + timeout, namespace)
-    payload = encode(chat)
+    payload = bus_payload(chat)
+    gateway.check_fits(payload)
     cached, tier = await lookup(gateway, chat, payload, headers, timeout)
     request.state.cache = TIERS.get(tier or "", "miss")
-    return Exchange(rid, chat, payload, headers, deadline, cached, tier, grant)
+    return Exchange(request, rid, chat, payload, headers, deadline, cached, tier, grant)
 
 
 async def chat_completions(gateway: Gateway, request: Request) -> Response:
@@ -212,7 +222,8 @@ async def stream_reply(
     gateway: Gateway, ex: Exchange, started: float, writer: Callable[[StreamChunk], stream.Writer]
 ) -> Response:
     on_end = None if ex.grant is None else gateway.stream_charger(ex.grant)
-    response = await open_stream(gateway, ex.payload, ex.headers, ex.rid, ex.deadline, writer, on_end)
+    response = await open_stream(gateway, ex.request, ex.payload, ex.headers, ex.rid, ex.deadline, writer, on_end)
+    ex.request.state.provider = response.headers.get("x-llm-edge-provider")
     metrics.TIME_TO_FIRST_CHUNK.labels(ex.chat.model).observe(time.perf_counter() - started)
     return response
 
@@ -223,11 +234,15 @@ async def answer(
     """The whole answer, from the cache or the router, as one JSON body in the client's dialect."""
     if ex.cached is not None:
         request.state.provider_seconds = 0.0
+        request.state.provider = ex.cached.provider
         return result_response(ex.cached, ex.rid, ex.tier, started, render)
-    reply = await route(gateway, ex.payload, ex.headers, ex.deadline)
+    # A client that hangs up is not waited for (counted as a 499). The upstream call itself runs on: the
+    # bus cancels streams only (closing a non-streamed call needs its bus id here and a cancellable handler).
+    reply = await unless_client_leaves(request, route(gateway, ex.payload, ex.headers, ex.deadline))
     match reply:
         case ChatResult():
             request.state.provider_seconds = reply.provider_seconds
+            request.state.provider = reply.provider
             if ex.grant is not None:  # cache hits cost nothing and are not charged
                 gateway.charge(ex.grant, reply.usage, reply.cost_usd)
             return result_response(reply, ex.rid, None, started, render)
@@ -257,6 +272,8 @@ class FastPath:
         self.handlers = {**self.HANDLERS, **(handlers or {})}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.gateway.draining and scope["type"] == "http":
+            send = _closing(send)
         handler = self.handlers.get(scope["path"]) if scope["type"] == "http" else None
         if handler is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
@@ -269,8 +286,15 @@ class FastPath:
             with tracing.span("chat", request.headers, SpanKind.SERVER, _SPAN_ATTRIBUTES) as span:
                 try:
                     response = await handler(self.gateway, request)
+                except ClientDisconnect:
+                    # The client hung up before its body arrived: nobody to answer, nothing failed here.
+                    # Counted as nginx's 499 (client closed request), not as an error of the gateway.
+                    observe(request, 499, "client", time.perf_counter() - started)
+                    return
                 except GatewayError as exc:
                     origin = "provider" if exc.where.startswith("provider:") else "gateway"
+                    if origin == "provider":
+                        request.state.provider = exc.where.removeprefix("provider:")
                     response = error_response(exc, request)
                     tracing.failed(span, exc.http_status, exc.message)
                 except Exception:  # the HTTP edge's last line: never a bare 500 page, never a hang
@@ -287,6 +311,18 @@ class FastPath:
         finally:
             _ACTIVE.dec()
         observe(request, response.status_code, origin, time.perf_counter() - started)
+
+
+def _closing(send: Send) -> Send:
+    """While draining: every response says `Connection: close`, so a keep-alive client opens its next
+    connection elsewhere (the new ingress) instead of finding this one closed under its request."""
+
+    async def closing(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+        await send(message)
+
+    return closing
 
 
 _ACTIVE = metrics.ACTIVE.labels("ingress")
@@ -310,7 +346,10 @@ def observe(request: Request, status: int, origin: str, elapsed: float) -> None:
     state = request.state
     model = getattr(state, "model", "unresolved")
     cache = getattr(state, "cache", "none")
-    metrics.REQUESTS.labels(model, str(status), origin, cache).inc()
+    log.info("request done: %d%s model=%s cache=%s provider=%s in %.1f ms", status,
+             " (client left)" if status == 499 else "", model, cache, getattr(state, "provider", "-"),
+             elapsed * 1000)
+    metrics.REQUESTS.labels(getattr(state, "provider", None) or "none", model, str(status), origin, cache).inc()
     metrics.REQUEST_DURATION.labels(model).observe(elapsed)
     provider_seconds = getattr(state, "provider_seconds", None)
     if status == 200 and provider_seconds is not None:
@@ -356,6 +395,7 @@ def create_app(config: Config, connection: bus.Bus | None = None) -> FastPath:  
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway.connection = connection or await bus.connect(config.nats_url, "llm-edge-ingress")
+        gateway.warn_if_bus_smaller(gateway.connection)
         await gateway.listen_for_fills(gateway.connection)
         log.info("ingress ready on http://%s:%d", config.ingress.host, config.ingress.port)
         runtime.notify_ready()
@@ -445,7 +485,9 @@ def create_app(config: Config, connection: bus.Bus | None = None) -> FastPath:  
         return Response(shapes.encode(shapes.ModelList(data=cards)), media_type=JSON)
 
     @app.get("/metrics")
-    async def metrics_endpoint() -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
+        if not config.metrics_enabled:  # ENABLE_METRICS=false
+            raise StarletteHTTPException(404)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health/live")
@@ -460,24 +502,13 @@ def create_app(config: Config, connection: bus.Bus | None = None) -> FastPath:  
 
     @app.get("/health")
     async def health_report() -> Response:
-        report = await health.probe(gateway.connection, gateway.subjects, list(config.providers))
+        redis = gateway.keyring.limiter.redis if gateway.keyring is not None else None
+        report = await health.probe(gateway.connection, gateway.subjects, list(config.providers),
+                                    None if redis is None else redis.ping)
         status = 503 if report.status == "unhealthy" else 200
         return Response(shapes.encode(report), status_code=status, media_type=JSON)
 
     return FastPath(app, gateway, dict.fromkeys(responses_dialect.PATHS, responses_create))
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """SO_REUSEPORT, so a new ingress can listen beside the old one during a rolling restart; listening
-    before the app starts, so connections that arrive meanwhile wait in the backlog instead of failing."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if hasattr(socket, "SO_REUSEPORT"):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
 
 
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
@@ -490,11 +521,40 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             app.gateway.draining = True  # readiness fails first; in-flight requests and streams finish
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            """uvicorn's shutdown, but drained the way a load balancer expects: stop accepting, and never
+            close a keep-alive connection under a client that may be sending on it (that request would be
+            lost). A connection closes after a response that said `Connection: close` (every response
+            begun from now on says it: FastPath while draining), or at its keep-alive timeout when idle,
+            as idle connections always do."""
+            for server in self.servers:
+                server.close()
+            for sock in sockets or []:
+                sock.close()
+            for connection in list(self.server_state.connections):
+                cycle = getattr(connection, "cycle", None)
+                # A response not yet begun will say `Connection: close`. One already begun has promised
+                # keep-alive in its head: closing after it would race the client's next request on it
+                # (uvicorn's own shutdown loses those), so it goes idle and its next request is told.
+                if cycle is not None and not cycle.response_complete and not cycle.response_started:
+                    connection.shutdown()
+            try:
+                async with asyncio.timeout(self.config.timeout_graceful_shutdown):
+                    await self._wait_tasks_to_complete()
+            except TimeoutError:
+                log.error("%d request(s) still running after the grace period; cancelled",
+                          len(self.server_state.tasks))
+                for task in self.server_state.tasks:
+                    task.cancel()
+            if not self.force_exit:
+                await self.lifespan.shutdown()
+
     server = Server(
         uvicorn.Config(
             app,
             loop="none",
-            http="httptools",
+            http=guard.guarded(config.ingress),  # httptools, with limits for slow and oversized clients
+            timeout_keep_alive=config.ingress.keep_alive_seconds,
             lifespan="on",
             log_level="warning",
             access_log=False,
@@ -502,4 +562,5 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             timeout_graceful_shutdown=30,
         )
     )
-    await server.serve(sockets=[listening_socket(config.ingress.host, config.ingress.port)])
+    listener = runtime.inherited_listener() or runtime.listening_socket(config.ingress.host, config.ingress.port)
+    await server.serve(sockets=[listener])

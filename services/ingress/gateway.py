@@ -4,11 +4,15 @@ request reaches the other tiers: the cache lookup, the router, a stream's inbox.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from services.ingress import limits, stream
@@ -20,6 +24,7 @@ from shared.cache.key import cache_key
 from shared.cache.l1 import L1Cache, fill_ttl
 from shared.config import Config
 from shared.errors import (
+    BodyTooLarge,
     DeadlineExceeded,
     InvalidRequest,
     Unavailable,
@@ -40,9 +45,29 @@ from shared.subjects import Headers, Subjects
 
 log = logging.getLogger("llm_edge.ingress")
 
+T = TypeVar("T")
+
+# Room left in a bus message for its headers (request id, deadline, trace context, cache key...).
+_HEADER_ROOM_BYTES = 64 * 1024
+MAX_CACHE_TTL_SECONDS = 365 * 24 * 3600.0
+
 # Extra time granted to the bus beyond the client's deadline, so the hop that ran out of time can still
 # answer with its own, more precise error.
 _REPLY_GRACE_SECONDS = 0.25
+
+
+def cache_ttl(value: str) -> float:
+    """`x-llm-edge-cache-ttl`: seconds, finite, at least a millisecond (Redis keeps TTLs in ms) and at most
+    a year. Anything else is the client's error: `nan` or `inf` would never expire, and a TTL Redis
+    refuses (1e30) would fail the write."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0.001 <= seconds <= MAX_CACHE_TTL_SECONDS:  # false for nan as well
+        raise InvalidRequest(f"`x-llm-edge-cache-ttl` must be a number of seconds between 0.001 and "
+                             f"{MAX_CACHE_TTL_SECONDS:.0f}.", code="invalid_cache_ttl")
+    return seconds
 
 
 class Gateway:
@@ -59,7 +84,22 @@ class Gateway:
         cache = config.cache
         self.l1 = L1Cache(cache.l1_max_bytes, cache.l1_max_entries) if cache.enabled and cache.ingress_l1 else None
         # Without L2 the cache service knows nothing this ingress's L1 does not (both hear every fill).
-        self.ask_cache_service = cache.enabled and (self.l1 is None or cache.redis_url is not None)
+        self.ask_cache_service = cache.enabled and (
+            self.l1 is None or (cache.redis_url is not None and cache.l2_enabled))
+
+    def warn_if_bus_smaller(self, connection: bus.Bus) -> None:
+        """A bus that carries less than the body limit: such bodies will get a 413 (not a 500); say why once."""
+        if (limit := self.config.ingress.max_body_bytes) + _HEADER_ROOM_BYTES > connection.max_payload:
+            log.warning("ingress.max_body_bytes is %d but the NATS server's max_payload is %d: larger requests "
+                        "get a 413; raise max_payload (deploy/nats/nats.conf)", limit, connection.max_payload)
+
+    def check_fits(self, payload: bytes) -> None:
+        """413 for a request the bus cannot carry as one message: the server's max_payload (32 MB as we
+        ship it, deploy/nats/nats.conf) is the real limit when it is smaller than ingress.max_body_bytes,
+        or when the encoded request outgrew its JSON (msgpack writes every float in 9 bytes)."""
+        room = self.bus().max_payload - _HEADER_ROOM_BYTES
+        if len(payload) > room:
+            raise BodyTooLarge(f"Request is larger than the {room} bytes the gateway's message bus carries.")
 
     async def listen_for_fills(self, connection: bus.Bus) -> None:
         """Fill the ingress's L1 from the broadcast every cache replica hears."""
@@ -90,8 +130,8 @@ class Gateway:
         flags = [flag for flag in ("no-cache", "no-store") if flag in control]
         if flags:
             headers[Headers.CACHE_CONTROL] = ",".join(flags)
-        if ttl := request.headers.get("x-llm-edge-cache-ttl"):
-            headers[Headers.CACHE_TTL] = ttl
+        if (ttl := request.headers.get("x-llm-edge-cache-ttl")) is not None:
+            headers[Headers.CACHE_TTL] = str(cache_ttl(ttl))
         if tracing.enabled():
             tracing.inject(headers)  # the ingress span becomes the parent of every hop after it
         elif traceparent := request.headers.get("traceparent"):
@@ -165,10 +205,12 @@ async def lookup(
         if "no-cache" not in control and (value := gateway.l1.get(key)) is not None:
             hit = reply_decoder.decode(value)
             if isinstance(hit, ChatResult):
-                _L1_HIT.inc()
+                log.debug("cache hit (ingress l1)")
+                _L1.hit()
                 return hit, "l1"
         if not gateway.ask_cache_service:
-            _L1_MISS.inc()
+            log.debug("cache miss (ingress l1; no l2 to ask)")
+            _L1.miss()
             if "no-store" not in control:
                 headers[Headers.CACHE_KEY] = key
             return None, None
@@ -187,7 +229,31 @@ async def lookup(
     return None, None
 
 
-_L1_HIT, _L1_MISS = metrics.CACHE.labels("l1", "hit"), metrics.CACHE.labels("l1", "miss")
+_L1 = metrics.Lookup("l1")
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """`work`, unless the client hangs up first: then `work` is cancelled and `ClientDisconnect` raised, so
+    nothing keeps waiting for an answer nobody will read. Only once the body has been read: the next
+    message is the disconnect."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadline: float) -> Reply:
@@ -213,13 +279,15 @@ async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadl
 
 
 async def open_stream(
-    gateway: Gateway, payload: bytes, headers: dict[str, str], rid: str, deadline: float,
+    gateway: Gateway, request: Request, payload: bytes, headers: dict[str, str], rid: str, deadline: float,
     writer: Callable[[StreamChunk], stream.Writer], on_end: Callable[[StreamEnd], None] | None = None,
 ) -> Response:
     headers[Headers.STREAM] = "1"
     bus_stream = await gateway.bus().open_stream(gateway.subjects.route, payload, headers, gateway.subjects.cancel)
     try:
-        first = await stream.first_frame(bus_stream, deadline + _REPLY_GRACE_SECONDS)
+        # A client that leaves before the first chunk is noticed now, not when that chunk arrives; closing
+        # the stream sends the cancel notice that closes the upstream call.
+        first = await unless_client_leaves(request, stream.first_frame(bus_stream, deadline + _REPLY_GRACE_SECONDS))
     except BaseException:
         await bus_stream.close()
         raise

@@ -1,12 +1,15 @@
 """`/health`: asks each service kind over the bus and folds the answers into one verdict.
 
-Healthy: router up, L1 up, L2 up (when configured), every provider up. Degraded: still serving, but the
-cache tier, L2 or some provider is down. Unhealthy: no bus, no router or no provider at all.
+Healthy: router up, L1 up, L2 up (when configured), every provider up, the rate-limit Redis up (when
+configured). Degraded: still serving, but the cache tier, L2, some provider, some target (its breaker
+open) or the rate-limit Redis (limits then hold per process) is down. Unhealthy: no bus, no router, no
+provider at all, or every target's breaker open (the router reports itself down then).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from msgspec import Struct
@@ -32,6 +35,8 @@ class HealthView(Struct, kw_only=True):
     cache: Component
     router: Component
     providers: dict[str, Component]
+    # The Redis that shares rate limits between ingress replicas; None when none is configured.
+    limits: Component | None = None
 
 
 async def _probe(connection: bus.Bus, subject: str) -> Component:
@@ -47,22 +52,34 @@ async def _probe(connection: bus.Bus, subject: str) -> Component:
     return Component(status=report.status, instance=report.instance, checks=report.checks)
 
 
-async def probe(connection: bus.Bus | None, subjects: Subjects, providers: list[str]) -> HealthView:
+async def _limits(ping: Callable[[], Awaitable[bool]] | None) -> Component | None:
+    if ping is None:
+        return None
+    if await ping():
+        return Component(status="up")
+    return Component(status="down", error="redis unreachable: rate limits hold per ingress process")
+
+
+async def probe(connection: bus.Bus | None, subjects: Subjects, providers: list[str],
+                limits_ping: Callable[[], Awaitable[bool]] | None = None) -> HealthView:
     down = Component(status="down", error="bus not connected")
     if connection is None or not connection.connected:
         return HealthView(
             status="unhealthy", bus="disconnected", cache=down, router=down,
-            providers=dict.fromkeys(providers, down),
+            providers=dict.fromkeys(providers, down), limits=await _limits(limits_ping),
         )
     kinds = ["cache", "router", *(f"provider.{name}" for name in providers)]
-    results = await asyncio.gather(*(_probe(connection, subjects.health(kind)) for kind in kinds))
+    results, limits = await asyncio.gather(
+        asyncio.gather(*(_probe(connection, subjects.health(kind)) for kind in kinds)), _limits(limits_ping))
     cache, router, *provider_results = results
     by_provider = dict(zip(providers, provider_results, strict=True))
     up = [c for c in by_provider.values() if c.status == "up"]
     if router.status == "down" or not up:
         status: Literal["healthy", "degraded", "unhealthy"] = "unhealthy"
-    elif cache.status != "up" or len(up) < len(by_provider):
+    elif (cache.status != "up" or router.status != "up" or len(up) < len(by_provider)
+          or (limits is not None and limits.status != "up")):
         status = "degraded"
     else:
         status = "healthy"
-    return HealthView(status=status, bus="connected", cache=cache, router=router, providers=by_provider)
+    return HealthView(status=status, bus="connected", cache=cache, router=router, providers=by_provider,
+                      limits=limits)

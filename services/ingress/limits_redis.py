@@ -78,6 +78,15 @@ class RedisLimits:
     def healthy(self) -> bool:
         return self._redis.healthy
 
+    async def ping(self) -> bool:
+        """Whether Redis answers now (for /health), within the configured timeout."""
+
+        async def ping() -> bool:
+            await self._redis.client.ping()
+            return True
+
+        return await self._redis.call(ping, False, probe=True)
+
     def _keys(self, rule: Rule, period: str) -> list[str]:
         # One hash tag per key name: a key's counters sit in one Redis Cluster slot, as a script needs.
         base = f"{self._prefix}{{{rule.name}}}:"

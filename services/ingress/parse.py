@@ -14,7 +14,7 @@ import msgspec
 from starlette.requests import Request
 
 from shared.errors import BodyTooLarge, InvalidRequest
-from shared.messages import ChatRequest
+from shared.messages import ChatRequest, encode
 
 T = TypeVar("T")
 
@@ -83,11 +83,31 @@ def decode_body(
         raise invalid(problem(exc)) from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # msgspec's own guard against a stack overflow, ~1,000 levels deep
+        raise _too_deep() from exc
+
+
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest("The request body is nested too deeply.", code="nesting_too_deep")
+
+
+def bus_payload(request: ChatRequest) -> bytes:
+    """The request encoded for the bus. JSON carries any integer and any depth; msgpack stops at 64 bits,
+    and an encoder nested deep enough runs out of stack: either is the client's input, so a 400."""
+    try:
+        return encode(request)
+    except OverflowError as exc:
+        raise InvalidRequest("The request holds an integer outside the 64-bit range.",
+                             code="integer_out_of_range") from exc
+    except RecursionError as exc:
+        raise _too_deep() from exc
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
     request = decode_body(_decoder, body, invalid)
-    fields = _fields_decoder.decode(body)
+    # The typed decoder skips the names of fields it does not know without reading them; this one reads
+    # every name, so it is the one that meets invalid UTF-8 in a field name.
+    fields = decode_body(_fields_decoder, body, invalid)
     extras = {name: raw for name, raw in fields.items() if name not in _KNOWN}
     if extras:
         request = msgspec.structs.replace(request, extra_json=msgspec.json.encode(extras))

@@ -50,7 +50,8 @@ def result_response(
             "x-llm-edge-model": result.target_model,
             "x-llm-edge-cache": TIERS.get(tier or "", "miss"),
             "x-llm-edge-latency-ms": f"{elapsed_ms:.2f}",
-            "x-llm-edge-cost-usd": f"{result.cost_usd:.8f}",
+            # A hit cost nothing: the stored answer keeps the cost of the call that made it.
+            "x-llm-edge-cost-usd": f"{0.0 if tier else result.cost_usd:.8f}",
         },
     )
 

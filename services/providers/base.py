@@ -26,6 +26,7 @@ from shared.errors import (
     Unavailable,
 )
 from shared.messages import ChatRequest, ChatResult, ToolCallDelta, Usage
+from shared.secrets import header_values
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +37,13 @@ class HttpCall:
     url: str
     headers: dict[str, str]
     body: bytes
-    # Names of headers whose values are secrets (never logged).
+    # Names of headers whose values are secrets (never logged, redacted from errors).
     secret_headers: frozenset[str] = field(default_factory=frozenset)
+
+    def secret_values(self) -> set[str]:
+        """The values of the secret headers (and the token of `Bearer <token>`), to redact from errors."""
+        names = {name.lower() for name in self.secret_headers}
+        return header_values(value for name, value in self.headers.items() if name.lower() in names)
 
 
 # The settings struct an adapter reads (its own, a `ProviderSettings` subclass).

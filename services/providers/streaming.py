@@ -8,6 +8,7 @@ stream with an error frame and marks the error `stream_started`, so nobody retri
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +19,6 @@ from opentelemetry.trace import SpanKind
 
 from services.providers.assemble import Assembler
 from services.providers.base import Delta, HttpAdapter, StreamSummary
-from services.providers.http import Upstream
 from shared import bus, tracing
 from shared.errors import DeadlineExceeded, GatewayError
 from shared.logs import request_id
@@ -27,6 +27,8 @@ from shared.subjects import Headers
 
 if TYPE_CHECKING:
     from services.providers.worker import ProviderWorker
+
+log = logging.getLogger("llm_edge.provider")
 
 
 async def items(worker: ProviderWorker, request: ChatRequest, model: str, timeout: float
@@ -45,15 +47,20 @@ async def _http_items(worker: ProviderWorker, adapter: HttpAdapter[Any], request
     call = adapter.build_stream_request(request, model, worker.settings)
     parser = adapter.stream_parser(provider=worker.name, model=model)
     decoder = adapter.stream_decoder()
-    async with worker.upstream.open(call, timeout) as response:
-        if response.status >= 400:
-            body = await response.read()
-            raise adapter.parse_error(response.status, body, response.headers, provider=worker.name)
-        async for raw in Upstream.chunks(response):
-            for event, data in decoder.feed(raw):
-                for delta in parser.feed(event, data):
-                    yield delta
-    yield parser.end()
+    try:
+        async with worker.upstream.open(call, timeout) as body:
+            response = body.response
+            if response.status >= 400:
+                log.info("provider %s answered %d to a stream request", worker.name, response.status)
+                raise adapter.parse_error(response.status, await body.read(), response.headers, provider=worker.name)
+            async for raw in body.chunks():
+                for event, data in decoder.feed(raw):
+                    for delta in parser.feed(event, data):  # an error event raises, in the upstream's words
+                        yield delta
+        yield parser.end()
+    except GatewayError as exc:
+        worker.redacted(exc, call)
+        raise
 
 
 def target_model(request: ChatRequest, ctx: bus.Context) -> str:
@@ -78,6 +85,8 @@ async def frames(worker: ProviderWorker, request: ChatRequest, ctx: bus.Context
             except GatewayError as exc:
                 worker.account(model, None, exc.http_status, time.perf_counter() - started)
                 tracing.failed(span, exc.http_status, exc.message)
+                log.warning("stream from %s failed after %d chunks: %d %s: %s", worker.name, pump.seq,
+                            exc.http_status, exc.code, exc.message)
                 raise
             yield pump.result()
     finally:
@@ -117,7 +126,7 @@ class _Pump:
                         provider=self.worker.name if first else None, item_json=item.item_json,
                     )
                     self.seq += 1
-        except TimeoutError as exc:
+        except TimeoutError as exc:  # the local (mock) adapter's stream; HTTP ones keep to it themselves
             raise DeadlineExceeded("the request deadline passed during the stream",
                                    where=self.worker.where) from exc
         usage = self.summary.usage if self.summary else None

@@ -18,10 +18,10 @@ import msgspec
 from opentelemetry.trace import SpanKind
 
 from services.providers import streaming
-from services.providers.base import HttpAdapter, LocalAdapter
-from services.providers.http import Upstream
+from services.providers.base import HttpAdapter, HttpCall, LocalAdapter
+from services.providers.http import Upstream, Waits
 from services.providers.registry import ADAPTERS
-from shared import bus, metrics, pricing, runtime, tracing
+from shared import bus, metrics, pricing, runtime, secrets, tracing
 from shared.config import Config, ProviderSettings
 from shared.errors import DeadlineExceeded, GatewayError, ProviderError
 from shared.logs import request_id
@@ -48,10 +48,12 @@ class ProviderWorker:
         self.local = isinstance(self.adapter, LocalAdapter)
         self.instance = ""
         self.subjects = Subjects(config.prefix)
-        self.upstream = Upstream(name, self.settings.max_connections)
+        self.upstream = Upstream(name, self.settings.max_connections, Waits.of(self.settings))
         self.active = metrics.ACTIVE.labels(f"provider.{name}")
         self.queue: bus.QueueConsumer | None = None
         self.max_age = config.ingress.request_timeout_seconds + 60
+        self.default_timeout = config.ingress.request_timeout_seconds
+        self.redact = secrets.Redactor(secrets.configured(config))
         self.endpoint = bus.Endpoint(request_decoder.decode, self.chat, self.stream)
 
     async def start(self, server: bus.Server) -> None:
@@ -84,11 +86,13 @@ class ProviderWorker:
         await self.upstream.close()
 
     def time_left(self, ctx: bus.Context) -> float:
-        """Seconds this call may take: the request's deadline or the provider's timeout, the sooner."""
-        left = ctx.remaining(self.settings.timeout_seconds)
+        """Seconds this call may take: what is left of the request's deadline, the only total (the
+        upstream's own waits, connect, first byte and idle, are the HTTP client's: services/providers/http.py);
+        without a deadline (a bare bus request), the ingress's default."""
+        left = ctx.remaining(self.default_timeout)
         if left <= 0:
             raise DeadlineExceeded("deadline passed before the provider was called", where=self.where)
-        return min(left, self.settings.timeout_seconds)
+        return left
 
     async def chat(self, request: ChatRequest, ctx: bus.Context) -> ChatResult:
         request_id.set(ctx.request_id)
@@ -148,22 +152,31 @@ class ProviderWorker:
         self, adapter: HttpAdapter[Any], request: ChatRequest, model: str, timeout: float
     ) -> ChatResult:
         call = adapter.build_request(request, model, self.settings)
-        response = await self.upstream.send(call, timeout)
-        if response.status >= 400:
-            log.info("provider %s answered %d", self.name, response.status)
-            raise adapter.parse_error(response.status, response.body, response.headers, provider=self.name)
         try:
-            return adapter.parse_response(response.body, provider=self.name, model=model)
-        except GatewayError:
+            response = await self.upstream.send(call, timeout)
+            if response.status >= 400:
+                log.info("provider %s answered %d", self.name, response.status)
+                raise adapter.parse_error(response.status, response.body, response.headers, provider=self.name)
+            try:
+                return adapter.parse_response(response.body, provider=self.name, model=model)
+            except (msgspec.DecodeError, ValueError, KeyError, TypeError) as exc:
+                raise ProviderError(
+                    f"{self.name}: malformed response body", code="provider_bad_response", where=self.where
+                ) from exc
+        except GatewayError as exc:
+            self.redacted(exc, call)
             raise
-        except (msgspec.DecodeError, ValueError, KeyError, TypeError) as exc:
-            raise ProviderError(
-                f"{self.name}: malformed response body", code="provider_bad_response", where=self.where
-            ) from exc
+
+    def redacted(self, error: GatewayError, call: HttpCall) -> GatewayError:
+        """`error` with every secret removed from its message: the upstream wrote that text, and a
+        misbehaving one echoes what it was sent. Done here, the one place that knows the secrets."""
+        error.message = self.redact(error.message, call.secret_values())
+        error.args = (error.message,)
+        return error
 
 
 async def serve(config: Config, name: str, stop: asyncio.Event) -> None:
-    metrics.serve(config.metrics_port)
+    metrics.serve(config.metrics_port, expose=config.metrics_enabled)
     connection = await bus.connect(config.nats_url, provider_service_name(name))
     server = bus.Server(connection, provider_service_name(name), "0.1.0", f"LLM Edge provider worker: {name}")
     await server.start()

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Coroutine, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 from opentelemetry.trace import SpanKind
@@ -137,6 +137,8 @@ class Router:
         ordered = strategy.order(self.routes.strategy(model), targets, self.stats, self.rng,
                                  self.config.router.hybrid_latency_weight)
         candidates = [t for t in ordered if self.breaker(t).available(now)]
+        log.debug("routing %s (%s): %s; breaker open: %s", model, self.routes.strategy(model),
+                  [t.key for t in candidates] or "none", [t.key for t in ordered if t not in candidates] or "none")
         if not candidates:
             raise Unavailable(f"Every target for `{model}` is failing; its circuit breakers are open.",
                               code="all_targets_unavailable")
@@ -173,6 +175,9 @@ class Router:
                 return Unavailable(f"`{target.key}` is failing; its circuit breaker is open.",
                                    code="target_unavailable", where=f"provider:{target.provider}")
             started = time.monotonic()
+            # A first attempt at debug (the ingress's completion line names the provider, and a fallback
+            # follows a "moving on" line at info); a retry at info.
+            log.log(logging.DEBUG if attempt == 1 else logging.INFO, "calling %s (attempt %d)", target.key, attempt)
             try:
                 reply, answer = await self._ask_live(target, ctx, onward, deadline)
             except bus.Lost as lost:
@@ -284,12 +289,16 @@ class Router:
         metrics.BREAKER_OPEN.labels(event.target).set(1 if event.state == "open" else 0)
 
     def health(self) -> HealthReport:
+        """Degraded while some target's breaker is open; down when every target known (configured or
+        used) has an open breaker: nothing can be answered until a cooldown ends."""
         now = time.monotonic()
         checks: dict[str, str] = {
             f"breaker {key}": b.state for key, b in self.breakers.items() if b.state != "closed"}
-        degraded = any(not b.available(now) for b in self.breakers.values())
-        return HealthReport(service="router", instance=self.instance, status="degraded" if degraded else "up",
-                            checks=checks)
+        targets = {t.key for route in self.config.models for t in route.targets} | set(self.breakers)
+        shut = {key for key, b in self.breakers.items() if not b.available(now)}
+        status: Literal["up", "degraded", "down"] = (
+            "down" if targets and shut >= targets else "degraded" if shut else "up")
+        return HealthReport(service="router", instance=self.instance, status=status, checks=checks)
 
     async def _fill(self, headers: Mapping[str, str], data: bytes) -> None:
         key = headers.get(Headers.CACHE_KEY)
@@ -302,7 +311,7 @@ class Router:
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
-    metrics.serve(config.metrics_port)
+    metrics.serve(config.metrics_port, expose=config.metrics_enabled)
     connection = await bus.connect(config.nats_url, SERVICE_ROUTER)
     server = bus.Server(connection, SERVICE_ROUTER, "0.1.0", "LLM Edge router: targets, fallback, cache fill")
     await server.start()

@@ -58,6 +58,11 @@ class Bus:
         return self.nc.is_closed
 
     @property
+    def max_payload(self) -> int:
+        """The largest message the server takes (its `max_payload`): a request or an answer is one."""
+        return int(self.nc.max_payload)
+
+    @property
     def url(self) -> str:
         return self.nc.connected_url.geturl() if self.nc.connected_url else ""
 

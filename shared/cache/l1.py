@@ -50,11 +50,18 @@ class L1Cache:
 
 
 def fill_ttl(headers: Mapping[str, str], default: float) -> float:
-    """A fill's time to live: its `Llm-Cache-Ttl` header, or `default` when absent or unreadable."""
+    """A fill's time to live: its `Llm-Cache-Ttl` header, or `default` when absent, unreadable, not finite
+    or over a year; under a millisecond is 0 (expired at once, never written to Redis)."""
     value = headers.get(Headers.CACHE_TTL)
     if value is None:
         return default
     try:
-        return float(value)
+        ttl = float(value)
     except ValueError:
         return default
+    # The ingress refuses other values; a fill from elsewhere on the bus must not write what never expires
+    # (nan, inf, beyond a year: the default instead), nor a TTL Redis refuses (under a millisecond: 0,
+    # which stores nothing).
+    if not ttl <= 365 * 24 * 3600.0:  # true for nan as well
+        return default
+    return ttl if ttl >= 0.001 else 0.0

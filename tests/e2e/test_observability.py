@@ -179,7 +179,7 @@ def test_every_process_serves_its_metrics(observed: Observed) -> None:
     expected = {
         "ingress": "llm_edge_requests_total",
         "cache": "llm_edge_cache_lookups_total",
-        "router": "llm_edge_provider_up",
+        "router": "llm_edge_provider_available",
         "provider openai": "llm_edge_tokens_total",
     }
     for url, name in urls:

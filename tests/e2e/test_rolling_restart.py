@@ -29,7 +29,8 @@ def services_of(pid: int) -> dict[int, str]:
 
 async def load(url: str, until: float, failures: list[str]) -> tuple[int, int]:
     """Requests back to back until `until`; returns (whole answers, whole streams)."""
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", timeout=30)
+    # No client-side retries: a request the gateway drops during a restart must show up as a failure.
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", timeout=30, max_retries=0)
     fresh = {"cache-control": "no-cache, no-store"}  # every request goes all the way to a provider
     answers = streams = 0
     n = 0

@@ -163,6 +163,20 @@ def test_second_identical_request_is_a_cache_hit(gateway: Gateway) -> None:
         assert client.get(f"{gateway.upstream_url}/_mock/stats").json()["calls"] == before + 1
 
 
+def test_large_request_and_answer_cross_the_embedded_bus(gateway: Gateway) -> None:
+    """A 5 MiB request (an image as a data: URL, as the SDKs send one) and a 3 MiB answer (the mock echoes
+    the text): both larger than NATS' default 1 MB message, both within the configured limits."""
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="anything", max_retries=0)
+    image = "data:image/png;base64," + "A" * (5 * 1024 * 1024)
+    text = "t" * (3 * 1024 * 1024)
+    completion = client.chat.completions.create(model="mock", messages=[{"role": "user", "content": [
+        {"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": image}}]}])
+    assert completion.choices[0].message.content == f"Mock reply to: {text}"
+    with pytest.raises(openai.APIStatusError) as refused:  # over ingress.max_body_bytes (20 MiB): 413
+        client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "x" * (21 << 20)}])
+    assert refused.value.status_code == 413
+
+
 def test_each_service_is_its_own_process(gateway: Gateway) -> None:
     commands = " | ".join(children_of(gateway.process.pid).values())
     for part in ("nats-server", "llm_edge.cli ingress", "llm_edge.cli cache", "llm_edge.cli router",
@@ -224,7 +238,11 @@ def test_a_crashed_service_is_restarted(gateway: Gateway) -> None:
 
 def test_ctrl_c_stops_everything(gateway: Gateway) -> None:
     children = children_of(gateway.process.pid)
+    (nats_argv,) = [cmd.split() for cmd in children.values() if "nats-server" in cmd]
+    scratch = Path(nats_argv[nats_argv.index("-c") + 1]).parent  # its configuration and JetStream store
+    assert scratch.is_dir()
     gateway.process.send_signal(signal.SIGINT)
     assert gateway.process.wait(timeout=30) == 0
+    assert not scratch.exists(), "llm-edge up left its temporary directory behind"
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from shared import bus, runtime
-from tests.infra import Nats
+from tests.infra import Nats, Server
 from tests.integration.test_request_path import eventually
 from tests.mockupstream.server import MockUpstream
 from tests.stack import Stack, make_config
@@ -28,14 +28,16 @@ async def test_miss_hit_and_error_are_counted(nats_server: Nats, upstream: MockU
     stack = await Stack(config).start()
     body = {"model": "up/gpt-4o-mini", "messages": [{"role": "user", "content": "count me please"}]}
     before = {
-        "miss": value("llm_edge_requests_total", model="up/gpt-4o-mini", status="200", origin="gateway",
+        "miss": value("llm_edge_requests_total", provider="up", model="up/gpt-4o-mini", status="200", origin="gateway",
                       cache="miss"),
-        "hit": value("llm_edge_requests_total", model="up/gpt-4o-mini", status="200", origin="gateway",
+        "hit": value("llm_edge_requests_total", provider="up", model="up/gpt-4o-mini", status="200", origin="gateway",
                      cache="hit-l1"),
-        "err": value("llm_edge_requests_total", model="up/gpt-4o-mini", status="429", origin="provider",
+        "err": value("llm_edge_requests_total", provider="up", model="up/gpt-4o-mini", status="429", origin="provider",
                      cache="miss"),
         "cost": value("llm_edge_cost_usd_total", provider="up", model="gpt-4o-mini"),
         "l1_hit": value("llm_edge_cache_lookups_total", tier="l1", result="hit"),
+        "hits": value("llm_edge_cache_hits_total", tier="l1"),
+        "misses": value("llm_edge_cache_misses_total", tier="l1"),
         "out": value("llm_edge_tokens_total", provider="up", model="gpt-4o-mini", type="output"),
     }
     try:
@@ -51,13 +53,17 @@ async def test_miss_hit_and_error_are_counted(nats_server: Nats, upstream: MockU
         assert float(miss.headers["x-llm-edge-cost-usd"]) == round(expected_cost, 8)
         assert value("llm_edge_cost_usd_total", provider="up", model="gpt-4o-mini") - before["cost"] == \
             pytest.approx(expected_cost)
-        assert value("llm_edge_requests_total", model="up/gpt-4o-mini", status="200", origin="gateway",
+        assert value("llm_edge_requests_total", provider="up", model="up/gpt-4o-mini", status="200", origin="gateway",
                      cache="miss") - before["miss"] == 1
-        assert value("llm_edge_requests_total", model="up/gpt-4o-mini", status="200", origin="gateway",
+        assert value("llm_edge_requests_total", provider="up", model="up/gpt-4o-mini", status="200", origin="gateway",
                      cache="hit-l1") - before["hit"] == 1
-        assert value("llm_edge_requests_total", model="up/gpt-4o-mini", status="429", origin="provider",
+        assert value("llm_edge_requests_total", provider="up", model="up/gpt-4o-mini", status="429", origin="provider",
                      cache="miss") - before["err"] == 1
         assert value("llm_edge_cache_lookups_total", tier="l1", result="hit") - before["l1_hit"] == 1
+        # The seed's names: hits and misses by tier, provider availability.
+        assert value("llm_edge_cache_hits_total", tier="l1") - before["hits"] == 1
+        assert value("llm_edge_cache_misses_total", tier="l1") - before["misses"] >= 1
+        assert value("llm_edge_provider_available", provider="up") == 0  # its last call was the 429
         assert value("llm_edge_tokens_total", provider="up", model="gpt-4o-mini", type="output") - \
             before["out"] == usage["completion_tokens"]
         assert value("llm_edge_provider_requests_total", provider="up", model="gpt-4o-mini", status="429") >= 1
@@ -80,3 +86,19 @@ async def test_a_worker_is_ready_while_on_the_bus_and_not_draining(nats_server: 
     stop.clear()
     await nc.close()  # the bus is gone
     assert not ready()
+
+
+async def test_enable_metrics_false_hides_metrics_and_enable_l2_false_skips_redis(
+    nats_server: Nats, redis_server: Server
+) -> None:
+    stack = await Stack(make_config(nats_server.url, metrics_enabled=False,
+                                    cache={"redis_url": redis_server.url, "l2_enabled": False})).start()
+    try:
+        assert stack.http is not None
+        assert (await stack.http.get("/metrics")).status_code == 404
+        assert stack.caches["cache"].l2 is None  # no L2 though Redis is configured
+        assert not stack.apps[0].gateway.ask_cache_service  # the ingress's L1 knows all the cache does
+        health = (await stack.http.get("/health")).json()
+        assert health["cache"]["checks"]["l2"] == "off"
+    finally:
+        await stack.close()

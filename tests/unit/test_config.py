@@ -146,3 +146,24 @@ def test_reading_the_configuration_loads_no_adapter_code() -> None:
             "print(sorted(m for m in sys.modules if m.endswith(('.adapter', '.stream', '.registry'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- the seed's switches (issue #15, item 11) --------------------------------------------------------
+
+
+def test_enable_switches_are_read_from_the_environment() -> None:
+    from shared.config import ConfigError, load
+
+    base = {"REDIS_URL": "redis://127.0.0.1:6379/0", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
+    on = load(None, {**base}, adapters=SETTINGS)
+    assert (on.cache.l2_enabled, on.tracing_endpoint, on.metrics_enabled) == (True, "http://collector:4318", True)
+    off = load(None, {**base, "ENABLE_L2_CACHE": "false", "ENABLE_TRACING": "0", "ENABLE_METRICS": "no"},
+               adapters=SETTINGS)
+    assert (off.cache.l2_enabled, off.tracing_endpoint, off.metrics_enabled) == (False, None, False)
+    assert off.limits_redis_url == "redis://127.0.0.1:6379/0"  # L2 off; the rate limits keep their Redis
+    assert load(None, {"ENABLE_TRACING": "true"}, adapters=SETTINGS).tracing_endpoint == "http://localhost:4318"
+    assert load(None, {}, adapters=SETTINGS).tracing_endpoint is None
+    import pytest
+
+    with pytest.raises(ConfigError, match="ENABLE_METRICS='maybe': expected true or false"):
+        load(None, {"ENABLE_METRICS": "maybe"}, adapters=SETTINGS)

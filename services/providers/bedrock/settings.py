@@ -25,6 +25,9 @@ class BedrockSettings(ProviderSettings, frozen=True, kw_only=True, tag="bedrock"
         "AWS_SESSION_TOKEN": "aws_session_token",
     }
 
+    def secrets(self) -> tuple[str | None, ...]:
+        return (self.api_key, self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token)
+
     def problem(self) -> str | None:
         if not self.base_url and not self.region:
             return "region: Bedrock needs a region (or AWS_REGION), or a base_url"

@@ -1,0 +1,45 @@
+"""A client that hangs up before its stream's first chunk (issue #15, item 10): the upstream call is closed
+at once, instead of when that first chunk arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.infra import Nats
+from tests.mockupstream.server import MockUpstream
+from tests.stack import Stack, make_config
+
+
+@pytest.fixture
+async def stack(nats_server: Nats, upstream: MockUpstream) -> AsyncIterator[Stack]:
+    stack = await Stack(make_config(nats_server.url, cache={"enabled": False}, providers={
+        "up": {"adapter": "openai_compatible", "base_url": f"{upstream.url}/v1", "api_key": "k"}})).start()
+    yield stack
+    await stack.close()
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_leaving_before_the_first_chunk_closes_the_upstream_call(
+    stack: Stack, upstream: MockUpstream, path: str
+) -> None:
+    upstream.script([{"status": 200, "delay_ms": 10_000}])  # the upstream takes its time to start
+    body = {"model": "up/gpt-4o", "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "take your time"}]}
+    assert stack.http is not None
+    call = asyncio.create_task(stack.http.post(path, json=body))
+    reached = time.monotonic() + 5
+    while upstream.stats["in_flight"] < 1:  # the mock wakes waiters on answers, not on arrivals: poll
+        assert time.monotonic() < reached and not call.done(), "the call never reached the upstream"
+        await asyncio.sleep(0.01)
+    call.cancel()  # the client hangs up
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    left = time.monotonic()
+    stats = await upstream.wait_for(lambda s: s["disconnects"] >= 1, timeout=2)
+    assert stats["disconnects"] == 1
+    assert time.monotonic() - left < 2  # at once, not after the upstream's 10 s
+    assert upstream.stats["calls"] == 1  # and not retried elsewhere or again

@@ -48,6 +48,8 @@ class ProviderConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     stream_chunks: int = 8
     chunk_interval_ms: float = 0.0
     stream_fail_after: int | None = None  # chunks sent before a simulated mid-stream failure
+    # anthropic: the `anthropic-beta` values a client may send on to this provider (None: every one).
+    anthropic_betas: list[str] | None = None
 
 
 class Target(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -18,7 +18,9 @@ T = TypeVar("T")
 
 _decoder = msgspec.json.Decoder(ChatRequest)
 _fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_KNOWN = frozenset(ChatRequest.__struct_fields__) - {"extra_json"}
+# Fields of the unified request that the gateway sets itself: sent by a client, they are vendor extras.
+_INTERNAL = frozenset({"extra_json", "anthropic"})
+_KNOWN = frozenset(ChatRequest.__struct_fields__) - _INTERNAL
 _PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 
 
@@ -49,13 +51,15 @@ def decode_body(decoder: msgspec.json.Decoder[T], body: bytes, invalid: Callable
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
-    request = decode_body(_decoder, body, _invalid)
-    fields = _fields_decoder.decode(body)
+    fields = decode_body(_fields_decoder, body, _invalid)
     extras = {name: raw for name, raw in fields.items() if name not in _KNOWN}
     if extras:
+        # An internal field's name sent by a client is one of its extras, decoded as nothing of ours.
+        known = msgspec.json.encode({name: raw for name, raw in fields.items() if name in _KNOWN})
+        request = decode_body(_decoder, known, _invalid)
         request = msgspec.structs.replace(request, extra_json=msgspec.json.encode(extras))
-    elif isinstance(request.extra_json, bytes):
-        request = msgspec.structs.replace(request, extra_json=msgspec.UNSET)
+    else:
+        request = decode_body(_decoder, body, _invalid)
     validate(request)
     return request
 

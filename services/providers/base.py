@@ -24,7 +24,7 @@ from shared.errors import (
     RateLimited,
     Unavailable,
 )
-from shared.messages import ChatRequest, ChatResult, ToolCallDelta, Usage
+from shared.messages import ChatRequest, ChatResult, TokenCount, ToolCallDelta, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +71,16 @@ class HttpAdapter(Protocol):
     def config_problem(self, config: ProviderConfig) -> str | None:
         """Why `config` cannot work for this adapter (checked once at start), or None."""
         ...
+
+
+@runtime_checkable
+class CountingAdapter(Protocol):
+    """An adapter whose provider counts tokens itself (Anthropic's `count_tokens`); the worker estimates
+    with a tokenizer for the others."""
+
+    def build_count_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall: ...
+
+    def parse_count(self, body: bytes, *, provider: str, model: str) -> TokenCount: ...
 
 
 @runtime_checkable
@@ -192,6 +202,12 @@ class Delta:
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
     finish_reason: str | None = None
+    # Extended thinking (as in `StreamChunk`): text, the signature that closes a block, a redacted block.
+    thinking: str | None = None
+    signature: str | None = None
+    redacted_thinking: str | None = None
+    server_block: bytes | None = None  # as in `StreamChunk`
+    server_delta: bytes | None = None
 
 
 @dataclass(slots=True)

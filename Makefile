@@ -42,9 +42,13 @@ clients:
 test: dev redis kubectl clients
 	$(BIN)/python -m pytest -q
 
+# ruff and mypy (strict) as pyproject.toml configures them, over shared services llm_edge tests bench; then
+# the import contracts (pyproject.toml [tool.importlinter]): services never import each other, shared/
+# imports no service, only shared.bus imports nats.
 lint: dev
 	$(BIN)/ruff check shared services llm_edge tests bench
-	$(BIN)/mypy shared services llm_edge
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo --no-cache
 
 # LLM Edge beside LiteLLM and Portkey on this machine; installs both into bench/.venvs/ on first use.
 # BENCH_ARGS=--quick for 3 s per point; results in bench-results/ (results.json, summary.md).

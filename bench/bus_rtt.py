@@ -12,6 +12,7 @@ import time
 
 import nats
 import uvloop
+from nats.aio.msg import Msg
 
 sys.path.insert(0, ".")
 from tests.infra import NatsServer
@@ -22,7 +23,7 @@ N = 3000
 async def echo(url: str) -> None:
     nc = await nats.connect(url)
 
-    async def reply(msg: nats.aio.msg.Msg) -> None:
+    async def reply(msg: Msg) -> None:
         await nc.publish(msg.reply, msg.data)
 
     await nc.subscribe("bench.echo", cb=reply)

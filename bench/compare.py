@@ -11,6 +11,7 @@ results.json (every number) and summary.md (tables for docs/PERFORMANCE.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -29,8 +30,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: `bench` is then importable from the repository root
-from bench.procs import Sampler, free_port, process_tree, started_at, tree_rss
-from bench.summary import brief, machine, render
+# importable only once the path above is set
+from bench.procs import Sampler, free_port, process_tree, started_at, tree_rss  # noqa: E402
+from bench.summary import brief, machine, render  # noqa: E402
 
 VENVS = ROOT / "bench" / ".venvs"
 UPSTREAM_MODEL = "gpt-4o-mini"
@@ -80,16 +82,12 @@ class Service:
         tree = {pid: started_at(pid) for pid in process_tree(self.proc.pid)}
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # each system drains and stops its own children
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
         for pid, started in tree.items():  # whatever is left, including orphans of the tree
             if started is not None and started_at(pid) == started:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         self.proc.wait()
 
 
@@ -125,6 +123,7 @@ class Scenario:
     headers: list[str]
     unique: bool = True  # unique prompts: every request misses any cache
     prime: bool = False  # send the fixed prompt once first, so that the run measures cache hits
+    api: str = "chat"  # `llm-edge bench --api`: chat completions, or the Responses API
 
 
 @dataclass
@@ -179,16 +178,18 @@ class LLMEdge(System):
                         NATS_MONITOR_PORT=str(free_port()))
         cli = Path(sys.executable).parent / "llm-edge"
         argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "llm_edge.cli"]
-        self.service = Service(self.name, [*argv, "-c", str(config), "up"], env, out / "llm-edge.log")
-        wall = self.service.wait_for("'LLM Edge ready'", lambda: "LLM Edge ready in" in self.service.log_text(), 60)
-        line = self.service.log_text().split("LLM Edge ready in", 1)[1]
+        service = self.service = Service(self.name, [*argv, "-c", str(config), "up"], env, out / "llm-edge.log")
+        wall = service.wait_for("'LLM Edge ready'", lambda: "LLM Edge ready in" in service.log_text(), 60)
+        line = service.log_text().split("LLM Edge ready in", 1)[1]
         self.reported_ready = float(line.split("s", 1)[0])
         return wall
 
     def scenarios(self, upstream: str) -> list[Scenario]:
         url = f"http://127.0.0.1:{self.port}/v1"
         return [Scenario("llm-edge miss (no-store)", url, "bench-model", [NO_STORE]),
-                Scenario("llm-edge cache hit", url, "bench-model", [], unique=False, prime=True)]
+                Scenario("llm-edge cache hit", url, "bench-model", [], unique=False, prime=True),
+                # The same misses over OpenAI's Responses API (`store: false`, as Codex sends it).
+                Scenario("llm-edge responses miss (no-store)", url, "bench-model", [NO_STORE], api="responses")]
 
 
 class LiteLLM(System):
@@ -225,12 +226,12 @@ class LiteLLM(System):
         env = clean_env(LITELLM_TELEMETRY="False", LITELLM_LOCAL_MODEL_COST_MAP="True")
         argv = [str(self.home / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1",
                 "--port", str(self.port), "--num_workers", str(self.workers)]
-        self.service = Service(self.name, argv, env, out / f"{self.name}.log", cwd=out)
-        wall = self.service.wait_for("readiness", lambda: http_ok(f"http://127.0.0.1:{self.port}/health/readiness"),
-                                     240)
+        service = self.service = Service(self.name, argv, env, out / f"{self.name}.log", cwd=out)
+        wall = service.wait_for("readiness", lambda: http_ok(f"http://127.0.0.1:{self.port}/health/readiness"),
+                                240)
         # Readiness answers once one worker is up; measure and load only when every worker is.
-        self.service.wait_for(f"{self.workers} workers",
-                              lambda: self.service.log_text().count("Application startup complete") >= self.workers,
+        service.wait_for(f"{self.workers} workers",
+                         lambda: service.log_text().count("Application startup complete") >= self.workers,
                               240)
         return wall
 
@@ -300,7 +301,7 @@ class Run:
         argv = [sys.executable, "-m", "llm_edge.bench", "--url", scenario.url, "--model", scenario.model,
                 "--concurrency", str(concurrency), "--duration", str(self.args.duration),
                 "--warmup", str(self.args.warmup), "--timeout", "30", "--json", str(path)]
-        argv += ["--unique-prompts"] * scenario.unique + ["--stream"] * stream
+        argv += ["--unique-prompts"] * scenario.unique + ["--stream"] * stream + ["--api", scenario.api]
         for header in scenario.headers:
             argv += ["--header", header]
         try:

@@ -2,6 +2,7 @@
 of each bus hop at concurrency 1, from the gateway's own metrics.
 
     .venv/bin/python bench/hops.py            # starts a mock upstream and `llm-edge up`, ~30 s
+    .venv/bin/python bench/hops.py --api responses   # the same over the Responses API (`store: false`)
 """
 
 from __future__ import annotations
@@ -42,12 +43,17 @@ def tree(pid: int) -> dict[int, str]:
     return found
 
 
+API = sys.argv[sys.argv.index("--api") + 1] if "--api" in sys.argv else "chat"
+
+
 def bench(url: str, concurrency: int, seconds: int) -> dict[str, object]:
     out = Path(tempfile.mkstemp(suffix=".json")[1])
     subprocess.run([sys.executable, "-m", "llm_edge.cli", "bench", "--url", f"{url}/v1", "--model", "bench-model",
+                    "--api", API,
                     "--concurrency", str(concurrency), "--duration", str(seconds), "--unique-prompts",
                     "--header", "Cache-Control: no-store", "--json", str(out)], check=True, stdout=subprocess.DEVNULL)
-    return json.loads(out.read_text())
+    result: dict[str, object] = json.loads(out.read_text())
+    return result
 
 
 def metric_sums(url: str) -> dict[str, float]:

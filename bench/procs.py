@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from llm_edge.launcher import free_port  # noqa: F401  (re-exported for compare.py)
+from llm_edge.launcher import free_port as free_port  # re-exported for compare.py
 
 # --- processes ---------------------------------------------------------------------------------------
 

@@ -120,7 +120,10 @@ def _run_status(args: argparse.Namespace) -> int:
 
 def _configured(args: argparse.Namespace) -> Config | None:
     try:
-        config = load(args.config)
+        # The adapters' settings decide what each provider entry may hold; shared/ imports no service.
+        from services.providers.settings import SETTINGS
+
+        config = load(args.config, adapters=SETTINGS)
     except ConfigError as exc:
         print(f"llm-edge: configuration error: {exc}", file=sys.stderr)
         return None

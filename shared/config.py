@@ -2,6 +2,9 @@
 
 Read once at start and passed down. A bad value fails fast with the field's path in the message.
 With no file and no provider keys, the gateway starts with the mock provider so the first run works.
+Each provider entry is decoded into its adapter's own settings struct (a `ProviderSettings` subclass
+tagged with the adapter's name); the CLI hands the adapters' settings to `load`, so this module imports
+no service.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Struct
@@ -20,10 +23,11 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the bad field."""
 
 
-class ProviderConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    # Which adapter speaks for this entry; defaults to the entry's own name, so several entries can
-    # use one adapter (two OpenAI-compatible servers, say).
-    adapter: str | None = None
+class ProviderSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="adapter"):
+    """What every provider entry has. Each adapter extends it with its own fields, tagged with its name: an
+    entry's `adapter` (defaulting to the entry's own name, so several entries can use one adapter, two
+    OpenAI-compatible servers say) picks the struct, and a field of another adapter's is an error."""
+
     api_key: str | None = None
     base_url: str | None = None
     timeout_seconds: float = 600.0
@@ -33,23 +37,37 @@ class ProviderConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # JetStream work queue (up to their deadline) instead of failing with 429.
     max_in_flight: int | None = None
     headers: dict[str, str] = {}
-    # azure: the data-plane API version ("2024-10-21" when unset); "v1" selects Azure's v1 API route.
-    api_version: str | None = None
-    # bedrock: the AWS region whose endpoint serves the calls (unless base_url names one), and the AWS
-    # access key that signs them (SigV4) when no Bedrock API key (api_key) is configured.
-    region: str | None = None
-    aws_access_key_id: str | None = None
-    aws_secret_access_key: str | None = None
-    aws_session_token: str | None = None
-    # mock provider only: simulated latency and failure
-    latency_ms: float = 0.0
-    fail_rate: float = 0.0
-    fail_status: int = 500
-    stream_chunks: int = 8
-    chunk_interval_ms: float = 0.0
-    stream_fail_after: int | None = None  # chunks sent before a simulated mid-stream failure
-    # anthropic: the `anthropic-beta` values a client may send on to this provider (None: every one).
-    anthropic_betas: list[str] | None = None
+
+    # The variable holding the adapter's API key: set, it fills `api_key` of the entry named like the
+    # adapter, and adds that entry when the file has none.
+    key_env: ClassVar[str | None] = None
+    # Variables (the ones the vendor's own SDK reads) filling fields that the entry named like the adapter
+    # leaves out: variable -> field; the first one set wins.
+    env: ClassVar[Mapping[str, str]] = {}
+    # Public model names the provider answers under its own name, listed without a configured route.
+    public_models: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def tag(cls) -> str:
+        """The adapter these settings are for."""
+        return str(cls.__struct_config__.tag)
+
+    @property
+    def adapter(self) -> str:
+        return self.tag()
+
+    def problem(self) -> str | None:
+        """Why these settings cannot work (checked once, at load) as "field: reason", or None."""
+        return None
+
+    def native_responses(self) -> bool:
+        """Whether Responses API clients are served by this provider's own `/responses` (keeping reasoning
+        items and built-in tools) rather than translated to its chat API."""
+        return False
+
+
+# Adapter name -> its settings struct: what `load` needs to know about the adapters.
+Adapters = Mapping[str, type[ProviderSettings]]
 
 
 class Target(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -123,6 +141,14 @@ class CacheConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     lookup_timeout_seconds: float = 1.0
 
 
+class ResponsesConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The Responses API's stored responses (`store: true`, `previous_response_id`): a JetStream key-value
+    bucket every ingress replica shares."""
+
+    retention_seconds: float = 30 * 24 * 3600.0  # a stored response expires this long after it was written
+    storage: Literal["file", "memory"] = "file"
+
+
 class ApiKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One caller's key: only its SHA-256 digest is configured (`llm-edge hash-key` prints it)."""
 
@@ -158,8 +184,9 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     otel_endpoint: str | None = None
     ingress: IngressConfig = IngressConfig()
     cache: CacheConfig = CacheConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     router: RouterConfig = RouterConfig()
-    providers: dict[str, ProviderConfig] = {}
+    providers: dict[str, ProviderSettings] = {}
     models: list[ModelRoute] = []
     # API keys; none configured: the gateway is open and every caller shares the "default" namespace.
     keys: list[ApiKey] = []
@@ -169,7 +196,7 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     def limits_redis_url(self) -> str | None:
         return self.limits.redis_url or self.cache.redis_url
 
-    def provider(self, name: str) -> ProviderConfig:
+    def provider(self, name: str) -> ProviderSettings:
         try:
             return self.providers[name]
         except KeyError:
@@ -192,39 +219,22 @@ _ENV_FIELDS: dict[str, tuple[str | None, str, type]] = {
 _KEYS_ENV = "LLM_EDGE_KEYS"
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
-_PROVIDER_KEY_ENV = {
-    "openai": "OPENAI_API_KEY",
-    "anthropic": "ANTHROPIC_API_KEY",
-    "azure": "AZURE_OPENAI_API_KEY",
-    "gemini": "GEMINI_API_KEY",
-    "bedrock": "AWS_BEARER_TOKEN_BEDROCK",  # a Bedrock API key
-}
-
-# Settings a provider enabled above (or configured) takes from the environment when its entry leaves
-# them out: variable -> (provider, field). The variables are the ones each vendor's own SDK reads.
-_PROVIDER_ENV_FIELDS: dict[str, tuple[str, str]] = {
-    "AZURE_OPENAI_ENDPOINT": ("azure", "base_url"),
-    "OPENAI_API_VERSION": ("azure", "api_version"),
-    "AWS_REGION": ("bedrock", "region"),
-    "AWS_DEFAULT_REGION": ("bedrock", "region"),
-    "AWS_ACCESS_KEY_ID": ("bedrock", "aws_access_key_id"),
-    "AWS_SECRET_ACCESS_KEY": ("bedrock", "aws_secret_access_key"),
-    "AWS_SESSION_TOKEN": ("bedrock", "aws_session_token"),
-}
-
-
-def _decode(path: Path) -> Config:
+def _read(path: Path) -> dict[str, Any]:
     raw = path.read_bytes()
     try:
         if path.suffix in (".yaml", ".yml"):
-            return msgspec.yaml.decode(raw, type=Config)
-        if path.suffix == ".toml":
-            return msgspec.toml.decode(raw, type=Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+            data = msgspec.yaml.decode(raw)
+        elif path.suffix == ".toml":
+            data = msgspec.toml.decode(raw)
+        else:
+            raise ConfigError(f"{path}: configuration must be a .yaml, .yml or .toml file")
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
-    raise ConfigError(f"{path}: configuration must be a .yaml, .yml or .toml file")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return data
 
 
 def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
@@ -240,19 +250,6 @@ def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
         else:
             sub = msgspec.structs.replace(getattr(config, section), **{field: value})
             config = msgspec.structs.replace(config, **{section: sub})
-    providers = dict(config.providers)
-    for name, var in _PROVIDER_KEY_ENV.items():
-        key = env.get(var)
-        if key:
-            existing = providers.get(name, ProviderConfig())
-            providers[name] = msgspec.structs.replace(existing, api_key=existing.api_key or key)
-    for var, (name, field) in _PROVIDER_ENV_FIELDS.items():
-        value, enabled = env.get(var), providers.get(name)
-        if value and enabled is not None and getattr(enabled, field) is None:
-            providers[name] = msgspec.structs.replace(enabled, **{field: value})
-    if not providers:
-        providers["mock"] = ProviderConfig()
-    config = msgspec.structs.replace(config, providers=providers)
     if keys := env.get(_KEYS_ENV):
         try:
             config = msgspec.structs.replace(config, keys=msgspec.json.decode(keys, type=list[ApiKey]))
@@ -261,18 +258,56 @@ def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
     return config
 
 
-def _validate(config: Config) -> Config:
-    from services.providers.base import LocalAdapter
-    from services.providers.registry import ADAPTERS  # the one list of provider names
+def _provider_entries(raw: object, env: Mapping[str, str], adapters: Adapters) -> dict[str, dict[str, Any]]:
+    """The file's provider entries (as plain data), with what each adapter reads from the environment."""
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ConfigError("providers: expected a mapping of provider name -> settings")
+    entries: dict[str, dict[str, Any]] = {str(name): dict(entry) for name, entry in raw.items()}
+    for name, settings in adapters.items():
+        if settings.key_env and (key := env.get(settings.key_env)):
+            entries.setdefault(name, {}).setdefault("api_key", key)
+        own = entries.get(name)
+        if own is None or own.get("adapter", name) != name:
+            continue  # the variables speak for the adapter's own entry only
+        for var, field in settings.env.items():
+            if (value := env.get(var)) and own.get(field) is None:
+                own[field] = value
+    if not entries:
+        entries["mock"] = {}
+    return entries
 
-    for name, provider in config.providers.items():
-        adapter = provider.adapter or name
-        if adapter not in ADAPTERS:
-            known = ", ".join(sorted(ADAPTERS))
-            raise ConfigError(f"providers.{name}.adapter: unknown adapter {adapter!r} (known: {known})")
-        found = ADAPTERS[adapter]
-        if not isinstance(found, LocalAdapter) and (problem := found.config_problem(provider)):
-            raise ConfigError(f"providers.{name}.{problem}")
+
+def _provider(name: str, entry: dict[str, Any], adapters: Adapters) -> ProviderSettings:
+    adapter = entry.get("adapter", name)
+    settings = adapters.get(adapter) if isinstance(adapter, str) else None
+    if settings is None:
+        known = ", ".join(sorted(adapters))
+        raise ConfigError(f"providers.{name}.adapter: unknown adapter {adapter!r} (known: {known})")
+    try:
+        provider = msgspec.convert(entry, settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"providers.{name} (adapter {adapter}): {exc}") from None
+    if problem := provider.problem():
+        raise ConfigError(f"providers.{name}.{problem}")
+    return provider
+
+
+def build(data: Mapping[str, Any], adapters: Adapters, env: Mapping[str, str] | None = None) -> Config:
+    """The configuration from plain data (a decoded file), the environment applied, checked."""
+    fields = dict(data)
+    raw_providers = fields.pop("providers", None) or {}
+    try:
+        config = msgspec.convert(fields, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc)) from None
+    env = env or {}
+    config = _apply_env(config, env)
+    entries = _provider_entries(raw_providers, env, adapters)
+    providers = {name: _provider(name, entry, adapters) for name, entry in entries.items()}
+    return _validate(msgspec.structs.replace(config, providers=providers))
+
+
+def _validate(config: Config) -> Config:
     for i, route in enumerate(config.models):
         if not route.targets:
             raise ConfigError(f"models[{i}].targets: a model needs at least one target")
@@ -320,18 +355,22 @@ def _validate_keys(config: Config) -> None:
         raise ConfigError("limits.redis_timeout_seconds: must be positive")
 
 
-def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Read the file named by `path` or `LLM_EDGE_CONFIG` (if any), then apply the environment."""
+def load(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None, *, adapters: Adapters
+) -> Config:
+    """Read the file named by `path` or `LLM_EDGE_CONFIG` (if any), then apply the environment. `adapters`
+    (the CLI passes every adapter's) decides which settings each provider entry may have."""
     env = os.environ if env is None else env
     path = path or env.get("LLM_EDGE_CONFIG") or None
-    if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"{file}: configuration file not found")
-        config = _decode(file)
-    else:
-        config = Config()
-    return _validate(_apply_env(config, env))
+    if path is None:
+        return build({}, adapters, env)
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{file}: configuration file not found")
+    try:
+        return build(_read(file), adapters, env)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
 
 
 def encode(config: Config) -> bytes:
@@ -339,5 +378,5 @@ def encode(config: Config) -> bytes:
     return msgspec.json.encode(config)
 
 
-def decode(data: bytes) -> Config:
-    return msgspec.json.decode(data, type=Config)
+def decode(data: bytes, adapters: Adapters) -> Config:
+    return build(msgspec.json.decode(data), adapters)

@@ -1,7 +1,9 @@
 """The gateway's error hierarchy: each class knows its HTTP status and OpenAI error type and code.
 
-Errors cross the bus as `ErrorReply` and are rebuilt on the other side with `from_reply`, so the status a
-client sees is decided where the failure happened, never guessed from message text.
+Errors cross the bus as `ErrorReply` and are rebuilt on the other side with `from_reply`, which finds the
+class by the error's code (every class with a code of its own registers it), so a `ContextWindowExceeded`
+raised in a provider worker is a `ContextWindowExceeded` in the router. The status a client sees is decided
+where the failure happened, never guessed from message text.
 """
 
 from __future__ import annotations
@@ -10,12 +12,23 @@ from typing import ClassVar
 
 from shared.messages import ErrorReply
 
+_BY_CODE: dict[str, type[GatewayError]] = {}
+
 
 class GatewayError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "api_error"
-    default_code: ClassVar[str | None] = None
+    default_code: ClassVar[str | None] = None  # the class's code: `from_reply` finds the class by it
     retryable: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        code = cls.__dict__.get("default_code")
+        if code is None:
+            return  # inherits its parent's code, and so its parent's entry
+        if (taken := _BY_CODE.get(code)) is not None and taken.__qualname__ != cls.__qualname__:
+            raise TypeError(f"error code {code!r} is already {taken.__qualname__}'s")
+        _BY_CODE[code] = cls
 
     def __init__(
         self,
@@ -56,6 +69,13 @@ class GatewayError(Exception):
 class InvalidRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
+
+
+class ContextWindowExceeded(InvalidRequest):
+    """The prompt does not fit the target model's context window (each adapter recognises its provider's
+    wording of it); the router may move on to a target with a larger window."""
+
+    default_code = "context_length_exceeded"
 
 
 class AuthenticationFailed(GatewayError):
@@ -126,7 +146,7 @@ class DeadlineExceeded(GatewayError):
     retryable = True
 
 
-_BY_STATUS: dict[int, type[GatewayError]] = {
+_BY_STATUS: dict[int, type[GatewayError]] = {  # for codes no class claims
     400: InvalidRequest,
     401: AuthenticationFailed,
     403: PermissionDenied,
@@ -140,9 +160,16 @@ _BY_STATUS: dict[int, type[GatewayError]] = {
 }
 
 
+def error_class(code: str | None, status: int) -> type[GatewayError]:
+    """The class that owns `code`; for a code no class claims (or none), the class for `status`."""
+    if code is not None and (cls := _BY_CODE.get(code)) is not None:
+        return cls
+    return _BY_STATUS.get(status, ProviderError if status >= 500 else InvalidRequest)
+
+
 def from_reply(reply: ErrorReply) -> GatewayError:
-    """Rebuild the error a remote service sent, keeping its exact status, type and code."""
-    cls = _BY_STATUS.get(reply.status, ProviderError if reply.status >= 500 else InvalidRequest)
+    """Rebuild the error a remote service sent as the same class, keeping its exact status, type and code."""
+    cls = error_class(reply.code, reply.status)
     return cls(
         reply.message,
         code=reply.code,

@@ -7,12 +7,23 @@ Replies are one tagged union (`Reply`), decoded in one call and dispatched with 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 # --- request -------------------------------------------------------------------------------------
+
+# The ranges OpenAI documents for its parameters (API reference, "Create chat completion"): a body outside
+# them fails to decode, with the field named, before it costs an upstream call.
+NonEmptyStr = Annotated[str, Meta(min_length=1)]
+Temperature = Annotated[float, Meta(ge=0, le=2)]
+Probability = Annotated[float, Meta(ge=0, le=1)]
+Penalty = Annotated[float, Meta(ge=-2, le=2)]
+Choices = Annotated[int, Meta(ge=1, le=128)]
+TokenLimit = Annotated[int, Meta(ge=1)]
+TopLogprobs = Annotated[int, Meta(ge=0, le=20)]
+LogitBias = Annotated[float, Meta(ge=-100, le=100)]
 
 
 class ImageURL(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -144,21 +155,21 @@ class AnthropicParams(Struct, frozen=True, kw_only=True, omit_defaults=True):
 class ChatRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The unified chat request: OpenAI's parameters, each UNSET unless the client sent it."""
 
-    model: str
-    messages: list[Message]
-    temperature: float | None | UnsetType = UNSET
-    top_p: float | None | UnsetType = UNSET
-    n: int | None | UnsetType = UNSET
+    model: NonEmptyStr
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    temperature: Temperature | None | UnsetType = UNSET
+    top_p: Probability | None | UnsetType = UNSET
+    n: Choices | None | UnsetType = UNSET
     stream: bool | None | UnsetType = UNSET
     stream_options: StreamOptions | None | UnsetType = UNSET
     stop: str | list[str] | None | UnsetType = UNSET
-    max_tokens: int | None | UnsetType = UNSET
-    max_completion_tokens: int | None | UnsetType = UNSET
-    presence_penalty: float | None | UnsetType = UNSET
-    frequency_penalty: float | None | UnsetType = UNSET
-    logit_bias: dict[str, float] | None | UnsetType = UNSET
+    max_tokens: TokenLimit | None | UnsetType = UNSET
+    max_completion_tokens: TokenLimit | None | UnsetType = UNSET
+    presence_penalty: Penalty | None | UnsetType = UNSET
+    frequency_penalty: Penalty | None | UnsetType = UNSET
+    logit_bias: dict[str, LogitBias] | None | UnsetType = UNSET
     logprobs: bool | None | UnsetType = UNSET
-    top_logprobs: int | None | UnsetType = UNSET
+    top_logprobs: TopLogprobs | None | UnsetType = UNSET
     seed: int | None | UnsetType = UNSET
     tools: list[Tool] | None | UnsetType = UNSET
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None | UnsetType = UNSET
@@ -172,6 +183,11 @@ class ChatRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     extra_json: bytes | UnsetType = UNSET
     # Set by the Messages dialect only (never decoded from an OpenAI body: see `services/ingress/parse.py`).
     anthropic: AnthropicParams | UnsetType = UNSET
+    # A request that arrived on OpenAI's Responses API, as that API's JSON body (the whole conversation as
+    # its `input`, nothing stored upstream): a provider that serves the Responses API itself is sent this
+    # instead of a translation, so what chat completions cannot carry (reasoning items, encrypted content
+    # included; built-in tools) survives. Every other provider reads the fields above.
+    responses_body: bytes | UnsetType = UNSET
 
     def max_output_tokens(self) -> int | None:
         for value in (self.max_completion_tokens, self.max_tokens):
@@ -264,6 +280,9 @@ class ChatResult(Struct, frozen=True, kw_only=True, tag="result", tag_field="kin
     first_chunk_seconds: float | None = None
     # Which of the request's stop sequences ended the answer, when the provider says (Anthropic does).
     stop_sequence: str | None = None
+    # Answered by a provider's own Responses API (see `ChatRequest.responses_body`): its `output` items as
+    # JSON, reasoning items included, for a Responses client; `choices` say the same for everyone else.
+    responses_output: bytes | None = None
 
 
 class ErrorReply(Struct, frozen=True, kw_only=True, tag="error", tag_field="kind"):
@@ -304,6 +323,9 @@ class StreamChunk(Struct, frozen=True, kw_only=True, tag="chunk", tag_field="kin
     # or one of its deltas (the delta's JSON).
     server_block: bytes | None = None
     server_delta: bytes | None = None
+    # A whole output item from a provider's own Responses API that the fields above cannot express (a
+    # reasoning item), as JSON: a Responses client receives it as it is; other dialects have no place for it.
+    item_json: bytes | None = None
 
 
 class FunctionCallDelta(Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -59,7 +59,7 @@ UNPRICED = Counter(
 PROVIDER_UP = Gauge("llm_edge_provider_up", "1 when the last call to the provider succeeded", ["provider"])
 QUEUE_WAIT = Histogram(
     "llm_edge_queue_wait_seconds", "Time a request waited in a provider's admission queue", ["provider"],
-    buckets=_OVERHEAD + (1, 2.5, 5, 10, 30, 60),
+    buckets=(*_OVERHEAD, 1, 2.5, 5, 10, 30, 60),
 )
 QUEUE_DEPTH = Gauge("llm_edge_queue_depth", "Requests waiting in a provider's admission queue", ["provider"])
 IN_FLIGHT = Gauge("llm_edge_admitted_in_flight", "Admitted calls not yet finished, all replicas", ["provider"])
@@ -74,7 +74,7 @@ LIMITER_FALLBACKS = Counter(
 )
 BUS_DURATION = Histogram(
     "llm_edge_bus_request_duration_seconds", "Bus request-reply round trip by subject",
-    ["subject"], buckets=_OVERHEAD + (1, 5, 30),
+    ["subject"], buckets=(*_OVERHEAD, 1, 5, 30),
 )
 
 

@@ -23,6 +23,7 @@ CONVENTIONS: tuple[tuple[str, str], ...] = (
 class Routes:
     def __init__(self, config: Config) -> None:
         self._providers = set(config.providers)
+        self._own_models = [m for settings in config.providers.values() for m in settings.public_models]
         self._routes: dict[str, list[Target]] = {route.name: list(route.targets) for route in config.models}
         self._strategies: dict[str, Strategy] = {route.name: route.strategy for route in config.models}
 
@@ -47,7 +48,6 @@ class Routes:
         return self._strategies.get(model, "fallback")
 
     def public_models(self) -> list[str]:
+        """Configured model names, then those a provider answers under its own name (the mock's `mock`)."""
         names = list(self._routes)
-        if "mock" in self._providers and "mock" not in names:
-            names.append("mock")
-        return names
+        return names + [m for m in dict.fromkeys(self._own_models) if m not in names]

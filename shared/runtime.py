@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -77,7 +78,5 @@ def taking_work(connection: _Connection, stop: asyncio.Event) -> Callable[[], bo
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     install_uvloop()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
-    except KeyboardInterrupt:
-        pass

@@ -41,6 +41,11 @@ class Subjects:
     def admission_stream(self, provider: str) -> str:
         return f"{self.prefix}_admit_{provider}".upper().replace(".", "_").replace("-", "_")
 
+    @property
+    def responses_bucket(self) -> str:
+        """The key-value bucket of the Responses API's stored responses."""
+        return f"{self.prefix}_responses".replace(".", "_").replace("-", "_")
+
     def provider_chat(self, provider: str) -> str:
         return f"{self.prefix}.provider.{provider}.chat"
 

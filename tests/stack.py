@@ -9,25 +9,26 @@ import asyncio
 import itertools
 from typing import Any
 
+import anthropic
 import httpx
-import msgspec
 import openai
 import uvicorn
 
 from llm_edge.launcher import free_port
 from services.cache.service import CacheService
 from services.ingress.app import FastPath, create_app
+from services.providers.settings import SETTINGS
 from services.providers.worker import ProviderWorker
 from services.router.service import Router
 from shared import bus
-from shared.config import Config, _validate
+from shared.config import Config, build
 
 _ids = itertools.count()
 
 
 def make_config(nats_url: str, **fields: Any) -> Config:
     data = {"prefix": f"t{next(_ids)}", "nats_url": nats_url, "providers": {"mock": {}}} | fields
-    return _validate(msgspec.convert(data, Config))
+    return build(data, SETTINGS)
 
 
 class Stack:
@@ -38,7 +39,7 @@ class Stack:
         self.routers: dict[str, Router] = {}
         self.workers: list[ProviderWorker] = []
         self.ingress_bus: bus.Bus | None = None
-        self.http: httpx.AsyncClient | None = None
+        self._http: httpx.AsyncClient | None = None
         self.apps: list[FastPath] = []
         self.ingresses: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
         self.extra_buses: list[bus.Bus] = []
@@ -77,7 +78,7 @@ class Stack:
             await self.start_provider(name)
         self.ingress_bus = await bus.connect(self.config.nats_url, "test-ingress")
         self.url = await self._serve(create_app(self.config, self.ingress_bus))
-        self.http = httpx.AsyncClient(base_url=self.url, timeout=30)
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=30)
         return self
 
     async def _serve(self, app: FastPath) -> str:
@@ -116,6 +117,13 @@ class Stack:
     def openai(self, api_key: str = "unused", url: str | None = None, **options: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=f"{url or self.url}/v1", api_key=api_key, max_retries=0, **options)
 
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """A client of the stack's ingress (started by `start()`)."""
+        if self._http is None:
+            raise RuntimeError("the stack's ingress is not started")
+        return self._http
+
     async def close(self) -> None:
         for worker in self.workers:
             await worker.stop_queue()
@@ -124,8 +132,8 @@ class Stack:
         for worker in self.workers:
             await worker.stop_queue()
             await worker.close()
-        if self.http is not None:
-            await self.http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
         for server, _ in self.ingresses:
             server.should_exit = True
         for _, task in self.ingresses:
@@ -133,3 +141,10 @@ class Stack:
         for connection in [self.ingress_bus, *self.extra_buses]:
             if connection is not None:
                 await connection.close()
+
+
+def error_body(exc: openai.APIStatusError | anthropic.APIStatusError) -> dict[str, Any]:
+    """The JSON body of an error answer, as the SDK parsed it (both SDKs type it as `object`)."""
+    body = exc.body
+    assert isinstance(body, dict), body
+    return body

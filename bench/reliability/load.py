@@ -55,7 +55,8 @@ class Load:
             if time.monotonic() >= until:
                 return
             stream = n % 2 == 1
-            prompt = f"reliability {worker} {n} {time.time()}" if rng.random() < 0.5 else f"repeated {rng.randrange(50)}"
+            unique = rng.random() < 0.5
+            prompt = f"reliability {worker} {n} {time.time()}" if unique else f"repeated {rng.randrange(50)}"
             body = {"model": "m", "messages": [{"role": "user", "content": prompt}], "stream": stream}
             started = time.monotonic()
             result = await self._one(session, worker + n, body, stream)

@@ -1,4 +1,5 @@
-"""Whether a response counts as ok: a chat.completion with choices, or an SSE stream with content and `[DONE]`.
+"""Whether a response counts as ok: a chat.completion with choices, or an SSE stream with content and `[DONE]`;
+on the Responses API, a completed response, or an event stream with text that ends in `response.completed`.
 
 The bench counts a request as successful only through these checks, so that an error page or a cut stream
 that happens to carry status 200 can never flatter a gateway's figures.
@@ -57,6 +58,33 @@ def completion_problem(body: bytes) -> str | None:
     return None
 
 
+class _Response(msgspec.Struct):
+    object: str
+    status: str
+    output: list[msgspec.Raw]
+
+
+class _Event(msgspec.Struct):
+    type: str = ""
+
+
+_response = msgspec.json.Decoder(_Response)
+_event = msgspec.json.Decoder(_Event)
+
+
+def response_problem(body: bytes) -> str | None:
+    """None when `body` is a completed Responses API response with output, else what is wrong with it."""
+    try:
+        reply = _response.decode(body)
+    except msgspec.DecodeError:
+        return "not_a_response"
+    if reply.object != "response":
+        return "not_a_response"
+    if reply.status != "completed" or not reply.output:
+        return f"response_{reply.status}" if reply.status != "completed" else "no_output"
+    return None
+
+
 class StreamCheck:
     """Reads an SSE body piece by piece; `feed` returns how many content chunks the piece completed."""
 
@@ -111,3 +139,26 @@ class StreamCheck:
         if self.chunks == 0:
             return "stream_without_content"
         return None
+
+
+class ResponsesStreamCheck(StreamCheck):
+    """The Responses API's events: text deltas are the content, `response.completed` the proper end."""
+
+    __slots__ = ()
+
+    def _event(self, event: bytes) -> int:
+        data = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+        if not data or self.done:
+            return 0
+        try:
+            kind = _event.decode(data[0] if len(data) == 1 else b"\n".join(data)).type
+        except msgspec.DecodeError:
+            self.problem = self.problem or "bad_stream_event"
+            return 0
+        if kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
+            return 1
+        if kind == "response.completed":
+            self.done = True
+        elif kind in ("error", "response.failed", "response.incomplete"):
+            self.problem = self.problem or "stream_error_event"
+        return 0

@@ -43,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     amount.add_argument("--requests", type=int, help="measure exactly this many requests instead")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of uncounted load first (default 1)")
     p.add_argument("--stream", action="store_true", help="ask for SSE streams")
+    p.add_argument("--api", choices=("chat", "responses"), default="chat",
+                   help="POST …/chat/completions (default) or …/responses (OpenAI's Responses API)")
+    p.add_argument("--store", action="store_true",
+                   help="with --api responses: store every response (`store: true`; default `store: false`)")
     p.add_argument("--unique-prompts", action="store_true", help="a distinct prompt per request (cache misses)")
     p.add_argument("--header", action="append", type=_header, default=[], metavar="'NAME: VALUE'",
                    help="extra request header (repeatable)")
@@ -68,6 +72,8 @@ def options_from(args: argparse.Namespace) -> Options:
         headers=tuple(headers),
         timeout=args.timeout,
         rate=args.rate,
+        api=args.api,
+        store=args.store,
     )
 
 

@@ -20,12 +20,13 @@ from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import urlsplit
 
 import httptools
 import msgspec
 
-from llm_edge.bench.check import StreamCheck, completion_problem
+from llm_edge.bench.check import ResponsesStreamCheck, StreamCheck, completion_problem, response_problem
 
 PROMPT = "Benchmark request {n}: reply with a short greeting."
 _MARK = "@@N@@"
@@ -44,6 +45,8 @@ class Options:
     headers: tuple[tuple[str, str], ...] = ()
     timeout: float = 60.0  # per request; a timed-out request is a transport error
     rate: float | None = None  # open loop: requests per second on a fixed schedule (None: closed loop)
+    api: Literal["chat", "responses"] = "chat"  # POST /chat/completions, or /responses (OpenAI's Responses API)
+    store: bool = False  # Responses API: ask for each response to be stored (`store: true`)
 
 
 @dataclass(slots=True)
@@ -78,13 +81,15 @@ class _Target:
             raise ValueError(f"--url must be an http:// URL, not {options.url!r}")
         self.host = parts.hostname
         self.port = parts.port or 80
-        path = parts.path.rstrip("/") + "/chat/completions"
+        path = parts.path.rstrip("/") + ("/responses" if options.api == "responses" else "/chat/completions")
         head = [f"POST {path} HTTP/1.1", f"host: {parts.netloc}", "content-type: application/json"]
         head += [f"{name}: {value}" for name, value in options.headers]
         self._head = ("\r\n".join(head) + "\r\ncontent-length: ").encode("latin-1")
         run = secrets.token_hex(4)  # unique prompts stay unique across runs against one cache
         prompt = PROMPT.format(n=f"{run}-{_MARK}" if options.unique_prompts else "fixed")
         body: dict[str, object] = {"model": options.model, "messages": [{"role": "user", "content": prompt}]}
+        if options.api == "responses":
+            body = {"model": options.model, "input": prompt, "store": options.store}
         if options.stream:
             body["stream"] = True
         encoded = msgspec.json.encode(body)
@@ -108,14 +113,16 @@ class _Target:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; `send` writes a request and waits for its whole response."""
 
-    def __init__(self, stream: bool) -> None:
+    def __init__(self, stream: bool, api: str = "chat") -> None:
         self.stream = stream
+        self.checker = ResponsesStreamCheck if api == "responses" else StreamCheck
+        self.body_problem = response_problem if api == "responses" else completion_problem
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.waiter: asyncio.Future[str | None] | None = None  # the outcome: None or a transport error
         self.body: list[bytes] = []
-        self.check = StreamCheck()
+        self.check: StreamCheck = self.checker()
         self.sent_at = 0.0
         self.last_chunk_at = 0.0
         self.first_chunk = 0.0
@@ -162,7 +169,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.body, self.gaps = [], []
         if self.stream:
-            self.check = StreamCheck()
+            self.check = self.checker()
         self.waiter = asyncio.get_running_loop().create_future()
         self.sent_at = time.perf_counter()
         self.transport.write(data)
@@ -218,8 +225,8 @@ class Bench:
         return self.result
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
-        stream = self.options.stream
-        _, conn = await loop.create_connection(lambda: _Connection(stream), self.target.host, self.target.port)
+        stream, api = self.options.stream, self.options.api
+        _, conn = await loop.create_connection(lambda: _Connection(stream, api), self.target.host, self.target.port)
         return conn
 
     def _next_due(self) -> float:
@@ -271,7 +278,7 @@ class Bench:
                 result.transport_errors[outcome] += 1
             elif (status := conn.status()) != 200:
                 result.http_errors[status] += 1
-            elif (problem := conn.check.verdict() if stream else _body_problem(conn.body)) is not None:
+            elif (problem := conn.check.verdict() if stream else _body_problem(conn)) is not None:
                 result.invalid[problem] += 1
             else:
                 result.ok += 1
@@ -282,8 +289,9 @@ class Bench:
         return last
 
 
-def _body_problem(body: list[bytes]) -> str | None:
-    return completion_problem(body[0] if len(body) == 1 else b"".join(body))
+def _body_problem(conn: _Connection) -> str | None:
+    body = conn.body
+    return conn.body_problem(body[0] if len(body) == 1 else b"".join(body))
 
 
 def _connect_error(exc: OSError) -> str:

@@ -43,6 +43,8 @@ def summarize(options: Options, result: Result) -> dict[str, Any]:
         "model": options.model,
         "concurrency": options.concurrency,
         "rate_rps": options.rate,  # None: closed loop
+        "api": options.api,
+        "store": options.store,
         "stream": options.stream,
         "unique_prompts": options.unique_prompts,
         "headers": [f"{name}: {value}" for name, value in options.headers],

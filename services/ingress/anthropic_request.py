@@ -13,14 +13,13 @@ new kind of block reaches Anthropic instead of failing here.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct, UnsetType
 
-from services.ingress.parse import decode_body, validate
+from services.ingress.parse import decode_body, invalid, validate
 from shared.errors import InvalidRequest
 from shared.messages import (
     AnthropicParams,
@@ -34,9 +33,12 @@ from shared.messages import (
     JsonSchemaFormat,
     Message,
     NamedFunction,
+    NonEmptyStr,
+    Probability,
     ResponseFormat,
     TextPart,
     Thinking,
+    TokenLimit,
     Tool,
     ToolCall,
     ToolChoiceFunction,
@@ -119,12 +121,13 @@ class OutputConfig(Struct, kw_only=True):
 
 class MessagesRequest(Struct, kw_only=True):
     # Fields not listed are Anthropic's to judge: they travel in the native body (see the module docstring).
-    model: str
-    messages: list[InputMessage]
-    max_tokens: int | UnsetType = UNSET  # required by `create`, absent from `count_tokens`
+    # Constraints as Anthropic's API reference documents them (temperature 0..1, max_tokens >= 1).
+    model: NonEmptyStr
+    messages: Annotated[list[InputMessage], Meta(min_length=1)]
+    max_tokens: TokenLimit | UnsetType = UNSET  # required by `create`, absent from `count_tokens`
     system: str | list[Block] | UnsetType = UNSET
-    temperature: float | UnsetType = UNSET
-    top_p: float | UnsetType = UNSET
+    temperature: Probability | UnsetType = UNSET
+    top_p: Probability | UnsetType = UNSET
     top_k: int | UnsetType = UNSET
     stop_sequences: list[str] | UnsetType = UNSET
     stream: bool | UnsetType = UNSET
@@ -142,8 +145,6 @@ _MODELED = frozenset(MessagesRequest.__struct_fields__)
 _decoder = msgspec.json.Decoder(MessagesRequest)
 _fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _json = msgspec.json.Encoder()
-_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
-_MISSING = re.compile(r"missing required field `([^`]+)`")
 _TOOL_CHOICES: dict[str, Literal["auto", "required", "none"]] = {"auto": "auto", "any": "required", "none": "none"}
 # Blocks that only Anthropic's servers produce or read: carried in the native body, left out of the unified
 # messages (a translated provider has nothing to do with a signature or a server tool's result).
@@ -154,7 +155,7 @@ def parse_messages_request(body: bytes, headers: Mapping[str, str] | None = None
                            *, count: bool = False) -> ChatRequest:
     """A Messages body (and its `anthropic-*` headers) -> the unified request, or `InvalidRequest` naming
     what is wrong. `count`: a `count_tokens` body, which has no `max_tokens`."""
-    request = decode_body(_decoder, body, _invalid)
+    request = decode_body(_decoder, body, invalid)
     fields = _fields.decode(body)
     native = _json.encode({k: v for k, v in fields.items() if k != "stream"})
     if unmodeled := sorted(set(fields) - _MODELED):
@@ -184,24 +185,9 @@ def _all(headers: Mapping[str, str], name: str) -> list[str]:
     return [value] if value else []
 
 
-def _invalid(text: str) -> InvalidRequest:
-    match = _PATH.search(text)
-    where = match.group(1) if match else ""
-    if missing := _MISSING.search(text):
-        name = f"{where}.{missing.group(1)}" if where else missing.group(1)
-        return InvalidRequest(f"`{name}`: field required.", param=name)
-    return InvalidRequest(f"Invalid request: {text}", param=where or None)
-
-
 def to_chat_request(request: MessagesRequest, *, count: bool = False) -> ChatRequest:
-    if not isinstance(request.max_tokens, int):
-        if not count:
-            raise InvalidRequest("`max_tokens`: field required.", param="max_tokens")
-    elif request.max_tokens < 1:
-        raise InvalidRequest(f"`max_tokens` must be at least 1, got {request.max_tokens}.", param="max_tokens")
-    if isinstance(request.temperature, float | int) and not 0 <= request.temperature <= 1:
-        raise InvalidRequest(f"`temperature` must be between 0 and 1, got {request.temperature}.",
-                             param="temperature")
+    if not isinstance(request.max_tokens, int) and not count:
+        raise InvalidRequest("`max_tokens`: field required.", param="max_tokens")
     messages = [*_system(request.system)]
     for i, message in enumerate(request.messages):
         messages += _messages(message, f"messages[{i}]")

@@ -12,25 +12,37 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+import msgspec
 from fastapi import FastAPI
 from opentelemetry.trace import Span, SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from services.ingress import anthropic_dialect, anthropic_events, health, shapes, stream
+from services.ingress import (
+    anthropic_dialect,
+    anthropic_events,
+    health,
+    responses_dialect,
+    responses_events,
+    responses_store,
+    shapes,
+    stream,
+)
 from services.ingress.auth import Grant
 from services.ingress.counting import count_tokens
 from services.ingress.gateway import Gateway, lookup, open_stream, route
 from services.ingress.parse import parse_chat_request, read_body
 from services.ingress.responses import JSON, TIERS, error_response, result_response, sse_response
+from services.ingress.responses_store import ResponseStore
 from shared import bus, metrics, runtime, tracing
+from shared.bus.kv import Bucket
 from shared.config import Config
 from shared.errors import (
     GatewayError,
@@ -70,15 +82,26 @@ class Exchange:
 async def begin(gateway: Gateway, request: Request, parse: Callable[[bytes], ChatRequest], *,
                 cacheable: bool = True) -> Exchange:
     """Request id, body, model check, deadline and the cache lookup: the same for every dialect."""
+    rid, grant, body = await accept(gateway, request)
+    return await proceed(gateway, request, rid, grant, parse(body), cacheable=cacheable)
+
+
+async def accept(gateway: Gateway, request: Request) -> tuple[str, Grant | None, bytes]:
+    """The request id, the caller (401 before the body is read) and the body."""
     rid = request.headers.get("x-request-id", "")
     if not _REQUEST_ID.match(rid):
         rid = next_request_id()
     request_id.set(rid)
     request.state.request_id = rid
     # No keys configured: one branch here and one per later use of `grant`, nothing else.
-    grant = None if gateway.keyring is None else gateway.authenticate(request)  # 401 before reading
+    grant = None if gateway.keyring is None else gateway.authenticate(request)
     body = await read_body(request, gateway.config.ingress.max_body_bytes)
-    chat = parse(body)
+    return rid, grant, body
+
+
+async def proceed(gateway: Gateway, request: Request, rid: str, grant: Grant | None, chat: ChatRequest, *,
+                  cacheable: bool = True) -> Exchange:
+    """The unified request's way in: model check, limits, deadline, bus headers, the cache lookup."""
     gateway.routes.resolve(chat.model)  # 404 for an unknown model before any bus hop
     request.state.model = chat.model
     timeout = gateway.timeout(request)
@@ -143,6 +166,74 @@ async def count_message_tokens(gateway: Gateway, request: Request) -> Response:
     return Response(anthropic_dialect.count_json(count), media_type=JSON, headers=headers)
 
 
+async def create_response(gateway: Gateway, store: ResponseStore, request: Request) -> Response:
+    """OpenAI's Responses API: the conversation so far (`previous_response_id`) and this input become one
+    unified request on the common path; the answer is stored (unless `store: false`) for the next turn."""
+    started = time.perf_counter()
+    rid, grant, body = await accept(gateway, request)
+    parsed = responses_dialect.decode_request(body)
+    tenant = "default" if grant is None else grant.namespace
+    previous = parsed.previous_response_id
+    history = await store.history(tenant, previous) if isinstance(previous, str) else []
+    native = _native_responses(gateway, parsed.model)
+    chat, turn = responses_dialect.to_turn(parsed, history, native)
+    if native:
+        chat = msgspec.structs.replace(chat, responses_body=responses_dialect.native_body(body, history))
+    ex = await proceed(gateway, request, rid, grant, chat)
+    if chat.stream is not True:
+        response = await answer(gateway, request, ex, started,
+                                lambda result: responses_dialect.response_json(result, turn))
+        if turn.stored and response.status_code == 200:
+            await _keep(store, tenant, turn, bytes(response.body))
+    elif ex.cached is not None:
+        events, final = responses_events.replay(ex.cached, turn)
+        if turn.stored:
+            await _keep(store, tenant, turn, final)
+        response = sse_response(iter([events]), ex.rid, ex.cached.provider, ex.tier)
+    else:
+        writers: list[responses_events.EventWriter] = []
+
+        def writer(first: StreamChunk) -> responses_events.EventWriter:
+            writers.append(responses_events.EventWriter(turn, first.model or chat.model))
+            return writers[0]
+
+        response = await stream_reply(gateway, ex, started, writer)
+        if turn.stored and isinstance(response, StreamingResponse):
+            response.body_iterator = _storing(response.body_iterator, writers[0], store, tenant, turn)
+    if turn.toolbox.dropped:
+        response.headers[responses_dialect.DROPPED_TOOLS_HEADER] = ",".join(sorted(set(turn.toolbox.dropped)))
+    return response
+
+
+def _native_responses(gateway: Gateway, model: str) -> bool:
+    """Whether a target of `model` may be a provider with a Responses API of its own: only then does the
+    unified request carry the Responses body (the router picks the target; the worker decides how to call)."""
+    providers = gateway.config.providers
+    return any((p := providers.get(t.provider)) is not None and p.native_responses()
+               for t in gateway.routes.resolve(model))
+
+
+async def _keep(store: ResponseStore, tenant: str, turn: responses_dialect.Turn, response: bytes) -> None:
+    """A store that cannot write costs the next turn its context, not this turn its answer."""
+    try:
+        await store.save(tenant, turn, response)
+    except GatewayError as exc:
+        log.warning("response %s not stored: %s", turn.id, exc.message)
+
+
+async def _storing(
+    frames: AsyncIterable[Any], writer: responses_events.EventWriter, store: ResponseStore, tenant: str,
+    turn: responses_dialect.Turn,
+) -> AsyncIterator[Any]:
+    """The stream, with the finished response stored before `response.completed` leaves: a client that
+    continues the conversation the moment it reads that event finds it."""
+    async for data in frames:
+        if writer.final is not None:
+            await _keep(store, tenant, turn, writer.final)
+            writer.final = None
+        yield data
+
+
 async def stream_reply(
     gateway: Gateway, ex: Exchange, started: float, writer: Callable[[StreamChunk], stream.Writer]
 ) -> Response:
@@ -186,12 +277,14 @@ class FastPath:
         **dict.fromkeys(anthropic_dialect.COUNT_PATHS, count_message_tokens),
     }
 
-    def __init__(self, app: FastAPI, gateway: Gateway) -> None:
+    def __init__(self, app: FastAPI, gateway: Gateway,
+                 handlers: dict[str, Callable[[Gateway, Request], Awaitable[Response]]] | None = None) -> None:
         self.app = app
         self.gateway = gateway
+        self.handlers = {**self.HANDLERS, **(handlers or {})}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self.HANDLERS.get(scope["path"]) if scope["type"] == "http" else None
+        handler = self.handlers.get(scope["path"]) if scope["type"] == "http" else None
         if handler is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -271,9 +364,21 @@ def _probe_or_scrape(scope: MutableMapping[str, Any]) -> bool:
 _FASTAPI_TELEMETRY: Any = {"exclude": _probe_or_scrape, "operation_spans": False}
 
 
-def create_app(config: Config, connection: bus.Bus | None = None) -> FastPath:
+def create_app(config: Config, connection: bus.Bus | None = None) -> FastPath:  # noqa: C901 - one app: being reshaped (#11)
     gateway = Gateway(config)
     owns_connection = connection is None
+    stores: list[ResponseStore] = []
+
+    def response_store() -> ResponseStore:
+        """The shared store of the Responses API, on the bus connection (known once the app started)."""
+        if not stores:
+            retention = config.responses
+            stores.append(ResponseStore(Bucket(gateway.bus(), gateway.subjects.responses_bucket,
+                                               retention.retention_seconds, retention.storage)))
+        return stores[0]
+
+    async def responses_create(gateway: Gateway, request: Request) -> Response:
+        return await create_response(gateway, response_store(), request)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -326,6 +431,42 @@ def create_app(config: Config, connection: bus.Bus | None = None) -> FastPath:
     async def messages_count_tokens(request: Request) -> Response:
         return await count_message_tokens(gateway, request)  # served by FastPath too
 
+    @app.post("/v1/responses")
+    @app.post("/responses")
+    async def responses(request: Request) -> Response:
+        return await responses_create(gateway, request)  # served by FastPath, as chat completions are
+
+    @app.get("/v1/responses/{response_id}")
+    @app.get("/responses/{response_id}")
+    async def get_response(request: Request, response_id: str) -> Response:
+        stored = await response_store().load(_tenant(request), response_id)
+        if stored is None:
+            raise responses_store.not_found(response_id)
+        return Response(stored.response, media_type=JSON)
+
+    @app.delete("/v1/responses/{response_id}")
+    @app.delete("/responses/{response_id}")
+    async def delete_response(request: Request, response_id: str) -> Response:
+        if not await response_store().delete(_tenant(request), response_id):
+            raise responses_store.not_found(response_id)
+        body = responses_dialect.encode({"id": response_id, "object": "response.deleted", "deleted": True})
+        return Response(body, media_type=JSON)
+
+    @app.get("/v1/responses/{response_id}/input_items")
+    @app.get("/responses/{response_id}/input_items")
+    async def input_items(request: Request, response_id: str, order: Literal["asc", "desc"] = "desc",
+                          limit: int = 20, after: str | None = None) -> Response:
+        stored = await response_store().load(_tenant(request), response_id)
+        if stored is None:
+            raise responses_store.not_found(response_id)
+        if not 1 <= limit <= 100:
+            raise InvalidRequest("`limit` must be between 1 and 100.", param="limit")
+        return Response(responses_store.item_page(stored, order, limit, after), media_type=JSON)
+
+    def _tenant(request: Request) -> str:
+        grant = gateway.authenticate(request)
+        return "default" if grant is None else grant.namespace
+
     @app.get("/v1/models")
     @app.get("/models")
     async def models(request: Request) -> Response:
@@ -355,7 +496,7 @@ def create_app(config: Config, connection: bus.Bus | None = None) -> FastPath:
         status = 503 if report.status == "unhealthy" else 200
         return Response(shapes.encode(report), status_code=status, media_type=JSON)
 
-    return FastPath(app, gateway)
+    return FastPath(app, gateway, dict.fromkeys(responses_dialect.PATHS, responses_create))
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
-from shared.config import ProviderConfig
+from shared.config import ProviderSettings
 from shared.errors import (
     BodyTooLarge,
+    ContextWindowExceeded,
     DeadlineExceeded,
     GatewayError,
     InvalidRequest,
@@ -39,11 +40,20 @@ class HttpCall:
     secret_headers: frozenset[str] = field(default_factory=frozenset)
 
 
-class HttpAdapter(Protocol):
+# The settings struct an adapter reads (its own, a `ProviderSettings` subclass).
+S_contra = TypeVar("S_contra", bound=ProviderSettings, contravariant=True)
+
+
+class HttpAdapter(Protocol[S_contra]):
     name: str
     default_base_url: str
 
-    def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    @property
+    def settings(self) -> type[ProviderSettings]:
+        """What a provider entry using this adapter holds."""
+        ...
+
+    def build_request(self, request: ChatRequest, model: str, config: S_contra) -> HttpCall:
         """The upstream call for `request`, addressed to the provider's `model`."""
         ...
 
@@ -57,7 +67,7 @@ class HttpAdapter(Protocol):
         """A non-2xx answer turned into our error, with the provider's own message when it has one."""
         ...
 
-    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_stream_request(self, request: ChatRequest, model: str, config: S_contra) -> HttpCall:
         """The upstream call asking for a stream (OpenAI: with usage in the last chunk)."""
         ...
 
@@ -68,29 +78,28 @@ class HttpAdapter(Protocol):
         """The framing of this provider's stream body: SSE for most, AWS event stream for Bedrock."""
         ...
 
-    def config_problem(self, config: ProviderConfig) -> str | None:
-        """Why `config` cannot work for this adapter (checked once at start), or None."""
-        ...
-
 
 @runtime_checkable
-class CountingAdapter(Protocol):
+class CountingAdapter(Protocol[S_contra]):
     """An adapter whose provider counts tokens itself (Anthropic's `count_tokens`); the worker estimates
     with a tokenizer for the others."""
 
-    def build_count_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall: ...
+    def build_count_request(self, request: ChatRequest, model: str, config: S_contra) -> HttpCall: ...
 
     def parse_count(self, body: bytes, *, provider: str, model: str) -> TokenCount: ...
 
 
 @runtime_checkable
-class LocalAdapter(Protocol):
+class LocalAdapter(Protocol[S_contra]):
     name: str
 
-    async def complete(self, request: ChatRequest, model: str, config: ProviderConfig) -> ChatResult: ...
+    @property
+    def settings(self) -> type[ProviderSettings]: ...
+
+    async def complete(self, request: ChatRequest, model: str, config: S_contra) -> ChatResult: ...
 
     def stream(
-        self, request: ChatRequest, model: str, config: ProviderConfig
+        self, request: ChatRequest, model: str, config: S_contra
     ) -> AsyncIterator[Delta | StreamSummary]:
         """Deltas, then one StreamSummary last."""
         ...
@@ -143,6 +152,19 @@ def error_for_status(
     if status >= 500:
         return ProviderError(text, code="provider_error", where=where, retryable=True)
     return ProviderError(text, code=f"provider_status_{status}", where=where, retryable=False)
+
+
+def context_window_exceeded(message: str, *, provider: str) -> ContextWindowExceeded:
+    """The provider said the prompt does not fit its model's context window (each adapter knows how its
+    provider words it); the router may fall back to a target with a larger window."""
+    return ContextWindowExceeded(f"{provider}: {message}", param="messages", where=f"provider:{provider}")
+
+
+def mentions(message: str, phrases: tuple[str, ...]) -> bool:
+    """Whether `message` contains one of `phrases` (lower case), ignoring case. For providers that say
+    what an error is only in its message, such as a context-window overflow inside a generic 400."""
+    lowered = message.lower()
+    return any(phrase in lowered for phrase in phrases)
 
 
 def merge_headers(defaults: dict[str, str], extra: Mapping[str, str]) -> dict[str, str]:
@@ -208,6 +230,7 @@ class Delta:
     redacted_thinking: str | None = None
     server_block: bytes | None = None  # as in `StreamChunk`
     server_delta: bytes | None = None
+    item_json: bytes | None = None  # see `StreamChunk.item_json`
 
 
 @dataclass(slots=True)

@@ -1,6 +1,9 @@
-"""The one place provider adapters are listed: adapter name -> adapter."""
+"""The one place provider adapters are listed: adapter name -> adapter. Their settings structs, which
+configuration loading needs without the adapters' code, are listed by `settings.py` under the same names."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from services.providers.anthropic import adapter as anthropic
 from services.providers.azure import adapter as azure
@@ -10,7 +13,7 @@ from services.providers.gemini import adapter as gemini
 from services.providers.mock import adapter as mock
 from services.providers.openai import adapter as openai
 
-ADAPTERS: dict[str, HttpAdapter | LocalAdapter] = {
+ADAPTERS: dict[str, HttpAdapter[Any] | LocalAdapter[Any]] = {
     "openai": openai.adapter,
     "openai_compatible": openai.openai_compatible,
     "anthropic": anthropic.adapter,

@@ -11,7 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 from opentelemetry.trace import SpanKind
@@ -36,11 +36,11 @@ async def items(worker: ProviderWorker, request: ChatRequest, model: str, timeou
         async for item in adapter.stream(request, model, worker.settings):  # type: ignore[union-attr]
             yield item
         return
-    async for item in _http_items(worker, cast(HttpAdapter, adapter), request, model, timeout):
+    async for item in _http_items(worker, cast(HttpAdapter[Any], adapter), request, model, timeout):
         yield item
 
 
-async def _http_items(worker: ProviderWorker, adapter: HttpAdapter, request: ChatRequest, model: str,
+async def _http_items(worker: ProviderWorker, adapter: HttpAdapter[Any], request: ChatRequest, model: str,
                       timeout: float) -> AsyncIterator[Delta | StreamSummary]:
     call = adapter.build_stream_request(request, model, worker.settings)
     parser = adapter.stream_parser(provider=worker.name, model=model)
@@ -114,7 +114,7 @@ class _Pump:
                         tool_calls=item.tool_calls, finish_reason=item.finish_reason,
                         id=self.id if first else None, model=self.model if first else None,
                         created=self.created if first else None,
-                        provider=self.worker.name if first else None,
+                        provider=self.worker.name if first else None, item_json=item.item_json,
                         thinking=item.thinking, signature=item.signature,
                         redacted_thinking=item.redacted_thinking,
                         server_block=item.server_block, server_delta=item.server_delta,

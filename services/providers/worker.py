@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 from opentelemetry.trace import SpanKind
@@ -22,7 +22,7 @@ from services.providers.base import CountingAdapter, HttpAdapter, LocalAdapter
 from services.providers.http import Upstream
 from services.providers.registry import ADAPTERS
 from shared import bus, metrics, pricing, runtime, tracing
-from shared.config import Config, ProviderConfig
+from shared.config import Config, ProviderSettings
 from shared.errors import DeadlineExceeded, GatewayError, ProviderError
 from shared.logs import request_id
 from shared.messages import (
@@ -43,8 +43,8 @@ log = logging.getLogger("llm_edge.provider")
 class ProviderWorker:
     def __init__(self, config: Config, name: str) -> None:
         self.name = name
-        self.settings: ProviderConfig = config.provider(name)
-        self.adapter = ADAPTERS[self.settings.adapter or name]
+        self.settings: ProviderSettings = config.provider(name)
+        self.adapter = ADAPTERS[self.settings.adapter]
         # Decided once: a runtime Protocol check costs microseconds on every request.
         self.local = isinstance(self.adapter, LocalAdapter)
         self.instance = ""
@@ -149,7 +149,7 @@ class ProviderWorker:
             response = await self.upstream.send(call, timeout)
             if response.status >= 400:
                 log.info("provider %s answered %d to count_tokens", self.name, response.status)
-                raise cast(HttpAdapter, self.adapter).parse_error(
+                raise cast(HttpAdapter[Any], self.adapter).parse_error(
                     response.status, response.body, response.headers, provider=self.name)
             return self.adapter.parse_count(response.body, provider=self.name, model=model)
         estimate = await asyncio.to_thread(tokens.estimate, request, model)  # see tokens.py: the first loads
@@ -163,10 +163,10 @@ class ProviderWorker:
         adapter = self.adapter
         if self.local:
             return await adapter.complete(request, model, self.settings)  # type: ignore[union-attr]
-        return await self._call_http(cast(HttpAdapter, adapter), request, model, timeout)
+        return await self._call_http(cast(HttpAdapter[Any], adapter), request, model, timeout)
 
     async def _call_http(
-        self, adapter: HttpAdapter, request: ChatRequest, model: str, timeout: float
+        self, adapter: HttpAdapter[Any], request: ChatRequest, model: str, timeout: float
     ) -> ChatResult:
         call = adapter.build_request(request, model, self.settings)
         response = await self.upstream.send(call, timeout)

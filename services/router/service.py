@@ -24,7 +24,14 @@ from services.router.breaker import Breaker
 from services.router.retry import wait_before_retry as retry_delay
 from shared import bus, metrics, runtime, tracing
 from shared.config import Config, Target
-from shared.errors import DeadlineExceeded, GatewayError, ProviderError, Unavailable, from_reply
+from shared.errors import (
+    ContextWindowExceeded,
+    DeadlineExceeded,
+    GatewayError,
+    ProviderError,
+    Unavailable,
+    from_reply,
+)
 from shared.logs import request_id
 from shared.messages import (
     BreakerEvent,
@@ -182,7 +189,7 @@ class Router:
             outcome = await self._try_target(target, ctx, onward)
             if isinstance(outcome, GatewayError):
                 error = outcome
-                if outcome.code == "context_length_exceeded":
+                if isinstance(outcome, ContextWindowExceeded):
                     window = target.context_window or 0
                     if not any((t.context_window or 0) > window for t in candidates):
                         raise outcome

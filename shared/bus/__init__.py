@@ -1,6 +1,7 @@
 """The message bus, written once: the only package that imports `nats`.
 
-- `connection`: `Bus` (connect, publish, listen, request-reply, the requester's side of a stream);
+- `connection`: `Bus` (connect, publish, listen, request-reply, work-queue requests, opening a stream);
+- `stream`: the requester's side of a stream (frames in order, silence noticed, cancel);
 - `replies`: the one reply multiplexer (unguessable tokens, heartbeats, loss detection);
 - `serving`: `Server`, typed handlers as micro endpoints, heartbeats, stream frames, cancels, draining;
 - `micro`: registration with the NATS services framework (its private-API use, confined);

@@ -1,5 +1,6 @@
-"""One process's connection to the bus (`Bus`): connect, publish, broadcast listening, request-reply
-through the one reply multiplexer (`replies.py`), and the ingress's side of a stream.
+"""One process's connection to the bus (`Bus`): connect, publish, broadcast listening (and scatter-gather),
+request-reply and work-queue requests through the one reply multiplexer (`replies.py`), and opening a
+stream (`stream.py`).
 
 Every nats-py exception that can reach a caller is translated here into the gateway's errors.
 """
@@ -7,7 +8,6 @@ Every nats-py exception that can reach a caller is translated here into the gate
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,7 +20,8 @@ from nats.aio.msg import Msg
 
 from shared import metrics
 from shared.bus.errors import BusUnavailable, Lost, NoResponders
-from shared.bus.replies import HEARTBEAT_SECONDS, LOST_AFTER, Replies, TimedOut, Waiter
+from shared.bus.replies import HEARTBEAT_SECONDS, LOST_AFTER, Replies, TimedOut
+from shared.bus.stream import Stream
 from shared.errors import DeadlineExceeded, Unavailable
 from shared.messages import Reply, reply_decoder
 from shared.subjects import Headers
@@ -182,42 +183,6 @@ class Bus:
     async def close(self) -> None:
         if not self.nc.is_closed:
             await self.nc.close()
-
-
-class Stream:
-    """The requester's side of a stream: frames in order, heartbeats skipped, silence noticed."""
-
-    def __init__(self, bus: Bus, waiter: Waiter, cancel: str) -> None:
-        self.bus = bus
-        self.waiter = waiter
-        self.cancel = cancel
-        self.finished = False  # the stream ended properly or with an error frame: nothing to cancel
-
-    @property
-    def id(self) -> str:
-        return self.waiter.token
-
-    async def next(self, timeout: float, what: str) -> Reply:
-        """The next frame within `timeout`; `Unavailable` when nothing at all (no frame, no heartbeat)
-        arrived for `LOST_AFTER` heartbeats: whoever was serving the stream died."""
-        if timeout <= 0:
-            raise DeadlineExceeded("The request deadline passed during the stream.")
-        try:
-            msg = await self.waiter.next(time.monotonic() + timeout)
-        except TimedOut:
-            raise DeadlineExceeded(f"No {what} within {timeout:.3g}s.", code="stream_timeout") from None
-        except Lost:
-            raise Unavailable("The gateway lost the service that was handling this stream.",
-                              code="stream_lost") from None
-        except NoResponders:
-            raise Unavailable("No router instance is running.", code="no_router") from None
-        return reply_decoder.decode(msg.data)
-
-    async def close(self) -> None:
-        self.bus.replies.close(self.waiter)
-        if not self.finished and self.bus.connected:
-            with contextlib.suppress(BusUnavailable):
-                await self.bus.publish(self.cancel, b"", headers={Headers.BUS_ID: self.waiter.token})
 
 
 async def connect(url: str, name: str) -> Bus:

@@ -5,7 +5,9 @@ upstream call, and leaves the gateway healthy for the next request.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.infra import Nats
@@ -21,10 +23,10 @@ async def stack(nats_server: Nats) -> AsyncIterator[Stack]:
     await stack.close()
 
 
-def assert_openai_error(response, status: int, param: str | None = None) -> dict:  # type: ignore[no-untyped-def]
+def assert_openai_error(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
-    error = response.json()["error"]
+    error: dict[str, Any] = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["message"]
     if param is not None:

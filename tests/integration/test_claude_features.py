@@ -81,6 +81,7 @@ async def test_tool_use_after_thinking_sends_the_signed_thinking_back(
     history = ask("What is the weather in Paris?")
     params: dict[str, Any] = {"model": "claude/claude-sonnet-4-5", "max_tokens": 2048, "thinking": THINKING,
                               "tools": [WEATHER]}
+    first: anthropic.types.Message
     if streamed:
         async with sdk.messages.stream(messages=history, **params) as stream:
             first = await stream.get_final_message()
@@ -189,7 +190,8 @@ async def test_prompt_caching_usage_and_cost_follow_the_pricing_table(stack: Sta
     assert upstream.stats["calls"] == 2
     assert upstream.stats["last_request"]["system"] == system  # the breakpoint and its ttl, as sent
     written, read = usages
-    assert written.cache_creation_input_tokens > 0 and written.cache_read_input_tokens == 0
+    assert written.cache_creation_input_tokens is not None and written.cache_creation_input_tokens > 0
+    assert written.cache_read_input_tokens == 0
     assert read.cache_read_input_tokens == written.cache_creation_input_tokens and read.cache_creation_input_tokens == 0
     for usage, cost in zip(usages, costs, strict=True):
         expected = PER_TOKEN * (usage.input_tokens * price.input

@@ -222,7 +222,7 @@ async def test_a_tool_call_round_trip(stack: Stack, case: Case, stream: bool) ->
     if stream:
         calls: dict[int, dict[str, str]] = {}
         finish = None
-        async for chunk in await client.chat.completions.create(  # type: ignore[union-attr]
+        async for chunk in await client.chat.completions.create(
             model=f"cloud/{case.model}",
             messages=messages,
             tools=[WEATHER_TOOL],

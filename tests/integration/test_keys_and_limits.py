@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from tests.infra import Nats, Server
 from tests.integration.test_request_path import eventually
-from tests.stack import Stack, make_config
+from tests.stack import Stack, error_body, make_config
 
 ALPHA, BETA, GAMMA = "sk-alpha-0123456789", "sk-beta-0123456789", "sk-gamma-0123456789"
 PROMPT = [{"role": "user", "content": "What is NATS?"}]
@@ -100,7 +100,7 @@ async def test_rpm_admits_exactly_the_limit_of_concurrent_requests(nats_server: 
         assert len(ok) == 3 and len(limited) == 4
         refused = limited[0]
         assert refused.code == "rate_limit_exceeded"
-        assert refused.body["type"] == "requests"
+        assert error_body(refused)["type"] == "requests"
         assert 1 <= int(refused.response.headers["retry-after"]) <= 20  # one request every 60/3 s
         assert refused.response.headers["x-ratelimit-limit-requests"] == "3"
         assert refused.response.headers["x-ratelimit-remaining-requests"] == "0"
@@ -148,13 +148,15 @@ async def test_tpm_is_charged_with_the_real_usage_of_streamed_and_plain_answers(
         client = stack.openai(ALPHA)
         first = await ask(client, content="one two three")
         used = first.parse().usage.total_tokens
-        assert 0 < used and first.headers["x-ratelimit-remaining-tokens"] == "100"  # charged after
+        assert used > 0 and first.headers["x-ratelimit-remaining-tokens"] == "100"  # charged after
         await stack.settle()
         chunks = [c async for c in await client.chat.completions.create(
             model="mock", messages=[{"role": "user", "content": "four five six"}],
             stream=True, stream_options={"include_usage": True})]
-        streamed = chunks[-1].usage.total_tokens
-        assert 0 < streamed and used + streamed < 100
+        last = chunks[-1].usage
+        assert last is not None
+        streamed = last.total_tokens
+        assert streamed > 0 and used + streamed < 100
         await stack.settle()
         third = await ask(client, content=" ".join(["word"] * 50))
         assert third.headers["x-ratelimit-remaining-tokens"] == str(100 - used - streamed)
@@ -162,7 +164,7 @@ async def test_tpm_is_charged_with_the_real_usage_of_streamed_and_plain_answers(
         await stack.settle()  # now past 100 tokens: the next request is refused before any call
         with pytest.raises(openai.RateLimitError) as caught:
             await ask(client, content="sixteen")
-        assert caught.value.body["type"] == "tokens"
+        assert error_body(caught.value)["type"] == "tokens"
         assert caught.value.response.headers["x-ratelimit-remaining-tokens"] == "0"
         assert int(caught.value.response.headers["retry-after"]) >= 1
     finally:
@@ -185,7 +187,7 @@ async def test_a_spent_budget_is_429_insufficient_quota(
         with pytest.raises(openai.RateLimitError) as caught:
             await ask(client, model="mock/gpt-4o", content="and again")
         assert caught.value.code == "insufficient_quota"
-        assert caught.value.body["type"] == "insufficient_quota"
+        assert error_body(caught.value)["type"] == "insufficient_quota"
         assert caught.value.response.headers["x-should-retry"] == "false"
         assert refusals("budget") == before + 1
     finally:
@@ -243,7 +245,7 @@ async def test_the_anthropic_sdk_authenticates_with_x_api_key_and_is_refused_in_
         await client("sk-not-a-configured-key").messages.create(
             model="mock", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
     assert wrong.value.status_code == 401
-    assert wrong.value.body["type"] == "error"  # type: ignore[index]
+    assert error_body(wrong.value)["type"] == "error"
     with pytest.raises(anthropic.PermissionDeniedError):  # beta may only use `mock`
         await client(BETA).messages.create(
             model="mock/other", max_tokens=64, messages=[{"role": "user", "content": "hi"}])

@@ -177,7 +177,8 @@ async def test_streamed_tool_use_arrives_whole(stack: Stack, model: str) -> None
 
 async def test_second_identical_request_is_a_cache_hit(stack: Stack, upstream: MockUpstream) -> None:
     sdk = client(stack)
-    ask = {"model": "up/gpt-4o", "max_tokens": 100, "messages": user("cache this answer please, it should come back in quite a few words")}
+    ask = {"model": "up/gpt-4o", "max_tokens": 100,
+           "messages": user("cache this answer please, it should come back in quite a few words")}
     first = await sdk.messages.with_raw_response.create(**ask)
     assert first.headers["x-llm-edge-cache"] == "miss"
     await eventually(lambda: len(stack.caches["cache"].l1) == 1)

@@ -23,7 +23,6 @@ import msgspec
 
 from tests.mockupstream.formats import (
     DIALECTS,
-    TOOL_ARGUMENTS,
     Dialect,
     Message,
     Plan,
@@ -35,7 +34,6 @@ from tests.mockupstream.formats import (
 )
 
 _PREFIX = b"/model/"
-_TOOL_INPUT = msgspec.json.decode(TOOL_ARGUMENTS)
 _PADDING = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0"  # Bedrock pads event payloads with `p`
 
 
@@ -120,7 +118,7 @@ def _body(p: Plan, seq: int) -> bytes:
     if p.tool is None:
         content: list[dict[str, Any]] = [{"text": p.text}]
     else:
-        content = [{"toolUse": {"toolUseId": f"tooluse_mock{seq}", "name": p.tool, "input": _TOOL_INPUT}}]
+        content = [{"toolUse": {"toolUseId": f"tooluse_mock{seq}", "name": p.tool, "input": p.tool_input()}}]
     return encode(
         {
             "output": {"message": {"role": "assistant", "content": content}},
@@ -175,7 +173,7 @@ def _stream(p: Plan, seq: int, chunks: int) -> Stream:
         head.append(event("contentBlockStart", {"contentBlockIndex": 0, "start": start}))
         content = [
             event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"toolUse": {"input": piece}}})
-            for piece in split(TOOL_ARGUMENTS, chunks)
+            for piece in split(p.arguments, chunks)
         ]
     tail = [
         event("contentBlockStop", {"contentBlockIndex": 0}),

@@ -3,8 +3,10 @@ whose paths carry the model or deployment (Azure, Gemini, Bedrock)."""
 
 from __future__ import annotations
 
-from tests.mockupstream import azure, bedrock, gemini
+from tests.mockupstream import azure, bedrock, gemini, responses
 from tests.mockupstream.formats import DIALECTS, Dialect
+
+_EXACT = {**DIALECTS, b"/v1/responses": responses.DIALECT}
 
 _PATTERNS = (
     (azure.matches, azure.DIALECT),
@@ -14,7 +16,7 @@ _PATTERNS = (
 
 
 def dialect_for(path: bytes) -> Dialect | None:
-    if (exact := DIALECTS.get(path)) is not None:
+    if (exact := _EXACT.get(path)) is not None:
         return exact
     for matches, dialect in _PATTERNS:
         if matches(path):

@@ -81,16 +81,26 @@ chat_decoder = msgspec.json.Decoder(_ChatRequest)
 _messages_decoder = msgspec.json.Decoder(_MessagesRequest)
 
 
+class ScriptedCall(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    arguments: str = TOOL_ARGUMENTS  # JSON text
+
+
 class Scripted(msgspec.Struct, forbid_unknown_fields=True):
-    """One queued answer; `body` null with an error status means the provider's documented error body."""
+    """One queued answer; `body` null with an error status means the provider's documented error body, with
+    `message` as its message when given (e.g. the provider's words for a context-window overflow)."""
 
     status: int = 200
     headers: dict[str, str] = {}
     body: Any = None
+    message: str | None = None
     raw: str | None = None
     delay_ms: float = 0.0  # on top of the server's latency
     # Close the connection after this many content chunks (non-streaming: after half the body).
     fail_after_chunks: int | None = None
+    # Answer with a call of this tool instead of the planned reply, in the dialect's own format (streamed
+    # or not, as asked): how a test scripts an agent's turns.
+    tool_call: ScriptedCall | None = None
 
     @property
     def replaces_reply(self) -> bool:
@@ -116,11 +126,14 @@ class Plan:
     tool: str | None  # name of the tool to call instead
     prompt_tokens: int
     completion_tokens: int
-    tool_input: str = TOOL_ARGUMENTS  # the called tool's arguments (JSON text)
+    arguments: str = TOOL_ARGUMENTS  # the tool call's arguments (JSON text), when `tool` is set
     thinking: str | None = None  # Anthropic with thinking on: the thinking block's text
     cache_written: int = 0  # Anthropic with cache_control: prompt tokens written to / read from its cache
     cache_read: int = 0
     native: bool = False  # Bedrock's InvokeModel: Anthropic's format inside Bedrock's
+
+    def tool_input(self) -> Any:
+        return msgspec.json.decode(self.arguments)
 
 
 def text_of(content: str | list[Part] | None) -> str:
@@ -185,7 +198,7 @@ def openai_usage(p: Plan) -> dict[str, int]:
 def openai_body(p: Plan, seq: int) -> bytes:
     message: dict[str, Any] = {"role": "assistant", "content": p.text or None, "refusal": None}
     if p.tool is not None:
-        function = {"name": p.tool, "arguments": p.tool_input}
+        function = {"name": p.tool, "arguments": p.arguments}
         message["tool_calls"] = [{"id": f"call_mock_{seq}", "type": "function", "function": function}]
     choice = {
         "index": 0,
@@ -232,7 +245,7 @@ def openai_stream(p: Plan, seq: int, chunks: int) -> Stream:
         head = frame({"role": "assistant", "content": None, "tool_calls": [call]})
         content = [
             frame({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-            for piece in split(p.tool_input, chunks)
+            for piece in split(p.arguments, chunks)
         ]
     tail = [frame({}, "tool_calls" if p.tool else "stop")]
     if p.include_usage:
@@ -319,7 +332,7 @@ def _anthropic_block(p: Plan, seq: int, *, empty: bool) -> dict[str, Any]:
         "type": "tool_use",
         "id": f"toolu_mock_{seq}",
         "name": p.tool,
-        "input": {} if empty else decode_any(p.tool_input),
+        "input": {} if empty else p.tool_input(),
     }
 
 
@@ -381,7 +394,7 @@ def _anthropic_stream(p: Plan, seq: int, chunks: int) -> Stream:
     if p.tool is None:
         deltas = [{"type": "text_delta", "text": piece} for piece in split(p.text, chunks)]
     else:
-        deltas = [{"type": "input_json_delta", "partial_json": s} for s in split(p.tool_input, chunks)]
+        deltas = [{"type": "input_json_delta", "partial_json": s} for s in split(p.arguments, chunks)]
     content = [_event({"type": "content_block_delta", "index": index, "delta": d}) for d in deltas]
     stop = {"stop_reason": "tool_use" if p.tool else "end_turn", "stop_sequence": None}
     tail = [

@@ -13,7 +13,6 @@ from urllib.parse import unquote
 import msgspec
 
 from tests.mockupstream.formats import (
-    TOOL_ARGUMENTS,
     Dialect,
     Message,
     Plan,
@@ -25,7 +24,6 @@ from tests.mockupstream.formats import (
 )
 
 _PREFIX = b"/v1beta/models/"
-_TOOL_INPUT = msgspec.json.decode(TOOL_ARGUMENTS)
 
 
 class _Part(msgspec.Struct, rename="camel"):
@@ -99,7 +97,7 @@ def _response(
 
 
 def _body(p: Plan, seq: int) -> bytes:
-    parts = [{"functionCall": {"name": p.tool, "args": _TOOL_INPUT}}] if p.tool else [{"text": p.text}]
+    parts = [{"functionCall": {"name": p.tool, "args": p.tool_input()}}] if p.tool else [{"text": p.text}]
     return encode(_response(p, seq, parts, "STOP", True))
 
 
@@ -113,7 +111,7 @@ def _stream(p: Plan, seq: int, chunks: int) -> Stream:
             _event(_response(p, seq, [{"text": piece}], None, False)) for piece in split(p.text, chunks)
         ]
     else:
-        call = {"functionCall": {"name": p.tool, "args": _TOOL_INPUT}}
+        call = {"functionCall": {"name": p.tool, "args": p.tool_input()}}
         content = [_event(_response(p, seq, [call], None, False))]
     return [], content, [_event(_response(p, seq, [{"text": ""}], "STOP", True))]
 

@@ -1,5 +1,5 @@
-"""A mock LLM provider speaking OpenAI Chat Completions, Anthropic Messages, Azure OpenAI, Gemini and Bedrock
-Converse exactly as they look on the wire (the formats: `formats.py` and one module per cloud provider).
+"""A mock LLM provider speaking OpenAI Chat Completions and Responses, Anthropic Messages, Azure OpenAI, Gemini
+and Bedrock Converse exactly as they look on the wire (the formats: `formats.py` and one module per cloud provider).
 
 Raw asyncio + httptools (keep-alive, Content-Length requests, chunked SSE or event-stream replies) so that it
 is never the bottleneck of a benchmark; tests script errors, delays and broken streams via `/_mock/*` or
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import signal
 import sys
 import time
@@ -375,7 +376,7 @@ class MockUpstream:
             elif scripted.body is not None:
                 body = encode(scripted.body)
             else:
-                body = dialect.error(scripted.status, None, seq)
+                body = dialect.error(scripted.status, scripted.message, seq)
                 headers = dialect.error_headers(scripted.status) | headers
             return _Out(_response(scripted.status, body, headers, ka), [])
         try:
@@ -383,6 +384,10 @@ class MockUpstream:
         except msgspec.MsgspecError as exc:
             body = dialect.error(400, f"Invalid request body: {exc}", seq)
             return _Out(_response(400, body, dialect.error_headers(400) | headers, ka), [])
+        if scripted is not None and scripted.tool_call is not None:
+            call = scripted.tool_call
+            plan = dataclasses.replace(plan, text="", tool=call.name, arguments=call.arguments,
+                                       completion_tokens=max(1, len(call.arguments.split())))
         cut = scripted.fail_after_chunks if scripted else None
         if not plan.stream:
             body = dialect.body(plan, seq)

@@ -27,7 +27,7 @@ def request(body: dict[str, Any] | bytes) -> ChatRequest:
 
 
 def feed(
-    adapter: HttpAdapter,
+    adapter: HttpAdapter[Any],
     wire: bytes,
     step: int | None = None,
     *,
@@ -46,7 +46,7 @@ def feed(
 
 
 def run(
-    adapter: HttpAdapter, wire: bytes, step: int | None = None, *, provider: str, model: str
+    adapter: HttpAdapter[Any], wire: bytes, step: int | None = None, *, provider: str, model: str
 ) -> tuple[list[Delta], StreamSummary]:
     """`feed`, then the parser's end: the deltas and the summary (or the error a cut stream raises)."""
     parser, deltas = feed(adapter, wire, step, provider=provider, model=model)

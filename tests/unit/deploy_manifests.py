@@ -4,7 +4,8 @@ deploy/, checked offline: compose.yaml against the Compose specification, every 
 against the Kubernetes API schemas, and the references between files (commands, ports, selectors,
 metric names, configuration) against each other and against the code.
 
-The Kubernetes manifests are rendered by `kubectl kustomize`, exactly as `kubectl apply -k` would. Schemas: deploy/schemas/compose-spec.json (see its README) and the copies of the
+The Kubernetes manifests are rendered by `kubectl kustomize`, exactly as `kubectl apply -k` would. Schemas:
+deploy/schemas/compose-spec.json (see its README) and the copies of the
 Kubernetes schemas that the `kubernetes-validate` package ships.
 """
 
@@ -153,7 +154,7 @@ def _config_map_file(docs: tuple[Doc, ...], container: Doc, tmp_path: Path) -> P
     volume = next(v for v in pods[0]["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
     config_map = next(doc for doc in docs if doc["kind"] == "ConfigMap"
                       and doc["metadata"]["name"] == volume["configMap"]["name"])
-    file = tmp_path / config_map["metadata"]["name"] / path.name
+    file: Path = tmp_path / config_map["metadata"]["name"] / path.name
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text(config_map["data"][path.name])
     return file

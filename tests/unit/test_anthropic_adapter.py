@@ -10,15 +10,15 @@ import msgspec
 import pytest
 
 from services.providers.anthropic.adapter import adapter
-from shared.config import ProviderConfig
+from services.providers.anthropic.settings import AnthropicSettings
 from shared.errors import InvalidRequest
 from tests.unit.adapter_io import fixture, request
 
-KEY = ProviderConfig(api_key="sk-ant-test")
+KEY = AnthropicSettings(api_key="sk-ant-test")
 MODEL = "claude-sonnet-4-5"
 
 
-def sent(body: dict[str, Any] | bytes, config: ProviderConfig = KEY) -> dict[str, Any]:
+def sent(body: dict[str, Any] | bytes, config: AnthropicSettings = KEY) -> dict[str, Any]:
     """The JSON body the adapter would send to Anthropic for this client body."""
     parsed: dict[str, Any] = json.loads(adapter.build_request(request(body), MODEL, config).body)
     return parsed
@@ -300,7 +300,7 @@ def test_several_choices_are_refused() -> None:
 
 
 def test_configured_base_url_headers_and_no_key() -> None:
-    config = ProviderConfig(
+    config = AnthropicSettings(
         base_url="https://proxy.example/anthropic/", headers={"anthropic-beta": "context-1m-2025-08-07"}
     )
     call = adapter.build_request(request(chat(USER_HELLO)), MODEL, config)

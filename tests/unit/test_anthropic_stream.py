@@ -11,8 +11,8 @@ import msgspec
 import pytest
 
 from services.providers.anthropic.adapter import adapter
+from services.providers.anthropic.settings import AnthropicSettings
 from services.providers.base import Delta, StreamSummary
-from shared.config import ProviderConfig
 from shared.errors import (
     BodyTooLarge,
     GatewayError,
@@ -26,7 +26,7 @@ from shared.messages import ChatRequest, FunctionCallDelta, PromptTokensDetails,
 from tests.unit import adapter_io
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "anthropic"
-KEY = ProviderConfig(api_key="sk-ant-test")
+KEY = AnthropicSettings(api_key="sk-ant-test")
 MODEL = "claude-sonnet-4-5"
 
 
@@ -246,7 +246,7 @@ def events(*items: tuple[str, dict[str, Any]]) -> bytes:
 
 
 START = ("message_start", {"message": {"id": "msg_1", "model": "claude-x", "usage": {"input_tokens": 5}}})
-STOPPED = ("message_stop", {})
+STOPPED: tuple[str, dict[str, Any]] = ("message_stop", {})
 
 
 def block_start(index: int, **block: Any) -> tuple[str, dict[str, Any]]:

@@ -10,12 +10,14 @@ import msgspec
 import pytest
 
 from services.providers.azure.adapter import adapter
+from services.providers.azure.settings import AzureSettings
+from services.providers.settings import SETTINGS
 from services.providers.sse import SSEDecoder
-from shared.config import ConfigError, ProviderConfig, load
+from shared.config import ConfigError, load
 from tests.unit.adapter_io import fixture, request
 
 ENDPOINT = "https://my-resource.openai.azure.com"
-CONFIG = ProviderConfig(adapter="azure", api_key="azure-key", base_url=ENDPOINT + "/")
+CONFIG = AzureSettings(api_key="azure-key", base_url=ENDPOINT + "/")
 HELLO = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello!"}]}
 
 
@@ -58,12 +60,13 @@ def test_an_azure_provider_without_an_endpoint_is_refused_at_start(tmp_path: Pat
     file = tmp_path / "edge.yaml"
     file.write_text("providers:\n  azure: {api_key: k}\n")
     with pytest.raises(ConfigError, match=r"providers\.azure\.base_url"):
-        load(file, env={})
+        load(file, env={}, adapters=SETTINGS)
 
 
 def test_the_environment_enables_azure_with_its_endpoint_and_version() -> None:
     env = {"AZURE_OPENAI_API_KEY": "k", "AZURE_OPENAI_ENDPOINT": ENDPOINT, "OPENAI_API_VERSION": "v1"}
-    azure = load(env=env).providers["azure"]
+    azure = load(env=env, adapters=SETTINGS).providers["azure"]
+    assert isinstance(azure, AzureSettings)
     assert (azure.api_key, azure.base_url, azure.api_version) == ("k", ENDPOINT, "v1")
 
 

@@ -11,11 +11,13 @@ import msgspec
 import pytest
 
 from services.providers.bedrock.adapter import adapter
-from shared.config import ConfigError, ProviderConfig, load
+from services.providers.bedrock.settings import BedrockSettings
+from services.providers.settings import SETTINGS
+from shared.config import ConfigError, load
 from shared.errors import InvalidRequest, ProviderError
 from tests.unit.adapter_io import fixture, request
 
-KEY = ProviderConfig(api_key="bedrock-api-key", region="us-east-1")
+KEY = BedrockSettings(api_key="bedrock-api-key", region="us-east-1")
 MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
 TOP_SONG: dict[str, Any] = {
     "type": "function",
@@ -56,7 +58,7 @@ def test_stream_request_and_an_arn_model_id_stay_one_path_segment() -> None:
         "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0"
     )
     call = adapter.build_stream_request(
-        request(chat({"role": "user", "content": "hi"})), arn, ProviderConfig(base_url="http://127.0.0.1:9/")
+        request(chat({"role": "user", "content": "hi"})), arn, BedrockSettings(base_url="http://127.0.0.1:9/")
     )
     assert call.url == (
         "http://127.0.0.1:9/model/arn:aws:bedrock:us-east-1:123456789012:inference-profile"
@@ -199,12 +201,12 @@ def test_a_bedrock_provider_needs_a_region_and_takes_it_from_the_environment(tmp
     file = tmp_path / "edge.yaml"
     file.write_text("providers:\n  bedrock: {api_key: k}\n")
     with pytest.raises(ConfigError, match=r"providers\.bedrock\.region"):
-        load(file, env={})
-    assert load(file, env={"AWS_REGION": "eu-west-1"}).providers["bedrock"].region == "eu-west-1"
-    enabled = load(env={"AWS_BEARER_TOKEN_BEDROCK": "b", "AWS_DEFAULT_REGION": "us-west-2"}).providers[
-        "bedrock"
-    ]
-    assert (enabled.api_key, enabled.region) == ("b", "us-west-2")
+        load(file, env={}, adapters=SETTINGS)
+    from_env = load(file, env={"AWS_REGION": "eu-west-1"}, adapters=SETTINGS).providers["bedrock"]
+    assert isinstance(from_env, BedrockSettings) and from_env.region == "eu-west-1"
+    env = {"AWS_BEARER_TOKEN_BEDROCK": "b", "AWS_DEFAULT_REGION": "us-west-2"}
+    enabled = load(env=env, adapters=SETTINGS).providers["bedrock"]
+    assert isinstance(enabled, BedrockSettings) and (enabled.api_key, enabled.region) == ("b", "us-west-2")
 
 
 # --- parse_response ------------------------------------------------------------------------------

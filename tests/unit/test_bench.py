@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llm_edge.bench import report
-from llm_edge.bench.check import StreamCheck, completion_problem
+from llm_edge.bench.check import ResponsesStreamCheck, StreamCheck, completion_problem, response_problem
 from llm_edge.bench.cli import options_from, parser
 from llm_edge.bench.client import Bench, Options, Result
 from tests.mockupstream.server import MockUpstream
@@ -176,3 +176,25 @@ def test_cli_options() -> None:
     assert options_from(parser().parse_args(["--rate", "250"])).rate == 250.0
     with pytest.raises(ValueError):
         Bench(Options(rate=0.0))
+
+
+def test_responses_checks() -> None:
+    ok = b'{"object": "response", "status": "completed", "output": [{"type": "message"}]}'
+    assert response_problem(ok) is None
+    assert response_problem(b'{"object": "response", "status": "failed", "output": []}') == "response_failed"
+    assert response_problem(b'{"object": "response", "status": "completed", "output": []}') == "no_output"
+    assert response_problem(b'{"object": "chat.completion", "choices": []}') == "not_a_response"
+
+    def event(kind: str) -> bytes:
+        return b"event: %b\ndata: {\"type\": \"%b\", \"sequence_number\": 0}\n\n" % (kind.encode(), kind.encode())
+
+    body = event("response.created") + event("response.output_text.delta") * 2 + event("response.completed")
+    check = ResponsesStreamCheck()
+    assert sum(check.feed(body[i:i + 5]) for i in range(0, len(body), 5)) == 2
+    assert check.verdict() is None
+    failed = ResponsesStreamCheck()
+    failed.feed(event("response.output_text.delta") + event("error") + event("response.failed"))
+    assert failed.verdict() == "stream_error_event"
+    cut = ResponsesStreamCheck()
+    cut.feed(event("response.output_text.delta"))
+    assert cut.verdict() == "stream_without_done"

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+from services.providers.settings import SETTINGS
 from shared import metrics, runtime
 from shared.config import load
 from tests.unit.deploy_manifests import (
@@ -85,7 +86,7 @@ def test_compose_runs_each_llm_edge_service_as_the_cli_expects(
     for name, service in ours.items():
         env = {key: interpolate(str(value), shell) for key, value in service["environment"].items()}
         config_mount = next(m for m in service["volumes"] if m.split(":")[1] == env["LLM_EDGE_CONFIG"])
-        config = load(DEPLOY / config_mount.split(":")[0], env=env)
+        config = load(DEPLOY / config_mount.split(":")[0], env=env, adapters=SETTINGS)
         if name != "provider-openai" or shell:  # the openai profile needs the key in the shell
             _check_command(service["command"], config, capsys)
         assert service["stop_grace_period"] == "35s", name
@@ -156,7 +157,7 @@ def _exposed_metrics() -> dict[str, set[str]]:
             continue
         labels = set(value._labelnames)
         suffixes = {"counter": ["_total", "_created"], "gauge": [""],
-                    "histogram": ["_bucket", "_sum", "_count", "_created"]}[value._type]
+                    "histogram": ["_bucket", "_sum", "_count", "_created"]}[str(value._type)]
         for suffix in suffixes:
             exposed[value._name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
     return exposed

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 import yaml
 
+from services.providers.settings import SETTINGS
 from shared.config import load
 from tests.unit.deploy_manifests import (
     CUSTOM_RESOURCES,
@@ -91,7 +92,7 @@ def test_workloads_run_llm_edge_commands_with_a_configuration_that_has_their_pro
     for doc in ours:
         (container,) = doc["spec"]["template"]["spec"]["containers"]
         assert container["command"] == ["llm-edge"], doc["metadata"]["name"]
-        config = load(_config_map_file(docs, container, tmp_path), env=_env(container, secrets))
+        config = load(_config_map_file(docs, container, tmp_path), env=_env(container, secrets), adapters=SETTINGS)
         _check_command(container["args"], config, capsys)
         assert doc["metadata"]["name"] == "-".join(container["args"]), "named after its command"
 
@@ -239,7 +240,7 @@ def test_the_configuration_points_at_services_that_exist(tmp_path: Path) -> None
     config_map = _named("base", "ConfigMap", "llm-edge-config")
     file = tmp_path / "edge.yaml"
     file.write_text(config_map["data"]["edge.yaml"])
-    config = load(file, env={})
+    config = load(file, env={}, adapters=SETTINGS)
     services = {s["metadata"]["name"]: {p["port"] for p in s["spec"]["ports"]}
                 for s in _objects("base", "Service")}
     for url in (config.nats_url, config.cache.redis_url or ""):
@@ -255,7 +256,7 @@ def test_the_example_configuration_only_adds_providers_and_routes(tmp_path: Path
     for name in ("base", "example"):
         file = tmp_path / f"{name}.yaml"
         file.write_text(_named(name, "ConfigMap", "llm-edge-config")["data"]["edge.yaml"])
-        configs.append(load(file, env={}))
+        configs.append(load(file, env={}, adapters=SETTINGS))
     base, example = configs
     assert set(example.providers) == {*base.providers, "openai"} and example.models
     assert msgspec.structs.replace(example, providers=base.providers, models=base.models) == base

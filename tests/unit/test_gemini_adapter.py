@@ -10,11 +10,13 @@ import msgspec
 import pytest
 
 from services.providers.gemini.adapter import adapter
-from shared.config import ProviderConfig, load
+from services.providers.gemini.settings import GeminiSettings
+from services.providers.settings import SETTINGS
+from shared.config import load
 from shared.errors import InvalidRequest, ProviderError
 from tests.unit.adapter_io import fixture, request
 
-KEY = ProviderConfig(api_key="gemini-key")
+KEY = GeminiSettings(api_key="gemini-key")
 MODEL = "gemini-2.5-flash"
 WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
@@ -58,7 +60,7 @@ def test_documented_openai_request_becomes_generate_content() -> None:
 
 
 def test_stream_request_asks_for_sse_and_accepts_a_models_prefix() -> None:
-    config = ProviderConfig(api_key="k", base_url="http://127.0.0.1:9/")
+    config = GeminiSettings(api_key="k", base_url="http://127.0.0.1:9/")
     call = adapter.build_stream_request(
         request(chat({"role": "user", "content": "hi"})), "models/gemini-2.0-flash", config
     )
@@ -207,7 +209,7 @@ def test_consecutive_same_role_messages_are_merged() -> None:
 
 
 def test_the_environment_enables_gemini() -> None:
-    assert load(env={"GEMINI_API_KEY": "g"}).providers["gemini"].api_key == "g"
+    assert load(env={"GEMINI_API_KEY": "g"}, adapters=SETTINGS).providers["gemini"].api_key == "g"
 
 
 # --- parse_response ------------------------------------------------------------------------------

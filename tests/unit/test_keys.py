@@ -26,6 +26,7 @@ from services.ingress.limits import (
     retry_after,
     verdict,
 )
+from services.providers.settings import SETTINGS
 from shared.config import Config, ConfigError, decode, encode, load
 from shared.errors import AuthenticationFailed, PermissionDenied, QuotaExceeded, RateLimited
 
@@ -35,7 +36,7 @@ DIGEST = hashlib.sha256(b"sk-secret").hexdigest()
 def config_of(text: str, tmp_path: Path) -> Config:
     file = tmp_path / "edge.yaml"
     file.write_text(text)
-    return load(file, env={})
+    return load(file, env={}, adapters=SETTINGS)
 
 
 def test_keys_from_the_file_with_defaults(tmp_path: Path) -> None:
@@ -47,19 +48,19 @@ def test_keys_from_the_file_with_defaults(tmp_path: Path) -> None:
 
 
 def test_limits_redis_defaults_to_the_cache_redis() -> None:
-    assert load(env={"REDIS_URL": "redis://r:1/0"}).limits_redis_url == "redis://r:1/0"
-    assert load(env={"REDIS_URL": "redis://r:1/0", "LIMITS_REDIS_URL": "redis://l:2/0"}).limits_redis_url == (
-        "redis://l:2/0")
+    assert load(env={"REDIS_URL": "redis://r:1/0"}, adapters=SETTINGS).limits_redis_url == "redis://r:1/0"
+    both = {"REDIS_URL": "redis://r:1/0", "LIMITS_REDIS_URL": "redis://l:2/0"}
+    assert load(env=both, adapters=SETTINGS).limits_redis_url == "redis://l:2/0"
 
 
 def test_keys_from_the_environment_replace_the_files(tmp_path: Path) -> None:
     file = tmp_path / "edge.yaml"
     file.write_text(f"keys:\n  - {{name: file, sha256: {DIGEST}}}\n")
     env = {"LLM_EDGE_KEYS": json.dumps([{"name": "env", "sha256": DIGEST, "tenant": "acme"}])}
-    config = load(file, env=env)
+    config = load(file, env=env, adapters=SETTINGS)
     (key,) = config.keys
     assert key.name == "env" and key.namespace == "acme"
-    assert decode(encode(config)).keys == config.keys  # what `llm-edge up` hands its children
+    assert decode(encode(config), SETTINGS).keys == config.keys  # what `llm-edge up` hands its children
 
 
 @pytest.mark.parametrize(
@@ -80,13 +81,13 @@ def test_keys_from_the_environment_replace_the_files(tmp_path: Path) -> None:
 )
 def test_bad_keys_name_the_field(keys: list[dict[str, object]], named: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        load(env={"LLM_EDGE_KEYS": json.dumps(keys)})
+        load(env={"LLM_EDGE_KEYS": json.dumps(keys)}, adapters=SETTINGS)
     assert named in str(caught.value)
     assert "sk-plain-key" not in str(caught.value)
 
 
 def test_bad_limits_name_the_field(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="limits.window_seconds"):
+    with pytest.raises(ConfigError, match=r"limits\.window_seconds"):
         config_of("limits: {window_seconds: 0}\n", tmp_path)
     with pytest.raises(ConfigError, match="budget_period"):
         config_of("limits: {budget_period: weekly}\n", tmp_path)

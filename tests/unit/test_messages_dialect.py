@@ -15,9 +15,9 @@ import pytest
 from services.ingress.anthropic_dialect import error_json, message_json, parse_messages_request
 from services.ingress.anthropic_events import EventWriter, replay
 from services.providers.anthropic.adapter import adapter
+from services.providers.anthropic.settings import AnthropicSettings
 from services.providers.base import Delta, StreamSummary
 from services.providers.sse import SSEDecoder
-from shared.config import ProviderConfig
 from shared.errors import (
     BodyTooLarge,
     DeadlineExceeded,
@@ -75,7 +75,8 @@ def test_a_plain_request_maps_field_by_field() -> None:
 
 def test_system_blocks_and_content_blocks_keep_their_parts() -> None:
     chat = parse_messages_request(body(
-        system=[{"type": "text", "text": "One.", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "Two."}],
+        system=[{"type": "text", "text": "One.", "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "Two."}],
         messages=[{"role": "user", "content": [
             {"type": "text", "text": "What is this?"},
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
@@ -138,15 +139,17 @@ def test_a_round_trip_through_the_anthropic_adapter_gives_back_the_request() -> 
         ],
     }
     chat = parse_messages_request(json.dumps(sent).encode())
-    upstream = json.loads(adapter.build_request(chat, "claude-sonnet-4-5", ProviderConfig(api_key="k")).body)
+    upstream = json.loads(adapter.build_request(chat, "claude-sonnet-4-5", AnthropicSettings(api_key="k")).body)
     assert upstream == sent
 
 
 @pytest.mark.parametrize(("fields", "param", "words"), [
     ({"max_tokens": None}, "max_tokens", "field required"),
-    ({"max_tokens": 0}, "max_tokens", "at least 1"),
-    ({"temperature": 1.5}, "temperature", "between 0 and 1"),
-    ({"messages": []}, "messages", "at least one message"),
+    ({"max_tokens": 0}, "max_tokens", "Expected `int` >= 1"),
+    ({"temperature": 1.5}, "temperature", "Expected `float` <= 1.0"),
+    ({"top_p": -0.5}, "top_p", "Expected `float` >= 0.0"),
+    ({"model": ""}, "model", "Expected `str` of length >= 1"),
+    ({"messages": []}, "messages", "Expected `array` of length >= 1"),
     ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role", "Invalid"),
     ({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
      "messages[0].content[0].source.type", "field required"),
@@ -192,7 +195,8 @@ def test_a_text_answer_is_a_message_object() -> None:
         "id": "msg_abc", "type": "message", "role": "assistant", "model": "gpt-4o",
         "content": [{"type": "text", "text": "Hi there"}],
         "stop_reason": "end_turn", "stop_sequence": None,
-        "usage": {"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+        "usage": {"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": 0},
     }
 
 
@@ -357,7 +361,8 @@ def test_a_cached_answer_replays_as_a_stream_of_the_same_message() -> None:
         ("message_delta", "tool_use"),
         ("message_stop", None),
     ]
-    assert stream[-2][1]["usage"] == {"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    assert stream[-2][1]["usage"] == {"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 0,
+                                      "cache_read_input_tokens": 0}
 
 
 # --- stop sequences: known only when the provider says which one matched (Anthropic does) -----------------

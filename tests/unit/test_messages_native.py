@@ -14,9 +14,10 @@ import pytest
 from services.ingress.anthropic_request import parse_messages_request
 from services.providers import tokens
 from services.providers.anthropic.adapter import adapter, allowed_betas
-from services.providers.openai.adapter import OpenAICompatible
+from services.providers.anthropic.settings import AnthropicSettings
+from services.providers.openai.adapter import adapter as openai
+from services.providers.openai.settings import OpenAISettings
 from services.providers.reasoning import effort_of
-from shared.config import ProviderConfig
 from shared.errors import InvalidRequest
 from shared.messages import AnthropicParams, Thinking
 
@@ -66,12 +67,12 @@ def test_the_native_body_is_the_client_s_without_stream() -> None:
 
 def test_an_anthropic_upstream_receives_it_as_sent() -> None:
     chat = parse()
-    call = adapter.build_stream_request(chat, "claude-sonnet-4-5-20250929", ProviderConfig(api_key="sk-up"))
+    call = adapter.build_stream_request(chat, "claude-sonnet-4-5-20250929", AnthropicSettings(api_key="sk-up"))
     assert json.loads(call.body) == {**CLAUDE_CODE, "model": "claude-sonnet-4-5-20250929"}
     assert call.url.endswith("/v1/messages?beta=true")
     assert call.headers["anthropic-beta"] == HEADERS["anthropic-beta"]
     assert call.headers["x-api-key"] == "sk-up"
-    assert "stream" not in json.loads(adapter.build_request(chat, "m", ProviderConfig()).body)  # not streamed
+    assert "stream" not in json.loads(adapter.build_request(chat, "m", AnthropicSettings()).body)  # not streamed
 
 
 def test_the_unified_request_keeps_what_translated_providers_can_use() -> None:
@@ -88,9 +89,9 @@ def test_the_allow_list_keeps_only_the_listed_betas() -> None:
     assert allowed_betas(betas, None) == betas and allowed_betas(betas, ["*"]) == betas
     assert allowed_betas(betas, ["b"]) == ["b"]
     chat = parse()
-    call = adapter.build_request(chat, "m", ProviderConfig(anthropic_betas=["interleaved-thinking-2025-05-14"]))
+    call = adapter.build_request(chat, "m", AnthropicSettings(anthropic_betas=["interleaved-thinking-2025-05-14"]))
     assert call.headers["anthropic-beta"] == "interleaved-thinking-2025-05-14"
-    call = adapter.build_request(chat, "m", ProviderConfig(anthropic_betas=[]))
+    call = adapter.build_request(chat, "m", AnthropicSettings(anthropic_betas=[]))
     assert "anthropic-beta" not in call.headers
 
 
@@ -98,7 +99,7 @@ def test_count_tokens_bodies_need_no_max_tokens_and_go_to_the_count_endpoint() -
     body = {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "Hello, Claude"}]}
     with pytest.raises(InvalidRequest, match="max_tokens"):
         parse(body)
-    call = adapter.build_count_request(parse(body, count=True), "claude-sonnet-4-5", ProviderConfig())
+    call = adapter.build_count_request(parse(body, count=True), "claude-sonnet-4-5", AnthropicSettings())
     assert call.url.endswith("/v1/messages/count_tokens?beta=true") and json.loads(call.body) == body
 
 
@@ -116,15 +117,14 @@ def test_thinking_maps_to_a_reasoning_effort(thinking: Thinking, effort: str | N
 
 
 def test_an_openai_upstream_gets_reasoning_effort_only_for_reasoning_models_and_nothing_anthropic() -> None:
-    openai = OpenAICompatible("openai", "https://api.openai.com/v1")
     chat = parse()
     for model, effort in (("gpt-5", "high"), ("o4-mini", "high"), ("gpt-4o", None)):
-        body = json.loads(openai.build_request(chat, model, ProviderConfig()).body)
+        body = json.loads(openai.build_request(chat, model, OpenAISettings()).body)
         assert body.get("reasoning_effort") == effort
         assert not {"anthropic", "thinking", "context_management", "a_field_from_next_year"} & set(body)
     forced = {**CLAUDE_CODE, "tool_choice": {"type": "tool", "name": "web_search"}}
     with pytest.raises(InvalidRequest, match="forces `web_search`"):
-        openai.build_request(parse(forced), "gpt-5", ProviderConfig())
+        openai.build_request(parse(forced), "gpt-5", OpenAISettings())
 
 
 def test_estimates_use_openai_s_encodings_and_chat_overhead() -> None:

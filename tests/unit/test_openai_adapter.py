@@ -10,12 +10,12 @@ import msgspec
 import pytest
 
 from services.providers.openai.adapter import adapter, openai_compatible
-from shared.config import ProviderConfig
+from services.providers.openai.settings import OpenAISettings
 from shared.errors import GatewayError, InvalidRequest, ProviderError
 from shared.messages import ChatRequest, FunctionCall, ToolCall
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "openai"
-KEY = ProviderConfig(api_key="sk-test")
+KEY = OpenAISettings(api_key="sk-test")
 
 
 def fixture(name: str) -> bytes:
@@ -121,7 +121,7 @@ def test_extras_that_are_not_a_json_object_are_a_client_error(extras: bytes) -> 
 
 
 def test_configured_base_url_and_headers() -> None:
-    config = ProviderConfig(
+    config = OpenAISettings(
         api_key="sk-test",
         base_url="https://gateway.example/openai/v1/",
         headers={"OpenAI-Organization": "org-1", "authorization": "Bearer other"},
@@ -138,7 +138,7 @@ def test_configured_base_url_and_headers() -> None:
 
 
 def test_openai_compatible_server_without_a_key_gets_no_authorization_header() -> None:
-    call = openai_compatible.build_request(request(HELLO), "llama-3.1-8b", ProviderConfig())
+    call = openai_compatible.build_request(request(HELLO), "llama-3.1-8b", OpenAISettings())
     assert openai_compatible.name == "openai_compatible"
     assert call.url == "http://127.0.0.1:8000/v1/chat/completions"
     assert call.headers == {"Content-Type": "application/json"}

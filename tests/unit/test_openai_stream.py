@@ -13,13 +13,19 @@ import pytest
 
 from services.providers.base import Delta, StreamParser, StreamSummary
 from services.providers.openai.adapter import adapter, openai_compatible
+from services.providers.openai.settings import OpenAISettings
 from services.providers.sse import SSEDecoder
-from shared.config import ProviderConfig
-from shared.errors import GatewayError, InvalidRequest, NotFound, ProviderError, RateLimited
+from shared.errors import (
+    ContextWindowExceeded,
+    GatewayError,
+    NotFound,
+    ProviderError,
+    RateLimited,
+)
 from shared.messages import ChatRequest, CompletionTokensDetails, FunctionCallDelta, ToolCallDelta, Usage
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "openai"
-KEY = ProviderConfig(api_key="sk-test")
+KEY = OpenAISettings(api_key="sk-test")
 HELLO = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello!"}]}
 
 
@@ -113,7 +119,7 @@ def test_stream_request_asks_for_usage_whatever_the_client_sent() -> None:
 def test_stream_request_keeps_extras_but_they_cannot_switch_streaming_off() -> None:
     extras = json.dumps({"stream": False, "stream_options": None, "top_k": 5}).encode()
     call = openai_compatible.build_stream_request(
-        msgspec.structs.replace(request(HELLO), extra_json=extras), "llama", ProviderConfig()
+        msgspec.structs.replace(request(HELLO), extra_json=extras), "llama", OpenAISettings()
     )
     assert call.url == "http://127.0.0.1:8000/v1/chat/completions"
     assert json.loads(call.body) == {
@@ -314,7 +320,7 @@ def in_stream(name: str) -> bytes:
         ("error_server.json", ProviderError, 502, "provider_error", True),
         ("error_rate_limit.json", RateLimited, 429, "rate_limit_exceeded", True),
         ("error_insufficient_quota.json", RateLimited, 429, "insufficient_quota", False),
-        ("error_context_length.json", InvalidRequest, 400, "context_length_exceeded", False),
+        ("error_context_length.json", ContextWindowExceeded, 400, "context_length_exceeded", False),
         ("error_model_not_found.json", NotFound, 404, "model_not_found", False),
     ],
 )

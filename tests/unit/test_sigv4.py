@@ -12,8 +12,10 @@ import msgspec
 import pytest
 
 from services.providers.bedrock.adapter import BedrockAdapter
+from services.providers.bedrock.settings import BedrockSettings
 from services.providers.bedrock.sigv4 import Credentials, sign
-from shared.config import ConfigError, ProviderConfig, load
+from services.providers.settings import SETTINGS
+from shared.config import ConfigError, load
 from shared.messages import ChatRequest
 
 EXAMPLE = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
@@ -87,7 +89,7 @@ def test_a_session_token_is_sent_and_signed() -> None:
 
 
 def test_bedrock_signs_with_access_keys_when_it_has_no_api_key() -> None:
-    config = ProviderConfig(
+    config = BedrockSettings(
         region="us-west-2",
         aws_access_key_id="AKIDEXAMPLE",
         aws_secret_access_key="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
@@ -118,10 +120,11 @@ def test_bedrock_signs_with_access_keys_when_it_has_no_api_key() -> None:
 
 
 def test_a_bedrock_api_key_wins_over_access_keys() -> None:
-    config = ProviderConfig(
+    config = BedrockSettings(
         region="us-east-1", api_key="br-key", aws_access_key_id="A", aws_secret_access_key="S"
     )
-    request = msgspec.json.decode(b'{"model": "m", "messages": []}', type=ChatRequest)
+    request = msgspec.json.decode(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}',
+                                  type=ChatRequest)
     call = BedrockAdapter(clock=lambda: WHEN).build_request(request, "m", config)
     assert call.headers["Authorization"] == "Bearer br-key" and "X-Amz-Date" not in call.headers
 
@@ -134,13 +137,15 @@ def test_the_environment_gives_a_configured_bedrock_its_access_keys() -> None:
         "AWS_SECRET_ACCESS_KEY": "S",
         "AWS_SESSION_TOKEN": "T",
     }
-    bedrock = load(env=env).providers["bedrock"]
+    bedrock = load(env=env, adapters=SETTINGS).providers["bedrock"]
+    assert isinstance(bedrock, BedrockSettings)
     assert (bedrock.aws_access_key_id, bedrock.aws_secret_access_key, bedrock.aws_session_token) == (
         "A",
         "S",
         "T",
     )
-    assert "bedrock" not in load(env={"AWS_ACCESS_KEY_ID": "A", "AWS_SECRET_ACCESS_KEY": "S"}).providers
+    keys_only = {"AWS_ACCESS_KEY_ID": "A", "AWS_SECRET_ACCESS_KEY": "S"}
+    assert "bedrock" not in load(env=keys_only, adapters=SETTINGS).providers
 
 
 @pytest.mark.parametrize(
@@ -157,4 +162,4 @@ def test_access_keys_that_cannot_sign_are_refused_at_start(tmp_path: Path, yaml:
     file = tmp_path / "edge.yaml"
     file.write_text(f"providers:\n  bedrock: {yaml}\n")
     with pytest.raises(ConfigError, match=rf"providers\.bedrock\.{field}"):
-        load(file, env={})
+        load(file, env={}, adapters=SETTINGS)

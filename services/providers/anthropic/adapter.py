@@ -16,18 +16,20 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
+from services.providers.anthropic.settings import AnthropicSettings
 from services.providers.base import (
     HttpCall,
     StreamDecoder,
     StreamParser,
     bad_response,
     body_snippet,
+    context_window_exceeded,
     error_for_status,
+    mentions,
     merge_headers,
 )
 from services.providers.parts import data_url, map_parts, tool_arguments, turns
 from services.providers.sse import SSEDecoder
-from shared.config import ProviderConfig
 from shared.errors import GatewayError, InvalidRequest
 from shared.messages import (
     AnthropicParams,
@@ -187,6 +189,11 @@ class _ErrorBody(Struct):
     error: _ErrorDetail
 
 
+# How Anthropic words a prompt that does not fit the model (a 400 `invalid_request_error`, no code of its
+# own): "prompt is too long: 208310 tokens > 200000 maximum", and, counting `max_tokens` in, "input length
+# and `max_tokens` exceed context limit: 178959 + 64000 > 200000, ..." (tests/fixtures/anthropic/).
+CONTEXT_OVERFLOW = ("prompt is too long", "exceed context limit")
+
 _encoder = msgspec.json.Encoder()
 _reply_decoder = msgspec.json.Decoder(_Reply)
 _block_decoder = msgspec.json.Decoder(_ContentBlock)
@@ -199,15 +206,16 @@ _error_decoder = msgspec.json.Decoder(_ErrorBody)
 
 class AnthropicAdapter:
     name = "anthropic"
+    settings = AnthropicSettings
     default_base_url = "https://api.anthropic.com"
 
-    def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_request(self, request: ChatRequest, model: str, config: AnthropicSettings) -> HttpCall:
         return self._call(request, model, config, stream=False)
 
-    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_stream_request(self, request: ChatRequest, model: str, config: AnthropicSettings) -> HttpCall:
         return self._call(request, model, config, stream=True)
 
-    def build_count_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_count_request(self, request: ChatRequest, model: str, config: AnthropicSettings) -> HttpCall:
         """`POST /v1/messages/count_tokens`: the client's own count body when it spoke the Messages API."""
         params = request.anthropic
         if isinstance(params, AnthropicParams):
@@ -224,7 +232,7 @@ class AnthropicAdapter:
             raise bad_response(provider, str(exc)) from exc
         return TokenCount(input_tokens=count.input_tokens, provider=provider, model=model)
 
-    def _call(self, request: ChatRequest, model: str, config: ProviderConfig, *, stream: bool) -> HttpCall:
+    def _call(self, request: ChatRequest, model: str, config: AnthropicSettings, *, stream: bool) -> HttpCall:
         params = request.anthropic
         if isinstance(params, AnthropicParams):
             # A Messages client: its body as sent (thinking, cache_control, context_management, betas' fields).
@@ -233,7 +241,7 @@ class AnthropicAdapter:
             body = self._body(request, model, stream=stream)
         return self._http(body, "/v1/messages", params, config)
 
-    def _http(self, body: bytes, path: str, params: AnthropicParams | UnsetType, config: ProviderConfig) -> HttpCall:
+    def _http(self, body: bytes, path: str, params: AnthropicParams | UnsetType, config: AnthropicSettings) -> HttpCall:
         headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
         query = ""
         if isinstance(params, AnthropicParams):
@@ -323,16 +331,8 @@ class AnthropicAdapter:
             detail = _error_decoder.decode(body).error
         except msgspec.DecodeError:
             detail = _ErrorDetail()
-        return error_for_status(
-            status,
-            detail.message or body_snippet(status, body),
-            provider=provider,
-            headers=headers,
-            code=detail.type or None,
-        )
-
-    def config_problem(self, config: ProviderConfig) -> str | None:
-        return None
+        return error_from_detail(status, detail.type, detail.message or body_snippet(status, body), headers,
+                                 provider=provider)
 
     def stream_decoder(self) -> StreamDecoder:
         return SSEDecoder()
@@ -449,6 +449,15 @@ def _tool_choice(request: ChatRequest, *, has_tools: bool) -> _ToolChoice | Unse
 
 def _number(value: float | None | UnsetType) -> float | UnsetType:
     return value if isinstance(value, (int, float)) else UNSET
+
+
+def error_from_detail(
+    status: int, kind: str, message: str, headers: Mapping[str, str], *, provider: str
+) -> GatewayError:
+    """Anthropic's error (`type`, `message`) as our error for `status`; its type is the code."""
+    if status == 400 and kind == "invalid_request_error" and mentions(message, CONTEXT_OVERFLOW):
+        return context_window_exceeded(message, provider=provider)
+    return error_for_status(status, message, provider=provider, headers=headers, code=kind or None)
 
 
 def unified_usage(usage: MessageUsage) -> Usage:

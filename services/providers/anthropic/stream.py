@@ -2,8 +2,8 @@
 
 Text deltas become content; each `tool_use` block becomes one tool call, numbered among the tool calls only;
 thinking and its signature, and redacted thinking, travel as such; other blocks (server tools' use and
-results) travel as the JSON Anthropic sent, for a Messages client to get back; unknown events are skipped. An `error` event becomes the error its HTTP
-status would have been.
+results) travel as the JSON Anthropic sent, for a Messages client to get back; unknown events are skipped.
+An `error` event becomes the error its HTTP status would have been.
 """
 
 from __future__ import annotations
@@ -15,8 +15,13 @@ from typing import TypeVar
 import msgspec
 from msgspec import Struct
 
-from services.providers.anthropic.adapter import FINISH_REASONS, MessageUsage, unified_usage
-from services.providers.base import Delta, StreamSummary, bad_response, error_for_status, stream_truncated
+from services.providers.anthropic.adapter import (
+    FINISH_REASONS,
+    MessageUsage,
+    error_from_detail,
+    unified_usage,
+)
+from services.providers.base import Delta, StreamSummary, bad_response, stream_truncated
 from shared.errors import GatewayError
 from shared.messages import FunctionCallDelta, ToolCallDelta
 
@@ -129,14 +134,7 @@ class EventParser:
                 if e.message.usage is not None:
                     self._count(e.message.usage)
             case "message_delta":
-                if e.usage is not None:
-                    self._count(e.usage)  # cumulative counts: the last ones win
-                if e.delta and self.finish_reason is None:
-                    stop = self._decode(_delta_decoder, e.delta)
-                    if stop.stop_reason == "stop_sequence":
-                        self.stop_sequence = stop.stop_sequence
-                    self.finish_reason = FINISH_REASONS.get(stop.stop_reason or "", "stop")
-                    return self._first(Delta(finish_reason=self.finish_reason))
+                return self._message_delta(e)
             case "message_stop":
                 self.stopped = True
             case "error":
@@ -154,6 +152,17 @@ class EventParser:
             usage=unified_usage(self.usage),
             stop_sequence=self.stop_sequence,
         )
+
+    def _message_delta(self, e: _Event) -> list[Delta]:
+        if e.usage is not None:
+            self._count(e.usage)  # cumulative counts: the last ones win
+        if e.delta and self.finish_reason is None:
+            stop = self._decode(_delta_decoder, e.delta)
+            if stop.stop_reason == "stop_sequence":
+                self.stop_sequence = stop.stop_sequence
+            self.finish_reason = FINISH_REASONS.get(stop.stop_reason or "", "stop")
+            return self._first(Delta(finish_reason=self.finish_reason))
+        return []
 
     def _block_delta(self, index: int, delta: _Delta) -> list[Delta]:
         if delta.type == "text_delta" and delta.text:
@@ -207,10 +216,5 @@ class EventParser:
                 setattr(self.usage, name, value)
 
     def _error(self, detail: _ErrorDetail) -> GatewayError:
-        return error_for_status(
-            _ERROR_STATUS.get(detail.type, 500),
-            detail.message or "an error event in the stream",
-            provider=self.provider,
-            headers={},
-            code=detail.type or None,
-        )
+        return error_from_detail(_ERROR_STATUS.get(detail.type, 500), detail.type,
+                                 detail.message or "an error event in the stream", {}, provider=self.provider)

@@ -16,8 +16,9 @@ from urllib.parse import quote
 
 import msgspec
 
+from services.providers.azure.settings import AzureSettings
 from services.providers.openai.adapter import OpenAICompatible, error_from_body
-from shared.config import ProviderConfig
+from shared.config import ProviderSettings
 from shared.errors import GatewayError
 
 DEFAULT_API_VERSION = "2024-10-21"  # the latest GA data-plane inference version in Azure's API reference
@@ -41,21 +42,20 @@ _body_decoder = msgspec.json.Decoder(_Body)
 
 
 class AzureOpenAI(OpenAICompatible):
-    def url(self, config: ProviderConfig, model: str) -> str:
+    def url(self, config: ProviderSettings, model: str) -> str:
         endpoint = (config.base_url or "").rstrip("/")
-        version = config.api_version or DEFAULT_API_VERSION
+        version = (config.api_version if isinstance(config, AzureSettings) else None) or DEFAULT_API_VERSION
         if version == V1:
             return f"{endpoint}/openai/v1/chat/completions"
         deployment = quote(model, safe="")
         return f"{endpoint}/openai/deployments/{deployment}/chat/completions?api-version={quote(version)}"
 
+    def responses_url(self, config: ProviderSettings) -> str:
+        """Azure serves the Responses API on its v1 route, whatever `api_version` the chat calls use."""
+        return f"{(config.base_url or '').rstrip('/')}/openai/v1/responses"
+
     def auth_header(self, key: str) -> tuple[str, str]:
         return "api-key", key
-
-    def config_problem(self, config: ProviderConfig) -> str | None:
-        if not config.base_url:
-            return "base_url: Azure OpenAI needs the resource endpoint (or AZURE_OPENAI_ENDPOINT)"
-        return None
 
     def parse_error(
         self, status: int, body: bytes, headers: Mapping[str, str], *, provider: str
@@ -81,4 +81,4 @@ def _inner_code(body: bytes) -> str | None:
     return detail.innererror.code if detail is not None and detail.innererror is not None else None
 
 
-adapter = AzureOpenAI("azure", "")
+adapter = AzureOpenAI("azure", "", AzureSettings)

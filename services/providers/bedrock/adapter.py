@@ -4,8 +4,9 @@ Followed: docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Converse.h
 errors and their statuses), API_runtime_ConverseStream.html and API_runtime_ConverseStreamOutput.html
 (the event-stream members, in `bedrock_stream.py`), API_runtime_ContentBlock / ToolUseBlock /
 ToolResultBlock / ToolConfiguration / ToolChoice (the request, in `bedrock_request.py`) / TokenUsage, and
-userguide/api-keys-use.html (a Bedrock API key goes in `Authorization: Bearer`). Errors are restJson1: `{"message": …}` with the type in the
-`x-amzn-ErrorType` header. Without an API key, an AWS access key signs each call (SigV4, `sigv4.py`).
+userguide/api-keys-use.html (a Bedrock API key goes in `Authorization: Bearer`). Errors are restJson1:
+`{"message": …}` with the type in the `x-amzn-ErrorType` header. Without an API key, an AWS access key signs
+each call (SigV4, `sigv4.py`).
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ from services.providers.base import (
     StreamParser,
     bad_response,
     body_snippet,
+    context_window_exceeded,
     error_for_status,
+    mentions,
     merge_headers,
     splice_extras,
 )
 from services.providers.bedrock.eventstream import EventStreamDecoder
 from services.providers.bedrock.request import converse_request
+from services.providers.bedrock.settings import BedrockSettings
 from services.providers.bedrock.sigv4 import Credentials, sign
-from shared.config import ProviderConfig
 from shared.errors import GatewayError
 from shared.messages import (
     AnthropicParams,
@@ -114,6 +117,12 @@ class ErrorBody(Struct):
     type: str | None = msgspec.field(default=None, name="__type")
 
 
+# How Bedrock words a prompt that does not fit the model, always as a 400 ValidationException: its own
+# "Input is too long for requested model.", or the model's words relayed after
+# "The model returned the following errors: " (Anthropic's "prompt is too long: N tokens > M maximum").
+# tests/fixtures/bedrock/ has the bodies and their sources.
+CONTEXT_OVERFLOW = ("input is too long", "prompt is too long", "exceed context limit")
+
 _encoder = msgspec.json.Encoder()
 _response_decoder = msgspec.json.Decoder(_Response)
 error_decoder = msgspec.json.Decoder(ErrorBody)
@@ -121,19 +130,20 @@ error_decoder = msgspec.json.Decoder(ErrorBody)
 
 class BedrockAdapter:
     name = "bedrock"
+    settings = BedrockSettings
     default_base_url = ""  # per region: https://bedrock-runtime.{region}.amazonaws.com
 
     def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.clock = clock  # a SigV4 signature holds the time it was made
 
-    def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_request(self, request: ChatRequest, model: str, config: BedrockSettings) -> HttpCall:
         return self._call(request, model, config, "converse")
 
-    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_stream_request(self, request: ChatRequest, model: str, config: BedrockSettings) -> HttpCall:
         # The stream's usage arrives in its `metadata` event without being asked for.
         return self._call(request, model, config, "converse-stream")
 
-    def _call(self, request: ChatRequest, model: str, config: ProviderConfig, operation: str) -> HttpCall:
+    def _call(self, request: ChatRequest, model: str, config: BedrockSettings, operation: str) -> HttpCall:
         native = _native(request, model)
         if native is not None:  # an Anthropic client and a Claude model: Anthropic's own body, via InvokeModel
             operation = _INVOKE[operation]
@@ -213,16 +223,7 @@ class BedrockAdapter:
         # "com.amazon.coral.validate#ValidationException".
         kind = (lowered.get("x-amzn-errortype") or parsed.type or "").split(":")[0].rpartition("#")[2]
         message = parsed.message or parsed.capitalised or body_snippet(status, body)
-        return error_for_status(status, message, provider=provider, headers=headers, code=kind or None)
-
-    def config_problem(self, config: ProviderConfig) -> str | None:
-        if not config.base_url and not config.region:
-            return "region: Bedrock needs a region (or AWS_REGION), or a base_url"
-        if config.api_key is None and config.aws_access_key_id and not config.region:
-            return "region: signing with an AWS access key needs the region (or AWS_REGION)"
-        if config.api_key is None and bool(config.aws_access_key_id) != bool(config.aws_secret_access_key):
-            return "aws_secret_access_key: an AWS access key needs both its id and its secret"
-        return None
+        return error_from_exception(status, kind, message, headers, provider=provider)
 
     def stream_decoder(self) -> StreamDecoder:
         return EventStreamDecoder()  # converse-stream answers in AWS's binary event stream, not SSE
@@ -271,7 +272,7 @@ def _native(request: ChatRequest, model: str) -> AnthropicParams | None:
     return None
 
 
-def invoke_body(params: AnthropicParams, config: ProviderConfig) -> bytes:
+def invoke_body(params: AnthropicParams, config: BedrockSettings) -> bytes:
     """The client's body as Bedrock takes it (docs "Anthropic Claude Messages API" for Bedrock): no `model`
     (it is in the URL) and no `stream` (the operation says), `anthropic_version` and the betas inside."""
     fields = _fields.decode(params.body)
@@ -291,3 +292,12 @@ def _is_message(body: bytes) -> bool:
 
 
 adapter = BedrockAdapter()
+
+
+def error_from_exception(
+    status: int, kind: str, message: str, headers: Mapping[str, str], *, provider: str
+) -> GatewayError:
+    """A Bedrock exception (its type name, e.g. `ValidationException`, and message) as our error."""
+    if status == 400 and kind == "ValidationException" and mentions(message, CONTEXT_OVERFLOW):
+        return context_window_exceeded(message, provider=provider)
+    return error_for_status(status, message, provider=provider, headers=headers, code=kind or None)

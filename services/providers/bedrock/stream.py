@@ -19,12 +19,13 @@ import msgspec
 from msgspec import Struct
 
 from services.providers.anthropic.stream import EventParser
-from services.providers.base import Delta, StreamSummary, bad_response, error_for_status, stream_truncated
+from services.providers.base import Delta, StreamSummary, bad_response, stream_truncated
 from services.providers.bedrock.adapter import (
     STOP_REASONS,
     ErrorBody,
     TokenUsage,
     error_decoder,
+    error_from_exception,
     unified_usage,
 )
 from shared.errors import GatewayError
@@ -170,10 +171,10 @@ class ConverseStreamParser:
             body = error_decoder.decode(data)
         except msgspec.DecodeError:
             body = ErrorBody()
-        return error_for_status(
+        return error_from_exception(
             _EXCEPTION_STATUS.get(exception, 500),
+            exception[:1].upper() + exception[1:],  # the same name as the HTTP error's type
             body.message or body.capitalised or exception,
+            {},
             provider=self.provider,
-            headers={},
-            code=exception[:1].upper() + exception[1:],  # the same name as the HTTP error's type
         )

@@ -25,13 +25,15 @@ from services.providers.base import (
     StreamParser,
     bad_response,
     body_snippet,
+    context_window_exceeded,
     error_for_status,
+    mentions,
     merge_headers,
     splice_extras,
 )
 from services.providers.gemini.request import gemini_request
+from services.providers.gemini.settings import GeminiSettings
 from services.providers.sse import SSEDecoder
-from shared.config import ProviderConfig
 from shared.errors import GatewayError, InvalidRequest, ProviderError
 from shared.messages import (
     ChatRequest,
@@ -132,16 +134,17 @@ _error_decoder = msgspec.json.Decoder(_ErrorBody | list[_ErrorBody])
 
 class GeminiAdapter:
     name = "gemini"
+    settings = GeminiSettings
     default_base_url = "https://generativelanguage.googleapis.com"
 
-    def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_request(self, request: ChatRequest, model: str, config: GeminiSettings) -> HttpCall:
         return self._call(request, model, config, "generateContent")
 
-    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_stream_request(self, request: ChatRequest, model: str, config: GeminiSettings) -> HttpCall:
         # The stream's usage arrives in its chunks' `usageMetadata` without being asked for.
         return self._call(request, model, config, "streamGenerateContent?alt=sse")
 
-    def _call(self, request: ChatRequest, model: str, config: ProviderConfig, method: str) -> HttpCall:
+    def _call(self, request: ChatRequest, model: str, config: GeminiSettings, method: str) -> HttpCall:
         headers = {"Content-Type": "application/json"}
         secret = set(config.headers)  # operator-supplied headers often carry credentials
         if config.api_key is not None:
@@ -187,9 +190,6 @@ class GeminiAdapter:
         except msgspec.DecodeError:
             return error_for_status(status, body_snippet(status, body), provider=provider, headers=headers)
 
-    def config_problem(self, config: ProviderConfig) -> str | None:
-        return None
-
     def stream_decoder(self) -> StreamDecoder:
         return SSEDecoder()
 
@@ -212,6 +212,11 @@ def _body(request: ChatRequest, model: str) -> bytes:
     return body
 
 
+# How Gemini words a prompt that does not fit the model (a 400 INVALID_ARGUMENT, no reason of its own): "The
+# input token count (1200293) exceeds the maximum number of tokens allowed (1048576)." (tests/fixtures/gemini/)
+CONTEXT_OVERFLOW = ("exceeds the maximum number of tokens",)
+
+
 def error_from_detail(
     status: int, error: ErrorDetail, headers: Mapping[str, str], *, provider: str
 ) -> GatewayError:
@@ -225,6 +230,8 @@ def error_from_detail(
             retryable=False,
             where=f"provider:{provider}",
         )
+    if status == 400 and error.status == "INVALID_ARGUMENT" and mentions(message, CONTEXT_OVERFLOW):
+        return context_window_exceeded(message, provider=provider)
     lowered = {k.lower(): v for k, v in headers.items()}
     if "retry-after" not in lowered:
         delay = next((d.retry_delay for d in error.details if d.retry_delay), None)

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 
 from services.providers.base import Delta, StreamSummary, error_for_status
-from shared.config import ProviderConfig
+from services.providers.mock.settings import MockSettings
 from shared.errors import GatewayError, ProviderError
 from shared.messages import ChatRequest, ChatResult, Choice, ResponseMessage, Usage
 
@@ -37,8 +37,9 @@ def split(text: str, pieces: int) -> list[str]:
 
 class MockAdapter:
     name = "mock"
+    settings = MockSettings
 
-    async def complete(self, request: ChatRequest, model: str, config: ProviderConfig) -> ChatResult:
+    async def complete(self, request: ChatRequest, model: str, config: MockSettings) -> ChatResult:
         await self._begin(config)
         text, finish = self._answer(request)
         prompt_tokens = sum(count_tokens(m.text()) for m in request.messages)
@@ -62,7 +63,7 @@ class MockAdapter:
         )
 
     async def stream(
-        self, request: ChatRequest, model: str, config: ProviderConfig
+        self, request: ChatRequest, model: str, config: MockSettings
     ) -> AsyncIterator[Delta | StreamSummary]:
         """The same answer as `complete`, in `stream_chunks` deltas `chunk_interval_ms` apart."""
         await self._begin(config)
@@ -88,7 +89,7 @@ class MockAdapter:
             ),
         )
 
-    async def _begin(self, config: ProviderConfig) -> None:
+    async def _begin(self, config: MockSettings) -> None:
         if config.latency_ms > 0:
             await asyncio.sleep(config.latency_ms / 1000.0)
         if config.fail_rate > 0 and random.random() < config.fail_rate:

@@ -21,15 +21,18 @@ from services.providers.base import (
     StreamParser,
     bad_response,
     body_snippet,
+    context_window_exceeded,
     error_for_status,
     merge_headers,
     splice_extras,
 )
+from services.providers.openai import responses
+from services.providers.openai.settings import OpenAICompatibleSettings, OpenAISettings
 from services.providers.parts import forced_tool_missing
 from services.providers.reasoning import effort_of, thinking_of
 from services.providers.sse import SSEDecoder
-from shared.config import ProviderConfig
-from shared.errors import GatewayError, InvalidRequest
+from shared.config import ProviderSettings
+from shared.errors import ContextWindowExceeded, GatewayError, InvalidRequest
 from shared.messages import (
     AnthropicParams,
     ChatRequest,
@@ -80,7 +83,8 @@ class _Choice(Struct):
 
 
 class _Completion(Struct):
-    choices: list[_Choice]
+    choices: list[_Choice] = []
+    object: str = ""  # "response" when a Responses API call answered (see `responses.py`)
     id: str = ""
     created: int = 0
     model: str = ""
@@ -117,11 +121,12 @@ _NOT_RETRYABLE_CODES = frozenset({"insufficient_quota"})
 class OpenAICompatible:
     """An `HttpAdapter` for `POST {base_url}/chat/completions` with a bearer key."""
 
-    def __init__(self, name: str, default_base_url: str) -> None:
+    def __init__(self, name: str, default_base_url: str, settings: type[ProviderSettings]) -> None:
         self.name = name
         self.default_base_url = default_base_url
+        self.settings = settings
 
-    def build_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_request(self, request: ChatRequest, model: str, config: ProviderSettings) -> HttpCall:
         return self._call(request, model, config, stream=False)
 
     def _messages(self, messages: list[Message]) -> list[Message]:
@@ -155,11 +160,11 @@ class OpenAICompatible:
             return UNSET
         return effort
 
-    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderConfig) -> HttpCall:
+    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderSettings) -> HttpCall:
         # Usage arrives in one last chunk only when asked for; without it a stream cannot be billed.
         return self._call(request, model, config, stream=True)
 
-    def _call(self, request: ChatRequest, model: str, config: ProviderConfig, *, stream: bool) -> HttpCall:
+    def _call(self, request: ChatRequest, model: str, config: ProviderSettings, *, stream: bool) -> HttpCall:
         forced_tool_missing(request, self.name)
         # The worker decides how to call, whatever the client asked: one answer, or a stream with usage.
         upstream = msgspec.structs.replace(
@@ -172,9 +177,14 @@ class OpenAICompatible:
             reasoning_effort=self._effort(request, model),
             messages=self._messages(request.messages),
         )
-        body = _encoder.encode(upstream)
-        if isinstance(request.extra_json, bytes):
-            body = _merge_extras(body, request.extra_json)
+        if isinstance(request.responses_body, bytes) and config.native_responses():
+            body = responses.upstream_body(request.responses_body, model, stream=stream)
+            url = self.responses_url(config)
+        else:
+            body = _encoder.encode(msgspec.structs.replace(upstream, responses_body=UNSET))
+            url = self.url(config, model)
+            if isinstance(request.extra_json, bytes):
+                body = _merge_extras(body, request.extra_json)
         headers = {"Content-Type": "application/json"}
         secret = set(config.headers)  # operator-supplied headers often carry credentials
         if config.api_key is not None:
@@ -183,7 +193,7 @@ class OpenAICompatible:
             secret.add(name)
         return HttpCall(
             method="POST",
-            url=self.url(config, model),
+            url=url,
             headers=merge_headers(headers, config.headers),
             body=body,
             secret_headers=frozenset(secret),
@@ -191,14 +201,14 @@ class OpenAICompatible:
 
     # --- where to call: the two things an OpenAI-shaped provider (Azure) may change ---
 
-    def url(self, config: ProviderConfig, model: str) -> str:
+    def url(self, config: ProviderSettings, model: str) -> str:
         return f"{(config.base_url or self.default_base_url).rstrip('/')}/chat/completions"
+
+    def responses_url(self, config: ProviderSettings) -> str:
+        return f"{(config.base_url or self.default_base_url).rstrip('/')}/responses"
 
     def auth_header(self, key: str) -> tuple[str, str]:
         return "Authorization", f"Bearer {key}"
-
-    def config_problem(self, config: ProviderConfig) -> str | None:
-        return None
 
     def stream_decoder(self) -> StreamDecoder:
         return SSEDecoder()
@@ -208,6 +218,8 @@ class OpenAICompatible:
             completion = _completion_decoder.decode(body)
         except msgspec.DecodeError as exc:
             raise bad_response(provider, str(exc)) from exc
+        if completion.object == "response":
+            return responses.parse_response(body, provider=provider, model=model)
         if not completion.choices:
             raise bad_response(provider, "the response has no choices")
         return ChatResult(
@@ -248,6 +260,8 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str], *, pro
         message = parsed.error
     elif parsed.message:
         message = parsed.message
+    if code == ContextWindowExceeded.default_code:
+        return context_window_exceeded(message, provider=provider)
     error = error_for_status(status, message, provider=provider, headers=headers, code=code)
     error.param = param
     if code in _NOT_RETRYABLE_CODES:
@@ -273,5 +287,7 @@ def _merge_extras(body: bytes, extra_json: bytes) -> bytes:
     return splice_extras(body, extra_json, lambda key: key not in _MODELED_FIELDS)
 
 
-adapter = OpenAICompatible("openai", "https://api.openai.com/v1")
-openai_compatible = OpenAICompatible("openai_compatible", "http://127.0.0.1:8000/v1")
+adapter = OpenAICompatible("openai", "https://api.openai.com/v1", OpenAISettings)
+openai_compatible = OpenAICompatible(
+    "openai_compatible", "http://127.0.0.1:8000/v1", OpenAICompatibleSettings
+)

@@ -14,6 +14,7 @@ from msgspec import UNSET, Struct
 
 from services.providers.base import Delta, StreamSummary, bad_response, stream_truncated
 from services.providers.openai.adapter import error_from_body
+from services.providers.openai.responses import EventParser
 from shared.errors import GatewayError
 from shared.messages import FunctionCallDelta, ToolCallDelta, Usage
 
@@ -85,8 +86,13 @@ class ChunkParser:
         self.usage: Usage | None = None
         self.finish_reasons: dict[int, str] = {}
         self.done = False
+        self.native: EventParser | None = None  # a Responses API call answers in its own events
 
     def feed(self, event: str | None, data: str) -> list[Delta]:
+        if self.native is None and event is not None and event.startswith("response."):
+            self.native = EventParser(provider=self.provider, model=self.model)
+        if self.native is not None:
+            return self.native.feed(event, data)
         if self.done:
             return []
         if data == "[DONE]":
@@ -121,6 +127,8 @@ class ChunkParser:
         return deltas
 
     def end(self) -> StreamSummary:
+        if self.native is not None:
+            return self.native.end()
         if not self.done:
             raise stream_truncated(self.provider, "[DONE]")
         reasons = self.finish_reasons

@@ -77,8 +77,7 @@ class Reasoning(Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 class ResponsesRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The body of `POST /v1/responses`. Fields that steer OpenAI's own serving (prompt caching keys,
-    client metadata, service tier) are accepted and change nothing here. Ranges as OpenAI documents them
-    (as for chat completions): a body outside them fails to decode, naming the field."""
+    client metadata, service tier) are accepted and change nothing here."""
 
     model: NonEmptyStr
     input: str | list[Item]
@@ -89,6 +88,8 @@ class ResponsesRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     parallel_tool_calls: bool | None | UnsetType = UNSET
     text: TextConfig | None | UnsetType = UNSET
     reasoning: Reasoning | None | UnsetType = UNSET
+    # OpenAI's documented ranges, as the unified request declares them: checked while decoding, so an
+    # error names its field.
     max_output_tokens: TokenLimit | None | UnsetType = UNSET
     temperature: Temperature | None | UnsetType = UNSET
     top_p: Probability | None | UnsetType = UNSET

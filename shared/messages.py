@@ -21,7 +21,7 @@ Temperature = Annotated[float, Meta(ge=0, le=2)]
 Probability = Annotated[float, Meta(ge=0, le=1)]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
 Choices = Annotated[int, Meta(ge=1, le=128)]
-TokenCount = Annotated[int, Meta(ge=1)]
+TokenLimit = Annotated[int, Meta(ge=1)]
 TopLogprobs = Annotated[int, Meta(ge=0, le=20)]
 LogitBias = Annotated[float, Meta(ge=-100, le=100)]
 
@@ -39,7 +39,27 @@ class ImagePart(Struct, frozen=True, kw_only=True, tag="image_url", tag_field="t
     image_url: ImageURL
 
 
-ContentPart = TextPart | ImagePart
+class DocumentPart(Struct, frozen=True, kw_only=True, omit_defaults=True, tag="document", tag_field="type"):
+    """A document (a PDF or plain text, base64 or by URL), as Anthropic's Messages API takes it."""
+
+    media_type: str | UnsetType = UNSET
+    data: str | UnsetType = UNSET  # base64 (or the text itself for `text/plain`)
+    url: str | UnsetType = UNSET
+
+
+class FileData(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    filename: str | UnsetType = UNSET
+    file_data: str | UnsetType = UNSET  # a base64 data: URL
+    file_id: str | UnsetType = UNSET
+
+
+class FilePart(Struct, frozen=True, kw_only=True, tag="file", tag_field="type"):
+    """OpenAI's file input (a PDF, inline or uploaded)."""
+
+    file: FileData
+
+
+ContentPart = TextPart | ImagePart | DocumentPart | FilePart
 
 
 class FunctionCall(Struct, frozen=True, kw_only=True):
@@ -107,6 +127,31 @@ class StreamOptions(Struct, frozen=True, kw_only=True, omit_defaults=True):
     include_usage: bool | UnsetType = UNSET
 
 
+class Thinking(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Extended thinking as a Messages client asked for it (`thinking`, and `output_config.effort`), for the
+    providers that map it to their own reasoning control."""
+
+    type: str  # "enabled", "disabled" or "adaptive"
+    budget_tokens: int | UnsetType = UNSET
+    effort: str | UnsetType = UNSET
+
+
+class AnthropicParams(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What only Anthropic's Messages API expresses. An Anthropic upstream receives the client's `body`
+    unchanged (thinking, `cache_control`, `context_management`, server tools, ...); other providers read the
+    unified fields and map what has a counterpart here (`thinking`, `top_k`) or drop it."""
+
+    body: bytes  # the client's JSON body without `stream` (the worker decides that)
+    betas: list[str] = []  # the `anthropic-beta` values
+    version: str | UnsetType = UNSET  # `anthropic-version`
+    beta_query: bool = False  # the client called `/v1/messages?beta=true`
+    thinking: Thinking | UnsetType = UNSET
+    top_k: int | UnsetType = UNSET
+    # The client asked the provider to cache a prompt prefix (`cache_control`): this gateway's own response
+    # cache is skipped for such a request (see `services/ingress/app.py`).
+    prompt_caching: bool = False
+
+
 class ChatRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The unified chat request: OpenAI's parameters, each UNSET unless the client sent it."""
 
@@ -118,8 +163,8 @@ class ChatRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     stream: bool | None | UnsetType = UNSET
     stream_options: StreamOptions | None | UnsetType = UNSET
     stop: str | list[str] | None | UnsetType = UNSET
-    max_tokens: TokenCount | None | UnsetType = UNSET
-    max_completion_tokens: TokenCount | None | UnsetType = UNSET
+    max_tokens: TokenLimit | None | UnsetType = UNSET
+    max_completion_tokens: TokenLimit | None | UnsetType = UNSET
     presence_penalty: Penalty | None | UnsetType = UNSET
     frequency_penalty: Penalty | None | UnsetType = UNSET
     logit_bias: dict[str, LogitBias] | None | UnsetType = UNSET
@@ -136,6 +181,8 @@ class ChatRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     # Fields this gateway does not model (vendor extras), kept as one JSON object and merged into the
     # body of OpenAI-compatible providers, so nothing a client sent is silently dropped.
     extra_json: bytes | UnsetType = UNSET
+    # Set by the Messages dialect only (never decoded from an OpenAI body: see `services/ingress/parse.py`).
+    anthropic: AnthropicParams | UnsetType = UNSET
     # A request that arrived on OpenAI's Responses API, as that API's JSON body (the whole conversation as
     # its `input`, nothing stored upstream): a provider that serves the Responses API itself is sent this
     # instead of a translation, so what chat completions cannot carry (reasoning items, encrypted content
@@ -176,6 +223,23 @@ class Usage(Struct, frozen=True, kw_only=True):
     total_tokens: int = 0
     prompt_tokens_details: PromptTokensDetails | None = None
     completion_tokens_details: CompletionTokensDetails | None = None
+    # Prompt tokens written to the provider's prompt cache (Anthropic's `cache_creation_input_tokens`),
+    # counted in `prompt_tokens` as cache reads are, and priced apart.
+    cache_creation_tokens: int = 0
+
+    @property
+    def cache_read_tokens(self) -> int:
+        return self.prompt_tokens_details.cached_tokens if self.prompt_tokens_details is not None else 0
+
+
+class ThinkingBlock(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A block of the model's extended thinking, kept whole so it can be sent back in the history: its
+    text and signature, or (`redacted_thinking`) the encrypted `data`."""
+
+    type: Literal["thinking", "redacted_thinking"] = "thinking"
+    thinking: str | UnsetType = UNSET
+    signature: str | UnsetType = UNSET
+    data: str | UnsetType = UNSET
 
 
 class ResponseMessage(Struct, frozen=True, kw_only=True):
@@ -183,6 +247,13 @@ class ResponseMessage(Struct, frozen=True, kw_only=True):
     content: str | None = None
     tool_calls: list[ToolCall] | UnsetType = UNSET
     refusal: str | None | UnsetType = UNSET
+    thinking: list[ThinkingBlock] | UnsetType = UNSET  # before the text, as Anthropic returns them
+    # Blocks only Anthropic's servers make (server tools' use and results: web search, code execution, ...),
+    # each the JSON of the block as the provider sent it; a Messages client gets them back as they were.
+    server_blocks: list[bytes] | UnsetType = UNSET
+    # An Anthropic answer's whole `content` array (JSON) as sent, kept when it holds what the fields above
+    # cannot (server tools' blocks, citations, the blocks' order): a Messages client gets it unchanged.
+    content_json: bytes | UnsetType = UNSET
 
 
 class Choice(Struct, frozen=True, kw_only=True):
@@ -243,6 +314,15 @@ class StreamChunk(Struct, frozen=True, kw_only=True, tag="chunk", tag_field="kin
     model: str | None = None
     created: int | None = None
     provider: str | None = None
+    # Extended thinking: a piece of a thinking block's text, its signature (which closes the block), or a
+    # whole redacted block's data.
+    thinking: str | None = None
+    signature: str | None = None
+    redacted_thinking: str | None = None
+    # A block only Anthropic's servers make (see `ResponseMessage.server_blocks`): its start (the block's JSON)
+    # or one of its deltas (the delta's JSON).
+    server_block: bytes | None = None
+    server_delta: bytes | None = None
     # A whole output item from a provider's own Responses API that the fields above cannot express (a
     # reasoning item), as JSON: a Responses client receives it as it is; other dialects have no place for it.
     item_json: bytes | None = None
@@ -281,7 +361,17 @@ class CacheMiss(Struct, frozen=True, kw_only=True, tag="miss", tag_field="kind")
     key: str
 
 
-Reply = ChatResult | ErrorReply | StreamChunk | StreamEnd | CacheMiss
+class TokenCount(Struct, frozen=True, kw_only=True, tag="count", tag_field="kind"):
+    """The answer to a count-tokens request (a `ChatRequest` on the count subjects): the prompt's input
+    tokens, from the provider itself or (`estimated`) from a local tokenizer."""
+
+    input_tokens: int
+    provider: str
+    model: str
+    estimated: bool = False
+
+
+Reply = ChatResult | ErrorReply | StreamChunk | StreamEnd | CacheMiss | TokenCount
 
 # Module-level codecs: building an Encoder/Decoder per message costs more than using one.
 _encoder = msgspec.msgpack.Encoder()

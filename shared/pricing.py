@@ -1,5 +1,5 @@
-"""The pricing table (shipped as data) and the cost of one answer, cached input tokens priced as the
-provider prices them."""
+"""The pricing table (shipped as data) and the cost of one answer: prompt-cache reads and writes priced
+as the provider prices them."""
 
 from __future__ import annotations
 
@@ -14,10 +14,19 @@ from shared.messages import Usage
 PER_TOKEN = 1e-6  # the table is in USD per million tokens
 
 
+# Anthropic's 5-minute cache writes cost 1.25 times the input price ("Prompt caching", pricing table).
+CACHE_WRITE_FACTOR = 1.25
+
+
 class Price(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     input: float
-    cached_input: float
+    cached_input: float  # prompt-cache reads
     output: float
+    cache_write: float | None = None  # prompt-cache writes; unset: CACHE_WRITE_FACTOR x input
+
+    @property
+    def cache_write_price(self) -> float:
+        return self.cache_write if self.cache_write is not None else CACHE_WRITE_FACTOR * self.input
 
 
 class PriceTable(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -36,10 +45,11 @@ class PriceTable(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
         price = self.price(model)
         if price is None:
             return None
-        cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
-        uncached = max(0, usage.prompt_tokens - cached)
+        read, written = usage.cache_read_tokens, usage.cache_creation_tokens
+        uncached = max(0, usage.prompt_tokens - read - written)
         return PER_TOKEN * (
-            uncached * price.input + cached * price.cached_input + usage.completion_tokens * price.output
+            uncached * price.input + read * price.cached_input + written * price.cache_write_price
+            + usage.completion_tokens * price.output
         )
 
 

@@ -21,6 +21,11 @@ class Subjects:
         return f"{self.prefix}.route"
 
     @property
+    def count_tokens(self) -> str:
+        """Count a request's input tokens: the router picks the target as for `route`."""
+        return f"{self.prefix}.count_tokens"
+
+    @property
     def cache_fill(self) -> str:
         return f"{self.prefix}.cache.fill"
 
@@ -43,6 +48,9 @@ class Subjects:
 
     def provider_chat(self, provider: str) -> str:
         return f"{self.prefix}.provider.{provider}.chat"
+
+    def provider_count_tokens(self, provider: str) -> str:
+        return f"{self.prefix}.provider.{provider}.count_tokens"
 
     def health(self, kind: str) -> str:
         """Health probe of one service kind: `cache`, `router` or `provider.<name>`."""

@@ -16,7 +16,9 @@ from services.ingress.anthropic_dialect import (
     ErrorBody,
     ErrorDetail,
     MessageUsage,
+    OutRedactedThinking,
     OutText,
+    OutThinking,
     OutToolUse,
     error_type,
     message_id,
@@ -25,6 +27,8 @@ from services.ingress.anthropic_dialect import (
 )
 from shared.errors import GatewayError
 from shared.messages import ChatResult, FunctionCallDelta, StreamChunk, StreamEnd, ToolCallDelta
+
+Kind = Literal["text", "tool_use", "thinking", "redacted_thinking", "server"]
 
 _json = msgspec.json.Encoder()
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
@@ -38,7 +42,7 @@ class MessageStart(Struct, tag="message_start", tag_field="type"):
 
 class BlockStart(Struct, tag="content_block_start", tag_field="type"):
     index: int
-    content_block: OutText | OutToolUse
+    content_block: OutText | OutToolUse | OutThinking | OutRedactedThinking | msgspec.Raw
 
 
 class TextDelta(Struct, tag="text_delta", tag_field="type"):
@@ -49,9 +53,17 @@ class InputJsonDelta(Struct, tag="input_json_delta", tag_field="type"):
     partial_json: str
 
 
+class ThinkingDelta(Struct, tag="thinking_delta", tag_field="type"):
+    thinking: str
+
+
+class SignatureDelta(Struct, tag="signature_delta", tag_field="type"):
+    signature: str
+
+
 class BlockDelta(Struct, tag="content_block_delta", tag_field="type"):
     index: int
-    delta: TextDelta | InputJsonDelta
+    delta: TextDelta | InputJsonDelta | ThinkingDelta | SignatureDelta | msgspec.Raw
 
 
 class BlockStop(Struct, tag="content_block_stop", tag_field="type"):
@@ -85,7 +97,7 @@ class EventWriter:
         self.model = model
         self.started = False
         self.blocks = 0  # content blocks opened so far; the open one is the last
-        self.open: Literal["text", "tool_use"] | None = None
+        self.open: Kind | None = None
         self.tools: dict[int, int] = {}  # unified tool call index -> content block index
         self.finish_reason: str | None = None
 
@@ -100,6 +112,25 @@ class EventWriter:
             start = AnthropicMessage(id=self.id, content=[], model=self.model, stop_reason=None,
                                      usage=MessageUsage(input_tokens=0, output_tokens=0))
             out += [event(b"message_start", MessageStart(message=start)), PING]
+        if frame.server_block is not None:  # a server tool's block: as Anthropic sent it
+            self._open(out, "server", msgspec.Raw(frame.server_block))
+        if frame.server_delta is not None and self.open == "server":
+            out.append(event(b"content_block_delta", BlockDelta(index=self.blocks - 1,
+                                                                 delta=msgspec.Raw(frame.server_delta))))
+        if frame.redacted_thinking is not None:
+            self._open(out, "redacted_thinking", OutRedactedThinking(data=frame.redacted_thinking))
+            self._close(out)
+        if frame.thinking:
+            if self.open != "thinking":
+                self._open(out, "thinking", OutThinking(thinking="", signature=""))
+            out.append(event(b"content_block_delta", BlockDelta(index=self.blocks - 1,
+                                                                 delta=ThinkingDelta(thinking=frame.thinking))))
+        if frame.signature:
+            if self.open != "thinking":
+                self._open(out, "thinking", OutThinking(thinking="", signature=""))
+            out.append(event(b"content_block_delta", BlockDelta(index=self.blocks - 1,
+                                                                 delta=SignatureDelta(signature=frame.signature))))
+            self._close(out)  # the signature ends its thinking block
         if frame.content:
             if self.open != "text":
                 self._open(out, "text", OutText(text=""))
@@ -135,7 +166,8 @@ class EventWriter:
             out.append(event(b"content_block_delta", BlockDelta(
                 index=block, delta=InputJsonDelta(partial_json=function.arguments))))
 
-    def _open(self, out: list[bytes], kind: Literal["text", "tool_use"], block: OutText | OutToolUse) -> None:
+    def _open(self, out: list[bytes], kind: Kind,
+              block: OutText | OutToolUse | OutThinking | OutRedactedThinking | msgspec.Raw) -> None:
         self._close(out)
         out.append(event(b"content_block_start", BlockStart(index=self.blocks, content_block=block)))
         self.blocks += 1
@@ -151,6 +183,13 @@ def frames_of(result: ChatResult, words_per_chunk: int = 4) -> tuple[list[Stream
     """A cached answer as the frames a live stream of it would have been: text a few words at a time."""
     choice = result.choices[0] if result.choices else None
     chunks = [StreamChunk(seq=0, role="assistant", id=result.id, model=result.model)]
+    for block in (choice.message.thinking or ()) if choice is not None else ():
+        if block.type == "redacted_thinking":
+            chunks.append(StreamChunk(seq=len(chunks), redacted_thinking=block.data or ""))
+        else:
+            chunks.append(StreamChunk(seq=len(chunks), thinking=block.thinking or "", signature=block.signature or ""))
+    for server in (choice.message.server_blocks or ()) if choice is not None else ():
+        chunks.append(StreamChunk(seq=len(chunks), server_block=server))
     text = (choice.message.content or "") if choice is not None else ""
     words = text.split(" ") if text else []
     for i in range(0, len(words), words_per_chunk):

@@ -37,6 +37,7 @@ from services.ingress import (
     stream,
 )
 from services.ingress.auth import Grant
+from services.ingress.counting import count_tokens
 from services.ingress.gateway import (
     Gateway,
     lookup,
@@ -59,12 +60,14 @@ from shared.errors import (
 )
 from shared.logs import request_id
 from shared.messages import (
+    AnthropicParams,
     ChatRequest,
     ChatResult,
     ErrorReply,
     StreamChunk,
     StreamOptions,
 )
+from shared.subjects import Headers
 
 log = logging.getLogger("llm_edge.ingress")
 
@@ -82,10 +85,11 @@ class Exchange:
         self.deadline, self.cached, self.tier, self.grant = deadline, cached, tier, grant
 
 
-async def begin(gateway: Gateway, request: Request, parse: Callable[[bytes], ChatRequest]) -> Exchange:
+async def begin(gateway: Gateway, request: Request, parse: Callable[[bytes], ChatRequest], *,
+                cacheable: bool = True) -> Exchange:
     """Request id, body, model check, deadline and the cache lookup: the same for every dialect."""
     rid, grant, body = await accept(gateway, request)
-    return await proceed(gateway, request, rid, grant, parse(body))
+    return await proceed(gateway, request, rid, grant, parse(body), cacheable=cacheable)
 
 
 async def accept(gateway: Gateway, request: Request) -> tuple[str, Grant | None, bytes]:
@@ -101,7 +105,8 @@ async def accept(gateway: Gateway, request: Request) -> tuple[str, Grant | None,
     return rid, grant, body
 
 
-async def proceed(gateway: Gateway, request: Request, rid: str, grant: Grant | None, chat: ChatRequest) -> Exchange:
+async def proceed(gateway: Gateway, request: Request, rid: str, grant: Grant | None, chat: ChatRequest, *,
+                  cacheable: bool = True) -> Exchange:
     """The unified request's way in: model check, limits, deadline, bus headers, the cache lookup."""
     gateway.routes.resolve(chat.model)  # 404 for an unknown model before any bus hop
     request.state.model = chat.model
@@ -112,8 +117,16 @@ async def proceed(gateway: Gateway, request: Request, rid: str, grant: Grant | N
     namespace = "default" if grant is None else await gateway.admit(request, grant, chat.model)
     deadline = time.monotonic() + timeout
     headers = gateway.bus_headers(request, rid, time.time() + timeout, namespace)
+    if isinstance(chat.anthropic, AnthropicParams) and chat.anthropic.prompt_caching:
+        # The client asked the provider to cache a prefix (`cache_control`): it wants the provider's answer,
+        # with the cache reads and writes in its usage that it pays for and will read back. Our cached answer
+        # would report a cache use that never happened, and a conversation's requests almost never repeat
+        # anyway (each turn adds to the history), so such a request neither reads nor fills our cache.
+        headers[Headers.CACHE_CONTROL] = "no-cache,no-store"
     payload = bus_payload(chat)
     gateway.check_fits(payload)
+    if not cacheable:
+        return Exchange(request, rid, chat, payload, headers, deadline, None, None, grant)
     cached, tier = await lookup(gateway, chat, payload, headers, timeout)
     request.state.cache = TIERS.get(tier or "", "miss")
     return Exchange(request, rid, chat, payload, headers, deadline, cached, tier, grant)
@@ -138,7 +151,8 @@ async def create_message(gateway: Gateway, request: Request) -> Response:
     """Anthropic's Messages API: the same unified request on the same path (cache, routing, fallback,
     metrics, cost), only translated at the edge, in and out."""
     started = time.perf_counter()
-    ex = await begin(gateway, request, anthropic_dialect.parse_messages_request)
+    ex = await begin(gateway, request, lambda body: anthropic_dialect.parse_messages_request(
+        body, request.headers, request.query_params.get("beta") == "true"))
     if ex.chat.stream is not True:
         response = await answer(gateway, request, ex, started, anthropic_dialect.message_json)
     elif ex.cached is not None:
@@ -148,6 +162,18 @@ async def create_message(gateway: Gateway, request: Request) -> Response:
                                       lambda first: anthropic_events.EventWriter.starting(first, ex.rid))
     response.headers["request-id"] = ex.rid  # where Anthropic's SDKs look for it (`_request_id`)
     return response
+
+
+async def count_message_tokens(gateway: Gateway, request: Request) -> Response:
+    """`POST /v1/messages/count_tokens`: the model's targets, keys and limits as for `/v1/messages`; the
+    provider counts (Anthropic) or its worker estimates with a tokenizer (`x-llm-edge-estimate: true`)."""
+    ex = await begin(gateway, request, lambda body: anthropic_dialect.parse_messages_request(
+        body, request.headers, request.query_params.get("beta") == "true", count=True), cacheable=False)
+    count = await count_tokens(gateway, ex.payload, ex.headers, ex.deadline)
+    headers = {"x-request-id": ex.rid, "request-id": ex.rid, "x-llm-edge-provider": count.provider}
+    if count.estimated:
+        headers["x-llm-edge-estimate"] = "true"
+    return Response(anthropic_dialect.count_json(count), media_type=JSON, headers=headers)
 
 
 async def create_response(gateway: Gateway, store: ResponseStore, request: Request) -> Response:
@@ -263,6 +289,7 @@ class FastPath:
         "/v1/chat/completions": chat_completions,
         "/chat/completions": chat_completions,
         **dict.fromkeys(anthropic_dialect.PATHS, create_message),
+        **dict.fromkeys(anthropic_dialect.COUNT_PATHS, count_message_tokens),
     }
 
     def __init__(self, app: FastAPI, gateway: Gateway,
@@ -438,6 +465,11 @@ def create_app(config: Config, connection: bus.Bus | None = None) -> FastPath:  
     @app.post("/messages")
     async def messages(request: Request) -> Response:
         return await create_message(gateway, request)  # served by FastPath, as chat completions are
+
+    @app.post("/v1/messages/count_tokens")
+    @app.post("/messages/count_tokens")
+    async def messages_count_tokens(request: Request) -> Response:
+        return await count_message_tokens(gateway, request)  # served by FastPath too
 
     @app.post("/v1/responses")
     @app.post("/responses")

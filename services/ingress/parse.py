@@ -20,7 +20,9 @@ T = TypeVar("T")
 
 _decoder = msgspec.json.Decoder(ChatRequest)
 _fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_KNOWN = frozenset(ChatRequest.__struct_fields__) - {"extra_json"}
+# Fields of the unified request that the gateway sets itself: sent by a client, they are vendor extras.
+_INTERNAL = frozenset({"extra_json", "anthropic", "responses_body"})
+_KNOWN = frozenset(ChatRequest.__struct_fields__) - _INTERNAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,15 +106,15 @@ def bus_payload(request: ChatRequest) -> bytes:
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
-    request = decode_body(_decoder, body, invalid)
-    # The typed decoder skips the names of fields it does not know without reading them; this one reads
-    # every name, so it is the one that meets invalid UTF-8 in a field name.
     fields = decode_body(_fields_decoder, body, invalid)
     extras = {name: raw for name, raw in fields.items() if name not in _KNOWN}
     if extras:
+        # An internal field's name sent by a client is one of its extras, decoded as nothing of ours.
+        known = msgspec.json.encode({name: raw for name, raw in fields.items() if name in _KNOWN})
+        request = decode_body(_decoder, known, invalid)
         request = msgspec.structs.replace(request, extra_json=msgspec.json.encode(extras))
-    elif isinstance(request.extra_json, bytes):
-        request = msgspec.structs.replace(request, extra_json=msgspec.UNSET)
+    else:
+        request = decode_body(_decoder, body, invalid)
     validate(request)
     return request
 

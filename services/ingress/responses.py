@@ -70,7 +70,7 @@ def error_response(error: GatewayError, request: Request) -> Response:
     # types such as not_found_error or overloaded_error that OpenAI's vocabulary lacks), and a stream's
     # `error` event must be in that shape anyway; one shape per endpoint, then. The status is the gateway's
     # own either way, so each SDK raises the exception class that matches it, with our message.
-    if request.scope.get("path") in anthropic_dialect.PATHS:
+    if anthropic_dialect.is_messages_path(str(request.scope.get("path", ""))):
         body = anthropic_dialect.error_json(error, rid)
         if rid:
             headers["request-id"] = rid

@@ -29,11 +29,12 @@ from shared.messages import (
     JsonSchemaFormat,
     Message,
     NamedFunction,
+    NonEmptyStr,
     Probability,
     ResponseFormat,
     StreamOptions,
     Temperature,
-    TokenCount,
+    TokenLimit,
     ToolCall,
     ToolChoiceFunction,
     Usage,
@@ -78,7 +79,7 @@ class ResponsesRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The body of `POST /v1/responses`. Fields that steer OpenAI's own serving (prompt caching keys,
     client metadata, service tier) are accepted and change nothing here."""
 
-    model: str
+    model: NonEmptyStr
     input: str | list[Item]
     instructions: str | None | UnsetType = UNSET
     previous_response_id: str | None | UnsetType = UNSET
@@ -89,7 +90,7 @@ class ResponsesRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     reasoning: Reasoning | None | UnsetType = UNSET
     # OpenAI's documented ranges, as the unified request declares them: checked while decoding, so an
     # error names its field.
-    max_output_tokens: TokenCount | None | UnsetType = UNSET
+    max_output_tokens: TokenLimit | None | UnsetType = UNSET
     temperature: Temperature | None | UnsetType = UNSET
     top_p: Probability | None | UnsetType = UNSET
     metadata: dict[str, str] | None | UnsetType = UNSET

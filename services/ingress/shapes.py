@@ -5,10 +5,43 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
-from msgspec import Struct
+from msgspec import UNSET, Struct, UnsetType
 
 from shared.errors import GatewayError
-from shared.messages import ChatResult, Choice, Usage
+from shared.messages import (
+    ChatResult,
+    Choice,
+    CompletionTokensDetails,
+    PromptTokensDetails,
+    ToolCall,
+    Usage,
+)
+
+# OpenAI's published schema types `system_fingerprint`, `prompt_tokens_details` and
+# `completion_tokens_details` as a string or an object, never null: absent when unknown. A message always
+# has `refusal` (null when there is none).
+
+
+class OpenAIUsage(Struct, kw_only=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | UnsetType = UNSET
+    completion_tokens_details: CompletionTokensDetails | UnsetType = UNSET
+
+
+class OpenAIMessage(Struct, kw_only=True):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCall] | UnsetType = UNSET
+
+
+class OpenAIChoice(Struct, kw_only=True):
+    index: int
+    message: OpenAIMessage
+    finish_reason: str | None = "stop"
+    logprobs: None = None
 
 
 class ChatCompletion(Struct, kw_only=True):
@@ -16,9 +49,27 @@ class ChatCompletion(Struct, kw_only=True):
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
-    choices: list[Choice]
-    usage: Usage
-    system_fingerprint: str | None = None
+    choices: list[OpenAIChoice]
+    usage: OpenAIUsage
+    system_fingerprint: str | UnsetType = UNSET
+
+
+def usage_of(usage: Usage) -> OpenAIUsage:
+    return OpenAIUsage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        prompt_tokens_details=usage.prompt_tokens_details if usage.prompt_tokens_details is not None else UNSET,
+        completion_tokens_details=usage.completion_tokens_details
+        if usage.completion_tokens_details is not None else UNSET,
+    )
+
+
+def choice_of(choice: Choice) -> OpenAIChoice:
+    message = choice.message
+    refusal = message.refusal if isinstance(message.refusal, str) else None
+    return OpenAIChoice(index=choice.index, finish_reason=choice.finish_reason, message=OpenAIMessage(
+        content=message.content, refusal=refusal, tool_calls=message.tool_calls))
 
 
 class ErrorBody(Struct, kw_only=True):
@@ -53,9 +104,9 @@ def completion_json(result: ChatResult) -> bytes:
             id=result.id,
             created=result.created,
             model=result.model,
-            choices=result.choices,
-            usage=result.usage,
-            system_fingerprint=result.system_fingerprint,
+            choices=[choice_of(c) for c in result.choices],
+            usage=usage_of(result.usage),
+            system_fingerprint=result.system_fingerprint if result.system_fingerprint is not None else UNSET,
         )
     )
 

@@ -57,7 +57,7 @@ class ChatCompletionChunk(Struct, kw_only=True):
     created: int
     model: str
     choices: list[ChunkChoice]
-    usage: Usage | None | UnsetType = UNSET
+    usage: shapes.OpenAIUsage | None | UnsetType = UNSET
 
 
 def event(chunk: ChatCompletionChunk) -> bytes:
@@ -75,10 +75,11 @@ class Meta:
         self.id, self.model, self.created, self.include_usage = id, model, created, include_usage
 
     def chunk(self, choices: list[ChunkChoice], usage: Usage | None | UnsetType = UNSET) -> bytes:
+        out: shapes.OpenAIUsage | None | UnsetType = shapes.usage_of(usage) if isinstance(usage, Usage) else usage
         if self.include_usage and usage is UNSET:
-            usage = None  # OpenAI sends `usage: null` on every chunk but the last when usage is asked for
+            out = None  # OpenAI sends `usage: null` on every chunk but the last when usage is asked for
         return event(ChatCompletionChunk(
-            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage))
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=out))
 
 
 def delta_of(frame: StreamChunk) -> ChunkDelta:

@@ -25,7 +25,7 @@ from shared.errors import (
     RateLimited,
     Unavailable,
 )
-from shared.messages import ChatRequest, ChatResult, ToolCallDelta, Usage
+from shared.messages import ChatRequest, ChatResult, TokenCount, ToolCallDelta, Usage
 from shared.secrets import header_values
 
 
@@ -83,6 +83,16 @@ class HttpAdapter(Protocol[S_contra]):
     def stream_decoder(self) -> StreamDecoder:
         """The framing of this provider's stream body: SSE for most, AWS event stream for Bedrock."""
         ...
+
+
+@runtime_checkable
+class CountingAdapter(Protocol[S_contra]):
+    """An adapter whose provider counts tokens itself (Anthropic's `count_tokens`); the worker estimates
+    with a tokenizer for the others."""
+
+    def build_count_request(self, request: ChatRequest, model: str, config: S_contra) -> HttpCall: ...
+
+    def parse_count(self, body: bytes, *, provider: str, model: str) -> TokenCount: ...
 
 
 @runtime_checkable
@@ -220,6 +230,12 @@ class Delta:
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
     finish_reason: str | None = None
+    # Extended thinking (as in `StreamChunk`): text, the signature that closes a block, a redacted block.
+    thinking: str | None = None
+    signature: str | None = None
+    redacted_thinking: str | None = None
+    server_block: bytes | None = None  # as in `StreamChunk`
+    server_delta: bytes | None = None
     item_json: bytes | None = None  # see `StreamChunk.item_json`
 
 

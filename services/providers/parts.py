@@ -10,7 +10,18 @@ from typing import Literal, TypeVar
 import msgspec
 
 from shared.errors import InvalidRequest
-from shared.messages import ContentPart, ImagePart, Message, TextPart, ToolCall
+from shared.messages import (
+    AnthropicParams,
+    ChatRequest,
+    ContentPart,
+    DocumentPart,
+    FilePart,
+    ImagePart,
+    Message,
+    TextPart,
+    ToolCall,
+    ToolChoiceFunction,
+)
 
 T = TypeVar("T")
 
@@ -41,9 +52,11 @@ def turns(
 
 
 def map_parts(
-    content: str | list[ContentPart] | None, text: Callable[[str], T], image: Callable[[str], T]
+    content: str | list[ContentPart] | None, text: Callable[[str], T], image: Callable[[str], T],
+    document: Callable[[DocumentPart], T] | None = None, provider: str = "this provider",
 ) -> list[T]:
-    """A message's content as provider blocks: `text` for each non-empty text, `image` for each image URL."""
+    """A message's content as provider blocks: `text` for each non-empty text, `image` for each image URL,
+    `document` for each document; a provider without `document` cannot read one (a 400 that says so)."""
     if content is None:
         return []
     if isinstance(content, str):
@@ -55,7 +68,42 @@ def map_parts(
                 blocks.append(text(part.text))
         elif isinstance(part, ImagePart):
             blocks.append(image(part.image_url.url))
+        elif isinstance(part, DocumentPart | FilePart):
+            if document is None:
+                raise unreadable_document(provider)
+            blocks.append(document(as_document(part, provider)))
     return blocks
+
+
+def as_document(part: DocumentPart | FilePart, provider: str) -> DocumentPart:
+    """An OpenAI file part (inline, as a data: URL) as the document it holds."""
+    if isinstance(part, DocumentPart):
+        return part
+    parsed = data_url(part.file.file_data) if isinstance(part.file.file_data, str) else None
+    if parsed is None:
+        raise InvalidRequest(f"{provider}: a `file` part must carry its data inline (`file_data`, a base64 "
+                             "data: URL); uploaded file ids belong to OpenAI.", param="messages",
+                             code="unsupported_content")
+    return DocumentPart(media_type=parsed[0], data=parsed[1])
+
+
+def unreadable_document(provider: str) -> InvalidRequest:
+    return InvalidRequest(f"{provider}: this provider cannot read `document` content blocks (PDF or text "
+                          "documents); send the text instead, or use a model that reads documents.",
+                          param="messages", code="unsupported_content")
+
+
+def forced_tool_missing(request: ChatRequest, provider: str) -> None:
+    """A 400 when `tool_choice` forces a tool the request does not define for this provider: an Anthropic
+    server tool (web search, code execution, ...) that only Anthropic runs."""
+    choice = request.tool_choice
+    if not isinstance(request.anthropic, AnthropicParams) or not isinstance(choice, ToolChoiceFunction):
+        return  # an OpenAI client's request goes as it is, for the provider to judge
+    if any(t.function.name == choice.function.name for t in request.tools or ()):
+        return
+    raise InvalidRequest(f"{provider}: `tool_choice` forces `{choice.function.name}`, which is not among the "
+                         "request's tools here (Anthropic's server tools run only on Anthropic).",
+                         param="tool_choice", code="unsupported_tool")
 
 
 def data_url(url: str) -> tuple[str, str] | None:

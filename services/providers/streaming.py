@@ -124,6 +124,9 @@ class _Pump:
                         id=self.id if first else None, model=self.model if first else None,
                         created=self.created if first else None,
                         provider=self.worker.name if first else None, item_json=item.item_json,
+                        thinking=item.thinking, signature=item.signature,
+                        redacted_thinking=item.redacted_thinking,
+                        server_block=item.server_block, server_delta=item.server_delta,
                     )
                     self.seq += 1
         except TimeoutError as exc:  # the local (mock) adapter's stream; HTTP ones keep to it themselves

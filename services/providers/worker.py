@@ -17,8 +17,8 @@ from typing import Any, cast
 import msgspec
 from opentelemetry.trace import SpanKind
 
-from services.providers import streaming
-from services.providers.base import HttpAdapter, HttpCall, LocalAdapter
+from services.providers import streaming, tokens
+from services.providers.base import CountingAdapter, HttpAdapter, HttpCall, LocalAdapter
 from services.providers.http import Upstream, Waits
 from services.providers.registry import ADAPTERS
 from shared import bus, metrics, pricing, runtime, secrets, tracing
@@ -31,6 +31,7 @@ from shared.messages import (
     HealthReport,
     StreamChunk,
     StreamEnd,
+    TokenCount,
     Usage,
     request_decoder,
 )
@@ -60,6 +61,9 @@ class ProviderWorker:
         self.instance = server.id
         await server.endpoint("chat", self.subjects.provider_chat(self.name), Queues.provider(self.name),
                               self.endpoint, cancels=self.subjects.cancel, limit=self.settings.max_concurrency)
+        await server.endpoint("count_tokens", self.subjects.provider_count_tokens(self.name),
+                              Queues.provider(self.name), bus.Endpoint(request_decoder.decode, self.count_tokens),
+                              limit=self.settings.max_concurrency)
         if cap := self.settings.max_in_flight:
             self.queue = bus.QueueConsumer(
                 server, self.endpoint, self.subjects.admission_stream(self.name),
@@ -127,9 +131,10 @@ class ProviderWorker:
         metrics.PROVIDER_DURATION.labels(self.name, model).observe(seconds)
         if usage is None:
             return 0.0
-        cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
-        metrics.TOKENS.labels(self.name, model, "input").inc(usage.prompt_tokens - cached)
+        cached, written = usage.cache_read_tokens, usage.cache_creation_tokens
+        metrics.TOKENS.labels(self.name, model, "input").inc(max(0, usage.prompt_tokens - cached - written))
         metrics.TOKENS.labels(self.name, model, "cached").inc(cached)
+        metrics.TOKENS.labels(self.name, model, "cache_write").inc(written)
         metrics.TOKENS.labels(self.name, model, "output").inc(usage.completion_tokens)
         cost = pricing.table().cost(model, usage)
         if cost is None:
@@ -137,6 +142,22 @@ class ProviderWorker:
             return 0.0
         metrics.COST.labels(self.name, model).inc(cost)
         return cost
+
+    async def count_tokens(self, request: ChatRequest, ctx: bus.Context) -> TokenCount:
+        """A request's input tokens: counted by the provider when it can (Anthropic), else estimated here."""
+        request_id.set(ctx.request_id)
+        timeout = self.time_left(ctx)
+        model = streaming.target_model(request, ctx)
+        if isinstance(self.adapter, CountingAdapter) and not self.local:
+            call = self.adapter.build_count_request(request, model, self.settings)
+            response = await self.upstream.send(call, timeout)
+            if response.status >= 400:
+                log.info("provider %s answered %d to count_tokens", self.name, response.status)
+                raise cast(HttpAdapter[Any], self.adapter).parse_error(
+                    response.status, response.body, response.headers, provider=self.name)
+            return self.adapter.parse_count(response.body, provider=self.name, model=model)
+        estimate = await asyncio.to_thread(tokens.estimate, request, model)  # see tokens.py: the first loads
+        return TokenCount(input_tokens=estimate, provider=self.name, model=model, estimated=True)
 
     @property
     def where(self) -> str:

@@ -33,7 +33,16 @@ from shared.errors import (
     from_reply,
 )
 from shared.logs import request_id
-from shared.messages import BreakerEvent, ChatResult, ErrorReply, HealthReport, Reply, breaker_decoder, encode
+from shared.messages import (
+    BreakerEvent,
+    ChatResult,
+    ErrorReply,
+    HealthReport,
+    Reply,
+    TokenCount,
+    breaker_decoder,
+    encode,
+)
 from shared.routes import Routes
 from shared.subjects import SERVICE_ROUTER, Headers, Queues, Subjects
 
@@ -85,6 +94,8 @@ class Router:
         self.instance = server.id
         await server.endpoint("route", self.subjects.route, Queues.ROUTER,
                               bus.Endpoint(msgspec.msgpack.Decoder(_ModelOnly).decode, self.handle))
+        await server.endpoint("count_tokens", self.subjects.count_tokens, Queues.ROUTER,
+                              bus.Endpoint(msgspec.msgpack.Decoder(_ModelOnly).decode, self.count_tokens))
         await server.listen(self.subjects.breaker, self.on_breaker_event)
         await server.health_endpoint(self.subjects.health("router"), self.health)
 
@@ -105,6 +116,36 @@ class Router:
         if ctx.streaming or not key or "no-cache" in ctx.headers.get(Headers.CACHE_CONTROL, ""):
             return await self._call(ctx, model, targets)
         return await self._single_flight(key, self._call(ctx, model, targets))
+
+    async def count_tokens(self, request: _ModelOnly, ctx: bus.Context) -> bus.Raw:
+        """A count-tokens request: the model's targets in the strategy's order (open breakers last), the
+        first whose worker answers counts. A count is not an answer: it neither feeds breakers nor retries."""
+        request_id.set(ctx.request_id)
+        model = request.model
+        onward = {name: ctx.headers[name] for name in _PASSED_ON if name in ctx.headers}
+        now = time.monotonic()
+        ordered = strategy.order(self.routes.strategy(model), self.routes.resolve(model), self.stats, self.rng,
+                                 self.config.router.hybrid_latency_weight)
+        ordered.sort(key=lambda t: not self.breaker(t).available(now))
+        error: GatewayError = Unavailable(f"no target could count tokens for `{model}`")
+        for target in ordered:
+            onward[Headers.TARGET_MODEL] = target.model
+            subject = self.subjects.provider_count_tokens(target.provider)
+            try:
+                reply, answer = await self.calls.request(subject, ctx.data, onward,
+                                                         ctx.remaining(self.default_timeout))
+            except bus.NoResponders:
+                error = Unavailable(f"no worker is running for provider `{target.provider}`",
+                                    code="no_provider_worker", where=f"provider:{target.provider}")
+                continue
+            match reply:
+                case TokenCount():
+                    return bus.Raw(answer.data)
+                case ErrorReply():
+                    error = from_reply(reply)
+                    if reply.status in _NO_FALLBACK_STATUS:
+                        break
+        raise error
 
     async def _single_flight(self, key: str, call: Coroutine[Any, Any, bytes | None]) -> bytes | None:
         """Identical requests in flight together share one upstream call (per router replica)."""

@@ -102,7 +102,7 @@ async def test_anthropic_upstream_receives_an_anthropic_request(stack: Stack, up
     sent = upstream.stats["last_request"]
     assert upstream.stats["calls_by_path"] == {"/v1/messages": 1}
     assert (sent["model"], sent["max_tokens"], sent["system"]) == ("claude-sonnet-4-5", 64, "Be brief.")
-    assert sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hi Claude"}]}]
+    assert sent["messages"] == [{"role": "user", "content": "Hi Claude"}]  # as the client sent it
 
 
 async def test_a_stop_sequence_the_anthropic_upstream_matched_is_reported(
@@ -220,13 +220,21 @@ async def test_malformed_body_is_400_in_anthropics_shape(stack: Stack, body: byt
     assert payload["error"]["message"]
 
 
-async def test_unsupported_fields_and_blocks_are_named(stack: Stack) -> None:
+async def test_documents_reach_providers_that_read_them_and_are_named_where_they_cannot(
+    stack: Stack, upstream: MockUpstream
+) -> None:
     sdk = client(stack)
-    with pytest.raises(anthropic.BadRequestError, match="top_k"):
-        await sdk.messages.create(model="mock", max_tokens=10, extra_body={"top_k": 5}, messages=user("hi"))
-    document = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}
-    with pytest.raises(anthropic.BadRequestError, match=r"messages\[0\]\.content\[0\]"):
-        await sdk.messages.create(model="mock", max_tokens=10, messages=[{"role": "user", "content": [document]}])
+    await sdk.messages.create(model="mock", max_tokens=10, extra_body={"top_k": 5}, messages=user("hi"))  # dropped
+    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}}
+    await sdk.messages.create(model="up/gpt-4o", max_tokens=10, messages=[{"role": "user", "content": [pdf]}])
+    assert upstream.stats["last_request"]["messages"][0]["content"] == [
+        {"type": "file", "file": {"filename": "document.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}}]
+    await sdk.messages.create(model="claude/claude-sonnet-4-5", max_tokens=10,
+                              messages=[{"role": "user", "content": [pdf]}])
+    assert upstream.stats["last_request"]["messages"][0]["content"] == [pdf]
+    by_url = {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}
+    with pytest.raises(anthropic.BadRequestError, match="openai_compatible: documents by URL"):
+        await sdk.messages.create(model="up/gpt-4o", max_tokens=10, messages=[{"role": "user", "content": [by_url]}])
 
 
 async def test_upstream_error_keeps_its_status(stack: Stack, upstream: MockUpstream) -> None:

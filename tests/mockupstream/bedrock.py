@@ -1,6 +1,8 @@
 """Amazon Bedrock's Converse API as the mock speaks it: `/model/{modelId}/converse` (JSON) and
 `/model/{modelId}/converse-stream` (AWS's binary event stream, `application/vnd.amazon.eventstream`), errors
-as `{"message": …}` with the type in `x-amzn-ErrorType`.
+as `{"message": …}` with the type in `x-amzn-ErrorType`. And InvokeModel for Anthropic's models:
+`/model/{modelId}/invoke` answers Anthropic's Message object, `/invoke-with-response-stream` its events, each
+as the base64 `bytes` of a `chunk` event; the body must carry `anthropic_version` and no `model`.
 
 After docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Converse.html,
 API_runtime_ConverseStream.html and the event-stream framing botocore decodes (prelude, string headers,
@@ -10,14 +12,17 @@ pinned by botocore's test vectors.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import struct
+from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
 
 import msgspec
 
 from tests.mockupstream.formats import (
+    DIALECTS,
     Dialect,
     Message,
     Plan,
@@ -68,12 +73,26 @@ _decoder = msgspec.json.Decoder(_Request)
 
 
 def matches(path: bytes) -> bool:
-    return path.startswith(_PREFIX) and path.endswith((b"/converse", b"/converse-stream"))
+    return path.startswith(_PREFIX) and path.endswith(
+        (b"/converse", b"/converse-stream", b"/invoke", b"/invoke-with-response-stream"))
+
+
+class _Invoke(msgspec.Struct):
+    anthropic_version: str
+    model: None = None  # Bedrock takes the model from the URL only
+
+
+_invoke_decoder = msgspec.json.Decoder(_Invoke)
+_MESSAGES = DIALECTS[b"/v1/messages"]
 
 
 def _plan(url: bytes, body: bytes) -> Plan:
     path = url.split(b"?", 1)[0]
     model, _, operation = path[len(_PREFIX) :].decode().rpartition("/")
+    if operation.startswith("invoke"):
+        _invoke_decoder.decode(body)
+        p = _MESSAGES.plan(url, body)
+        return replace(p, model=unquote(model), stream=operation == "invoke-with-response-stream", native=True)
     r = _decoder.decode(body)
     messages = []
     for m in r.messages:
@@ -94,6 +113,8 @@ def _usage(p: Plan) -> dict[str, int]:
 
 
 def _body(p: Plan, seq: int) -> bytes:
+    if p.native:
+        return _MESSAGES.body(p, seq)
     if p.tool is None:
         content: list[dict[str, Any]] = [{"text": p.text}]
     else:
@@ -131,7 +152,16 @@ def exception(kind: str, message: str) -> bytes:
     return frame(headers, encode({"message": message}))
 
 
+def _chunks(frames: list[bytes]) -> list[bytes]:
+    """Anthropic's SSE events as InvokeModel streams them: the JSON of each, base64, in a `chunk` event."""
+    data = [line[6:] for frame in frames for line in frame.split(b"\n") if line.startswith(b"data: ")]
+    return [event("chunk", {"bytes": base64.b64encode(d).decode()}) for d in data]
+
+
 def _stream(p: Plan, seq: int, chunks: int) -> Stream:
+    if p.native:
+        head, content, tail = _MESSAGES.stream(p, seq, chunks)
+        return _chunks(head), _chunks(content), _chunks(tail)
     head = [event("messageStart", {"role": "assistant"})]
     if p.tool is None:
         content = [

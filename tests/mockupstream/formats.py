@@ -5,10 +5,12 @@ Azure OpenAI, Gemini and Bedrock build on this in their own modules; `dialects.p
 
 from __future__ import annotations
 
+import hashlib
 import http
+import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -25,6 +27,10 @@ REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus} | {529: b"Overlo
 
 class Part(msgspec.Struct):
     text: str = ""
+    type: str = ""
+    thinking: str | None = None
+    signature: str | None = None
+    cache_control: Any = None
 
 
 class Message(msgspec.Struct):
@@ -52,12 +58,23 @@ class _ChatRequest(msgspec.Struct):
     tools: list[_OpenAITool] | None = None
 
 
+class _Thinking(msgspec.Struct):
+    type: str = "disabled"
+
+
+class _AnthropicTool(msgspec.Struct):
+    name: str = ""
+    cache_control: Any = None
+
+
 class _MessagesRequest(msgspec.Struct):
     model: str = ""
     messages: list[Message] = []
     system: str | list[Part] | None = None
     stream: bool = False
-    tools: list[_Named] | None = None
+    tools: list[_AnthropicTool] | None = None
+    thinking: _Thinking | None = None
+    cache_control: Any = None
 
 
 chat_decoder = msgspec.json.Decoder(_ChatRequest)
@@ -110,6 +127,10 @@ class Plan:
     prompt_tokens: int
     completion_tokens: int
     arguments: str = TOOL_ARGUMENTS  # the tool call's arguments (JSON text), when `tool` is set
+    thinking: str | None = None  # Anthropic with thinking on: the thinking block's text
+    cache_written: int = 0  # Anthropic with cache_control: prompt tokens written to / read from its cache
+    cache_read: int = 0
+    native: bool = False  # Bedrock's InvokeModel: Anthropic's format inside Bedrock's
 
     def tool_input(self) -> Any:
         return msgspec.json.decode(self.arguments)
@@ -132,10 +153,22 @@ def plan(
         if m.role == "user":
             last_user = text
     # Only a user turn asks for the tool, so a conversation carrying the tool's result ends in text.
-    if tools and messages and messages[-1].role == "user" and "weather" in last_user.lower():
+    # `mock:call NAME {json}` in it calls the tool NAME with those arguments (tests of real clients' tools).
+    asked = messages and messages[-1].role == "user"
+    if asked and (call := _CALL.search(last_user)) and call.group(1) in tools:
+        return Plan(model, stream, usage, "", call.group(1), words, len(call.group(2).split()), call.group(2))
+    if tools and asked and "weather" in last_user.lower():
         return Plan(model, stream, usage, "", tools[0], words, len(TOOL_ARGUMENTS.split()))
     reply = "Echo: " + last_user[:200]
     return Plan(model, stream, usage, reply, None, words, len(reply.split()))
+
+
+_CALL = re.compile(r"mock:call (\w+) (\{.*\})", re.DOTALL)
+
+
+def signature(thinking: str) -> str:
+    """The mock's signature of a thinking block: what it checks when the block comes back in the history."""
+    return "mocksig_" + hashlib.sha256(thinking.encode()).hexdigest()[:32]
 
 
 def split(s: str, n: int) -> list[str]:
@@ -242,10 +275,54 @@ def openai_error(status: int, message: str | None, seq: int) -> bytes:
 # --- Anthropic Messages ----------------------------------------------------------------------------------
 
 
+class ThinkingRejected(msgspec.ValidationError):
+    """A thinking block came back altered or went missing: Anthropic answers such a request with a 400."""
+
+
+# Prompt prefixes the mock has "cached" (Anthropic's prompt caching: the first request with a breakpoint
+# writes the prefix, the next ones read it).
+_CACHED: set[str] = set()
+
+
 def _anthropic_plan(url: bytes, body: bytes) -> Plan:
     r = _messages_decoder.decode(body)
     tools = [t.name for t in r.tools or ()]
-    return plan(r.model, r.messages, text_of(r.system), r.stream, False, tools)
+    p = plan(r.model, r.messages, text_of(r.system), r.stream, False, tools)
+    thinking_on = r.thinking is not None and r.thinking.type in ("enabled", "adaptive")
+    _check_thinking(r.messages, thinking_on)
+    if thinking_on:
+        p = replace(p, thinking=f"Mock thinking about {len(r.messages)} messages.")
+    if _asks_for_caching(r):
+        prefix = hashlib.sha256(encode([text_of(r.system), tools])).hexdigest()
+        if prefix in _CACHED:
+            p = replace(p, cache_read=p.prompt_tokens)
+        else:
+            _CACHED.add(prefix)
+            p = replace(p, cache_written=p.prompt_tokens)
+    return p
+
+
+def _asks_for_caching(r: _MessagesRequest) -> bool:
+    blocks = [*(r.system if isinstance(r.system, list) else ())]
+    blocks += [b for m in r.messages if isinstance(m.content, list) for b in m.content]
+    return r.cache_control is not None or any(b.cache_control is not None for b in blocks) or any(
+        t.cache_control is not None for t in r.tools or ())
+
+
+def _check_thinking(messages: list[Message], thinking_on: bool) -> None:
+    """As Anthropic does: a thinking block in the history must carry its own signature, and with thinking
+    on, an assistant turn that used a tool must begin with its thinking."""
+    for i, m in enumerate(messages):
+        if m.role != "assistant" or not isinstance(m.content, list):
+            continue
+        for block in m.content:
+            if block.type == "thinking" and block.signature != signature(block.thinking or ""):
+                raise ThinkingRejected(f"messages.{i}.content: Invalid `signature` in `thinking` block")
+        kinds = [b.type for b in m.content]
+        if thinking_on and "tool_use" in kinds and kinds[0] not in ("thinking", "redacted_thinking"):
+            raise ThinkingRejected(f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, "
+                                   f"but found `{kinds[0]}`. When `thinking` is enabled, a final `assistant` "
+                                   "message must start with a thinking block.")
 
 
 def _anthropic_block(p: Plan, seq: int, *, empty: bool) -> dict[str, Any]:
@@ -259,16 +336,31 @@ def _anthropic_block(p: Plan, seq: int, *, empty: bool) -> dict[str, Any]:
     }
 
 
+def _anthropic_blocks(p: Plan, seq: int) -> list[dict[str, Any]]:
+    thinking = [] if p.thinking is None else [
+        {"type": "thinking", "thinking": p.thinking, "signature": signature(p.thinking)}]
+    return [*thinking, _anthropic_block(p, seq, empty=False)]
+
+
+def _anthropic_usage(p: Plan, *, start: bool) -> dict[str, int]:
+    return {
+        "input_tokens": p.prompt_tokens - p.cache_written - p.cache_read,
+        "cache_creation_input_tokens": p.cache_written,
+        "cache_read_input_tokens": p.cache_read,
+        "output_tokens": 1 if start else p.completion_tokens,
+    }
+
+
 def _anthropic_message(p: Plan, seq: int, *, start: bool) -> dict[str, Any]:
     return {
         "id": f"msg_mock_{seq}",
         "type": "message",
         "role": "assistant",
         "model": p.model,
-        "content": [] if start else [_anthropic_block(p, seq, empty=False)],
+        "content": [] if start else _anthropic_blocks(p, seq),
         "stop_reason": None if start else ("tool_use" if p.tool else "end_turn"),
         "stop_sequence": None,
-        "usage": {"input_tokens": p.prompt_tokens, "output_tokens": 1 if start else p.completion_tokens},
+        "usage": _anthropic_usage(p, start=start),
     }
 
 
@@ -282,19 +374,31 @@ def _event(data: dict[str, Any]) -> bytes:
 
 def _anthropic_stream(p: Plan, seq: int, chunks: int) -> Stream:
     block = _anthropic_block(p, seq, empty=True)
-    head = [
-        _event({"type": "message_start", "message": _anthropic_message(p, seq, start=True)}),
-        _event({"type": "content_block_start", "index": 0, "content_block": block}),
+    head = [_event({"type": "message_start", "message": _anthropic_message(p, seq, start=True)})]
+    index = 0
+    if p.thinking is not None:  # as documented: thinking deltas, then the signature, then the block's stop
+        head += [
+            _event({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+            _event({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "thinking_delta", "thinking": p.thinking}}),
+            _event({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "signature_delta", "signature": signature(p.thinking)}}),
+            _event({"type": "content_block_stop", "index": 0}),
+        ]
+        index = 1
+    head += [
+        _event({"type": "content_block_start", "index": index, "content_block": block}),
         _event({"type": "ping"}),
     ]
     if p.tool is None:
         deltas = [{"type": "text_delta", "text": piece} for piece in split(p.text, chunks)]
     else:
         deltas = [{"type": "input_json_delta", "partial_json": s} for s in split(p.arguments, chunks)]
-    content = [_event({"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas]
+    content = [_event({"type": "content_block_delta", "index": index, "delta": d}) for d in deltas]
     stop = {"stop_reason": "tool_use" if p.tool else "end_turn", "stop_sequence": None}
     tail = [
-        _event({"type": "content_block_stop", "index": 0}),
+        _event({"type": "content_block_stop", "index": index}),
         _event({"type": "message_delta", "delta": stop, "usage": {"output_tokens": p.completion_tokens}}),
         _event({"type": "message_stop"}),
     ]
@@ -334,9 +438,19 @@ class Dialect:
     error_headers: Callable[[int], dict[str, str]] = _no_headers
 
 
+def _count_plan(url: bytes, body: bytes) -> Plan:
+    r = _messages_decoder.decode(body)
+    return plan(r.model, r.messages, text_of(r.system), False, False, [t.name for t in r.tools or ()])
+
+
+def _count_body(p: Plan, seq: int) -> bytes:
+    return encode({"input_tokens": p.prompt_tokens})
+
+
 DIALECTS = {
     b"/v1/chat/completions": Dialect(openai_plan, openai_body, openai_stream, openai_error),
     b"/v1/messages": Dialect(_anthropic_plan, _anthropic_body, _anthropic_stream, _anthropic_error),
+    b"/v1/messages/count_tokens": Dialect(_count_plan, _count_body, _anthropic_stream, _anthropic_error),
 }
 
 

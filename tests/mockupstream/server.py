@@ -222,12 +222,26 @@ class MockUpstream:
         self._last_body: bytes | None = None
         self._last_url = ""
         self._last_headers: list[tuple[bytes, bytes]] = []
+        self._journal: deque[tuple[str, list[tuple[bytes, bytes]], bytes]] = deque(maxlen=200)
         self._notify()
 
     @property
     def last_body(self) -> bytes | None:
         """The last LLM call's body exactly as received (stats hold it decoded)."""
         return self._last_body
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Every LLM call since the last reset (the last 200): its URL, headers and decoded body."""
+        out = []
+        for url, headers, body in self._journal:
+            try:
+                decoded = decode_any(body)
+            except msgspec.DecodeError:
+                decoded = None
+            names = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
+            out.append({"url": url, "headers": names, "body": decoded})
+        return out
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -283,6 +297,8 @@ class MockUpstream:
         match req.method, req.path:
             case b"GET", b"/_mock/stats":
                 return 200, encode(self.stats)
+            case b"GET", b"/_mock/requests":
+                return 200, encode(self.requests)
             case b"POST", b"/_mock/reset":
                 self.reset()
                 return 200, b'{"ok":true}'
@@ -311,6 +327,7 @@ class MockUpstream:
         self._by_path[req.path.decode()] += 1
         self._last_body, self._last_headers = req.body, req.headers
         self._last_url = req.url.decode("latin-1")
+        self._journal.append((self._last_url, req.headers, req.body))
         self._in_flight += 1
         self._max_in_flight = max(self._max_in_flight, self._in_flight)
         conn.in_call = True

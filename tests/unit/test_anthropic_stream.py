@@ -340,6 +340,7 @@ def test_usage_counts_cached_prompt_tokens_and_takes_the_last_cumulative_counts(
         completion_tokens=9,
         total_tokens=141,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=100),
+        cache_creation_tokens=20,
     )
     assert (summary.id, summary.model) == ("msg_1", "claude-x")
 

@@ -7,6 +7,7 @@ turns because Anthropic requires user and assistant to alternate. Stream events 
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -31,18 +32,24 @@ from services.providers.parts import data_url, map_parts, tool_arguments, turns
 from services.providers.sse import SSEDecoder
 from shared.errors import GatewayError, InvalidRequest
 from shared.messages import (
+    AnthropicParams,
     ChatRequest,
     ChatResult,
     Choice,
     ContentPart,
+    DocumentPart,
     FunctionCall,
     Message,
     PromptTokensDetails,
     ResponseMessage,
+    ThinkingBlock,
+    TokenCount,
     ToolCall,
     ToolChoiceFunction,
     Usage,
 )
+
+log = logging.getLogger("llm_edge.provider.anthropic")
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
@@ -78,6 +85,15 @@ class _Image(Struct, tag="image", tag_field="type"):
     source: _Base64Source | _URLSource
 
 
+class _PlainTextSource(Struct, tag="text", tag_field="type"):
+    media_type: str
+    data: str
+
+
+class _Document(Struct, tag="document", tag_field="type"):
+    source: _Base64Source | _URLSource | _PlainTextSource
+
+
 class _ToolUse(Struct, tag="tool_use", tag_field="type"):
     id: str
     name: str
@@ -86,10 +102,10 @@ class _ToolUse(Struct, tag="tool_use", tag_field="type"):
 
 class _ToolResult(Struct, tag="tool_result", tag_field="type", omit_defaults=True):
     tool_use_id: str
-    content: str | list[_Text | _Image] | UnsetType = UNSET
+    content: str | list[_Text | _Image | _Document] | UnsetType = UNSET
 
 
-_Block = _Text | _Image | _ToolUse | _ToolResult
+_Block = _Text | _Image | _Document | _ToolUse | _ToolResult
 
 
 class _Turn(Struct):
@@ -127,12 +143,20 @@ class _Request(Struct, omit_defaults=True):
 
 
 class _ContentBlock(Struct):
-    # One loose shape for every block type, so new kinds (thinking, server tools) are skipped, not fatal.
+    # One loose shape for every block type, so new kinds (server tools' blocks) are skipped, not fatal.
     type: str
     text: str | None = None
     id: str | None = None
     name: str | None = None
     input: msgspec.Raw = msgspec.Raw(b"{}")  # kept as sent: it becomes the tool call's arguments text
+    thinking: str | None = None
+    signature: str | None = None
+    data: str | None = None  # a redacted thinking block's
+    citations: msgspec.Raw = msgspec.Raw()  # a text block's sources (empty when absent)
+
+    @property
+    def cited(self) -> bool:
+        return bytes(self.citations) not in (b"", b"null", b"[]")
 
 
 class MessageUsage(Struct):
@@ -144,7 +168,7 @@ class MessageUsage(Struct):
 
 
 class _Reply(Struct):
-    content: list[_ContentBlock]
+    content: list[msgspec.Raw]  # each decoded as a `_ContentBlock`; a server tool's block is kept as sent
     id: str = ""
     model: str = ""
     stop_reason: str | None = None
@@ -155,6 +179,10 @@ class _Reply(Struct):
 class _ErrorDetail(Struct):
     type: str = ""
     message: str = ""
+
+
+class _Count(Struct):
+    input_tokens: int
 
 
 class _ErrorBody(Struct):
@@ -168,6 +196,11 @@ CONTEXT_OVERFLOW = ("prompt is too long", "exceed context limit")
 
 _encoder = msgspec.json.Encoder()
 _reply_decoder = msgspec.json.Decoder(_Reply)
+_block_decoder = msgspec.json.Decoder(_ContentBlock)
+# The blocks the unified answer models; any other kind is a server's block (see `ResponseMessage`).
+_MODELED = frozenset({"text", "tool_use", "thinking", "redacted_thinking"})
+_count_decoder = msgspec.json.Decoder(_Count)
+_fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _error_decoder = msgspec.json.Decoder(_ErrorBody)
 
 
@@ -182,7 +215,55 @@ class AnthropicAdapter:
     def build_stream_request(self, request: ChatRequest, model: str, config: AnthropicSettings) -> HttpCall:
         return self._call(request, model, config, stream=True)
 
+    def build_count_request(self, request: ChatRequest, model: str, config: AnthropicSettings) -> HttpCall:
+        """`POST /v1/messages/count_tokens`: the client's own count body when it spoke the Messages API."""
+        params = request.anthropic
+        if isinstance(params, AnthropicParams):
+            body = _native_body(params.body, model, None)
+        else:
+            full = _fields_decoder.decode(self._body(request, model, stream=False))
+            body = _encoder.encode({k: v for k, v in full.items() if k in _COUNTED})
+        return self._http(body, "/v1/messages/count_tokens", params, config)
+
+    def parse_count(self, body: bytes, *, provider: str, model: str) -> TokenCount:
+        try:
+            count = _count_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise bad_response(provider, str(exc)) from exc
+        return TokenCount(input_tokens=count.input_tokens, provider=provider, model=model)
+
     def _call(self, request: ChatRequest, model: str, config: AnthropicSettings, *, stream: bool) -> HttpCall:
+        params = request.anthropic
+        if isinstance(params, AnthropicParams):
+            # A Messages client: its body as sent (thinking, cache_control, context_management, betas' fields).
+            body = _native_body(params.body, model, True if stream else None)
+        else:
+            body = self._body(request, model, stream=stream)
+        return self._http(body, "/v1/messages", params, config)
+
+    def _http(self, body: bytes, path: str, params: AnthropicParams | UnsetType, config: AnthropicSettings) -> HttpCall:
+        headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
+        query = ""
+        if isinstance(params, AnthropicParams):
+            if isinstance(params.version, str):
+                headers["anthropic-version"] = params.version
+            if betas := allowed_betas(params.betas, config.anthropic_betas):
+                headers["anthropic-beta"] = ",".join(betas)
+            query = "?beta=true" if params.beta_query else ""
+        secret = set(config.headers)  # operator-supplied headers often carry credentials
+        if config.api_key is not None:
+            headers["x-api-key"] = config.api_key
+            secret.add("x-api-key")
+        base_url = (config.base_url or self.default_base_url).rstrip("/")
+        return HttpCall(
+            method="POST",
+            url=f"{base_url}{path}{query}",
+            headers=merge_headers(headers, config.headers),
+            body=body,
+            secret_headers=frozenset(secret),
+        )
+
+    def _body(self, request: ChatRequest, model: str, *, stream: bool) -> bytes:
         if isinstance(request.n, int) and request.n > 1:
             raise InvalidRequest("anthropic: n > 1 is not supported", param="n", code="unsupported_parameter")
         system, turns = _turns(request.messages)
@@ -209,34 +290,28 @@ class AnthropicAdapter:
             metadata={"user_id": request.user} if isinstance(request.user, str) else UNSET,
             stream=True if stream else UNSET,
         )
-        headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
-        secret = set(config.headers)  # operator-supplied headers often carry credentials
-        if config.api_key is not None:
-            headers["x-api-key"] = config.api_key
-            secret.add("x-api-key")
-        base_url = (config.base_url or self.default_base_url).rstrip("/")
-        return HttpCall(
-            method="POST",
-            url=f"{base_url}/v1/messages",
-            headers=merge_headers(headers, config.headers),
-            body=_encoder.encode(body),
-            secret_headers=frozenset(secret),
-        )
+        return _encoder.encode(body)
 
     def parse_response(self, body: bytes, *, provider: str, model: str) -> ChatResult:
         try:
             reply = _reply_decoder.decode(body)
+            content = [_block_decoder.decode(raw) for raw in reply.content]
         except msgspec.DecodeError as exc:
             raise bad_response(provider, str(exc)) from exc
-        texts = [b.text for b in reply.content if b.type == "text" and b.text is not None]
+        texts = [b.text for b in content if b.type == "text" and b.text is not None]
+        thinking = [_thinking_block(b) for b in content if b.type in ("thinking", "redacted_thinking")]
+        server = [bytes(raw) for raw, b in zip(reply.content, content, strict=True) if b.type not in _MODELED]
+        whole = _encoder.encode(reply.content) if server or any(b.cited for b in content) else UNSET
         calls = [
             ToolCall(
                 id=b.id or "", function=FunctionCall(name=b.name or "", arguments=bytes(b.input).decode())
             )
-            for b in reply.content
+            for b in content
             if b.type == "tool_use"
         ]
-        message = ResponseMessage(content="".join(texts) if texts else None, tool_calls=calls or UNSET)
+        message = ResponseMessage(content="".join(texts) if texts else None, tool_calls=calls or UNSET,
+                                  thinking=thinking or UNSET, server_blocks=server or UNSET,
+                                  content_json=whole)
         finish_reason = FINISH_REASONS.get(reply.stop_reason or "", "stop")
         return ChatResult(
             id=reply.id or f"msg_{uuid.uuid4().hex}",
@@ -269,6 +344,37 @@ class AnthropicAdapter:
         return EventParser(provider=provider, model=model)
 
 
+def _thinking_block(block: _ContentBlock) -> ThinkingBlock:
+    if block.type == "redacted_thinking":
+        return ThinkingBlock(type="redacted_thinking", data=block.data or "")
+    return ThinkingBlock(thinking=block.thinking or "", signature=block.signature or "")
+
+
+# What `count_tokens` takes of a translated request (it refuses sampling parameters and `max_tokens`).
+_COUNTED = frozenset({"model", "messages", "system", "tools", "tool_choice"})
+
+
+def _native_body(body: bytes, model: str, stream: bool | None) -> bytes:
+    """The client's Messages body for the target's model; `stream` as the worker calls (the client's own
+    choice was removed at the edge). Every other field goes as the client wrote it."""
+    fields = _fields_decoder.decode(body)
+    fields["model"] = msgspec.Raw(_encoder.encode(model))
+    if stream is not None:
+        fields["stream"] = msgspec.Raw(b"true" if stream else b"false")
+    return _encoder.encode(fields)
+
+
+def allowed_betas(betas: list[str], allowed: list[str] | None) -> list[str]:
+    """The client's `anthropic-beta` values that the provider's allow-list lets through (all, when it has
+    none); the others are dropped, and said at debug."""
+    if allowed is None or "*" in allowed:
+        return betas
+    kept = [b for b in betas if b in allowed]
+    if len(kept) < len(betas):
+        log.debug("betas not on the allow-list dropped: %s", ", ".join(b for b in betas if b not in allowed))
+    return kept
+
+
 def _turns(messages: list[Message]) -> tuple[list[str], list[_Turn]]:
     """System prompts apart; the rest as alternating turns, consecutive same-role messages merged."""
     system, found = turns(messages, _message_blocks)
@@ -293,8 +399,18 @@ def _message_blocks(m: Message) -> list[_Block]:
     return []  # system prompts: `turns` keeps them apart
 
 
-def _blocks(content: str | list[ContentPart] | None) -> list[_Text | _Image]:
-    return map_parts(content, _Text, _image)
+def _blocks(content: str | list[ContentPart] | None) -> list[_Text | _Image | _Document]:
+    return map_parts(content, _Text, _image, _document)
+
+
+def _document(part: DocumentPart) -> _Document:
+    if isinstance(part.url, str):
+        return _Document(source=_URLSource(url=part.url))
+    media_type = part.media_type if isinstance(part.media_type, str) else "application/pdf"
+    data = part.data if isinstance(part.data, str) else ""
+    if media_type == "text/plain":
+        return _Document(source=_PlainTextSource(media_type=media_type, data=data))
+    return _Document(source=_Base64Source(media_type=media_type, data=data))
 
 
 def _image(url: str) -> _Image:
@@ -347,13 +463,15 @@ def error_from_detail(
 def unified_usage(usage: MessageUsage) -> Usage:
     """Anthropic counts cached prompt tokens apart from `input_tokens`; OpenAI counts them in the prompt."""
     cache_read = usage.cache_read_input_tokens or 0
-    prompt = (usage.input_tokens or 0) + cache_read + (usage.cache_creation_input_tokens or 0)
+    cache_written = usage.cache_creation_input_tokens or 0
+    prompt = (usage.input_tokens or 0) + cache_read + cache_written
     completion = usage.output_tokens or 0
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=cache_read),
+        cache_creation_tokens=cache_written,
     )
 
 

@@ -20,6 +20,8 @@ from urllib.parse import quote
 import msgspec
 from msgspec import UNSET, Struct
 
+from services.providers.anthropic.adapter import adapter as anthropic_adapter
+from services.providers.anthropic.adapter import allowed_betas
 from services.providers.base import (
     HttpCall,
     StreamDecoder,
@@ -38,6 +40,7 @@ from services.providers.bedrock.settings import BedrockSettings
 from services.providers.bedrock.sigv4 import Credentials, sign
 from shared.errors import GatewayError
 from shared.messages import (
+    AnthropicParams,
     ChatRequest,
     ChatResult,
     Choice,
@@ -141,15 +144,20 @@ class BedrockAdapter:
         return self._call(request, model, config, "converse-stream")
 
     def _call(self, request: ChatRequest, model: str, config: BedrockSettings, operation: str) -> HttpCall:
+        native = _native(request, model)
+        if native is not None:  # an Anthropic client and a Claude model: Anthropic's own body, via InvokeModel
+            operation = _INVOKE[operation]
+            body = invoke_body(native, config)
+        else:
+            body = _encoder.encode(converse_request(request))
+            if isinstance(request.extra_json, bytes):
+                body = splice_extras(body, request.extra_json, EXTRA_FIELDS.__contains__)
         headers = merge_headers({"Content-Type": "application/json"}, config.headers)
         secret = set(config.headers)  # operator-supplied headers often carry credentials
         base_url = (config.base_url or f"https://bedrock-runtime.{config.region}.amazonaws.com").rstrip("/")
         # A model id may carry a version ("anthropic.claude-3-haiku-20240307-v1:0", sent as is, as in the
         # API-key guide's curl example) or be an ARN, whose "/" must stay inside the one path segment.
         url = f"{base_url}/model/{quote(model, safe=':')}/{operation}"
-        body = _encoder.encode(converse_request(request))
-        if isinstance(request.extra_json, bytes):
-            body = splice_extras(body, request.extra_json, EXTRA_FIELDS.__contains__)
         if config.api_key is not None:
             headers["Authorization"] = f"Bearer {config.api_key}"
             secret.add("Authorization")
@@ -172,6 +180,8 @@ class BedrockAdapter:
         return HttpCall(method="POST", url=url, headers=headers, body=body, secret_headers=frozenset(secret))
 
     def parse_response(self, body: bytes, *, provider: str, model: str) -> ChatResult:
+        if _is_message(body):  # InvokeModel's answer for a Claude model: Anthropic's Message object
+            return anthropic_adapter.parse_response(body, provider=provider, model=model)
         try:
             reply = _response_decoder.decode(body)
         except msgspec.DecodeError as exc:
@@ -234,7 +244,51 @@ def unified_usage(usage: TokenUsage) -> Usage:
         completion_tokens=usage.output_tokens,
         total_tokens=prompt + usage.output_tokens,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cache_read_input_tokens),
+        cache_creation_tokens=usage.cache_write_input_tokens,
     )
+
+
+# --- Anthropic's models through InvokeModel, for Messages clients ----------------------------------------
+
+# The `anthropic_version` Bedrock's Anthropic models take in the body (Anthropic's SDK sets the same).
+BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
+_INVOKE = {"converse": "invoke", "converse-stream": "invoke-with-response-stream"}
+_fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+class _Kind(Struct):
+    type: str = ""
+
+
+_kind_decoder = msgspec.json.Decoder(_Kind)
+
+
+def _native(request: ChatRequest, model: str) -> AnthropicParams | None:
+    """A Messages client's request for an Anthropic model: sent as Anthropic's body, so thinking,
+    `cache_control`, betas and the rest arrive as sent (Converse would translate them)."""
+    params = request.anthropic
+    if isinstance(params, AnthropicParams) and ("anthropic." in model or "claude" in model):
+        return params
+    return None
+
+
+def invoke_body(params: AnthropicParams, config: BedrockSettings) -> bytes:
+    """The client's body as Bedrock takes it (docs "Anthropic Claude Messages API" for Bedrock): no `model`
+    (it is in the URL) and no `stream` (the operation says), `anthropic_version` and the betas inside."""
+    fields = _fields.decode(params.body)
+    fields.pop("model", None)
+    fields.pop("stream", None)
+    fields.setdefault("anthropic_version", msgspec.Raw(_encoder.encode(BEDROCK_ANTHROPIC_VERSION)))
+    if betas := allowed_betas(params.betas, config.anthropic_betas):
+        fields.setdefault("anthropic_beta", msgspec.Raw(_encoder.encode(betas)))
+    return _encoder.encode(fields)
+
+
+def _is_message(body: bytes) -> bool:
+    try:
+        return _kind_decoder.decode(body).type == "message"
+    except msgspec.DecodeError:
+        return False
 
 
 adapter = BedrockAdapter()

@@ -6,6 +6,7 @@ API_runtime_Converse.html, API_runtime_ContentBlock.html, API_runtime_ToolConfig
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Literal
 
 import msgspec
@@ -16,6 +17,7 @@ from shared.errors import InvalidRequest
 from shared.messages import (
     ChatRequest,
     ContentPart,
+    DocumentPart,
     Message,
     ToolCall,
     ToolChoiceFunction,
@@ -51,10 +53,17 @@ class _ToolResult(Struct, rename="camel"):
     content: list[_ToolResultContent]
 
 
+class _Document(Struct):
+    format: str  # pdf, txt, …
+    name: str
+    source: _ImageSource
+
+
 class _Block(Struct, rename="camel", omit_defaults=True):
     # A ContentBlock is a union: exactly one member is set.
     text: str | UnsetType = UNSET
     image: _Image | UnsetType = UNSET
+    document: _Document | UnsetType = UNSET
     tool_use: _ToolUse | UnsetType = UNSET
     tool_result: _ToolResult | UnsetType = UNSET
 
@@ -160,7 +169,23 @@ def _message_blocks(m: Message) -> list[_Block]:
 
 
 def _blocks(content: str | list[ContentPart] | None) -> list[_Block]:
-    return map_parts(content, lambda text: _Block(text=text), lambda url: _Block(image=_image(url)))
+    return map_parts(content, lambda text: _Block(text=text), lambda url: _Block(image=_image(url)),
+                     _document, provider="bedrock")
+
+
+# Converse's DocumentBlock formats by media type (API_runtime_DocumentBlock.html).
+_DOCUMENT_FORMATS = {"application/pdf": "pdf", "text/plain": "txt", "text/csv": "csv", "text/html": "html",
+                     "text/markdown": "md"}
+
+
+def _document(part: DocumentPart) -> _Block:
+    fmt = _DOCUMENT_FORMATS.get(part.media_type) if isinstance(part.media_type, str) else None
+    if not isinstance(part.data, str) or fmt is None:
+        raise InvalidRequest("bedrock: a document must be inline (base64) and a PDF, text, CSV, HTML or Markdown "
+                             "file for this provider.", param="messages", code="unsupported_content")
+    # Converse blobs are base64 in JSON; a plain-text document arrives as its text.
+    data = part.data if fmt != "txt" else base64.b64encode(part.data.encode()).decode()
+    return _Block(document=_Document(format=fmt, name="document", source=_ImageSource(bytes=data)))
 
 
 def _image(url: str) -> _Image:

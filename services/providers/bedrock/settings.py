@@ -15,6 +15,8 @@ class BedrockSettings(ProviderSettings, frozen=True, kw_only=True, tag="bedrock"
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
     aws_session_token: str | None = None
+    # Claude models (InvokeModel): the `anthropic-beta` values a client may send on (None: every one).
+    anthropic_betas: list[str] | None = None
 
     key_env: ClassVar[str | None] = "AWS_BEARER_TOKEN_BEDROCK"  # a Bedrock API key
     env: ClassVar[Mapping[str, str]] = {

@@ -1,5 +1,8 @@
 """Bedrock's `converse-stream` events (already unframed by `eventstream.py`) in, OpenAI-shaped deltas out.
 
+A Claude model called through InvokeModel for a Messages client streams `chunk` events instead, each the
+base64 of one Anthropic Messages event: those go through the Anthropic parser.
+
 Events: messageStart, contentBlockStart (a tool use's id and name), contentBlockDelta (text, or a tool use's
 input as partial JSON), contentBlockStop, messageStop (the stop reason: the proper end), metadata (usage).
 A modeled exception in the stream (`throttlingException`, `modelStreamErrorException`, …) becomes the error
@@ -8,12 +11,14 @@ its documented HTTP status stands for (API_runtime_ConverseStreamOutput.html).
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 
 import msgspec
 from msgspec import Struct
 
+from services.providers.anthropic.stream import EventParser
 from services.providers.base import Delta, StreamSummary, bad_response, stream_truncated
 from services.providers.bedrock.adapter import (
     STOP_REASONS,
@@ -57,6 +62,13 @@ class _Event(Struct, rename="camel"):
 
 _event_decoder = msgspec.json.Decoder(_Event)
 
+
+class _Chunk(Struct):
+    bytes: str = ""  # base64
+
+
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
+
 # The HTTP status each exception member of ConverseStreamOutput is documented with.
 _EXCEPTION_STATUS = {
     "internalServerException": 500,
@@ -80,10 +92,24 @@ class ConverseStreamParser:
         self.tools: dict[int, int] = {}  # content block index -> tool call index
         self.role_sent = False
         self.stopped = False
+        self.anthropic: EventParser | None = None
+
+    def _messages_events(self) -> EventParser:
+        if self.anthropic is None:
+            self.anthropic = EventParser(provider=self.provider, model=self.model)
+        return self.anthropic
+
+    def _chunk(self, data: str) -> str:
+        try:
+            return base64.b64decode(_chunk_decoder.decode(data).bytes).decode()
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise bad_response(self.provider, f"a stream chunk is not base64 JSON: {exc}") from exc
 
     def feed(self, event: str | None, data: str) -> list[Delta]:
         if event and event.endswith("Exception"):
             raise self._error(event, data)
+        if event == "chunk":  # InvokeModel's stream: each chunk carries one Anthropic Messages event
+            return self._messages_events().feed(None, self._chunk(data))
         try:
             e = _event_decoder.decode(data)
         except msgspec.DecodeError as exc:
@@ -109,6 +135,8 @@ class ConverseStreamParser:
         return []  # messageStart, contentBlockStop, reasoning deltas, unknown events
 
     def end(self) -> StreamSummary:
+        if self.anthropic is not None:
+            return self.anthropic.end()
         if not self.stopped:
             raise stream_truncated(self.provider, "messageStop")
         return StreamSummary(

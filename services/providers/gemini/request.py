@@ -11,13 +11,17 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
-from services.providers.parts import data_url, map_parts, tool_arguments, turns
+from services.providers.parts import data_url, forced_tool_missing, map_parts, tool_arguments, turns
+from services.providers.reasoning import effort_of, thinking_of
 from shared.errors import InvalidRequest
 from shared.messages import (
+    AnthropicParams,
     ChatRequest,
     ContentPart,
+    DocumentPart,
     Message,
     ResponseFormat,
+    Thinking,
     ToolCall,
     ToolChoiceFunction,
 )
@@ -90,6 +94,7 @@ class _GenerationConfig(Struct, rename="camel", omit_defaults=True):
     response_mime_type: str | UnsetType = UNSET
     response_json_schema: dict[str, Any] | UnsetType = UNSET
     thinking_config: _ThinkingConfig | UnsetType = UNSET
+    top_k: int | UnsetType = UNSET
 
 
 class _Request(Struct, rename="camel", omit_defaults=True):
@@ -107,6 +112,7 @@ _object_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 def gemini_request(request: ChatRequest, model: str) -> _Request:
+    forced_tool_missing(request, "gemini")
     system, contents = _contents(request.messages)
     tools = [
         _FunctionDeclaration(
@@ -143,7 +149,9 @@ def _generation_config(request: ChatRequest, model: str) -> _GenerationConfig | 
         seed=_given(request.seed),
         response_mime_type=mime,
         response_json_schema=schema,
-        thinking_config=_thinking(request.reasoning_effort, model),
+        thinking_config=_thinking(request.reasoning_effort, model)
+        if not isinstance(request.reasoning_effort, UnsetType) else _from_messages(thinking_of(request), model),
+        top_k=params.top_k if isinstance(params := request.anthropic, AnthropicParams) else UNSET,
     )
     return config if config != _GenerationConfig() else UNSET
 
@@ -164,6 +172,27 @@ def _thinking(effort: str | None | UnsetType, model: str) -> _ThinkingConfig | U
         return _ThinkingConfig(thinking_budget=_THINKING_BUDGETS[effort])
     # Later models take a level (ai.google.dev/gemini-api/docs/thinking): minimal, low, medium, high.
     return _ThinkingConfig(thinking_level="minimal" if effort == "none" else effort)
+
+
+_MAX_THINKING_BUDGET = 24_576  # the largest budget every Gemini 2.5 model takes (ai.google.dev, "Thinking")
+
+
+def _from_messages(thinking: Thinking | None, model: str) -> _ThinkingConfig | UnsetType:
+    """A Messages client's thinking: Gemini 2.5 takes its budget (adaptive: -1, Gemini's dynamic thinking;
+    disabled: 0 where the model can turn thinking off, its Flash models), later models its effort."""
+    if thinking is None:
+        return UNSET
+    if model.removeprefix("models/").startswith("gemini-2"):
+        if thinking.type == "enabled" and isinstance(thinking.budget_tokens, int):
+            # Gemini 2.5 refuses budgets above its range (Flash: 24,576); Claude Code asks for 31,999.
+            return _ThinkingConfig(thinking_budget=min(thinking.budget_tokens, _MAX_THINKING_BUDGET))
+        if thinking.type == "adaptive":
+            return _ThinkingConfig(thinking_budget=-1)
+        if thinking.type == "disabled" and "flash" in model:
+            return _ThinkingConfig(thinking_budget=0)
+        return UNSET
+    effort = effort_of(thinking)
+    return _ThinkingConfig(thinking_level=effort) if effort is not None else UNSET
 
 
 def _contents(messages: list[Message]) -> tuple[list[str], list[_Content]]:
@@ -197,7 +226,18 @@ def _contents(messages: list[Message]) -> tuple[list[str], list[_Content]]:
 
 
 def _parts(content: str | list[ContentPart] | None) -> list[_Part]:
-    return map_parts(content, lambda text: _Part(text=text), lambda url: _Part(inline_data=_image(url)))
+    return map_parts(content, lambda text: _Part(text=text), lambda url: _Part(inline_data=_image(url)),
+                     _document, provider="gemini")
+
+
+def _document(part: DocumentPart) -> _Part:
+    """A document inline (Gemini reads PDFs and text as `inlineData`); by URL it needs Gemini's Files API."""
+    if isinstance(part.data, str) and isinstance(part.media_type, str):
+        if part.media_type == "text/plain":
+            return _Part(text=part.data)
+        return _Part(inline_data=_Blob(mime_type=part.media_type, data=part.data))
+    raise InvalidRequest("gemini: documents by URL cannot be read by this provider; send the document inline "
+                         "(base64).", param="messages", code="unsupported_content")
 
 
 def _image(url: str) -> _Blob:

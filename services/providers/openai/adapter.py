@@ -7,6 +7,7 @@ turned into deltas in `openai_stream.py`.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -27,19 +28,33 @@ from services.providers.base import (
 )
 from services.providers.openai import responses
 from services.providers.openai.settings import OpenAICompatibleSettings, OpenAISettings
+from services.providers.parts import forced_tool_missing
+from services.providers.reasoning import effort_of, thinking_of
 from services.providers.sse import SSEDecoder
 from shared.config import ProviderSettings
-from shared.errors import ContextWindowExceeded, GatewayError
+from shared.errors import ContextWindowExceeded, GatewayError, InvalidRequest
 from shared.messages import (
+    AnthropicParams,
     ChatRequest,
     ChatResult,
     Choice,
+    ContentPart,
+    DocumentPart,
+    FileData,
+    FilePart,
     FunctionCall,
+    Message,
     ResponseMessage,
     StreamOptions,
+    TextPart,
     ToolCall,
     Usage,
 )
+
+log = logging.getLogger("llm_edge.provider.openai")
+
+# Models that take `reasoning_effort` (OpenAI's reasoning models); others refuse it with a 400.
+REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
 
 # --- the response and error bodies, as much of them as we read -----------------------------------
 
@@ -114,11 +129,43 @@ class OpenAICompatible:
     def build_request(self, request: ChatRequest, model: str, config: ProviderSettings) -> HttpCall:
         return self._call(request, model, config, stream=False)
 
+    def _messages(self, messages: list[Message]) -> list[Message]:
+        """Documents (from a Messages client) as OpenAI's file parts: a PDF inline, plain text as text."""
+        if not any(isinstance(m.content, list) and any(isinstance(p, DocumentPart) for p in m.content)
+                   for m in messages):
+            return messages
+        return [msgspec.structs.replace(m, content=[self._part(p) for p in m.content])
+                if isinstance(m.content, list) else m for m in messages]
+
+    def _part(self, part: ContentPart) -> ContentPart:
+        if not isinstance(part, DocumentPart):
+            return part
+        if isinstance(part.data, str) and part.media_type == "text/plain":
+            return TextPart(text=part.data)
+        if isinstance(part.data, str) and isinstance(part.media_type, str):
+            return FilePart(file=FileData(filename="document.pdf" if part.media_type == "application/pdf"
+                                          else "document", file_data=f"data:{part.media_type};base64,{part.data}"))
+        raise InvalidRequest(f"{self.name}: documents by URL cannot be read by this provider; send the document "
+                             "inline (base64).", param="messages", code="unsupported_content")
+
+    def _effort(self, request: ChatRequest, model: str) -> str | None | UnsetType:
+        """The client's `reasoning_effort`, else a Messages client's thinking mapped to it for a reasoning
+        model (the others refuse the parameter); what has no counterpart (betas, caching hints) is dropped."""
+        if isinstance(params := request.anthropic, AnthropicParams) and params.betas:
+            log.debug("%s: anthropic-beta values ignored: %s", self.name, ", ".join(params.betas))
+        if not isinstance(request.reasoning_effort, UnsetType):
+            return request.reasoning_effort
+        effort = effort_of(thinking_of(request))
+        if effort is None or not model.startswith(REASONING_MODELS):
+            return UNSET
+        return effort
+
     def build_stream_request(self, request: ChatRequest, model: str, config: ProviderSettings) -> HttpCall:
         # Usage arrives in one last chunk only when asked for; without it a stream cannot be billed.
         return self._call(request, model, config, stream=True)
 
     def _call(self, request: ChatRequest, model: str, config: ProviderSettings, *, stream: bool) -> HttpCall:
+        forced_tool_missing(request, self.name)
         # The worker decides how to call, whatever the client asked: one answer, or a stream with usage.
         upstream = msgspec.structs.replace(
             request,
@@ -126,6 +173,9 @@ class OpenAICompatible:
             stream=True if stream else UNSET,
             stream_options=_WITH_USAGE if stream else UNSET,
             extra_json=UNSET,
+            anthropic=UNSET,
+            reasoning_effort=self._effort(request, model),
+            messages=self._messages(request.messages),
         )
         if isinstance(request.responses_body, bytes) and config.native_responses():
             body = responses.upstream_body(request.responses_body, model, stream=stream)

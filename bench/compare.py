@@ -159,11 +159,19 @@ class Direct(System):
 
 
 class LLMEdge(System):
+    """This checkout, or with `checkout` another one (its own `.venv`, e.g. a worktree of an older commit),
+    so that a change is measured before and after in one run, on one machine, against one upstream."""
+
+    def __init__(self, name: str, checkout: Path | None = None) -> None:
+        super().__init__(name)
+        self.checkout = checkout
+
     def install(self, out: Path) -> None:
         from importlib.metadata import version
 
-        rev = run(["git", "rev-parse", "--short", "HEAD"], 10).stdout.strip()  # read-only
-        self.version = f"{version('llm-edge')} ({rev or 'no git'})"
+        where = ["git", "-C", str(self.checkout or ROOT), "rev-parse", "--short", "HEAD"]
+        rev = run(where, 10).stdout.strip()  # read-only
+        self.version = f"{version('llm-edge') if self.checkout is None else 'baseline'} ({rev or 'no git'})"
 
     def start(self, upstream: str, out: Path) -> float | None:
         config = out / "llm-edge.yaml"
@@ -176,9 +184,13 @@ class LLMEdge(System):
         self.port = free_port()
         env = clean_env(PORT=str(self.port), NATS_URL=f"nats://127.0.0.1:{free_port()}",
                         NATS_MONITOR_PORT=str(free_port()))
-        cli = Path(sys.executable).parent / "llm-edge"
-        argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "llm_edge.cli"]
-        service = self.service = Service(self.name, [*argv, "-c", str(config), "up"], env, out / "llm-edge.log")
+        if self.checkout is not None:
+            argv = [str(self.checkout / ".venv" / "bin" / "llm-edge")]
+        else:
+            cli = Path(sys.executable).parent / "llm-edge"
+            argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "llm_edge.cli"]
+        service = self.service = Service(self.name, [*argv, "-c", str(config), "up"], env,
+                                         out / f"{self.name}.log", cwd=self.checkout or ROOT)
         wall = service.wait_for("'LLM Edge ready'", lambda: "LLM Edge ready in" in service.log_text(), 60)
         line = service.log_text().split("LLM Edge ready in", 1)[1]
         self.reported_ready = float(line.split("s", 1)[0])
@@ -186,6 +198,9 @@ class LLMEdge(System):
 
     def scenarios(self, upstream: str) -> list[Scenario]:
         url = f"http://127.0.0.1:{self.port}/v1"
+        if self.checkout is not None:  # an older checkout may not serve the Responses API
+            return [Scenario(f"{self.name} miss (no-store)", url, "bench-model", [NO_STORE]),
+                    Scenario(f"{self.name} cache hit", url, "bench-model", [], unique=False, prime=True)]
         return [Scenario("llm-edge miss (no-store)", url, "bench-model", [NO_STORE]),
                 Scenario("llm-edge cache hit", url, "bench-model", [], unique=False, prime=True),
                 # The same misses over OpenAI's Responses API (`store: false`, as Codex sends it).
@@ -376,6 +391,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--systems", type=lambda s: s.split(","), default=list(SYSTEMS),
                    help=f"comma-separated subset of {','.join(SYSTEMS)}")
     p.add_argument("--stream", action="store_true", help="also measure SSE streams at every point")
+    p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                   help="also measure the LLM Edge of another checkout (with its own .venv), as llm-edge-baseline")
     args = p.parse_args(argv)
     if args.duration is None:
         args.duration = 3.0 if args.quick else 10.0
@@ -401,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
                    "concurrency": args.concurrency, "upstream_latencies_ms": args.latencies, "stream": args.stream},
                    "systems": {}, "points": []}
     systems = [s for name in args.systems for s in SYSTEMS[name]()]
+    if args.baseline is not None:
+        systems.append(LLMEdge("llm-edge-baseline", args.baseline.resolve()))
     available: list[System] = []
     for system in systems:
         record = runner.data["systems"][system.name] = {"status": "ok", "starts": []}

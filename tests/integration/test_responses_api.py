@@ -40,6 +40,8 @@ def providers(upstream: MockUpstream) -> dict[str, dict[str, object]]:
         "bedrock": {"adapter": "bedrock", "base_url": upstream.url, "api_key": "k"},
         "dies": {"adapter": "mock", "stream_fail_after": 2},
         "native": {"adapter": "openai", "base_url": f"{upstream.url}/v1", "api_key": "k"},
+        "azure-native": {"adapter": "azure", "base_url": upstream.url, "api_key": "k", "api_version": "v1",
+                         "responses_api": True},
     }
 
 
@@ -416,6 +418,30 @@ async def test_openai_is_called_natively_and_reasoning_items_survive(stack: Stac
     assert [i.get("type") for i in sent_items][-3:] == ["reasoning", "message", "message"]
     assert sent_items[-3]["encrypted_content"] == second.output[0].encrypted_content  # type: ignore[union-attr]
     assert third.status == "completed"
+
+
+async def test_azure_with_responses_api_is_called_natively_on_its_v1_route(
+    stack: Stack, upstream: MockUpstream
+) -> None:
+    """Azure OpenAI serves the Responses API too (its v1 route): with `responses_api: true` the worker calls
+    it, with Azure's own key header, and the reasoning item comes back as Azure sent it."""
+    sdk = stack.openai()
+    first = await sdk.responses.create(model="azure-native/gpt-5", input="What is the weather in Paris?",
+                                       tools=[WEATHER], include=["reasoning.encrypted_content"],
+                                       extra_headers=NO_CACHE)
+    assert upstream.stats["calls_by_path"] == {"/openai/v1/responses": 1}
+    assert upstream.stats["last_headers"]["api-key"] == "k"
+    assert "authorization" not in upstream.stats["last_headers"]
+    assert upstream.stats["last_request"]["model"] == "gpt-5"  # the deployment, in the body on the v1 route
+    reasoning, call = first.output
+    assert reasoning.type == "reasoning" and reasoning.encrypted_content
+    assert call.type == "function_call" and json.loads(call.arguments) == {"location": "Paris"}
+    async with sdk.responses.stream(model="azure-native/gpt-5", input="Tell me about streams",
+                                    extra_headers=NO_CACHE) as stream:
+        final = await stream.get_final_response()
+    assert final.output_text == "Echo: Tell me about streams"
+    assert [i.type for i in final.output] == ["reasoning", "message"]
+    assert upstream.stats["calls_by_path"] == {"/openai/v1/responses": 2}
 
 
 async def test_native_stream_passes_reasoning_items_through(stack: Stack, upstream: MockUpstream) -> None:

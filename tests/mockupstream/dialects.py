@@ -6,7 +6,8 @@ from __future__ import annotations
 from tests.mockupstream import azure, bedrock, gemini, responses
 from tests.mockupstream.formats import DIALECTS, Dialect
 
-_EXACT = {**DIALECTS, b"/v1/responses": responses.DIALECT}
+# Azure OpenAI serves the Responses API on its v1 route (the deployment is the body's `model`).
+_EXACT = {**DIALECTS, b"/v1/responses": responses.DIALECT, b"/openai/v1/responses": responses.DIALECT}
 
 _PATTERNS = (
     (azure.matches, azure.DIALECT),

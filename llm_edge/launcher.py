@@ -31,9 +31,10 @@ READY_TIMEOUT_SECONDS = 30.0
 STOP_GRACE_SECONDS = 35.0
 # The largest message the bus carries: a request or an answer is one message, so this bounds both. The
 # same value as deploy/nats/nats.conf, Kubernetes' nats-config and the Helm values (a unit test checks).
-# 32 MB holds a body at the default ingress.max_body_bytes (20 MiB) once encoded, with room for headers;
+# 48 MB holds a body at the default ingress.max_body_bytes (20 MiB) once encoded, twice over (a Messages
+# request carries the client's native body beside the unified one), with room for headers;
 # the cost of a big message is paid only by the request that carries it (docs/RELIABILITY.md).
-NATS_MAX_PAYLOAD = "32MB"
+NATS_MAX_PAYLOAD = "48MB"
 
 
 def nats_config(store_dir: str) -> str:

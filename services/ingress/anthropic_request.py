@@ -156,7 +156,7 @@ def parse_messages_request(body: bytes, headers: Mapping[str, str] | None = None
     """A Messages body (and its `anthropic-*` headers) -> the unified request, or `InvalidRequest` naming
     what is wrong. `count`: a `count_tokens` body, which has no `max_tokens`."""
     request = decode_body(_decoder, body, invalid)
-    fields = _fields.decode(body)
+    fields = decode_body(_fields, body, invalid)  # reads every name: invalid UTF-8 in one is a 400
     native = _json.encode({k: v for k, v in fields.items() if k != "stream"})
     if unmodeled := sorted(set(fields) - _MODELED):
         log.debug("Messages fields only an Anthropic upstream receives: %s", ", ".join(unmodeled))

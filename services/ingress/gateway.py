@@ -94,7 +94,7 @@ class Gateway:
                         "get a 413; raise max_payload (deploy/nats/nats.conf)", limit, connection.max_payload)
 
     def check_fits(self, payload: bytes) -> None:
-        """413 for a request the bus cannot carry as one message: the server's max_payload (32 MB as we
+        """413 for a request the bus cannot carry as one message: the server's max_payload (48 MB as we
         ship it, deploy/nats/nats.conf) is the real limit when it is smaller than ingress.max_body_bytes,
         or when the encoded request outgrew its JSON (msgpack writes every float in 9 bytes)."""
         room = self.bus().max_payload - _HEADER_ROOM_BYTES

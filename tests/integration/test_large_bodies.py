@@ -1,6 +1,6 @@
 """Large requests and answers (issue #15, item 4): up to `ingress.max_body_bytes` they work on both
 dialects, over it they get a 413 in the dialect's shape, and a body the bus cannot carry as one message
-is a 413 too, never a 500. The nats-server runs with the configuration `llm-edge up` ships (32 MB)."""
+is a 413 too, never a 500. The nats-server runs with the configuration `llm-edge up` ships (48 MB)."""
 
 from __future__ import annotations
 
@@ -55,10 +55,10 @@ async def test_body_over_the_limit_is_a_413(stack: Stack, path: str) -> None:
 
 async def test_body_larger_than_the_bus_carries_is_a_413(nats_server: Nats) -> None:
     """An operator raised max_body_bytes beyond the bus's max_payload: those bodies get a 413 saying why."""
-    stack = await Stack(make_config(nats_server.url, ingress={"max_body_bytes": 48 << 20})).start()
+    stack = await Stack(make_config(nats_server.url, ingress={"max_body_bytes": 63 << 20})).start()
     try:
         assert stack.http is not None
-        response = await stack.http.post("/v1/chat/completions", content=exactly(33 << 20, "/v1/chat/completions"),
+        response = await stack.http.post("/v1/chat/completions", content=exactly(50 << 20, "/v1/chat/completions"),
                                          headers={"content-type": "application/json"})
         assert response.status_code == 413, response.text[:300]
         assert "message bus" in response.json()["error"]["message"]

@@ -53,6 +53,14 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(service: str, level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+    # What no line prints: the caller's file and line (found by walking the stack for every record), the
+    # thread and process names. Left off as the logging cookbook's "Optimization" section says, a
+    # line costs 15 us instead of 41 (measured here, 50,000 lines to /dev/null); the ingress writes one
+    # per request at info, so this is a few percent of its throughput.
+    logging._srcfile = None  # the documented switch (logging cookbook)
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service, secrets))
     root = logging.getLogger()

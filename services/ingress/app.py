@@ -112,7 +112,9 @@ async def proceed(gateway: Gateway, request: Request, rid: str, grant: Grant | N
     request.state.model = chat.model
     # One line per request at info, on completion (observe); this one at debug: at info, the two lines cost
     # a fifth to a third of the ingress's throughput (docs/RELIABILITY.md, "Logs").
-    log.debug("request %s %s model=%s stream=%s", request.method, request.url.path, chat.model, chat.stream is True)
+    if log.isEnabledFor(logging.DEBUG):  # `request.url` builds a URL object: only when it is printed
+        log.debug("request %s %s model=%s stream=%s", request.method, request.scope["path"], chat.model,
+                  chat.stream is True)
     timeout = gateway.timeout(request)
     namespace = "default" if grant is None else await gateway.admit(request, grant, chat.model)
     deadline = time.monotonic() + timeout

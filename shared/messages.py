@@ -226,6 +226,9 @@ class Usage(Struct, frozen=True, kw_only=True):
     # Prompt tokens written to the provider's prompt cache (Anthropic's `cache_creation_input_tokens`),
     # counted in `prompt_tokens` as cache reads are, and priced apart.
     cache_creation_tokens: int = 0
+    # The part of them written for one hour (Anthropic's `cache_creation.ephemeral_1h_input_tokens`), priced
+    # at the 1-hour write rate; the rest are 5-minute writes.
+    cache_creation_1h_tokens: int = 0
 
     @property
     def cache_read_tokens(self) -> int:

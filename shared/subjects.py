@@ -91,6 +91,8 @@ class Headers:
     CACHE_TIER = "Llm-Cache"  # on replies: "l1" or "l2"
     NAMESPACE = "Llm-Namespace"
     TARGET_MODEL = "Llm-Target-Model"
+    # The target's configured USD per 1M tokens, "input,output" (either may be empty): the answer's cost.
+    TARGET_PRICES = "Llm-Target-Prices"
     REPLY_TO = "Llm-Reply-To"  # where a request taken from a work queue is answered
     # On a request: "send me a heartbeat every N seconds while you work on this" (see bus.request).
     HEARTBEAT = "Llm-Heartbeat"

@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind
 
 from services.providers.assemble import Assembler
 from services.providers.base import Delta, HttpAdapter, StreamSummary
-from shared import bus, tracing
+from shared import bus, pricing, tracing
 from shared.errors import DeadlineExceeded, GatewayError
 from shared.logs import request_id
 from shared.messages import ChatRequest, ChatResult, StreamChunk, StreamEnd, Usage
@@ -67,6 +67,11 @@ def target_model(request: ChatRequest, ctx: bus.Context) -> str:
     return ctx.headers.get(Headers.TARGET_MODEL) or request.model
 
 
+def target_prices(ctx: bus.Context) -> tuple[float | None, float | None]:
+    """The route target's configured prices (USD per 1M input, output tokens), when it has any."""
+    return pricing.parse_prices_header(ctx.headers.get(Headers.TARGET_PRICES))
+
+
 async def frames(worker: ProviderWorker, request: ChatRequest, ctx: bus.Context
                  ) -> AsyncIterator[StreamChunk | StreamEnd | ChatResult]:
     """The stream handler: numbered chunks, the end frame, then the assembled answer (for the router and
@@ -74,7 +79,7 @@ async def frames(worker: ProviderWorker, request: ChatRequest, ctx: bus.Context
     request_id.set(ctx.request_id)
     timeout = worker.time_left(ctx)
     model = target_model(request, ctx)
-    pump = _Pump(worker, ctx.request_id or uuid.uuid4().hex, model)
+    pump = _Pump(worker, ctx.request_id or uuid.uuid4().hex, model, target_prices(ctx))
     started = time.perf_counter()
     worker.active.inc()
     try:
@@ -94,9 +99,11 @@ async def frames(worker: ProviderWorker, request: ChatRequest, ctx: bus.Context
 
 
 class _Pump:
-    def __init__(self, worker: ProviderWorker, rid: str, model: str) -> None:
+    def __init__(self, worker: ProviderWorker, rid: str, model: str,
+                 prices: tuple[float | None, float | None] = (None, None)) -> None:
         self.worker = worker
         self.model = model
+        self.prices = prices
         self.id = f"chatcmpl-{rid}"
         self.created = int(time.time())
         self.seq = 0
@@ -135,7 +142,8 @@ class _Pump:
         usage = self.summary.usage if self.summary else None
         finish = self.summary.finish_reason if self.summary else None
         stop_sequence = self.summary.stop_sequence if self.summary else None
-        self.cost = self.worker.account(self.model, usage or Usage(), 200, time.monotonic() - self.began)
+        self.cost = self.worker.account(self.model, usage or Usage(), 200, time.monotonic() - self.began,
+                                        reported=self.summary.model if self.summary else "", prices=self.prices)
         yield StreamEnd(
             seq=self.seq, id=self.id, model=self.model, created=self.created, finish_reason=finish,
             usage=usage, provider=self.worker.name, target_model=self.model, cost_usd=self.cost,

@@ -113,7 +113,8 @@ class ProviderWorker:
                     tracing.failed(span, exc.http_status, exc.message)
                     raise
                 elapsed = time.perf_counter() - started
-                cost = self.account(model, result.usage, 200, elapsed)
+                cost = self.account(model, result.usage, 200, elapsed, reported=result.model,
+                                    prices=streaming.target_prices(ctx))
                 tracing.record_usage(span, self.name, result.model, result.usage)
                 return msgspec.structs.replace(result, provider=self.name, provider_seconds=elapsed, cost_usd=cost)
         finally:
@@ -125,8 +126,13 @@ class ProviderWorker:
     def attributes(self, model: str) -> dict[str, str]:
         return {"gen_ai.operation.name": "chat", "gen_ai.request.model": model, "gen_ai.provider.name": self.name}
 
-    def account(self, model: str, usage: Usage | None, status: int, seconds: float) -> float:
-        """Count one upstream call in the metrics; the answer's cost in USD (0 when unpriced)."""
+    def account(self, model: str, usage: Usage | None, status: int, seconds: float, *, reported: str = "",
+                prices: tuple[float | None, float | None] = (None, None)) -> float:
+        """Count one upstream call in the metrics; the answer's cost in USD (0 when unpriced).
+
+        The price is the table's for the model the answer reports (`reported`: an Azure deployment answers
+        with the name of the model behind it, a dated snapshot with its date), else for the `model` asked
+        for, with the target's configured `prices` (USD per 1M input and output tokens) over it."""
         metrics.PROVIDER_REQUESTS.labels(self.name, model, str(status)).inc()
         metrics.PROVIDER_DURATION.labels(self.name, model).observe(seconds)
         if usage is None:
@@ -136,7 +142,9 @@ class ProviderWorker:
         metrics.TOKENS.labels(self.name, model, "cached").inc(cached)
         metrics.TOKENS.labels(self.name, model, "cache_write").inc(written)
         metrics.TOKENS.labels(self.name, model, "output").inc(usage.completion_tokens)
-        cost = pricing.table().cost(model, usage)
+        known = (pricing.table().price(reported) if reported else None) or pricing.table().price(model)
+        price = pricing.configured(known, *prices)
+        cost = price.cost(usage) if price is not None else None
         if cost is None:
             metrics.UNPRICED.labels(self.name, model).inc()
             return 0.0

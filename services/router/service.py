@@ -43,6 +43,7 @@ from shared.messages import (
     breaker_decoder,
     encode,
 )
+from shared.pricing import prices_header
 from shared.routes import Routes
 from shared.subjects import SERVICE_ROUTER, Headers, Queues, Subjects
 
@@ -206,6 +207,10 @@ class Router:
     ) -> bytes | None | GatewayError:
         """The answer's bytes (None for a stream that reached the client), or the error to move on with."""
         onward[Headers.TARGET_MODEL] = target.model
+        if (prices := prices_header(target.input_price, target.output_price)) is not None:
+            onward[Headers.TARGET_PRICES] = prices
+        else:
+            onward.pop(Headers.TARGET_PRICES, None)  # `onward` is reused for the next target
         breaker = self.breaker(target)
         retry = self.config.router.retry
         deadline = ctx.deadline

@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass
 
 from shared.config import Strategy, Target
-from shared.pricing import table
+from shared.pricing import configured, table
 
 # A target never measured is assumed this fast, so it gets tried and measured.
 _UNMEASURED_SECONDS = 0.0
@@ -35,12 +35,10 @@ class TargetStats:
 
 def price(target: Target) -> float | None:
     """USD for a typical call on `target` (configured prices first, then the pricing table)."""
-    known = table().price(target.model)
-    input_price = target.input_price if target.input_price is not None else (known.input if known else None)
-    output_price = target.output_price if target.output_price is not None else (known.output if known else None)
-    if input_price is None or output_price is None:
+    known = configured(table().price(target.model), target.input_price, target.output_price)
+    if known is None:
         return None
-    return (_TYPICAL_INPUT * input_price + _TYPICAL_OUTPUT * output_price) * 1e-6
+    return (_TYPICAL_INPUT * known.input + _TYPICAL_OUTPUT * known.output) * 1e-6
 
 
 def order(

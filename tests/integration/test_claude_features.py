@@ -179,7 +179,7 @@ async def test_prompt_caching_usage_and_cost_follow_the_pricing_table(stack: Sta
                "cache_control": {"type": "ephemeral", "ttl": "5m"}}]
     sdk = client(stack)
     price = table().price("claude-sonnet-4-5")
-    assert price is not None
+    assert price is not None and price.cached_input is not None
     costs, usages = [], []
     for _ in range(2):  # identical requests: the second still reaches the provider (no answer from our cache)
         raw = await sdk.messages.with_raw_response.create(

@@ -229,6 +229,14 @@ def test_cached_prompt_tokens_are_counted_apart_as_anthropic_does() -> None:
                                "cache_read_input_tokens": 60}
 
 
+def test_cache_writes_are_counted_apart_as_anthropic_does() -> None:
+    usage = Usage(prompt_tokens=100, completion_tokens=7, total_tokens=107,
+                  prompt_tokens_details=PromptTokensDetails(cached_tokens=60), cache_creation_tokens=30)
+    answer = json.loads(message_json(result(ResponseMessage(content="x"), usage=usage)))
+    assert answer["usage"] == {"input_tokens": 10, "output_tokens": 7, "cache_creation_input_tokens": 30,
+                               "cache_read_input_tokens": 60}
+
+
 def test_an_anthropic_upstream_answer_comes_back_as_it_was() -> None:
     original = json.loads((FIXTURES / "messages_response_tool_use.json").read_bytes())
     unified = adapter.parse_response(json.dumps(original).encode(), provider="claude", model="claude-3-opus")

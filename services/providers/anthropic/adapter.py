@@ -159,12 +159,20 @@ class _ContentBlock(Struct):
         return bytes(self.citations) not in (b"", b"null", b"[]")
 
 
+class CacheCreation(Struct):
+    """The prompt-cache writes by TTL (`cache_creation_input_tokens` is their sum)."""
+
+    ephemeral_5m_input_tokens: int = 0
+    ephemeral_1h_input_tokens: int = 0
+
+
 class MessageUsage(Struct):
     # None, not 0, when absent: a stream's `message_delta` sends only the counts that changed.
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
+    cache_creation: CacheCreation | None = None
 
 
 class _Reply(Struct):
@@ -464,6 +472,7 @@ def unified_usage(usage: MessageUsage) -> Usage:
     """Anthropic counts cached prompt tokens apart from `input_tokens`; OpenAI counts them in the prompt."""
     cache_read = usage.cache_read_input_tokens or 0
     cache_written = usage.cache_creation_input_tokens or 0
+    written_1h = usage.cache_creation.ephemeral_1h_input_tokens if usage.cache_creation else 0
     prompt = (usage.input_tokens or 0) + cache_read + cache_written
     completion = usage.output_tokens or 0
     return Usage(
@@ -472,6 +481,7 @@ def unified_usage(usage: MessageUsage) -> Usage:
         total_tokens=prompt + completion,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=cache_read),
         cache_creation_tokens=cache_written,
+        cache_creation_1h_tokens=min(written_1h, cache_written),
     )
 
 

@@ -237,7 +237,7 @@ class BedrockAdapter:
 
 def unified_usage(usage: TokenUsage) -> Usage:
     """Converse counts prompt-cache reads and writes apart from `inputTokens`; OpenAI counts them in the
-    prompt."""
+    prompt. Converse reports the writes as one count, so they are priced as five-minute writes."""
     prompt = usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens
     return Usage(
         prompt_tokens=prompt,

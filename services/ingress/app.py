@@ -264,8 +264,8 @@ async def answer(
         request.state.provider_seconds = 0.0
         request.state.provider = ex.cached.provider
         return result_response(ex.cached, ex.rid, ex.tier, started, render)
-    # A client that hangs up is not waited for (counted as a 499). The upstream call itself runs on: the
-    # bus cancels streams only (closing a non-streamed call needs its bus id here and a cancellable handler).
+    # A client that hangs up is not waited for (counted as a 499), and the cancel notice the bus then sends
+    # (keyed by the request's bus id) closes the worker's upstream call.
     reply = await unless_client_leaves(request, route(gateway, ex.payload, ex.headers, ex.deadline))
     match reply:
         case ChatResult():

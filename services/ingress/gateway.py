@@ -258,12 +258,14 @@ async def _disconnected(request: Request) -> None:
 
 async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadline: float) -> Reply:
     """Ask a router for the answer. A router that dies while it holds the request goes silent (no
-    heartbeats): the request goes to another router once, rather than waiting for the deadline."""
+    heartbeats): the request goes to another router once, rather than waiting for the deadline. When the
+    wait is cancelled (the client left), the bus's cancel notice closes the worker's upstream call."""
     for attempt in (1, 2):
         try:
             reply, _ = await gateway.bus().request(
                 gateway.subjects.route, payload, headers,
                 deadline + _REPLY_GRACE_SECONDS - time.monotonic(), bus.HEARTBEAT_SECONDS,
+                cancel=gateway.subjects.cancel,  # a client that leaves closes the upstream call
             )
         except bus.NoResponders as exc:
             raise Unavailable("No router instance is running.", code="no_router") from exc

@@ -63,6 +63,15 @@ class _ModelOnly(msgspec.Struct):
     model: str
 
 
+def _address(onward: dict[str, str], target: Target) -> None:
+    """The headers that name the target to the worker: its model, and its prices when configured."""
+    onward[Headers.TARGET_MODEL] = target.model
+    if (prices := prices_header(target.input_price, target.output_price)) is not None:
+        onward[Headers.TARGET_PRICES] = prices
+    else:
+        onward.pop(Headers.TARGET_PRICES, None)  # `onward` is reused for the next target
+
+
 class Calls(Protocol):
     """What the router needs of the bus (`bus.Bus` is one): ask a provider's workers, directly or through
     its admission queue, and publish (fills, breaker events, a stream's last error)."""
@@ -149,10 +158,18 @@ class Router:
         raise error
 
     async def _single_flight(self, key: str, call: Coroutine[Any, Any, bytes | None]) -> bytes | None:
-        """Identical requests in flight together share one upstream call (per router replica)."""
-        if (leader := self.inflight.get(key)) is not None:
+        """Identical requests in flight together share one upstream call (per router replica). When the
+        leader's client leaves, its call is closed: a follower then makes its own."""
+        while (leader := self.inflight.get(key)) is not None:
+            try:
+                data = await asyncio.shield(leader)
+            except GatewayError as exc:
+                if exc.code != "client_disconnected":
+                    call.close()
+                    raise
+                continue  # the leader's client left: its call was closed, not answered
             call.close()
-            return await asyncio.shield(leader)
+            return data
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self.inflight[key] = future
         try:
@@ -206,11 +223,7 @@ class Router:
         self, target: Target, ctx: bus.Context, onward: dict[str, str]
     ) -> bytes | None | GatewayError:
         """The answer's bytes (None for a stream that reached the client), or the error to move on with."""
-        onward[Headers.TARGET_MODEL] = target.model
-        if (prices := prices_header(target.input_price, target.output_price)) is not None:
-            onward[Headers.TARGET_PRICES] = prices
-        else:
-            onward.pop(Headers.TARGET_PRICES, None)  # `onward` is reused for the next target
+        _address(onward, target)
         breaker = self.breaker(target)
         retry = self.config.router.retry
         deadline = ctx.deadline
@@ -248,6 +261,9 @@ class Router:
                 case ErrorReply(stream_started=True):
                     await self._outcome(target, ok=reply.code == "client_disconnected")
                     return None  # the worker already ended the client's stream with this error
+                case ErrorReply(code="client_disconnected"):
+                    breaker.release()  # the client left and the worker closed the call: nothing to learn
+                    raise from_reply(reply)  # and nobody to answer elsewhere
                 case ErrorReply():
                     error = from_reply(reply)
                     if reply.status in _NO_FALLBACK_STATUS:

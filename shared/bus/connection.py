@@ -8,6 +8,7 @@ Every nats-py exception that can reach a caller is translated here into the gate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -92,19 +93,31 @@ class Bus:
         await self.nc.flush()
 
     async def ask(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float,
-                  heartbeat: float | None = None) -> Answer:
+                  heartbeat: float | None = None, cancel: str | None = None) -> Answer:
         """Request-reply with our errors: `NoResponders` at once, `DeadlineExceeded` at the timeout, and
-        with `heartbeat`, `Lost` once the responder has been silent for `LOST_AFTER` heartbeats."""
+        with `heartbeat`, `Lost` once the responder has been silent for `LOST_AFTER` heartbeats.
+
+        The request carries a bus id (`Llm-Bus-Id`): its own token, unless it already has one (the router
+        passes the ingress's on to the worker, so one cancel reaches the call). With `cancel`, a wait that
+        is cancelled (the client went away) publishes the cancel notice on that subject, which closes the
+        upstream call of the worker holding the request."""
         if timeout <= 0:
             raise DeadlineExceeded("the request deadline passed before it was sent", where=subject)
         started = time.perf_counter()
         await self.replies.start()
         waiter = self.replies.open(heartbeat)
+        headers = {**headers}
+        bus_id = headers.setdefault(Headers.BUS_ID, waiter.token)
         try:
             if heartbeat is not None:
-                headers = {**headers, Headers.HEARTBEAT: f"{heartbeat:g}"}
+                headers[Headers.HEARTBEAT] = f"{heartbeat:g}"
             await self.publish(subject, payload, headers, reply=waiter.subject)
             msg = await waiter.next(time.monotonic() + timeout, subject)
+        except asyncio.CancelledError:
+            if cancel is not None and self.connected:
+                with contextlib.suppress(BusUnavailable):
+                    await self.publish(cancel, b"", headers={Headers.BUS_ID: bus_id})
+            raise
         except TimedOut:
             raise DeadlineExceeded("the request deadline was exceeded", where=subject) from None
         except NoResponders:
@@ -115,9 +128,9 @@ class Bus:
         return Answer(msg.data, msg.headers or _NO_HEADERS)
 
     async def request(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float,
-                      heartbeat: float | None = None) -> tuple[Reply, Answer]:
+                      heartbeat: float | None = None, cancel: str | None = None) -> tuple[Reply, Answer]:
         """`ask`, with the reply decoded (and kept as bytes beside it)."""
-        answer = await self.ask(subject, payload, headers, timeout, heartbeat)
+        answer = await self.ask(subject, payload, headers, timeout, heartbeat, cancel)
         return reply_decoder.decode(answer.data), answer
 
     async def enqueue(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float,

@@ -113,9 +113,11 @@ class Server:
         self._description = description
         self._micro: Service | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._streams: dict[str, asyncio.Task[None]] = {}  # by bus id, for cancel notices
-        # Cancels that came before their stream did (a client gone before the request reached us, or a
-        # redelivered queued stream whose first delivery already reached the client): bus id -> when.
+        # The requests a cancel notice may stop (streams, and plain requests where cancels are heard), by
+        # bus id.
+        self._running: dict[str, asyncio.Task[Any]] = {}
+        # Cancels that came before their request did (a client gone before the request reached us, or a
+        # redelivered queued request whose first delivery already reached the client): bus id -> when.
         self._early_cancels: dict[str, float] = {}
         self._cancels: set[str] = set()
 
@@ -138,8 +140,9 @@ class Server:
 
     async def endpoint(self, name: str, subject: str, queue: str, endpoint: Endpoint[Any], *,
                        cancels: str | None = None, limit: int = 1024) -> None:
-        """Serve `endpoint` on `subject` in queue group `queue`; with `cancels`, stream cancel notices
-        on that subject stop the stream they name (by bus id)."""
+        """Serve `endpoint` on `subject` in queue group `queue`; with `cancels`, cancel notices on that
+        subject stop the request they name (by bus id), a stream or a plain request, which is then answered
+        with a `client_disconnected` error."""
         assert self._micro is not None, "start() first"
 
         async def run(msg: Msg) -> Exception | None:
@@ -185,7 +188,10 @@ class Server:
             if endpoint.stream is not None and ctx.streaming:
                 await self._stream(endpoint.stream, request, ctx)
                 return None
-            result = await endpoint.handler(request, ctx)
+            if self._cancels and (key := ctx.bus_id):
+                result = await self._cancellable(key, endpoint.handler(request, ctx))
+            else:
+                result = await endpoint.handler(request, ctx)
             if result is not None and ctx.reply:
                 if isinstance(result, Raw):
                     await self.bus.publish(ctx.reply, result.data, result.headers)
@@ -202,6 +208,26 @@ class Server:
         finally:
             if beat is not None:
                 beat.cancel()
+
+    async def _cancellable(self, key: str, work: Awaitable[Reply | Raw | None]) -> Reply | Raw | None:
+        """A plain request's handler, stopped by a cancel notice for its bus id: the requester (the client)
+        went away, so its upstream call is closed rather than left to run for nobody."""
+        if self._early_cancels.pop(key, None) is not None:
+            if isinstance(work, Coroutine):
+                work.close()
+            raise ProviderError("the client disconnected", code="client_disconnected")
+        task = asyncio.ensure_future(work)
+        self._running[key] = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                task.cancel()
+                raise  # this instance itself is being stopped
+            raise ProviderError("the client disconnected", code="client_disconnected") from None
+        finally:
+            if self._running.get(key) is task:
+                del self._running[key]
 
     async def _reply(self, to: str, reply: Reply) -> None:
         if to and self.bus.connected:
@@ -220,7 +246,7 @@ class Server:
         state = _Streamed()
         pump = asyncio.create_task(self._pump(handler, request, ctx, to, state))
         if key:
-            self._streams[key] = pump
+            self._running[key] = pump
         try:
             await pump
         except asyncio.CancelledError:
@@ -236,8 +262,8 @@ class Server:
             await self._reply(to, reply)
             await self._reply(ctx.reply, reply)
         finally:
-            if key:
-                self._streams.pop(key, None)
+            if key and self._running.get(key) is pump:
+                del self._running[key]
 
     async def _pump(self, handler: StreamHandler[Any], request: Any, ctx: Context, to: str,
                     state: _Streamed) -> None:
@@ -255,7 +281,7 @@ class Server:
         key = headers.get(Headers.BUS_ID)
         if not key:
             return
-        if (task := self._streams.get(key)) is not None:
+        if (task := self._running.get(key)) is not None:
             log.info("client disconnected; closing the upstream call")
             task.cancel()
             return

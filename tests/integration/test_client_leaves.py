@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import openai
 import pytest
 
 from tests.infra import Nats
@@ -43,3 +44,19 @@ async def test_leaving_before_the_first_chunk_closes_the_upstream_call(
     assert stats["disconnects"] == 1
     assert time.monotonic() - left < 2  # at once, not after the upstream's 10 s
     assert upstream.stats["calls"] == 1  # and not retried elsewhere or again
+
+
+async def test_a_plain_client_that_leaves_closes_the_upstream_call(stack: Stack, upstream: MockUpstream) -> None:
+    """A non-streamed client with a short timeout on a slow upstream: the upstream call is closed when the
+    client goes, not left running until the upstream answers (issue #15, item 10)."""
+    upstream.script([{"status": 200, "delay_ms": 10_000}])  # the answer would take 10 s
+    client = stack.openai(timeout=0.5)  # the client gives up after half a second
+    started = time.monotonic()
+    with pytest.raises(openai.APITimeoutError):
+        await client.chat.completions.create(model="up/gpt-4o", max_tokens=50,
+                                             messages=[{"role": "user", "content": "no hurry"}])
+    stats = await upstream.wait_for(lambda s: s["disconnects"] >= 1, timeout=3)
+    assert stats["disconnects"] == 1
+    assert time.monotonic() - started < 4  # well before the upstream's 10 s
+    assert upstream.stats["calls"] == 1  # the call was closed, not retried on another worker or target
+    await client.close()

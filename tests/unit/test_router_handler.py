@@ -270,3 +270,24 @@ async def test_least_latency_prefers_the_faster_target_once_measured() -> None:
     r.stats = {"a/m": TargetStats(latency=0.9), "b/m": TargetStats(latency=0.1)}
     served = Counter([await served_by(r) for _ in range(40)])
     assert served["b"] >= 34  # all but the few exploring calls
+
+
+async def test_a_client_that_left_is_neither_retried_nor_moved_on_nor_counted() -> None:
+    workers = Workers({"a": [failure(502, "client_disconnected")], "b": [answer("b")]})
+    r = router(workers)
+    with pytest.raises(GatewayError) as caught:
+        await r.handle(CHAT, ctx())
+    assert caught.value.code == "client_disconnected"
+    assert workers.asked == ["a"]  # the worker closed the call because the client left: nobody to answer
+    assert failures(r, "a") == 0
+
+
+async def test_a_follower_makes_its_own_call_when_the_leaders_client_left() -> None:
+    workers = Workers({"a": [failure(502, "client_disconnected"), answer("a")]}, hold=0.05)
+    r = router(workers)
+    # Tasks start in order: the leader's call is in flight (held by the worker) when the follower joins it.
+    leader, follower = await asyncio.gather(r.handle(CHAT, ctx(cache_key="k1")), r.handle(CHAT, ctx(cache_key="k1")),
+                                            return_exceptions=True)
+    assert isinstance(leader, GatewayError) and leader.code == "client_disconnected"
+    assert isinstance(follower, bus.Raw) and msgspec.msgpack.decode(follower.data, type=ChatResult).provider == "a"
+    assert workers.asked == ["a", "a"]

@@ -3,8 +3,9 @@ back within the deadline, keeps a circuit breaker per target (shared with the ot
 bus), coalesces identical requests in flight, and fills the cache.
 
 It passes the provider's reply bytes on to the ingress untouched. Only the target's own failures feed
-its breaker: a worker that died (`Lost`) is retried on a live one, and the client's own deadline is the
-client's; a stream whose worker died after its first chunk is ended with one error, never restarted.
+its breaker: a worker that died (`Lost`) is retried on a live one, the client's own deadline is the
+client's, and a provider's 429 (slow down) is retried after its Retry-After, never counted; a stream
+whose worker died after its first chunk is ended with one error, never restarted.
 """
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ class Router:
                     if reply.status == 504 and time_left <= _DEADLINE_SLACK_SECONDS:
                         breaker.release()
                         raise error  # the client's own deadline ran out at the worker: no time to move on
-                    await self._outcome(target, ok=False)
+                    await self._failed(target, breaker, reply.status)
                     delay = (retry_delay(attempt, reply.retry_after, time_left, retry, self.rng)
                              if reply.retryable and attempt < retry.attempts else None)
                     if delay is None:
@@ -284,6 +285,15 @@ class Router:
                     await asyncio.sleep(delay)
                 case _:
                     return GatewayError(f"unexpected reply for {target.key}")
+
+    async def _failed(self, target: Target, breaker: Breaker, status: int) -> None:
+        """A target's error answer, for its breaker. A 429 is the provider asking us to slow down: the
+        target works, so it is no failure (a storm of them would shut the model for a cooldown)."""
+        if status == 429:
+            metrics.PROVIDER_UP.labels(target.provider).set(0)  # the last call did not succeed, all the same
+            breaker.release()
+        else:
+            await self._outcome(target, ok=False)
 
     async def _ask_live(self, target: Target, ctx: bus.Context, onward: dict[str, str], deadline: float | None
                         ) -> tuple[Reply, bus.Answer]:

@@ -272,3 +272,29 @@ async def test_admission_cap_holds_across_two_workers_and_everyone_is_served(nat
     finally:
         await stack.close()
         await slow.stop()
+
+
+async def test_a_429_storm_reaches_the_client_as_429s_and_does_not_open_the_breaker(
+    nats_server: Nats, upstream: MockUpstream, second: MockUpstream
+) -> None:
+    """A provider's 429 asks us to slow down; the target is not broken (fault suite `upstream-429`): it is
+    retried after Retry-After, a final 429 reaches the client as a 429 with Retry-After, and the breaker
+    stays closed, so the model answers again as soon as the provider does."""
+    config = pair_config(nats_server.url, upstream, second, retry={"attempts": 2},
+                         breaker={"consecutive_failures": 3, "cooldown_seconds": 60})
+    stack = await Stack(config).start()  # type: ignore[arg-type]
+    try:
+        upstream.script([{"status": 429, "headers": {"retry-after-ms": "50"}}] * 8)  # the storm: 4 requests' worth
+        for i in range(4):
+            response = await stack.http.post("/v1/chat/completions", json=chat(f"storm {i}", "a/gpt-4o"),
+                                             headers=NO_CACHE)
+            assert response.status_code == 429, response.text
+            assert response.json()["error"]["type"] == "rate_limit_error"
+            assert int(response.headers["retry-after"]) >= 1
+        assert upstream.stats["calls"] == 8  # each request was retried once, none refused by a breaker
+        response = await stack.http.post("/v1/chat/completions", json=chat("after", "a/gpt-4o"), headers=NO_CACHE)
+        assert response.status_code == 200, response.text  # the storm is over: so is the outage
+        assert response.headers["x-llm-edge-provider"] == "a"
+        assert stack.routers["router"].breaker(config.models[0].targets[0]).state == "closed"  # type: ignore[attr-defined]
+    finally:
+        await stack.close()

@@ -387,11 +387,15 @@ def encode(message: Struct) -> bytes:
 
 
 class BreakerEvent(Struct, frozen=True, kw_only=True):
-    """A router replica's breaker for `target` changed state; every other replica adopts it."""
+    """A router replica's news about `target`: its breaker changed `state` (every other replica adopts
+    it), or, without a state, an observation every other replica counts: a call that `failed`, or the
+    first that succeeded after failures, with the `successes` it saw since its last observation."""
 
     target: str
-    state: Literal["closed", "open", "half_open"]
     origin: str
+    state: Literal["closed", "open", "half_open"] | None = None
+    failed: bool = False
+    successes: int = 0
 
 
 breaker_decoder = msgspec.msgpack.Decoder(BreakerEvent)

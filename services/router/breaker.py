@@ -1,7 +1,11 @@
 """Circuit breakers, one per target: closed -> open on consecutive failures or an error rate over a
 window; open -> half-open after a cooldown, letting one probe through; the probe closes or reopens it.
 
-Changes are returned as events so the router can broadcast them: every replica applies the same state.
+Counted across router replicas (docs/ROUTING.md): each replica counts its own calls (`record`) and the
+observations the others broadcast (`count_remote`): every failure, and the first success after failures
+(which ends a run of failures everywhere), each carrying the successes seen since that replica's last
+observation. Changes of state are returned as events so the router can broadcast them: every replica
+applies the same state.
 """
 
 from __future__ import annotations
@@ -20,9 +24,14 @@ class Breaker:
         self.state: State = "closed"
         self.opened_at = 0.0
         self.consecutive = 0
-        self.calls: deque[tuple[float, bool]] = deque()
-        self.failures = 0  # failed calls in `calls`, kept in step so a check costs O(1), not O(window)
+        # (when, successes, failures) in the window; the totals kept in step so a check costs O(1).
+        self.calls: deque[tuple[float, int, int]] = deque()
+        self.total = 0
+        self.failures = 0
         self.probing = False
+        # This replica's successes not yet told to the others, by the second they came in (bounded by the
+        # window: older ones no longer count anywhere).
+        self.unreported: deque[tuple[int, int]] = deque()
 
     def allow(self, now: float) -> bool:
         """May a request go to this target now? In half-open, exactly one probe is let through."""
@@ -49,20 +58,55 @@ class Breaker:
         own deadline): a half-open breaker lets the next call probe instead."""
         self.probing = False
 
-    def record(self, ok: bool, now: float) -> State | None:
-        """Count one call's outcome; the new state when it changed."""
+    def worth_reporting(self, ok: bool) -> bool:
+        """Should this outcome (about to be recorded) be broadcast to the other replicas? Every failure
+        while closed, and the first success after failures; other successes ride along with the next."""
+        return self.state == "closed" and (not ok or self.consecutive > 0)
+
+    def take_unreported(self, now: float) -> int:
+        """The successes to tell the others with an observation: those of the last window."""
+        count = sum(n for second, n in self.unreported if now - second <= self.config.window_seconds)
+        self.unreported.clear()
+        return count
+
+    def record(self, ok: bool, now: float, reported: bool = False) -> State | None:
+        """Count one call's outcome; the new state when it changed. A success not `reported` to the other
+        replicas is remembered, to be told with the next observation."""
         before = self.state
         self.probing = False
         if self.state == "half_open":
             self._set("closed" if ok else "open", now)
             return self.state if self.state != before else None
-        self.calls.append((now, ok))
-        self.failures += not ok
+        if ok and not reported:
+            second = int(now)
+            if self.unreported and self.unreported[-1][0] == second:
+                self.unreported[-1] = (second, self.unreported[-1][1] + 1)
+            else:
+                self.unreported.append((second, 1))
+                while now - self.unreported[0][0] > self.config.window_seconds:
+                    self.unreported.popleft()
+        return self._count(now, ok, 1 if ok else 0, 0 if ok else 1)
+
+    def count_remote(self, failed: bool, successes: int, now: float) -> State | None:
+        """Count another replica's observation: `successes` calls that succeeded, then one that failed
+        (`failed`) or succeeded after failures. Only a closed breaker counts: the other states change by
+        the events of the replica that probes."""
+        if self.state != "closed":
+            return None
+        return self._count(now, not failed, successes + (0 if failed else 1), 1 if failed else 0)
+
+    def _count(self, now: float, ok: bool, successes: int, failures: int) -> State | None:
+        before = self.state
+        self.calls.append((now, successes, failures))
+        self.total += successes + failures
+        self.failures += failures
         while self.calls and now - self.calls[0][0] > self.config.window_seconds:
-            self.failures -= not self.calls.popleft()[1]
+            _, gone_ok, gone_failed = self.calls.popleft()
+            self.total -= gone_ok + gone_failed
+            self.failures -= gone_failed
         self.consecutive = 0 if ok else self.consecutive + 1
-        rate_tripped = (len(self.calls) >= self.config.min_calls
-                        and self.failures / len(self.calls) >= self.config.error_rate)
+        rate_tripped = (self.total >= self.config.min_calls
+                        and self.failures / self.total >= self.config.error_rate)
         if self.state == "closed" and (self.consecutive >= self.config.consecutive_failures or rate_tripped):
             self._set("open", now)
         return self.state if self.state != before else None
@@ -80,4 +124,5 @@ class Breaker:
         if state == "closed":
             self.consecutive = 0
             self.calls.clear()
+            self.total = 0
             self.failures = 0

@@ -339,8 +339,17 @@ class Router:
         return found
 
     async def _outcome(self, target: Target, ok: bool) -> None:
+        """Count a call's outcome on the target's breaker, and tell the other replicas what they must count
+        too (docs/ROUTING.md): every failure, and the first success after failures."""
         metrics.PROVIDER_UP.labels(target.provider).set(1 if ok else 0)
-        changed = self.breaker(target).record(ok, time.monotonic())
+        breaker = self.breaker(target)
+        now = time.monotonic()
+        report = breaker.worth_reporting(ok)
+        if report:
+            event = BreakerEvent(target=target.key, origin=self.instance, failed=not ok,
+                                 successes=breaker.take_unreported(now))
+            await self.calls.publish(self.subjects.breaker, encode(event))
+        changed = breaker.record(ok, now, reported=report)
         if changed is not None:
             await self._breaker_changed(target.key, changed)
 
@@ -357,6 +366,11 @@ class Router:
         breaker = self.breakers.get(event.target)
         if breaker is None:
             breaker = self.breakers[event.target] = Breaker(self.config.router.breaker)
+        if event.state is None:  # another replica's observation: counted here as if seen here
+            changed = breaker.count_remote(event.failed, event.successes, time.monotonic())
+            if changed is not None:
+                await self._breaker_changed(event.target, changed)
+            return
         breaker.apply(event.state, time.monotonic())
         metrics.BREAKER_OPEN.labels(event.target).set(1 if event.state == "open" else 0)
 

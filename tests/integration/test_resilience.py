@@ -10,8 +10,13 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
+from msgspec.msgpack import decode
 from prometheus_client import REGISTRY
 
+from services.router.service import _ModelOnly
+from shared import bus
+from shared.messages import ChatRequest, ChatResult, Message, encode
+from shared.subjects import Headers
 from tests.infra import Nats
 from tests.integration.test_request_path import eventually
 from tests.mockupstream.server import MockUpstream
@@ -296,5 +301,33 @@ async def test_a_429_storm_reaches_the_client_as_429s_and_does_not_open_the_brea
         assert response.status_code == 200, response.text  # the storm is over: so is the outage
         assert response.headers["x-llm-edge-provider"] == "a"
         assert stack.routers["router"].breaker(config.models[0].targets[0]).state == "closed"  # type: ignore[attr-defined]
+    finally:
+        await stack.close()
+
+
+async def test_failures_seen_by_two_router_replicas_add_up_to_the_threshold(
+    nats_server: Nats, upstream: MockUpstream, second: MockUpstream
+) -> None:
+    """Breaker counts hold across router replicas (issue #15, item 2): four failures of target a, two seen
+    by each of two routers, open a's breaker (threshold 4) on both, as they would with one router."""
+    config = pair_config(nats_server.url, upstream, second, retry={"attempts": 1},
+                         breaker={"consecutive_failures": 4, "cooldown_seconds": 60})
+    stack = await Stack(config).start()  # type: ignore[arg-type]
+    try:
+        routers = [stack.routers["router"], await stack.start_router("router-2")]
+        target = config.models[0].targets[0]  # type: ignore[attr-defined]
+        upstream.script([{"status": 500}] * 100)  # target a is down
+        for i in range(4):  # each replica's handler called in turn: two failures each
+            payload = encode(ChatRequest(model="pair", messages=[Message(role="user", content=f"down {i}")]))
+            deadline = str(int((time.time() + 10) * 1000))
+            answer = await routers[i % 2].handle(_ModelOnly(model="pair"), bus.Context(
+                payload, {Headers.DEADLINE: deadline}, reply=""))
+            assert answer is not None and decode(answer.data, type=ChatResult).provider == "b"
+        assert upstream.stats["calls"] == 4
+        await eventually(lambda: all(r.breaker(target).state == "open" for r in routers), timeout=2)
+        for i in range(10):  # whichever replica takes each request, a is no longer tried
+            response = await stack.http.post("/v1/chat/completions", json=chat(f"open {i}"), headers=NO_CACHE)
+            assert response.headers["x-llm-edge-provider"] == "b"
+        assert upstream.stats["calls"] == 4
     finally:
         await stack.close()

@@ -151,3 +151,24 @@ def test_least_latency_re_measures_other_targets_now_and_then() -> None:
     rng = random.Random(11)
     firsts = Counter(order("least_latency", [A, B], stats, rng)[0].provider for _ in range(10_000))
     assert 0.03 < firsts["a"] / 10_000 < 0.07  # about EXPLORE (5 %) of requests try the slower one
+
+
+def test_another_replicas_observations_count_here() -> None:
+    breaker = Breaker(CONFIG)
+    breaker.record(False, 0)
+    assert breaker.count_remote(failed=True, successes=0, now=1) is None
+    assert breaker.count_remote(failed=True, successes=0, now=2) == "open"  # 1 here + 2 there = 3 in a row
+
+
+def test_a_success_elsewhere_ends_a_run_of_failures_and_successes_ride_along() -> None:
+    breaker = Breaker(CONFIG)
+    breaker.record(False, 0)
+    breaker.record(False, 1)
+    breaker.count_remote(failed=False, successes=0, now=2)  # the first success after failures, elsewhere
+    assert breaker.consecutive == 0
+    for t in range(3, 8):
+        assert not breaker.worth_reporting(True)  # no run of failures: successes are not broadcast...
+        breaker.record(True, t)
+    assert breaker.worth_reporting(False)
+    assert breaker.take_unreported(8) == 5  # ...but told with the next failure
+    assert breaker.take_unreported(8) == 0

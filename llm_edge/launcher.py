@@ -217,7 +217,7 @@ async def _configured_providers(base: list[str], env: dict[str, str]) -> list[st
 
 async def up(config: Config, config_path: str | None = None) -> int:
     started = time.monotonic()
-    nats_url = urlparse(config.nats_url)
+    nats_url = urlparse(config.nats_url.split(",")[0].strip())  # the embedded server: one node, the first listed
     nats_host = nats_url.hostname or "127.0.0.1"
     nats_port = nats_url.port or 4222
     if not port_free(nats_host, nats_port):

@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Struct
@@ -195,7 +195,12 @@ class LimitsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
 class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     prefix: str = "llm"
+    # One URL, or several separated by commas (the nodes of a cluster, tried in the order given for the first
+    # connect; the server then tells the client of every node).
     nats_url: str = "nats://127.0.0.1:4222"
+    # Replicas of the JetStream streams we create (the admission work queues): 1 on one server; 3 in a
+    # cluster, so a queue survives the loss of a node (at most 5, and never more than the cluster has).
+    jetstream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     log_level: str = "INFO"
     # Where a non-ingress service exposes /metrics (the ingress serves it on its HTTP port).
     metrics_port: int | None = None
@@ -246,11 +251,20 @@ def _flag(value: str) -> bool:
     raise ValueError(value)
 
 
+def _replicas(value: str) -> int:
+    """JETSTREAM_REPLICAS: what JetStream allows, 1 to 5."""
+    count = int(value)
+    if not 1 <= count <= 5:
+        raise ValueError(value)
+    return count
+
+
 # Environment variable -> (section, field). Keys for providers are handled apart (they add a provider).
 _ENV_FIELDS: dict[str, tuple[str | None, str, Callable[[str], object]]] = {
     "HOST": ("ingress", "host", str),
     "PORT": ("ingress", "port", int),
     "NATS_URL": (None, "nats_url", str),
+    "JETSTREAM_REPLICAS": (None, "jetstream_replicas", _replicas),
     "REDIS_URL": ("cache", "redis_url", str),
     "LOG_LEVEL": (None, "log_level", str),
     "LLM_EDGE_PREFIX": (None, "prefix", str),
@@ -290,7 +304,8 @@ def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
         try:
             value = kind(env[var])
         except ValueError:
-            expected = "true or false" if kind is _flag else getattr(kind, "__name__", "a value")
+            expected = ("true or false" if kind is _flag else "an integer from 1 to 5" if kind is _replicas
+                        else getattr(kind, "__name__", "a value"))
             raise ConfigError(f"{var}={env[var]!r}: expected {expected}") from None
         if section is None:
             config = msgspec.structs.replace(config, **{field: value})

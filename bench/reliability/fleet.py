@@ -147,7 +147,10 @@ class Fleet:
     def config_text(self) -> str:
         cap = f", max_in_flight: {self.shape.max_in_flight}" if self.shape.max_in_flight else ""
         redis = f"  redis_url: redis://127.0.0.1:{self.redis_port}/0\n" if self.shape.redis else ""
+        # In a cluster the admission queue is replicated on three nodes, so it survives the loss of one.
+        replicas = f"jetstream_replicas: {min(3, self.shape.nats_nodes)}\n" if self.shape.nats_nodes > 1 else ""
         return (
+            f"{replicas}"
             "providers:\n"
             f"  up: {{adapter: openai_compatible, base_url: 'http://127.0.0.1:{self.upstream_port}/v1', "
             f"api_key: sk-reliability, timeout_seconds: 10{cap}}}\n"
@@ -199,9 +202,12 @@ class Fleet:
                 proc.wait_ready()
 
     def _service(self, service: str, index: int, config: Path) -> Proc:
-        # Replicas spread over the NATS nodes, so that losing one node leaves every service some replicas.
-        node = self.nats_ports[index % len(self.nats_ports)]
-        env = dict(os.environ, NATS_URL=f"nats://127.0.0.1:{node}", LLM_EDGE_CONFIG=str(config), LOG_LEVEL="WARNING")
+        # Replicas spread over the NATS nodes, so that losing one node leaves every service some replicas:
+        # each is given every node, its own first (NATS_URL takes a comma-separated list, tried in order).
+        first = index % len(self.nats_ports)
+        nodes = self.nats_ports[first:] + self.nats_ports[:first]
+        urls = ",".join(f"nats://127.0.0.1:{port}" for port in nodes)
+        env = dict(os.environ, NATS_URL=urls, LLM_EDGE_CONFIG=str(config), LOG_LEVEL="WARNING")
         argv = [sys.executable, "-m", "llm_edge.cli", *(["provider", "up"] if service == "provider" else [service])]
         log = self.workdir / f"{service}-{index}.log"
         if service == "ingress":

@@ -53,6 +53,7 @@ class ProviderWorker:
         self.active = metrics.ACTIVE.labels(f"provider.{name}")
         self.queue: bus.QueueConsumer | None = None
         self.max_age = config.ingress.request_timeout_seconds + 60
+        self.replicas = config.jetstream_replicas
         self.default_timeout = config.ingress.request_timeout_seconds
         self.redact = secrets.Redactor(secrets.configured(config))
         self.endpoint = bus.Endpoint(request_decoder.decode, self.chat, self.stream)
@@ -68,7 +69,8 @@ class ProviderWorker:
             self.queue = bus.QueueConsumer(
                 server, self.endpoint, self.subjects.admission_stream(self.name),
                 self.subjects.admission(self.name), cap, self.max_age, self.settings.max_concurrency,
-                on_taken=metrics.QUEUE_WAIT.labels(self.name).observe, on_depth=self._depth)
+                on_taken=metrics.QUEUE_WAIT.labels(self.name).observe, on_depth=self._depth,
+                replicas=self.replicas)
             await self.queue.start()
         await server.health_endpoint(self.subjects.health(f"provider.{self.name}"), self.health)
 

@@ -33,6 +33,10 @@ Listener = Callable[[bytes, Mapping[str, str]], Awaitable[None]]
 _NO_HEADERS: dict[str, str] = {}
 # How often the work queue delivers one request (see workqueue.py): the first time and two redeliveries.
 QUEUE_DELIVERIES = 3
+# How long a queue this process has used before may go without a leader (in a cluster, the node leading it
+# died and the others are electing another, about two seconds) before its absence is reported.
+QUEUE_LEADERLESS_SECONDS = 6.0
+_QUEUE_RETRY_SECONDS = 0.1
 
 
 class Answer:
@@ -49,6 +53,7 @@ class Bus:
     def __init__(self, nc: Client) -> None:
         self.nc = nc  # the nats-py client; only code in shared/bus (and tests) touches it
         self.replies = Replies(nc)
+        self.queues_seen: set[str] = set()  # admission subjects that have taken a request from us
 
     @property
     def connected(self) -> bool:
@@ -148,12 +153,8 @@ class Bus:
         until = time.monotonic() + timeout
         try:
             try:
-                await self.nc.jetstream().publish(
-                    subject, payload, timeout=min(timeout, 5.0),
-                    headers={**headers, Headers.REPLY_TO: waiter.subject, Headers.HEARTBEAT: f"{heartbeat:g}"})
-            except nats.js.errors.NoStreamResponseError as exc:
-                raise NoResponders(f"no admission queue for {subject}: no worker has started",
-                                   where=subject) from exc
+                await self._queue(subject, payload, {**headers, Headers.REPLY_TO: waiter.subject,
+                                                     Headers.HEARTBEAT: f"{heartbeat:g}"}, until)
             except nats.errors.TimeoutError as exc:
                 raise Unavailable("the admission queue did not accept the request", code="queue_unavailable",
                                   where=subject) from exc
@@ -177,6 +178,24 @@ class Bus:
         finally:
             self.replies.close(waiter)
         return reply_decoder.decode(msg.data), Answer(msg.data, msg.headers or _NO_HEADERS)
+
+    async def _queue(self, subject: str, payload: bytes, headers: dict[str, str], until: float) -> None:
+        """Publish to the work queue, stored once the stream acknowledges it. No answer at all means no
+        stream: at once `NoResponders` for a queue never used (no capped worker ever started); for one
+        used before, a cluster electing the queue's new leader, so it is tried again for a few seconds."""
+        leaderless_until = min(until, time.monotonic() + QUEUE_LEADERLESS_SECONDS)
+        while True:
+            try:
+                await self.nc.jetstream().publish(subject, payload, timeout=min(until - time.monotonic(), 5.0),
+                                                  headers=headers)
+                self.queues_seen.add(subject)
+                return
+            except (nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError) as exc:
+                if subject not in self.queues_seen or time.monotonic() + _QUEUE_RETRY_SECONDS >= leaderless_until:
+                    raise NoResponders(f"no admission queue for {subject}: no worker has started",
+                                       where=subject) from exc
+                log.info("the admission queue %s has no leader; trying again", subject)
+                await asyncio.sleep(_QUEUE_RETRY_SECONDS)  # the election's pace: nothing to wait on
 
     async def open_stream(self, subject: str, payload: bytes, headers: dict[str, str], cancel: str) -> Stream:
         """Send a stream request; its frames (and the heartbeats of whoever serves it) arrive on one
@@ -203,8 +222,14 @@ class Bus:
             await self.nc.close()
 
 
+def servers(url: str) -> list[str]:
+    """`NATS_URL` as nats-py takes it: one URL, or several separated by commas (a cluster's nodes)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 async def connect(url: str, name: str) -> Bus:
-    """A connection that notices a dead server within seconds and reconnects forever."""
+    """A connection that notices a dead server within seconds and reconnects forever. `url` may list
+    several servers (comma-separated): tried in the order given, then every node the cluster announces."""
 
     async def on_error(exc: Exception) -> None:
         # Slow consumers drop messages silently unless reported here.
@@ -217,8 +242,9 @@ async def connect(url: str, name: str) -> Bus:
         log.info("nats reconnected")
 
     nc = await nats.connect(
-        url,
+        servers(url),
         name=name,
+        dont_randomize=True,  # the operator's order: a deployment spreads its replicas by listing nodes
         connect_timeout=2,
         reconnect_time_wait=0.5,
         max_reconnect_attempts=-1,
@@ -248,7 +274,7 @@ async def connect_once(url: str, name: str, deadline: float = 2.0) -> Bus:
 
     try:
         nc = await asyncio.wait_for(
-            nats.connect(url, name=name, connect_timeout=1, reconnect_time_wait=0.2,
+            nats.connect(servers(url), name=name, connect_timeout=1, reconnect_time_wait=0.2,
                          max_reconnect_attempts=1, error_cb=on_error),
             deadline,
         )

@@ -45,13 +45,20 @@ log = logging.getLogger("llm_edge.bus.workqueue")
 CONSUMER = "workers"
 FETCH_SECONDS = 1.0
 ACK_WAIT_SECONDS = HEARTBEAT_SECONDS * LOST_AFTER
+# How long a starting worker waits for JetStream to be able to create its queue: a cluster that has just
+# started (or lost a node) elects its meta leader first.
+JETSTREAM_READY_SECONDS = 30.0
+_PULL_RETRY_SECONDS = 0.2
+_NOT_READY = (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError, nats.errors.NoRespondersError)
 
 
-async def ensure_queue(js: JetStreamContext, stream: str, subject: str, cap: int, max_age: float) -> None:
-    """Create (or update) the work-queue stream and its single capped consumer."""
+async def ensure_queue(js: JetStreamContext, stream: str, subject: str, cap: int, max_age: float,
+                       replicas: int = 1) -> None:
+    """Create (or update) the work-queue stream and its single capped consumer. With `replicas` > 1 (a
+    cluster), the stream and its consumer live on that many nodes and survive the loss of one."""
     config = StreamConfig(
         name=stream, subjects=[subject], retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.MEMORY, max_age=max_age,
+        storage=StorageType.MEMORY, max_age=max_age, num_replicas=replicas,
     )
     try:
         await js.add_stream(config)
@@ -69,13 +76,14 @@ class QueueConsumer:
 
     def __init__(self, server: Server, endpoint: Endpoint[Any], stream: str, subject: str, cap: int,
                  max_age: float, concurrency: int, on_taken: Callable[[float], None] | None = None,
-                 on_depth: Callable[[int, int], None] | None = None) -> None:
+                 on_depth: Callable[[int, int], None] | None = None, replicas: int = 1) -> None:
         self.server = server
         self.endpoint = endpoint
         self.stream = stream
         self.subject = subject
         self.cap = cap
         self.max_age = max_age
+        self.replicas = replicas
         self.slots = asyncio.Semaphore(concurrency)
         self.on_taken = on_taken  # with the seconds a request waited in the queue
         self.on_depth = on_depth  # every second, with the requests queued and those in flight
@@ -86,7 +94,16 @@ class QueueConsumer:
 
     async def start(self) -> None:
         self.js = self.server.bus.nc.jetstream()
-        await ensure_queue(self.js, self.stream, self.subject, self.cap, self.max_age)
+        give_up = time.monotonic() + JETSTREAM_READY_SECONDS
+        while True:
+            try:
+                await ensure_queue(self.js, self.stream, self.subject, self.cap, self.max_age, self.replicas)
+                break
+            except _NOT_READY as exc:
+                if time.monotonic() > give_up:
+                    raise
+                log.warning("JetStream cannot create the queue %s yet (%r); trying again", self.stream, exc)
+                await asyncio.sleep(0.5)  # the cluster's election: nothing to wait on but time
         self.sub = await self.js.pull_subscribe(self.subject, durable=CONSUMER, stream=self.stream)
         self.loop_task = asyncio.create_task(self._pull())
         self.depth_task = asyncio.create_task(self._watch_depth())
@@ -114,6 +131,12 @@ class QueueConsumer:
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                 msgs = []
                 self.stopping = True
+            except nats.errors.Error as exc:
+                # The consumer has no leader for a moment (a cluster node died: 503 while the others elect
+                # one), or the connection is between servers: pull again shortly, never stop pulling.
+                log.warning("pulling from %s failed (%r); pulling again", self.stream, exc)
+                msgs = []
+                await asyncio.sleep(_PULL_RETRY_SECONDS)  # the election's pace: nothing to wait on
             if not msgs:
                 self.slots.release()
             for msg in msgs:

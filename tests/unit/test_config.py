@@ -167,3 +167,23 @@ def test_enable_switches_are_read_from_the_environment() -> None:
 
     with pytest.raises(ConfigError, match="ENABLE_METRICS='maybe': expected true or false"):
         load(None, {"ENABLE_METRICS": "maybe"}, adapters=SETTINGS)
+
+
+def test_jetstream_replicas_default_to_one_and_take_a_cluster_size(tmp_path: Path) -> None:
+    assert load(env={}, adapters=SETTINGS).jetstream_replicas == 1
+    assert load(env={"JETSTREAM_REPLICAS": "3"}, adapters=SETTINGS).jetstream_replicas == 3
+    file = tmp_path / "edge.yaml"
+    file.write_text("jetstream_replicas: 3\n")
+    assert load(file, env={}, adapters=SETTINGS).jetstream_replicas == 3
+    file.write_text("jetstream_replicas: 7\n")
+    with pytest.raises(ConfigError, match="jetstream_replicas"):
+        load(file, env={}, adapters=SETTINGS)
+    with pytest.raises(ConfigError, match="JETSTREAM_REPLICAS"):
+        load(env={"JETSTREAM_REPLICAS": "0"}, adapters=SETTINGS)
+
+
+def test_a_nats_url_may_list_a_clusters_nodes() -> None:
+    from shared.bus.connection import servers
+
+    assert servers("nats://a:4222") == ["nats://a:4222"]
+    assert servers("nats://a:4222, nats://b:4222,nats://c:4222") == ["nats://a:4222", "nats://b:4222", "nats://c:4222"]

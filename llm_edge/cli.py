@@ -6,33 +6,43 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 
 from llm_edge.status import options as status_options
 from shared import logs, runtime, secrets, tracing
 from shared.config import Config, ConfigError, load
 
+# Each service command's way to run, chosen by the parser (set_defaults), so no command falls through.
 
-def _service(name: str, config: Config, provider: str | None = None) -> None:
+
+def _until_stopped(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run a bus service until SIGTERM or SIGINT (the event needs the running loop: made inside it)."""
+
     async def main() -> None:
-        stop = runtime.stop_event()
-        if name == "cache":
-            from services.cache.service import serve
-
-            await serve(config, stop)
-        elif name == "router":
-            from services.router.service import serve as serve_router
-
-            await serve_router(config, stop)
-        elif name == "provider":
-            from services.providers.worker import serve as serve_provider
-
-            assert provider is not None
-            await serve_provider(config, provider, stop)
+        await serve(runtime.stop_event())
 
     runtime.run(main)
 
 
-def _ingress(config: Config) -> None:
+def _serve_cache(config: Config, args: argparse.Namespace) -> None:
+    from services.cache.service import serve
+
+    _until_stopped(lambda stop: serve(config, stop))
+
+
+def _serve_router(config: Config, args: argparse.Namespace) -> None:
+    from services.router.service import serve
+
+    _until_stopped(lambda stop: serve(config, stop))
+
+
+def _serve_provider(config: Config, args: argparse.Namespace) -> None:
+    from services.providers.worker import serve
+
+    _until_stopped(lambda stop: serve(config, args.name, stop))
+
+
+def _serve_ingress(config: Config, args: argparse.Namespace) -> None:
     from services.ingress.app import serve
 
     runtime.run(lambda: serve(config))  # uvicorn handles SIGTERM itself: stop accepting, finish, exit
@@ -77,12 +87,13 @@ def parser() -> argparse.ArgumentParser:
         return sub
 
     command("up", "start nats-server and every service on this machine").set_defaults(run=_run_up)
-    for name, help in (("ingress", "run the HTTP ingress"), ("cache", "run the cache service"),
-                       ("router", "run the router service")):
-        command(name, help).set_defaults(run=_run_service)
+    for name, help, serve in (("ingress", "run the HTTP ingress", _serve_ingress),
+                              ("cache", "run the cache service", _serve_cache),
+                              ("router", "run the router service", _serve_router)):
+        command(name, help).set_defaults(run=_run_service, serve=serve)
     provider = command("provider", "run one provider's worker")
     provider.add_argument("name", help="a provider named in the configuration")
-    provider.set_defaults(run=_run_service)
+    provider.set_defaults(run=_run_service, serve=_serve_provider)
     from llm_edge.bench.cli import add_arguments as bench_arguments
 
     bench = command("bench", "load-test an OpenAI-compatible URL and report")
@@ -166,10 +177,7 @@ def _run_service(args: argparse.Namespace) -> int:
     logs.setup(service, config.log_level, secrets.configured(config))
     tracing.setup(service, config.tracing_endpoint)
     try:
-        if args.command == "ingress":
-            _ingress(config)
-        else:
-            _service(args.command, config, getattr(args, "name", None))
+        args.serve(config, args)
     finally:
         tracing.shutdown()  # spans still queued are sent before the process exits
     return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 
 class ConfigError(Exception):
@@ -118,6 +118,9 @@ class BreakerConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     window_seconds: float = 30.0
     min_calls: int = 20  # ...and the window holds at least this many calls
     cooldown_seconds: float = 15.0
+    # When every target of a model is open, one call at a time still probes (no cooldown wait); a new probe
+    # once the last has been out this long (docs/ROUTING.md, "Circuit breakers").
+    probe_interval_seconds: Annotated[float, Meta(gt=0)] = 1.0
 
 
 class RouterConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

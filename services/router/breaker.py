@@ -1,6 +1,12 @@
 """Circuit breakers, one per target: closed -> open on consecutive failures or an error rate over a
 window; open -> half-open after a cooldown, letting one probe through; the probe closes or reopens it.
 
+A breaker is there to send calls elsewhere. When a model has nowhere else to go (every target open), the
+router asks for a *last resort* probe: the breaker lets one call through without waiting out its cooldown
+(a new one once the last has been out `probe_interval_seconds`), so the model comes back one call after
+its provider does, while every other caller still gets an immediate 503. This is Envoy's panic routing,
+trickled: a cooldown would keep a single-target model down 15 s after a 2 s burst of 5xx.
+
 Counted across router replicas (docs/ROUTING.md): each replica counts its own calls (`record`) and the
 observations the others broadcast (`count_remote`): every failure, and the first success after failures
 (which ends a run of failures everywhere), each carrying the successes seen since that replica's last
@@ -29,22 +35,21 @@ class Breaker:
         self.total = 0
         self.failures = 0
         self.probing = False
+        self.probe_started = 0.0
         # This replica's successes not yet told to the others, by the second they came in (bounded by the
         # window: older ones no longer count anywhere).
         self.unreported: deque[tuple[int, int]] = deque()
 
-    def allow(self, now: float) -> bool:
-        """May a request go to this target now? In half-open, exactly one probe is let through."""
+    def allow(self, now: float, last_resort: bool = False) -> bool:
+        """May a request go to this target now? In half-open, exactly one probe is let through; as a
+        `last_resort` (no other target can take it), without waiting for the cooldown."""
+        if not (self.available(now) or (last_resort and self.can_probe(now))):
+            return False
         if self.state == "closed":
             return True
-        if self.state == "open":
-            if now - self.opened_at < self.config.cooldown_seconds:
-                return False
-            self.state = "half_open"
-            self.probing = False
-        if self.probing:
-            return False
+        self.state = "half_open"
         self.probing = True
+        self.probe_started = now
         return True
 
     def available(self, now: float) -> bool:
@@ -52,6 +57,12 @@ class Breaker:
         if self.state == "open":
             return now - self.opened_at >= self.config.cooldown_seconds
         return not (self.state == "half_open" and self.probing)
+
+    def can_probe(self, now: float) -> bool:
+        """Could a last-resort probe go now: no probe out, or the last one out for a probe interval (a
+        hung call must not keep the model shut until its timeout)."""
+        return (self.state == "closed" or not self.probing
+                or now - self.probe_started >= self.config.probe_interval_seconds)
 
     def release(self) -> None:
         """A call let through by `allow` ended with no verdict on the target (a dead worker, the client's

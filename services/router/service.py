@@ -199,15 +199,18 @@ class Router:
         candidates = [t for t in ordered if self.breaker(t).available(now)]
         log.debug("routing %s (%s): %s; breaker open: %s", model, self.routes.strategy(model),
                   [t.key for t in candidates] or "none", [t.key for t in ordered if t not in candidates] or "none")
-        if not candidates:
-            raise Unavailable(f"Every target for `{model}` is failing; its circuit breakers are open.",
-                              code="all_targets_unavailable")
+        last_resort = not candidates
+        if last_resort:  # nowhere else to go: one call at a time probes (breaker.py), the others get a 503
+            candidates = [t for t in ordered if self.breaker(t).can_probe(now)]
+            if not candidates:
+                raise Unavailable(f"Every target for `{model}` is failing; its circuit breakers are open.",
+                                  code="all_targets_unavailable")
         error: GatewayError = Unavailable(f"no target could serve `{model}`")
         window: int | None = None  # set after a context-window error: only larger targets may follow
         for target in candidates:
             if window is not None and (target.context_window or 0) <= window:
                 continue
-            outcome = await self._try_target(target, ctx, onward)
+            outcome = await self._try_target(target, ctx, onward, last_resort)
             if isinstance(outcome, GatewayError):
                 error = outcome
                 if isinstance(outcome, ContextWindowExceeded):
@@ -221,9 +224,10 @@ class Router:
         raise error
 
     async def _try_target(
-        self, target: Target, ctx: bus.Context, onward: dict[str, str]
+        self, target: Target, ctx: bus.Context, onward: dict[str, str], last_resort: bool = False
     ) -> bytes | None | GatewayError:
-        """The answer's bytes (None for a stream that reached the client), or the error to move on with."""
+        """The answer's bytes (None for a stream that reached the client), or the error to move on with.
+        `last_resort`: every target's breaker is open, so this one probes without waiting its cooldown."""
         _address(onward, target)
         breaker = self.breaker(target)
         retry = self.config.router.retry
@@ -231,7 +235,7 @@ class Router:
         attempt = 0
         while True:
             attempt += 1
-            if not breaker.allow(time.monotonic()):
+            if not breaker.allow(time.monotonic(), last_resort):
                 return Unavailable(f"`{target.key}` is failing; its circuit breaker is open.",
                                    code="target_unavailable", where=f"provider:{target.provider}")
             started = time.monotonic()

@@ -155,20 +155,55 @@ async def test_a_breaker_opened_by_one_router_replica_is_respected_by_the_other(
         await stack.close()
 
 
-async def test_all_breakers_open_is_a_clear_503(
-    nats_server: Nats, upstream: MockUpstream, second: MockUpstream
+def single_config(nats_url: str, upstream: MockUpstream, **breaker: object) -> object:
+    return make_config(
+        nats_url,
+        providers={"a": {"adapter": "openai_compatible", "base_url": f"{upstream.url}/v1", "api_key": "k"}},
+        models=[{"name": "solo", "targets": [{"provider": "a", "model": "gpt-4o"}]}],
+        router={"retry": {"attempts": 1},
+                "breaker": {"consecutive_failures": 3, "cooldown_seconds": 60} | breaker},
+    )
+
+
+async def test_a_single_target_model_comes_back_with_its_provider_not_a_cooldown_later(
+    nats_server: Nats, upstream: MockUpstream
 ) -> None:
-    config = pair_config(nats_server.url, upstream, second, retry={"attempts": 1},
-                         breaker={"consecutive_failures": 1, "cooldown_seconds": 60})
-    stack = await Stack(config).start()  # type: ignore[arg-type]
+    """Fault suite `upstream-5xx`: a burst of 500s opens the only target's breaker. The model must answer
+    again as soon as the provider does, not after the 60 s cooldown (on the old main: 503s for 60 s)."""
+    stack = await Stack(single_config(nats_server.url, upstream)).start()  # type: ignore[arg-type]
     try:
-        upstream.script([{"status": 500}] * 10)
-        second.script([{"status": 500}] * 10)
-        first = await stack.http.post("/v1/chat/completions", json=chat("x"), headers=NO_CACHE)
-        assert first.status_code == 502
-        response = await stack.http.post("/v1/chat/completions", json=chat("y"), headers=NO_CACHE)
+        upstream.script([{"status": 500}] * 3)
+        for i in range(3):
+            failed = await stack.http.post("/v1/chat/completions", json=chat(f"down {i}", "solo"), headers=NO_CACHE)
+            assert failed.status_code == 502
+        assert (await stack.http.get("/health")).json()["router"]["checks"] == {"breaker a/gpt-4o": "open"}
+        response = await stack.http.post("/v1/chat/completions", json=chat("back", "solo"), headers=NO_CACHE)
+        assert response.status_code == 200  # the provider answers again (its script is spent): so do we
+        assert response.json()["choices"][0]["message"]["content"]
+        assert (await stack.http.get("/health")).json()["router"]["checks"] == {}  # the probe closed it
+    finally:
+        await stack.close()
+
+
+async def test_all_breakers_open_is_a_clear_503_while_the_last_resort_probe_is_out(
+    nats_server: Nats, upstream: MockUpstream
+) -> None:
+    stack = await Stack(single_config(nats_server.url, upstream, probe_interval_seconds=30)).start()  # type: ignore[arg-type]
+    try:
+        upstream.script([{"status": 500}] * 3 + [{"status": 500, "delay_ms": 2000}])
+        for i in range(3):
+            failed = await stack.http.post("/v1/chat/completions", json=chat(f"down {i}", "solo"), headers=NO_CACHE)
+            assert failed.status_code == 502
+        probe = asyncio.create_task(
+            stack.http.post("/v1/chat/completions", json=chat("probe", "solo"), headers=NO_CACHE))
+        await upstream.wait_for(lambda stats: stats["calls"] >= 4, timeout=5)  # the probe is at the provider
+        started = time.monotonic()
+        response = await stack.http.post("/v1/chat/completions", json=chat("meanwhile", "solo"), headers=NO_CACHE)
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "all_targets_unavailable"
+        assert time.monotonic() - started < 1  # at once, not after the probe
+        assert (await probe).status_code == 502
+        assert upstream.stats["calls"] == 4
     finally:
         await stack.close()
 

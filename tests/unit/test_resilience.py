@@ -121,6 +121,30 @@ def test_failed_probe_reopens() -> None:
     assert breaker.allow(13.6)
 
 
+def test_a_last_resort_probe_skips_the_cooldown_one_at_a_time() -> None:
+    """With nowhere else to go, the model is not shut for a cooldown: one call at a time still probes."""
+    breaker = Breaker(CONFIG)  # probe_interval_seconds: 1.0 by default
+    for t in range(3):
+        breaker.record(False, t)
+    assert not breaker.allow(2.1)  # an ordinary call waits out the cooldown (5 s)...
+    assert breaker.allow(2.1, last_resort=True)  # ...a last resort probes at once
+    assert not breaker.allow(2.5, last_resort=True)  # one probe out: the others are refused
+    assert breaker.record(False, 2.6) == "open"  # it failed
+    assert breaker.allow(2.7, last_resort=True)  # the next probe need not wait
+    assert breaker.record(True, 2.8) == "closed"  # the provider is back: so is the model
+    assert breaker.allow(2.9)
+
+
+def test_a_hung_last_resort_probe_does_not_hold_the_model_shut() -> None:
+    breaker = Breaker(CONFIG)
+    for t in range(3):
+        breaker.record(False, t)
+    assert breaker.allow(3, last_resort=True)  # this probe hangs
+    assert not breaker.can_probe(3.9)
+    assert breaker.can_probe(4.0) and breaker.allow(4.0, last_resort=True)  # a probe interval later, another
+    assert breaker.record(True, 4.1) == "closed"
+
+
 def test_breaker_adopts_a_state_from_another_replica() -> None:
     breaker = Breaker(CONFIG)
     breaker.apply("open", 100)

@@ -58,10 +58,13 @@ class Workers:
         self.asked: list[str] = []
         self.queued: list[str] = []
         self.published: list[tuple[str, bytes, dict[str, str] | None]] = []
+        self.asking = asyncio.Condition()  # notified on every call
 
     async def _take(self, subject: str, headers: dict[str, str]) -> tuple[Reply, bus.Answer]:
         provider = subject.split(".")[-2] if subject.endswith(".chat") else subject.split(".")[-1]
         self.asked.append(provider)
+        async with self.asking:
+            self.asking.notify_all()
         if self.hold:
             await asyncio.sleep(self.hold)  # a call that takes time, so that others overlap it
         outcome = self.script[provider].pop(0)
@@ -113,6 +116,12 @@ async def served_by(r: Router, context: bus.Context | None = None) -> str:
     return result.provider
 
 
+async def asked(workers: Workers, calls: int) -> None:
+    """Until the workers have been asked `calls` times."""
+    async with asyncio.timeout(2), workers.asking:
+        await workers.asking.wait_for(lambda: len(workers.asked) >= calls)
+
+
 def failures(r: Router, provider: str) -> int:
     breaker = r.breakers.get(f"{provider}/m")
     return 0 if breaker is None else breaker.failures
@@ -150,17 +159,28 @@ async def test_a_context_window_error_skips_targets_no_larger() -> None:
     assert workers.asked == ["a", "c"]
 
 
-async def test_an_open_breaker_is_skipped_and_all_open_is_a_clear_503() -> None:
-    workers = Workers({"a": [failure(500)] * 2, "b": [answer("b"), failure(500), failure(500)]})
+async def test_an_open_breaker_is_skipped_and_all_open_leaves_one_last_resort_probe() -> None:
+    a: list[Outcome] = [failure(500), failure(500), answer("a")]
+    workers = Workers({"a": a, "b": [answer("b"), failure(500), failure(500)]}, hold=0.05)
     r = router(workers)
     assert await served_by(r) == "b"
     assert workers.asked == ["a", "a", "b"]  # a's breaker (two failures) is now open
-    with pytest.raises(GatewayError) as raised:
+    with pytest.raises(GatewayError):
         await r.handle(CHAT, ctx())
-    assert workers.asked[3:] == ["b", "b"]
+    assert workers.asked[3:] == ["b", "b"]  # and now b's
+    # Every target open: one call still probes at once (no 60 s cooldown); the others get a clear 503.
+    probe = asyncio.create_task(served_by(r))
+    await asked(workers, 6)  # the probe holds a's slot (for 50 ms)...
+    other = asyncio.create_task(r.handle(CHAT, ctx()))
+    await asked(workers, 7)  # ...a second call holds b's...
     with pytest.raises(GatewayError) as raised:
-        await r.handle(CHAT, ctx())
+        await r.handle(CHAT, ctx())  # ...and a third finds none
     assert raised.value.code == "all_targets_unavailable" and raised.value.http_status == 503
+    assert workers.asked[5:] == ["a", "b"]
+    assert await probe == "a"  # a is back: its breaker closes, and the model with it
+    with pytest.raises(IndexError):
+        await other  # (b's probe: its script is spent)
+    assert r.breaker(r.routes.resolve("chat")[0]).state == "closed"
 
 
 async def test_a_dead_worker_is_asked_again_and_never_feeds_the_breaker() -> None:

@@ -165,6 +165,8 @@ class Fleet:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        for old in self.workdir.glob("*.log"):  # a rerun's logs replace the last run's (a restarted process appends)
+            old.unlink()
         shape = self.shape
         self.nats_ports = [free_port() for _ in range(shape.nats_nodes)]
         cluster_ports = [free_port() for _ in range(shape.nats_nodes)]

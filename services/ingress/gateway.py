@@ -79,6 +79,7 @@ class Gateway:
         self.routes = Routes(config)
         self.connection: bus.Bus | None = None
         self.draining = False
+        self.heartbeat = bus.HEARTBEAT_SECONDS  # how often a router holding our request must say so
         # None when no keys are configured: the gateway is open, as if every caller were one tenant.
         self.keyring = keyring(config)
         cache = config.cache
@@ -264,7 +265,7 @@ async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadl
         try:
             reply, _ = await gateway.bus().request(
                 gateway.subjects.route, payload, headers,
-                deadline + _REPLY_GRACE_SECONDS - time.monotonic(), bus.HEARTBEAT_SECONDS,
+                deadline + _REPLY_GRACE_SECONDS - time.monotonic(), gateway.heartbeat,
                 cancel=gateway.subjects.cancel,  # a client that leaves closes the upstream call
             )
         except bus.NoResponders as exc:
@@ -285,14 +286,27 @@ async def open_stream(
     writer: Callable[[StreamChunk], stream.Writer], on_end: Callable[[StreamEnd], None] | None = None,
 ) -> Response:
     headers[Headers.STREAM] = "1"
-    bus_stream = await gateway.bus().open_stream(gateway.subjects.route, payload, headers, gateway.subjects.cancel)
-    try:
-        # A client that leaves before the first chunk is noticed now, not when that chunk arrives; closing
-        # the stream sends the cancel notice that closes the upstream call.
-        first = await unless_client_leaves(request, stream.first_frame(bus_stream, deadline + _REPLY_GRACE_SECONDS))
-    except BaseException:
-        await bus_stream.close()
-        raise
+    for attempt in (1, 2):
+        bus_stream = await gateway.bus().open_stream(gateway.subjects.route, payload, headers,
+                                                     gateway.subjects.cancel, gateway.heartbeat)
+        try:
+            # A client that leaves before the first chunk is noticed now, not when that chunk arrives;
+            # closing the stream sends the cancel notice that closes the upstream call.
+            first = await unless_client_leaves(request, stream.first_frame(bus_stream, deadline + _REPLY_GRACE_SECONDS))
+        except Unavailable as exc:
+            # Silence before the first chunk: the router holding the stream died (a worker's death is the
+            # router's to retry, and it keeps beating meanwhile). Nothing reached the client yet, so the
+            # stream goes to another router once, as a plain request does; the old one's cancel notice
+            # closes whatever call it had started.
+            await bus_stream.close()
+            if exc.code != "stream_lost" or attempt == 2:
+                raise
+            log.warning("the router handling a stream went silent before its first chunk; asking another")
+            continue
+        except BaseException:
+            await bus_stream.close()
+            raise
+        break
     idle = gateway.config.ingress.stream_idle_timeout_seconds
     frames = stream.relay(bus_stream, first, writer(first), idle, deadline + _REPLY_GRACE_SECONDS, on_end)
     return sse_response(frames, rid, first.provider or "", None)

@@ -197,12 +197,13 @@ class Bus:
                 log.info("the admission queue %s has no leader; trying again", subject)
                 await asyncio.sleep(_QUEUE_RETRY_SECONDS)  # the election's pace: nothing to wait on
 
-    async def open_stream(self, subject: str, payload: bytes, headers: dict[str, str], cancel: str) -> Stream:
+    async def open_stream(self, subject: str, payload: bytes, headers: dict[str, str], cancel: str,
+                          heartbeat: float = HEARTBEAT_SECONDS) -> Stream:
         """Send a stream request; its frames (and the heartbeats of whoever serves it) arrive on one
         token, which is also the request's bus id (`Llm-Bus-Id`) and the key of its cancel notice."""
         await self.replies.start()
-        waiter = self.replies.open(HEARTBEAT_SECONDS)
-        headers = {**headers, Headers.HEARTBEAT: f"{HEARTBEAT_SECONDS:g}", Headers.BUS_ID: waiter.token}
+        waiter = self.replies.open(heartbeat)
+        headers = {**headers, Headers.HEARTBEAT: f"{heartbeat:g}", Headers.BUS_ID: waiter.token}
         try:
             await self.publish(subject, payload, headers, reply=waiter.subject)
         except BaseException:

@@ -124,6 +124,31 @@ async def test_a_started_stream_whose_worker_dies_ends_with_one_error_and_is_not
         await stack.close()
 
 
+@pytest.mark.timeout(60)
+async def test_a_stream_whose_router_dies_before_its_first_chunk_goes_to_another_router(nats_server: Nats) -> None:
+    """Nothing has reached the client yet, so a lost router is no reason to fail the stream (fault suite
+    `kill-router`: such a stream used to get a 503)."""
+    config = make_config(nats_server.url, providers={"mock": {"latency_ms": 6000}})
+    stack = await Stack(config).start()
+    stack.apps[0].gateway.heartbeat = 0.2  # a silent router is given up on after 1 s, before the first chunk (6 s)
+    try:
+        async def read() -> tuple[int, list[str]]:
+            async with client(stack).stream("POST", "/v1/chat/completions", json=chat("reroute me", True)) as got:
+                return got.status_code, [line[6:] async for line in got.aiter_lines() if line.startswith("data: ")]
+
+        reading = asyncio.create_task(read())  # (its status comes with the first chunk)
+        await eventually(lambda: active_calls() == 1, timeout=5)  # the router has passed it to the worker
+        await stack.start_router("router-2")
+        await kill_worker(stack, "router")  # the router holding the stream dies (its connection is gone)
+        status, events = await reading
+        assert status == 200
+        assert events[-1] == "[DONE]" and not any('"error"' in e for e in events), events
+        assert "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1] if
+                       json.loads(e)["choices"])
+    finally:
+        await stack.close()
+
+
 def key(name: str, secret: str) -> dict[str, str]:
     return {"name": name, "sha256": hashlib.sha256(secret.encode()).hexdigest()}
 

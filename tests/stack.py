@@ -16,7 +16,8 @@ import uvicorn
 
 from llm_edge.launcher import free_port
 from services.cache.service import CacheService
-from services.ingress.app import FastPath, create_app
+from services.ingress.app import create_app
+from services.ingress.edge import Edge
 from services.providers.settings import SETTINGS
 from services.providers.worker import ProviderWorker
 from services.router.service import Router
@@ -40,7 +41,7 @@ class Stack:
         self.workers: list[ProviderWorker] = []
         self.ingress_bus: bus.Bus | None = None
         self._http: httpx.AsyncClient | None = None
-        self.apps: list[FastPath] = []
+        self.apps: list[Edge] = []
         self.ingresses: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
         self.extra_buses: list[bus.Bus] = []
         self.url = ""
@@ -81,7 +82,7 @@ class Stack:
         self._http = httpx.AsyncClient(base_url=self.url, timeout=30)
         return self
 
-    async def _serve(self, app: FastPath) -> str:
+    async def _serve(self, app: Edge) -> str:
         self.apps.append(app)
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(
@@ -96,11 +97,12 @@ class Stack:
             await asyncio.sleep(0.001)
         return f"http://127.0.0.1:{port}"
 
-    async def add_ingress(self) -> str:
-        """Another ingress replica on the same bus (and Redis), with its own connection; its base URL."""
+    async def add_ingress(self, direct: bool = True) -> str:
+        """Another ingress replica on the same bus (and Redis), with its own connection; its base URL.
+        `direct=False`: one that leaves every request to FastAPI's routing (no shortcut, `ingress/edge.py`)."""
         connection = await bus.connect(self.config.nats_url, "test-ingress")
         self.extra_buses.append(connection)
-        return await self._serve(create_app(self.config, connection))
+        return await self._serve(create_app(self.config, connection, direct=direct))
 
     async def settle(self) -> None:
         """Wait until every ingress has written the usage charges of the answers it gave."""

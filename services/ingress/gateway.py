@@ -17,9 +17,12 @@ from starlette.responses import Response
 
 from services.ingress import limits, stream
 from services.ingress.auth import Grant, keyring
+from services.ingress.context import Call
 from services.ingress.limits import Refused
 from services.ingress.responses import sse_response
+from services.ingress.responses_store import ResponseStore
 from shared import bus, metrics, tracing
+from shared.bus.kv import Bucket
 from shared.cache.key import cache_key
 from shared.cache.l1 import L1Cache, fill_ttl
 from shared.config import Config
@@ -87,6 +90,15 @@ class Gateway:
         # Without L2 the cache service knows nothing this ingress's L1 does not (both hear every fill).
         self.ask_cache_service = cache.enabled and (
             self.l1 is None or (cache.redis_url is not None and cache.l2_enabled))
+        self._responses: ResponseStore | None = None
+
+    def responses(self) -> ResponseStore:
+        """The Responses API's shared store, on the bus connection (known once the app has started)."""
+        if self._responses is None:
+            retention = self.config.responses
+            self._responses = ResponseStore(Bucket(self.bus(), self.subjects.responses_bucket,
+                                                   retention.retention_seconds, retention.storage))
+        return self._responses
 
     def warn_if_bus_smaller(self, connection: bus.Bus) -> None:
         """A bus that carries less than the body limit: such bodies will get a 413 (not a 500); say why once."""
@@ -157,7 +169,7 @@ class Gateway:
             return None
         key_name.set(None)  # a keep-alive connection's next request must not log the last one's key
         grant = self.keyring.authenticate(request.headers)
-        request.state.key = grant.name
+        Call.of(request).key = grant.name
         key_name.set(grant.name)
         return grant
 
@@ -166,15 +178,16 @@ class Gateway:
 
         Every model-serving endpoint calls `authenticate` first and this once it knows the model."""
         assert self.keyring is not None
+        call = Call.of(request)
         try:
             snap = await self.keyring.admit(grant, model)
         except Refused as refused:
-            request.state.limit_headers = limits.headers(grant.rule, refused.snap)
+            call.limit_headers = limits.headers(grant.rule, refused.snap)
             if refused.snap.denied == "budget":  # waiting seconds will not help: tell SDKs not to retry
-                request.state.limit_headers["x-should-retry"] = "false"
+                call.limit_headers["x-should-retry"] = "false"
             raise refused.error from None
         if snap is not None:
-            request.state.limit_headers = limits.headers(grant.rule, snap)
+            call.limit_headers = limits.headers(grant.rule, snap)
         return grant.namespace
 
     def stream_charger(self, grant: Grant) -> Callable[[StreamEnd], None]:

@@ -21,8 +21,8 @@ T = TypeVar("T")
 _decoder = msgspec.json.Decoder(ChatRequest)
 _fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 # Fields of the unified request that the gateway sets itself: sent by a client, they are vendor extras.
-_INTERNAL = frozenset({"extra_json", "anthropic", "responses_body"})
-_KNOWN = frozenset(ChatRequest.__struct_fields__) - _INTERNAL
+INTERNAL_FIELDS = frozenset({"extra_json", "anthropic", "responses_body"})
+_KNOWN = frozenset(ChatRequest.__struct_fields__) - INTERNAL_FIELDS
 
 
 @dataclass(frozen=True, slots=True)

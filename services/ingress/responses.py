@@ -8,11 +8,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from starlette.requests import Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection
 from starlette.responses import Response, StreamingResponse
 
 from services.ingress import anthropic_dialect, shapes
-from shared.errors import GatewayError
+from services.ingress.context import SCOPE_KEY
+from shared.errors import GatewayError, InternalError, InvalidRequest, NotFound
 from shared.messages import ChatResult
 
 log = logging.getLogger("llm_edge.ingress")
@@ -56,9 +59,36 @@ def result_response(
     )
 
 
-def error_response(error: GatewayError, request: Request) -> Response:
+def exception_response(exc: Exception, connection: HTTPConnection) -> Response:
+    """The one way an exception becomes an HTTP answer at the ingress, wherever it was raised: in an
+    endpoint, or in FastAPI's routing (404, 405) or parameter validation."""
+    return error_response(as_error(exc, connection), connection)
+
+
+def as_error(exc: Exception, connection: HTTPConnection) -> GatewayError:
+    """Any exception as the gateway's error: its own errors as they are, FastAPI's and Starlette's
+    translated, anything else an internal error (logged with its traceback; never shown to the client)."""
+    match exc:
+        case GatewayError():
+            return exc
+        case HTTPException(status_code=404):
+            return NotFound(f"Unknown path: {connection.scope.get('method', 'GET')} {connection.scope['path']}",
+                            code="not_found")
+        case HTTPException():
+            return InvalidRequest(str(exc.detail), status=exc.status_code, code="http_error")
+        case RequestValidationError():
+            first = exc.errors()[0] if exc.errors() else {}
+            param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
+            return InvalidRequest(f"`{param}`: {first.get('msg', 'invalid')}." if param else "Invalid request.",
+                                  param=param)
+    log.error("unhandled error", exc_info=exc)
+    return InternalError("internal error")
+
+
+def error_response(error: GatewayError, connection: HTTPConnection) -> Response:
     headers = {}
-    rid = getattr(request.state, "request_id", None)
+    call = connection.scope.get(SCOPE_KEY)
+    rid = None if call is None else call.rid
     if rid:
         headers["x-request-id"] = rid
     if error.retry_after is not None:
@@ -70,7 +100,7 @@ def error_response(error: GatewayError, request: Request) -> Response:
     # types such as not_found_error or overloaded_error that OpenAI's vocabulary lacks), and a stream's
     # `error` event must be in that shape anyway; one shape per endpoint, then. The status is the gateway's
     # own either way, so each SDK raises the exception class that matches it, with our message.
-    if anthropic_dialect.is_messages_path(str(request.scope.get("path", ""))):
+    if anthropic_dialect.is_messages_path(str(connection.scope.get("path", ""))):
         body = anthropic_dialect.error_json(error, rid)
         if rid:
             headers["request-id"] = rid

@@ -1,0 +1,1 @@
+"""The ingress's HTTP routes, one `APIRouter` per dialect or concern; `app.ROUTERS` lists them."""

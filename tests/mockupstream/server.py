@@ -330,6 +330,7 @@ class MockUpstream:
         self._journal.append((self._last_url, req.headers, req.body))
         self._in_flight += 1
         self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        self._notify()  # a call has arrived: `wait_for` may be waiting for it
         conn.in_call = True
         if self._script:
             scripted: Scripted | None = self._script.popleft()

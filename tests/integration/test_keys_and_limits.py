@@ -115,7 +115,10 @@ async def test_rpm_admits_exactly_the_limit_of_concurrent_requests(nats_server: 
 async def test_the_limit_holds_across_two_ingress_replicas_sharing_redis(
     nats_server: Nats, redis_url: str
 ) -> None:
-    stack = await started(nats_server.url, [key("alpha", ALPHA, rpm=4)], limits={"redis_url": redis_url})
+    # A generous Redis timeout: this is about sharing the count, and on a loaded machine a first call (connect
+    # and script load) over the 0.25 s default makes each replica fall back to counting on its own.
+    stack = await started(nats_server.url, [key("alpha", ALPHA, rpm=4)],
+                          limits={"redis_url": redis_url, "redis_timeout_seconds": 5})
     try:
         other = await stack.add_ingress()
         clients = [stack.openai(ALPHA), stack.openai(ALPHA, url=other)]

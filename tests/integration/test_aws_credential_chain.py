@@ -113,6 +113,7 @@ async def test_web_identity_signs_and_is_refreshed_before_expiry(
 
     first, second = await until_refreshed(stack, upstream, "sts")
     assert_refreshed_before_expiry(upstream, first, second)
+    assert (first.asked, second.asked) == ("eks-projected-token-1", "eks-projected-token-2")
 
 
 async def test_ecs_task_role_signs_and_is_refreshed_before_expiry(

@@ -54,6 +54,7 @@ class Fetch:
     at: float
     key: str  # the access key id, or the bearer token
     expires: float
+    asked: str = ""  # what was presented: the web identity token, the Azure resource, the Google scope
 
 
 @dataclass(slots=True)
@@ -121,19 +122,19 @@ class Clouds:
                 return self._google_token(body)
         return None
 
-    def _issue_aws(self, source: str) -> tuple[str, str, str, float]:
+    def _issue_aws(self, source: str, asked: str = "") -> tuple[str, str, str, float]:
         key = "ASIA" + secrets.token_hex(8).upper()
         secret, token = secrets.token_urlsafe(30), secrets.token_urlsafe(60)
         expires = float(int(time.time() + self.lifetime[source]))  # AWS gives whole seconds
         self.aws[key] = _AwsKey(secret, token, expires)
-        self.fetches.append(Fetch(source, time.time(), key, expires))
+        self.fetches.append(Fetch(source, time.time(), key, expires, asked))
         return key, secret, token, expires
 
-    def _issue_bearer(self, source: str) -> tuple[str, float]:
+    def _issue_bearer(self, source: str, asked: str) -> tuple[str, float]:
         token = secrets.token_urlsafe(32)
         expires = float(int(time.time() + self.lifetime[source]))
         self.bearers[token] = (source, expires)
-        self.fetches.append(Fetch(source, time.time(), token, expires))
+        self.fetches.append(Fetch(source, time.time(), token, expires, asked))
         return token, expires
 
     def _sts(self, body: bytes) -> Answer:
@@ -145,7 +146,7 @@ class Clouds:
                                                            "not be validated by AWS. Get a new identity token "
                                                            "from the identity provider and then retry the "
                                                            "request.")
-        key, secret, token, expires = self._issue_aws("sts")
+        key, secret, token, expires = self._issue_aws("sts", form["WebIdentityToken"])
         session = form.get("RoleSessionName", "session")
         return 200, _STS_RESPONSE.format(
             role=form["RoleArn"], session=session, key=key, secret=secret, token=token, expires=_iso(expires),
@@ -157,7 +158,7 @@ class Clouds:
             return 401, _json({"statusCode": 401, "message": "Unauthorized request"}), _JSON
         if query.get("api-version") != "2019-08-01" or not query.get("resource"):
             return 400, _json({"statusCode": 400, "message": "Bad request: api-version and resource"}), _JSON
-        token, expires = self._issue_bearer("entra")
+        token, expires = self._issue_bearer("entra", query["resource"])
         return 200, _json({"access_token": token, "expires_on": str(int(expires)), "resource": query["resource"],
                            "token_type": "Bearer", "client_id": "00000000-0000-0000-0000-000000000000"}), _JSON
 
@@ -168,7 +169,7 @@ class Clouds:
         claims = _verified_jwt(form.get("assertion", ""), self.service_accounts)
         if claims is None or "https://www.googleapis.com/auth/cloud-platform" not in str(claims.get("scope")):
             return 400, _json({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}), _JSON
-        token, expires = self._issue_bearer("google")
+        token, expires = self._issue_bearer("google", str(claims["scope"]))
         return 200, _json({"access_token": token, "expires_in": int(expires - time.time()),
                            "token_type": "Bearer"}), _JSON
 

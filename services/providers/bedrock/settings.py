@@ -5,10 +5,10 @@ credential chain signs (`credentials.py`, the optional extra `llm-edge[aws]`), f
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from typing import ClassVar
 
+from services.providers.extras import missing
 from shared.config import ProviderSettings
 
 
@@ -49,7 +49,6 @@ class BedrockSettings(ProviderSettings, frozen=True, kw_only=True, tag="bedrock"
         if self.uses_chain():
             if not self.region:
                 return "region: signing with the AWS credential chain needs the region (or AWS_REGION)"
-            if importlib.util.find_spec("botocore") is None:
-                return ("aws_access_key_id: with no key configured, the AWS credential chain signs the calls, "
-                        "which needs botocore: pip install 'llm-edge[aws]'")
+            if problem := missing("botocore", "aws", "with no key configured, the AWS credential chain signs"):
+                return f"aws_access_key_id: {problem}"
         return None

@@ -22,7 +22,7 @@ from shared.errors import ProviderError
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessTokenInfo
-    from azure.core.credentials_async import AsyncTokenCredential
+    from azure.core.credentials_async import AsyncSupportsTokenInfo
 
 log = logging.getLogger("llm_edge.provider")
 
@@ -43,7 +43,7 @@ class EntraToken:
 
     def __init__(self, *, credential: str, client_id: str | None, scope: str, provider: str) -> None:
         self.kind, self.client_id, self.scope, self.provider = credential, client_id, scope, provider
-        self._credential: AsyncTokenCredential | None = None
+        self._credential: AsyncSupportsTokenInfo | None = None
         self._token: AccessTokenInfo | None = None
         self._lock = asyncio.Lock()
 
@@ -73,13 +73,13 @@ class EntraToken:
         except (AzureError, ValueError, OSError) as exc:  # ClientAuthenticationError, CredentialUnavailableError
             raise self._failed(f"getting an Entra ID token ({CREDENTIALS[self.kind]}) failed: {exc}") from exc
 
-    def _make(self) -> AsyncTokenCredential:
+    def _make(self) -> AsyncSupportsTokenInfo:
         from azure.identity import aio
 
         options: dict[str, Any] = {}
         if self.client_id is not None and self.kind in ("default", "managed_identity", "workload_identity"):
             options["managed_identity_client_id" if self.kind == "default" else "client_id"] = self.client_id
-        credential: AsyncTokenCredential = getattr(aio, CREDENTIALS[self.kind])(**options)
+        credential: AsyncSupportsTokenInfo = getattr(aio, CREDENTIALS[self.kind])(**options)
         log.info("provider %s authenticates with Entra ID (%s)", self.provider, CREDENTIALS[self.kind])
         return credential
 

@@ -139,6 +139,22 @@ async def test_instance_metadata_v2_signs_with_the_role_credentials(
     assert upstream.requests[-1]["headers"]["x-amz-security-token"]
 
 
+async def test_a_profile_of_the_shared_files_signs(nats_server: Nats, upstream: MockUpstream,
+                                                   aws_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "no-credentials").write_text(
+        "[default]\naws_access_key_id = AKIADEFAULTDEFAULT00\naws_secret_access_key = not-this-one\n\n"
+        "[gateway]\naws_access_key_id = AKIAGATEWAYPROFILE00\naws_secret_access_key = gateway-secret\n")
+    upstream.clouds.add_aws_key("AKIAGATEWAYPROFILE00", "gateway-secret")
+    config = make_config(nats_server.url, providers={"bedrock": {
+        "adapter": "bedrock", "base_url": upstream.url, "region": "us-west-2", "aws_profile": "gateway"}})
+    stack = await Stack(config).start()
+    try:
+        await ask(stack)
+    finally:
+        await stack.close()
+    assert signers(upstream) == ["AKIAGATEWAYPROFILE00"]
+
+
 async def test_credentials_that_expired_are_refused_by_the_upstream(
         stack: Stack, upstream: MockUpstream, aws_env: pytest.MonkeyPatch) -> None:
     """The mock's check is real: a set that has expired (here: revoked early) is refused with AWS's 403,

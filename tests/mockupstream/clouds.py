@@ -84,6 +84,10 @@ class Clouds:
         self.imds_tokens.clear()
         self.aws = {EXAMPLE_KEY[0]: _AwsKey(EXAMPLE_KEY[1], None, None)}
 
+    def add_aws_key(self, key: str, secret: str) -> None:
+        """A long-lived access key the account has (as in a shared credentials file), accepted when it signs."""
+        self.aws[key] = _AwsKey(secret, None, None)
+
     # --- the credential services ---
 
     def serve(self, method: bytes, path: bytes, url: bytes, headers: dict[str, str], body: bytes) -> Answer | None:

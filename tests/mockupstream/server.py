@@ -318,6 +318,17 @@ class MockUpstream:
                     return 400, openai_error(400, f"Bad fault: {exc}", 0)
                 self._fault, self._fault_until = fault.response, time.monotonic() + fault.seconds
                 return 200, b'{"ok":true}'
+            case b"GET", b"/_mock/clouds":  # the credentials handed out, for tests of another process
+                return 200, encode({"fetches": [dataclasses.asdict(f) for f in self.clouds.fetches]})
+            case b"POST", b"/_mock/clouds":
+                try:
+                    settings = _clouds_decoder.decode(req.body)
+                except msgspec.MsgspecError as exc:
+                    return 400, openai_error(400, f"Bad clouds settings: {exc}", 0)
+                self.clouds.lifetime.update(settings.lifetime)
+                if settings.web_identity_tokens is not None:
+                    self.clouds.web_identity_tokens = set(settings.web_identity_tokens)
+                return 200, b'{"ok":true}'
             case b"POST", b"/_mock/script":
                 try:
                     self._script.extend(script_decoder.decode(req.body).responses)
@@ -441,6 +452,12 @@ class _TimedFault(msgspec.Struct, forbid_unknown_fields=True):
     response: Scripted
 
 
+class _CloudSettings(msgspec.Struct, forbid_unknown_fields=True):
+    lifetime: dict[str, float] = {}  # source (imds, sts, ecs, entra, google) -> seconds
+    web_identity_tokens: list[str] | None = None
+
+
+_clouds_decoder = msgspec.json.Decoder(_CloudSettings)
 _timed_fault_decoder = msgspec.json.Decoder(_TimedFault)
 _fault_decoder = msgspec.json.Decoder(Scripted)
 

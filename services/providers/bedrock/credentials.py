@@ -10,7 +10,6 @@ signer (`sigv4.py`) signs with whatever set is current.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,6 +18,7 @@ from typing import Any
 
 from services.providers.base import HttpCall
 from services.providers.bedrock.sigv4 import Credentials, sign
+from services.providers.refresh import Refresher
 from shared.errors import ProviderError
 
 log = logging.getLogger("llm_edge.provider")
@@ -34,15 +34,16 @@ class CredentialChain:
         self._source: Any = None  # botocore's Credentials or RefreshableCredentials
         self._stale: Callable[[], bool] = lambda: False
         self._current: Credentials | None = None
-        self._lock = asyncio.Lock()
+        self._refresher = Refresher()
         self.method = ""  # where botocore found them ("iam-role", "assume-role-with-web-identity", …)
 
     async def current(self) -> Credentials:
-        if self._current is None or self._stale():
-            async with self._lock:  # one refresh at a time; the others wait for its result
-                if self._current is None or self._stale():
-                    self._current = await asyncio.to_thread(self._fetch)
+        await self._refresher.run(lambda: self._current is None or self._stale(), self._update)
+        assert self._current is not None  # the refresher raised otherwise
         return self._current
+
+    def _update(self) -> None:
+        self._current = self._fetch()
 
     def _fetch(self) -> Credentials:
         """In a thread: resolve the chain (first call), then botocore's frozen copy, which refreshes the

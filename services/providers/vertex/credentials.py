@@ -10,12 +10,12 @@ whose refresh failed is still used while it lasts (the refresh is tried again on
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import replace
 from typing import Any
 
 from services.providers.base import HttpCall
+from services.providers.refresh import Refresher
 from shared.errors import ProviderError
 
 log = logging.getLogger("llm_edge.provider")
@@ -30,7 +30,7 @@ class GoogleToken:
         self.scopes, self.provider = scopes, provider
         self._credentials: Any = None  # google.auth.credentials.Credentials, once found
         self._transport: Any = None  # google.auth.transport.requests.Request: one HTTP session, reused
-        self._lock = asyncio.Lock()
+        self._refresher = Refresher()
 
     async def authorize(self, call: HttpCall) -> HttpCall:
         token = await self.token()
@@ -38,10 +38,7 @@ class GoogleToken:
                        secret_headers=call.secret_headers | {"Authorization"})
 
     async def token(self) -> str:
-        if not self._fresh():
-            async with self._lock:
-                if not self._fresh():
-                    await asyncio.to_thread(self._refresh)
+        await self._refresher.run(lambda: not self._fresh(), self._refresh)
         return str(self._credentials.token)
 
     def _fresh(self) -> bool:

@@ -107,7 +107,7 @@ class Clouds:
                     return 200, ROLE.encode(), _TEXT
                 if role != ROLE:
                     return 404, b"", _TEXT
-                key, secret, token, expires = self._issue_aws("imds")
+                key, secret, token, expires = self.issue_aws("imds")
                 return 200, _json({"Code": "Success", "LastUpdated": _iso(time.time()), "Type": "AWS-HMAC",
                                    "AccessKeyId": key, "SecretAccessKey": secret, "Token": token,
                                    "Expiration": _iso(expires)}), _JSON
@@ -116,7 +116,7 @@ class Clouds:
             case b"GET", _ if path == ECS_PATH:
                 if headers.get("authorization") != self.ecs_token:
                     return 401, _json({"message": "invalid authorization token"}), _JSON
-                key, secret, token, expires = self._issue_aws("ecs")
+                key, secret, token, expires = self.issue_aws("ecs")
                 return 200, _json({"AccessKeyId": key, "SecretAccessKey": secret, "Token": token,
                                    "Expiration": _iso(expires),
                                    "RoleArn": f"arn:aws:iam::123456789012:role/{ROLE}"}), _JSON
@@ -126,7 +126,7 @@ class Clouds:
                 return self._google_token(body)
         return None
 
-    def _issue_aws(self, source: str, asked: str = "") -> tuple[str, str, str, float]:
+    def issue_aws(self, source: str, asked: str = "") -> tuple[str, str, str, float]:
         key = "ASIA" + secrets.token_hex(8).upper()
         secret, token = secrets.token_urlsafe(30), secrets.token_urlsafe(60)
         expires = float(int(time.time() + self.lifetime[source]))  # AWS gives whole seconds
@@ -134,7 +134,7 @@ class Clouds:
         self.fetches.append(Fetch(source, time.time(), key, expires, asked))
         return key, secret, token, expires
 
-    def _issue_bearer(self, source: str, asked: str) -> tuple[str, float]:
+    def issue_bearer(self, source: str, asked: str) -> tuple[str, float]:
         token = secrets.token_urlsafe(32)
         expires = float(int(time.time() + self.lifetime[source]))
         self.bearers[token] = (source, expires)
@@ -150,7 +150,7 @@ class Clouds:
                                                            "not be validated by AWS. Get a new identity token "
                                                            "from the identity provider and then retry the "
                                                            "request.")
-        key, secret, token, expires = self._issue_aws("sts", form["WebIdentityToken"])
+        key, secret, token, expires = self.issue_aws("sts", form["WebIdentityToken"])
         session = form.get("RoleSessionName", "session")
         return 200, _STS_RESPONSE.format(
             role=form["RoleArn"], session=session, key=key, secret=secret, token=token, expires=_iso(expires),
@@ -162,7 +162,7 @@ class Clouds:
             return 401, _json({"statusCode": 401, "message": "Unauthorized request"}), _JSON
         if query.get("api-version") != "2019-08-01" or not query.get("resource"):
             return 400, _json({"statusCode": 400, "message": "Bad request: api-version and resource"}), _JSON
-        token, expires = self._issue_bearer("entra", query["resource"])
+        token, expires = self.issue_bearer("entra", query["resource"])
         return 200, _json({"access_token": token, "expires_on": str(int(expires)), "resource": query["resource"],
                            "token_type": "Bearer", "client_id": "00000000-0000-0000-0000-000000000000"}), _JSON
 
@@ -173,7 +173,7 @@ class Clouds:
         claims = _verified_jwt(form.get("assertion", ""), self.service_accounts)
         if claims is None or "https://www.googleapis.com/auth/cloud-platform" not in str(claims.get("scope")):
             return 400, _json({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}), _JSON
-        token, expires = self._issue_bearer("google", str(claims["scope"]))
+        token, expires = self.issue_bearer("google", str(claims["scope"]))
         return 200, _json({"access_token": token, "expires_in": int(expires - time.time()),
                            "token_type": "Bearer"}), _JSON
 

@@ -95,9 +95,17 @@ class ProviderWorker:
         if self.auth is not None:
             await self.auth.close()
 
-    async def authorized(self, call: HttpCall) -> HttpCall:
-        """`call` with the run-time credentials added (a cloud credential chain), if the adapter has any."""
-        return call if self.auth is None else await self.auth.authorize(call)
+    async def authorized(self, call: HttpCall, timeout: float) -> HttpCall:
+        """`call` with the run-time credentials added (a cloud credential chain), if the adapter has any;
+        a credential fetch that outlasts the request's deadline ends it."""
+        if self.auth is None:
+            return call
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.auth.authorize(call)
+        except TimeoutError:
+            raise DeadlineExceeded("deadline passed while fetching the provider's credentials",
+                                   where=self.where) from None
 
     def time_left(self, ctx: bus.Context) -> float:
         """Seconds this call may take: what is left of the request's deadline, the only total (the
@@ -167,7 +175,7 @@ class ProviderWorker:
         timeout = self.time_left(ctx)
         model = streaming.target_model(request, ctx)
         if isinstance(self.adapter, CountingAdapter) and not self.local:
-            call = await self.authorized(self.adapter.build_count_request(request, model, self.settings))
+            call = await self.authorized(self.adapter.build_count_request(request, model, self.settings), timeout)
             response = await self.upstream.send(call, timeout)
             if response.status >= 400:
                 log.info("provider %s answered %d to count_tokens", self.name, response.status)
@@ -190,7 +198,7 @@ class ProviderWorker:
     async def _call_http(
         self, adapter: HttpAdapter[Any], request: ChatRequest, model: str, timeout: float
     ) -> ChatResult:
-        call = await self.authorized(adapter.build_request(request, model, self.settings))
+        call = await self.authorized(adapter.build_request(request, model, self.settings), timeout)
         try:
             response = await self.upstream.send(call, timeout)
             if response.status >= 400:

@@ -8,12 +8,18 @@ until a second set of credentials signs, then check it was fetched before the fi
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import openai
 import pytest
 
+from services.providers.worker import ProviderWorker
+from shared import bus
+from shared.errors import DeadlineExceeded
+from shared.messages import ChatRequest, Message
+from shared.subjects import Headers
 from tests.infra import Nats
 from tests.mockupstream.clouds import ECS_PATH, Fetch
 from tests.mockupstream.server import MockUpstream
@@ -169,6 +175,33 @@ async def test_credentials_that_expired_are_refused_by_the_upstream(
     assert caught.value.status_code == 502
     assert error_body(caught.value)["code"] == "provider_auth_failed"
     assert "expired" in error_body(caught.value)["message"]
+
+
+async def test_a_credential_service_that_hangs_ends_the_call_at_its_deadline(
+        nats_server: Nats, upstream: MockUpstream, aws_env: pytest.MonkeyPatch) -> None:
+    """The worker's handler, called as the bus would with a 1 s deadline: botocore would wait 2 s per try
+    of the hanging endpoint (and give up with a 502), the request's own deadline ends the call first."""
+    release = asyncio.Event()
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()  # accepts the connection, never answers
+        writer.close()
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    aws_env.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", f"http://127.0.0.1:{port}/credentials")
+    worker = ProviderWorker(make_config(nats_server.url, providers={"bedrock": {
+        "adapter": "bedrock", "base_url": upstream.url, "region": "us-west-2"}}), "bedrock")
+    deadline = {Headers.DEADLINE: str(int((time.time() + 1) * 1000))}
+    request = ChatRequest(model=MODEL, messages=[Message(role="user", content="hi")])
+    try:
+        with pytest.raises(DeadlineExceeded, match="fetching the provider's credentials"):
+            await worker.chat(request, bus.Context(b"", deadline))
+        assert upstream.stats["calls"] == 0
+    finally:
+        release.set()
+        server.close()
+        await worker.close()
 
 
 async def test_no_credentials_anywhere_is_a_clear_502(stack: Stack, upstream: MockUpstream,

@@ -1,11 +1,12 @@
-"""Refreshing run-time credentials (a cloud credential chain's) off the event loop: the libraries that do it
-(botocore, google-auth) make blocking HTTP calls, so a refresh runs in a thread, one at a time."""
+"""Refreshing run-time credentials (a cloud credential chain's), one refresh at a time, never on the event loop:
+botocore's and google-auth's refreshes are blocking HTTP calls and run in a thread (azure-identity's async
+credentials are awaited)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from shared.errors import ProviderError
 
@@ -20,8 +21,12 @@ class Refresher:
         self._failure: ProviderError | None = None
 
     async def run(self, needed: Callable[[], bool], refresh: Callable[[], None]) -> None:
-        """Run `refresh` in a thread if `needed()`; the calls that arrive meanwhile wait for it. After a try
-        that failed, or left `needed()` true (a library that keeps a still-valid set when its refresh fails),
+        """Run the blocking `refresh` in a thread if `needed()` (see `run_async`)."""
+        await self.run_async(needed, lambda: asyncio.to_thread(refresh))
+
+    async def run_async(self, needed: Callable[[], bool], refresh: Callable[[], Awaitable[None]]) -> None:
+        """Await `refresh()` if `needed()`; the calls that arrive meanwhile wait for it. After a try that
+        failed, or left `needed()` true (a library that keeps a still-valid set when its refresh fails),
         there is no new try for `retry_seconds`, so that calls do not queue behind one more try each while a
         credential service is down: the failure is raised again, or the kept set used."""
         if not needed():
@@ -35,7 +40,7 @@ class Refresher:
                     raise ProviderError(failure.message, code=failure.code, where=failure.where)
                 return
             try:
-                await asyncio.to_thread(refresh)
+                await refresh()
             except ProviderError as exc:
                 self._failure, self._retry_at = exc, time.monotonic() + self.retry_seconds
                 raise

@@ -3,21 +3,21 @@ credentials (the optional extra `llm-edge[azure]`), `Authorization: Bearer <toke
 `https://cognitiveservices.azure.com/.default` (learn.microsoft.com/azure/ai-foundry/openai/how-to/managed-identity).
 
 `DefaultAzureCredential` by default (environment, workload identity, managed identity, Azure CLI, …), or the
-one credential the entry names. The token is kept until its refresh time (the token's `refresh_on`, else five
-minutes before it expires, azure-identity's own offset); from then on every call asks the credential, which
-fetches a new token (without blocking: these credentials are asyncio ones) and hands out the cached one
-until it has.
+one credential the entry names. The token is kept until its refresh time (the token's `refresh_on`, or five
+minutes before it expires, azure-identity's own offset); from then on the credential is asked again (at most
+every few seconds, `refresh.py`), and it fetches a new token (without blocking: these credentials are asyncio
+ones) or hands out its cached one while that is still valid.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from services.providers.base import HttpCall
+from services.providers.refresh import Refresher
 from shared.errors import ProviderError
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class EntraToken:
         self.kind, self.client_id, self.scope, self.provider = credential, client_id, scope, provider
         self._credential: AsyncSupportsTokenInfo | None = None
         self._token: AccessTokenInfo | None = None
-        self._lock = asyncio.Lock()
+        self._refresher = Refresher()
 
     async def authorize(self, call: HttpCall) -> HttpCall:
         token = await self.token()
@@ -53,13 +53,15 @@ class EntraToken:
                        secret_headers=call.secret_headers | {"Authorization"})
 
     async def token(self) -> str:
-        token = self._token
-        if token is None or time.time() >= _refresh_at(token):
-            async with self._lock:
-                if self._token is None or time.time() >= _refresh_at(self._token):
-                    self._token = await self._fetch()
-            token = self._token
-        return token.token
+        await self._refresher.run_async(self._due, self._update)
+        assert self._token is not None  # the refresher raised otherwise
+        return self._token.token
+
+    def _due(self) -> bool:
+        return self._token is None or time.time() >= _refresh_at(self._token)
+
+    async def _update(self) -> None:
+        self._token = await self._fetch()
 
     async def _fetch(self) -> AccessTokenInfo:
         try:

@@ -5,7 +5,7 @@ each call carries `Authorization: Bearer <access token>`.
 
 google-auth calls a token stale 3 min 45 s before it expires; a stale or missing token is refreshed then.
 Its refresh is blocking HTTP, so it runs in a thread, one at a time, never on the event loop. A stale token
-whose refresh failed is still used while it lasts (the refresh is tried again on the next call).
+whose refresh failed is still used while it lasts (the refresh is tried again a few seconds later).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class GoogleToken:
             if not usable:
                 raise self._failed(f"refreshing the Google access token failed: {exc}") from exc
             log.warning("provider %s: refreshing the Google access token failed (the current one is still "
-                        "valid; retried on the next call): %s", self.provider, exc)
+                        "valid; tried again in a few seconds): %s", self.provider, exc)
 
     def _failed(self, detail: str) -> ProviderError:
         return ProviderError(f"{self.provider}: {detail}", code="provider_credentials_unavailable",

@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 
+import openai
 import pytest
 
 from tests.infra import Nats
 from tests.mockupstream.clouds import MSI_PATH, Fetch
 from tests.mockupstream.server import MockUpstream
-from tests.stack import Stack, make_config
+from tests.stack import Stack, error_body, make_config
 
 NO_CACHE = {"cache-control": "no-cache, no-store"}
 AZURE_VARIABLES = (
@@ -86,3 +87,21 @@ async def test_the_token_is_refreshed_before_it_expires(stack: Stack, upstream: 
 async def test_the_token_is_for_the_cognitive_services_resource(stack: Stack, upstream: MockUpstream) -> None:
     await ask(stack)
     assert [t.asked for t in tokens(upstream)] == ["https://cognitiveservices.azure.com"]
+
+
+async def test_a_credential_that_finds_nothing_is_a_clear_502(nats_server: Nats, upstream: MockUpstream,
+                                                              managed_identity: None) -> None:
+    config = make_config(nats_server.url, providers={"azure": {
+        "adapter": "azure", "base_url": upstream.url, "entra_credential": "environment"}},
+        router={"retry": {"attempts": 1}})
+    stack = await Stack(config).start()
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await ask(stack)
+    finally:
+        await stack.close()
+    assert caught.value.status_code == 502
+    error = error_body(caught.value)
+    assert error["code"] == "provider_credentials_unavailable"
+    assert "EnvironmentCredential" in error["message"]
+    assert upstream.stats["calls"] == 0

@@ -95,6 +95,24 @@ class CountingAdapter(Protocol[S_contra]):
     def parse_count(self, body: bytes, *, provider: str, model: str) -> TokenCount: ...
 
 
+class Authorizer(Protocol):
+    """Credentials a cloud hands out at run time (AWS's credential chain, an Entra ID or a Google token),
+    refreshed before they expire: they sign or authorize each built call just before it is sent. One per
+    worker, made by the adapter; a refresh never blocks the event loop."""
+
+    async def authorize(self, call: HttpCall) -> HttpCall: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class AuthorizingAdapter(Protocol[S_contra]):
+    """An adapter whose calls may need run-time credentials (`authorizer` returns None when the settings
+    hold a static key, which `build_request` already put in the call)."""
+
+    def authorizer(self, config: S_contra, *, provider: str) -> Authorizer | None: ...
+
+
 @runtime_checkable
 class LocalAdapter(Protocol[S_contra]):
     name: str

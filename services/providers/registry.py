@@ -12,6 +12,7 @@ from services.providers.bedrock import adapter as bedrock
 from services.providers.gemini import adapter as gemini
 from services.providers.mock import adapter as mock
 from services.providers.openai import adapter as openai
+from services.providers.vertex import adapter as vertex
 
 ADAPTERS: dict[str, HttpAdapter[Any] | LocalAdapter[Any]] = {
     "openai": openai.adapter,
@@ -21,4 +22,5 @@ ADAPTERS: dict[str, HttpAdapter[Any] | LocalAdapter[Any]] = {
     "bedrock": bedrock.adapter,
     "gemini": gemini.adapter,
     "mock": mock.adapter,
+    "vertex": vertex.adapter,
 }

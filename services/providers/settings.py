@@ -10,10 +10,11 @@ from services.providers.bedrock.settings import BedrockSettings
 from services.providers.gemini.settings import GeminiSettings
 from services.providers.mock.settings import MockSettings
 from services.providers.openai.settings import OpenAICompatibleSettings, OpenAISettings
+from services.providers.vertex.settings import VertexSettings
 from shared.config import Adapters
 
 SETTINGS: Adapters = {
     cls.tag(): cls
     for cls in (OpenAISettings, OpenAICompatibleSettings, AnthropicSettings, AzureSettings, BedrockSettings,
-                GeminiSettings, MockSettings)
+                GeminiSettings, VertexSettings, MockSettings)
 }

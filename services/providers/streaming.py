@@ -44,7 +44,7 @@ async def items(worker: ProviderWorker, request: ChatRequest, model: str, timeou
 
 async def _http_items(worker: ProviderWorker, adapter: HttpAdapter[Any], request: ChatRequest, model: str,
                       timeout: float) -> AsyncIterator[Delta | StreamSummary]:
-    call = adapter.build_stream_request(request, model, worker.settings)
+    call = await worker.authorized(adapter.build_stream_request(request, model, worker.settings), timeout)
     parser = adapter.stream_parser(provider=worker.name, model=model)
     decoder = adapter.stream_decoder()
     try:

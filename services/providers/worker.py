@@ -18,7 +18,7 @@ import msgspec
 from opentelemetry.trace import SpanKind
 
 from services.providers import streaming, tokens
-from services.providers.base import CountingAdapter, HttpAdapter, HttpCall, LocalAdapter
+from services.providers.base import AuthorizingAdapter, CountingAdapter, HttpAdapter, HttpCall, LocalAdapter
 from services.providers.http import Upstream, Waits
 from services.providers.registry import ADAPTERS
 from shared import bus, metrics, pricing, runtime, secrets, tracing
@@ -47,6 +47,8 @@ class ProviderWorker:
         self.adapter = ADAPTERS[self.settings.adapter]
         # Decided once: a runtime Protocol check costs microseconds on every request.
         self.local = isinstance(self.adapter, LocalAdapter)
+        self.auth = (self.adapter.authorizer(self.settings, provider=name)
+                     if isinstance(self.adapter, AuthorizingAdapter) else None)
         self.instance = ""
         self.subjects = Subjects(config.prefix)
         self.upstream = Upstream(name, self.settings.max_connections, Waits.of(self.settings))
@@ -90,6 +92,20 @@ class ProviderWorker:
 
     async def close(self) -> None:
         await self.upstream.close()
+        if self.auth is not None:
+            await self.auth.close()
+
+    async def authorized(self, call: HttpCall, timeout: float) -> HttpCall:
+        """`call` with the run-time credentials added (a cloud credential chain), if the adapter has any;
+        a credential fetch that outlasts the request's deadline ends it."""
+        if self.auth is None:
+            return call
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.auth.authorize(call)
+        except TimeoutError:
+            raise DeadlineExceeded("deadline passed while fetching the provider's credentials",
+                                   where=self.where) from None
 
     def time_left(self, ctx: bus.Context) -> float:
         """Seconds this call may take: what is left of the request's deadline, the only total (the
@@ -159,7 +175,7 @@ class ProviderWorker:
         timeout = self.time_left(ctx)
         model = streaming.target_model(request, ctx)
         if isinstance(self.adapter, CountingAdapter) and not self.local:
-            call = self.adapter.build_count_request(request, model, self.settings)
+            call = await self.authorized(self.adapter.build_count_request(request, model, self.settings), timeout)
             response = await self.upstream.send(call, timeout)
             if response.status >= 400:
                 log.info("provider %s answered %d to count_tokens", self.name, response.status)
@@ -182,7 +198,7 @@ class ProviderWorker:
     async def _call_http(
         self, adapter: HttpAdapter[Any], request: ChatRequest, model: str, timeout: float
     ) -> ChatResult:
-        call = adapter.build_request(request, model, self.settings)
+        call = await self.authorized(adapter.build_request(request, model, self.settings), timeout)
         try:
             response = await self.upstream.send(call, timeout)
             if response.status >= 400:

@@ -1,6 +1,7 @@
 """The Gemini API as the mock speaks it: `/v1beta/models/{model}:generateContent` and
 `:streamGenerateContent?alt=sse` (each event one `GenerateContentResponse`, CRLF-framed as Google sends
-them, no terminator), and Google's error body `{"error": {"code", "message", "status"}}`.
+them, no terminator), and Google's error body `{"error": {"code", "message", "status"}}`. Vertex AI's
+`/v1/projects/{project}/locations/{location}/publishers/google/models/{model}:…` takes the same bodies.
 
 After ai.google.dev/api/generate-content and ai.google.dev/gemini-api/docs/troubleshooting.
 """
@@ -53,13 +54,24 @@ class _Request(msgspec.Struct, rename="camel"):
 _decoder = msgspec.json.Decoder(_Request)
 
 
+_VERTEX_PREFIX = b"/v1/projects/"
+_VERTEX_MODELS = b"/publishers/google/models/"
+_METHODS = (b":generateContent", b":streamGenerateContent")
+
+
 def matches(path: bytes) -> bool:
-    return path.startswith(_PREFIX) and (path.endswith((b":generateContent", b":streamGenerateContent")))
+    return (path.startswith(_PREFIX) or vertex_matches(path)) and path.endswith(_METHODS)
+
+
+def vertex_matches(path: bytes) -> bool:
+    """Vertex AI's `/v1/projects/{project}/locations/{location}/publishers/google/models/{model}:method`:
+    the same request and answer bodies as the Gemini API's."""
+    return path.startswith(_VERTEX_PREFIX) and _VERTEX_MODELS in path and path.endswith(_METHODS)
 
 
 def _plan(url: bytes, body: bytes) -> Plan:
     path, _, query = url.partition(b"?")
-    model, _, method = unquote(path[len(_PREFIX) :].decode()).rpartition(":")
+    model, _, method = unquote(path.rpartition(b"/models/")[2].decode()).rpartition(":")
     r = _decoder.decode(body)
     messages = []
     for c in r.contents:

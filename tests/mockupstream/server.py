@@ -23,6 +23,8 @@ from typing import Any, cast
 import httptools
 import msgspec
 
+from tests.mockupstream import bedrock, gemini
+from tests.mockupstream.clouds import Clouds
 from tests.mockupstream.dialects import dialect_for
 from tests.mockupstream.formats import (
     REASONS,
@@ -178,6 +180,7 @@ class MockUpstream:
         self._fault: Scripted | None = None  # answers every call until `_fault_until` (a timed fault)
         self._fault_until = 0.0
         self._seq = 0
+        self.clouds = Clouds()  # the clouds' credential services, and the checks of what calls carry
         self.reset()
 
     @property
@@ -223,6 +226,7 @@ class MockUpstream:
         self._last_url = ""
         self._last_headers: list[tuple[bytes, bytes]] = []
         self._journal: deque[tuple[str, list[tuple[bytes, bytes]], bytes]] = deque(maxlen=200)
+        self.clouds.reset()
         self._notify()
 
     @property
@@ -287,8 +291,13 @@ class MockUpstream:
         dialect = dialect_for(req.path)
         if dialect is not None and req.method == b"POST":
             return self._llm_call(conn, req, dialect)
-        status, body = self._control(req)
-        conn.write(_response(status, body, {}, req.keep_alive))
+        headers = _lower(req.headers)
+        if (answer := self.clouds.serve(req.method, req.path, req.url, headers, req.body)) is not None:
+            status, body, extra = answer
+            conn.write(_response(status, body, extra, req.keep_alive))
+        else:
+            status, body = self._control(req)
+            conn.write(_response(status, body, {}, req.keep_alive))
         if not req.keep_alive:
             conn.close()
         return None
@@ -308,6 +317,17 @@ class MockUpstream:
                 except msgspec.MsgspecError as exc:
                     return 400, openai_error(400, f"Bad fault: {exc}", 0)
                 self._fault, self._fault_until = fault.response, time.monotonic() + fault.seconds
+                return 200, b'{"ok":true}'
+            case b"GET", b"/_mock/clouds":  # the credentials handed out, for tests of another process
+                return 200, encode({"fetches": [dataclasses.asdict(f) for f in self.clouds.fetches]})
+            case b"POST", b"/_mock/clouds":
+                try:
+                    settings = _clouds_decoder.decode(req.body)
+                except msgspec.MsgspecError as exc:
+                    return 400, openai_error(400, f"Bad clouds settings: {exc}", 0)
+                self.clouds.lifetime.update(settings.lifetime)
+                if settings.web_identity_tokens is not None:
+                    self.clouds.web_identity_tokens = set(settings.web_identity_tokens)
                 return 200, b'{"ok":true}'
             case b"POST", b"/_mock/script":
                 try:
@@ -332,6 +352,12 @@ class MockUpstream:
         self._max_in_flight = max(self._max_in_flight, self._in_flight)
         self._notify()  # a call has arrived: `wait_for` may be waiting for it
         conn.in_call = True
+        if (denied := self._denied(req)) is not None:
+            status, body, extra = denied
+            out = _Out(_response(status, body, extra, req.keep_alive), [])
+            conn.write(out.head)
+            self._finish(conn, req, out)
+            return None
         if self._script:
             scripted: Scripted | None = self._script.popleft()
         else:
@@ -344,6 +370,19 @@ class MockUpstream:
             self._finish(conn, req, out)
             return None
         return self._send_later(conn, req, out, delay, interval)
+
+    def _denied(self, req: _Request) -> tuple[int, bytes, dict[str, str]] | None:
+        """The cloud's refusal of a call whose run-time credentials are not live ones issued by `clouds`:
+        SigV4 on Bedrock, a bearer token on Azure OpenAI (its api-key is not checked) and Vertex AI."""
+        headers = _lower(req.headers)
+        authorization = headers.get("authorization", "")
+        if bedrock.matches(req.path) and authorization.startswith("AWS4-HMAC-SHA256"):
+            return self.clouds.check_sigv4(req.method, req.url, headers, req.body)
+        if req.path.startswith(b"/openai/") and "api-key" not in headers:
+            return self.clouds.check_bearer(headers, google=False)
+        if gemini.vertex_matches(req.path):
+            return self.clouds.check_bearer(headers, google=True)
+        return None
 
     async def _send_later(
         self, conn: _Connection, req: _Request, out: _Out, delay: float, interval: float
@@ -405,11 +444,21 @@ class MockUpstream:
         )
 
 
+def _lower(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
+
+
 class _TimedFault(msgspec.Struct, forbid_unknown_fields=True):
     seconds: float
     response: Scripted
 
 
+class _CloudSettings(msgspec.Struct, forbid_unknown_fields=True):
+    lifetime: dict[str, float] = {}  # source (imds, sts, ecs, entra, google) -> seconds
+    web_identity_tokens: list[str] | None = None
+
+
+_clouds_decoder = msgspec.json.Decoder(_CloudSettings)
 _timed_fault_decoder = msgspec.json.Decoder(_TimedFault)
 _fault_decoder = msgspec.json.Decoder(Scripted)
 

@@ -4,7 +4,8 @@ Two routes (learn.microsoft.com/azure/ai-foundry/openai/reference and .../api-ve
 - `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version={api_version}`, the target's
   model being the deployment name (the default, with the latest GA data-plane version, 2024-10-21);
 - `api_version: v1`: the v1 API, `{endpoint}/openai/v1/chat/completions` with the deployment as `model`.
-Either way the key goes in the `api-key` header. Errors are OpenAI-shaped, with Azure's variants: a
+Either way the key goes in the `api-key` header; without one, an Entra ID token as `Authorization: Bearer`
+(`entra.py`, added by the worker just before the call is sent). Errors are OpenAI-shaped, with Azure's variants: a
 numeric string `code` ("429", "401"), and the content filter's 400 (`code: content_filter`, an
 `innererror` naming the policy) which is the caller's to fix, never retried.
 """
@@ -16,7 +17,9 @@ from urllib.parse import quote
 
 import msgspec
 
+from services.providers.azure.entra import EntraToken
 from services.providers.azure.settings import AzureSettings
+from services.providers.base import Authorizer
 from services.providers.openai.adapter import OpenAICompatible, error_from_body
 from shared.config import ProviderSettings
 from shared.errors import GatewayError
@@ -56,6 +59,12 @@ class AzureOpenAI(OpenAICompatible):
 
     def auth_header(self, key: str) -> tuple[str, str]:
         return "api-key", key
+
+    def authorizer(self, config: AzureSettings, *, provider: str) -> Authorizer | None:
+        if config.api_key is not None:
+            return None
+        return EntraToken(credential=config.entra_credential, client_id=config.entra_client_id,
+                          scope=config.entra_scope, provider=provider)
 
     def parse_error(
         self, status: int, body: bytes, headers: Mapping[str, str], *, provider: str

@@ -6,7 +6,8 @@ errors and their statuses), API_runtime_ConverseStream.html and API_runtime_Conv
 ToolResultBlock / ToolConfiguration / ToolChoice (the request, in `bedrock_request.py`) / TokenUsage, and
 userguide/api-keys-use.html (a Bedrock API key goes in `Authorization: Bearer`). Errors are restJson1:
 `{"message": …}` with the type in the `x-amzn-ErrorType` header. Without an API key, an AWS access key signs
-each call (SigV4, `sigv4.py`).
+each call (SigV4, `sigv4.py`): a configured one, or else the current one of AWS's credential chain
+(`credentials.py`), added by the worker just before the call is sent.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from msgspec import UNSET, Struct
 from services.providers.anthropic.adapter import adapter as anthropic_adapter
 from services.providers.anthropic.adapter import allowed_betas
 from services.providers.base import (
+    Authorizer,
     HttpCall,
     StreamDecoder,
     StreamParser,
@@ -34,6 +36,7 @@ from services.providers.base import (
     merge_headers,
     splice_extras,
 )
+from services.providers.bedrock.credentials import ChainSigner, CredentialChain
 from services.providers.bedrock.eventstream import EventStreamDecoder
 from services.providers.bedrock.request import converse_request
 from services.providers.bedrock.settings import BedrockSettings
@@ -138,6 +141,12 @@ class BedrockAdapter:
 
     def build_request(self, request: ChatRequest, model: str, config: BedrockSettings) -> HttpCall:
         return self._call(request, model, config, "converse")
+
+    def authorizer(self, config: BedrockSettings, *, provider: str) -> Authorizer | None:
+        if not config.uses_chain():
+            return None  # the API key or the configured access key is in the built call already
+        chain = CredentialChain(profile=config.aws_profile, region=config.region, provider=provider)
+        return ChainSigner(chain, config.region or "", self.clock)
 
     def build_stream_request(self, request: ChatRequest, model: str, config: BedrockSettings) -> HttpCall:
         # The stream's usage arrives in its `metadata` event without being asked for.

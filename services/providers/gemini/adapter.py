@@ -34,6 +34,7 @@ from services.providers.base import (
 from services.providers.gemini.request import gemini_request
 from services.providers.gemini.settings import GeminiSettings
 from services.providers.sse import SSEDecoder
+from shared.config import ProviderSettings
 from shared.errors import GatewayError, InvalidRequest, ProviderError
 from shared.messages import (
     ChatRequest,
@@ -134,27 +135,30 @@ _error_decoder = msgspec.json.Decoder(_ErrorBody | list[_ErrorBody])
 
 class GeminiAdapter:
     name = "gemini"
-    settings = GeminiSettings
+    settings: type[ProviderSettings] = GeminiSettings
     default_base_url = "https://generativelanguage.googleapis.com"
 
-    def build_request(self, request: ChatRequest, model: str, config: GeminiSettings) -> HttpCall:
+    def build_request(self, request: ChatRequest, model: str, config: ProviderSettings) -> HttpCall:
         return self._call(request, model, config, "generateContent")
 
-    def build_stream_request(self, request: ChatRequest, model: str, config: GeminiSettings) -> HttpCall:
+    def build_stream_request(self, request: ChatRequest, model: str, config: ProviderSettings) -> HttpCall:
         # The stream's usage arrives in its chunks' `usageMetadata` without being asked for.
         return self._call(request, model, config, "streamGenerateContent?alt=sse")
 
-    def _call(self, request: ChatRequest, model: str, config: GeminiSettings, method: str) -> HttpCall:
+    def url(self, config: ProviderSettings, model: str, method: str) -> str:
+        """Where `model`'s `method` is called (Vertex AI's adapter changes this and the auth only)."""
+        base_url = (config.base_url or self.default_base_url).rstrip("/")
+        return f"{base_url}{API_PATH}/{quote(model, safe='')}:{method}"
+
+    def _call(self, request: ChatRequest, model: str, config: ProviderSettings, method: str) -> HttpCall:
         headers = {"Content-Type": "application/json"}
         secret = set(config.headers)  # operator-supplied headers often carry credentials
         if config.api_key is not None:
             headers["x-goog-api-key"] = config.api_key
             secret.add("x-goog-api-key")
-        base_url = (config.base_url or self.default_base_url).rstrip("/")
-        name = quote(model.removeprefix("models/"), safe="")
         return HttpCall(
             method="POST",
-            url=f"{base_url}{API_PATH}/{name}:{method}",
+            url=self.url(config, model.removeprefix("models/"), method),
             headers=merge_headers(headers, config.headers),
             body=_body(request, model.removeprefix("models/")),
             secret_headers=frozenset(secret),

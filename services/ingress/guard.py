@@ -28,10 +28,14 @@ class GuardedHttpTools(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._timer: asyncio.TimerHandle | None = None
+        self._timing_head = False  # the armed timer is the head's (it runs from the head's first byte)
+        self._in_message = False  # a request has begun and not yet fully arrived
         self._in_head = True
         self._head_bytes = 0
 
-    # --- the request's head -------------------------------------------------------------------------
+    # Timers only for a request still incomplete after a read: most requests arrive whole in one read and
+    # then cost no timer at all (a call_later and a cancel per request were 15-25 % of hit throughput at
+    # c=64, docs/PERFORMANCE.md).
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -39,9 +43,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._head_bytes = True, 0
-        if self._timer is None:  # the next request on a keep-alive connection: its first byte is here
-            self._arm(self.header_timeout, head=True)
+        self._in_message, self._in_head, self._head_bytes = True, True, 0
 
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
@@ -52,19 +54,21 @@ class GuardedHttpTools(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head:
                 self._refuse(431, f"The request head is larger than {self.max_head} bytes.")
+                return
+        if self._in_message:
+            if not self._in_head:
+                self._arm(self.body_timeout, head=False)  # the body may pause this long between two reads
+            elif not (self._timer is not None and self._timing_head):  # the head's clock starts once
+                self._arm(self.header_timeout, head=True)
+        elif self._timer is None:
+            self._idle()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._arm(self.body_timeout, head=False)
         super().on_headers_complete()
 
-    # --- the body -----------------------------------------------------------------------------------
-
-    def on_body(self, body: bytes) -> None:
-        self._arm(self.body_timeout, head=False)
-        super().on_body(body)
-
     def on_message_complete(self) -> None:
+        self._in_message = False
         self._disarm()
         super().on_message_complete()
 
@@ -72,10 +76,24 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def _idle(self) -> None:
+        """After a read that left no request incomplete: if no answer is pending either, the connection is
+        idle and its keep-alive timer must run. uvicorn cancels that timer on every read and arms it again
+        only when an answer completes, so a read that completes no request of its own (the rest of a body
+        whose answer has already left, such as a 413 sent on its `content-length`; a stray CRLF) would
+        leave the connection with no timer at all: open until the client closes it, and a drain waiting
+        for it to its grace period's end (what failed `test_ctrl_c_stops_everything`)."""
+        if self.timeout_keep_alive_task is None and not self.pipeline and (
+            self.cycle is None or self.cycle.response_complete
+        ):
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self.timeout_keep_alive_handler)
+
     # --- timers -------------------------------------------------------------------------------------
 
     def _arm(self, seconds: float, *, head: bool) -> None:
         self._disarm()
+        self._timing_head = head
         self._timer = self.loop.call_later(seconds, self._timed_out, head)
 
     def _disarm(self) -> None:

@@ -18,7 +18,8 @@ import pytest
 from llm_edge.launcher import free_port
 from tests.infra import Nats
 
-LIMITS = "{client_header_timeout_seconds: 0.5, client_body_timeout_seconds: 0.5, max_header_bytes: 16384}"
+LIMITS = ("{client_header_timeout_seconds: 0.5, client_body_timeout_seconds: 0.5, max_header_bytes: 16384, "
+          "keep_alive_seconds: 1, max_body_bytes: 4096}")
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,43 @@ def test_an_oversized_head_is_a_431(ingress: int) -> None:
             sock.sendall(head + b"\r\n")
         data, _ = closes_within(sock, 5)
     assert data.startswith(b"HTTP/1.1 431")
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response with a `content-length`, leaving the connection open."""
+    sock.settimeout(5)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head
+
+
+def test_the_rest_of_a_refused_body_leaves_the_connection_to_its_keep_alive_timeout(ingress: int) -> None:
+    """A 413 leaves on the request's `content-length`, before its body; the client sends the body anyway
+    (the SDKs do) and keeps the connection. It must still close when idle (keep_alive_seconds: 1): a
+    connection nothing closes holds a drain to its grace period's end."""
+    with socket.create_connection(("127.0.0.1", ingress)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 65536\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 413")
+        sock.sendall(b"x" * 65536)
+        data, elapsed = closes_within(sock, 5)
+    assert data == b""
+    assert elapsed < 3
+
+
+def test_a_stray_line_break_after_an_answer_leaves_the_connection_to_its_keep_alive_timeout(ingress: int) -> None:
+    with socket.create_connection(("127.0.0.1", ingress)) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"\r\n")
+        _, elapsed = closes_within(sock, 5)
+    assert elapsed < 3
 
 
 def test_a_normal_request_is_answered_meanwhile(ingress: int) -> None:

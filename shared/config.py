@@ -187,6 +187,20 @@ class ApiKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
         return self.tenant or self.name
 
 
+class AdminConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The admin API (`/admin/...`: keys at run time, spend): off (404) unless an admin key is configured."""
+
+    key_sha256: str | None = None  # hex digest of the admin key (`llm-edge hash-key`); LLM_EDGE_ADMIN_KEY_SHA256
+
+
+class SpendConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Spend and usage per key, tenant and model, in Redis (limits.redis_url or cache.redis_url) bucketed by
+    hour and by day (UTC); without Redis, in each ingress process's memory."""
+
+    # Hour buckets are kept this long; before it, a queried range must start and end on whole days.
+    hourly_retention_days: int = 62
+
+
 class LimitsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Where the counters live, shared by every ingress replica; defaults to cache.redis_url. Without
     # Redis (or while it is unreachable) each ingress process enforces the limits on its own.
@@ -223,6 +237,8 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # API keys; none configured: the gateway is open and every caller shares the "default" namespace.
     keys: list[ApiKey] = []
     limits: LimitsConfig = LimitsConfig()
+    admin: AdminConfig = AdminConfig()
+    spend: SpendConfig = SpendConfig()
 
     @property
     def tracing_endpoint(self) -> str | None:
@@ -274,6 +290,7 @@ _ENV_FIELDS: dict[str, tuple[str | None, str, Callable[[str], object]]] = {
     "METRICS_PORT": (None, "metrics_port", int),
     "OTEL_EXPORTER_OTLP_ENDPOINT": (None, "otel_endpoint", str),
     "LIMITS_REDIS_URL": ("limits", "redis_url", str),
+    "LLM_EDGE_ADMIN_KEY_SHA256": ("admin", "key_sha256", str),
     "ENABLE_L2_CACHE": ("cache", "l2_enabled", _flag),
     "ENABLE_TRACING": (None, "tracing_enabled", _flag),
     "ENABLE_METRICS": (None, "metrics_enabled", _flag),
@@ -414,10 +431,21 @@ def _validate_keys(config: Config) -> None:
             )
         names.add(key.name)
         digests.add(key.sha256)
+    _validate_admin(config, digests)
     if config.limits.window_seconds <= 0:
         raise ConfigError("limits.window_seconds: must be positive")
     if config.limits.redis_timeout_seconds <= 0:
         raise ConfigError("limits.redis_timeout_seconds: must be positive")
+
+
+def _validate_admin(config: Config, digests: set[str]) -> None:
+    admin = config.admin.key_sha256
+    if admin is not None and not _DIGEST.match(admin):
+        raise ConfigError("admin.key_sha256: expected 64 lowercase hex digits (`llm-edge hash-key` prints them)")
+    if admin is not None and admin in digests:
+        raise ConfigError("admin.key_sha256: the admin key must not also be a caller's key")
+    if config.spend.hourly_retention_days < 1:
+        raise ConfigError("spend.hourly_retention_days: must be at least 1")
 
 
 def load(

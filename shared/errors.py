@@ -96,6 +96,14 @@ class NotFound(GatewayError):
     default_code = "model_not_found"
 
 
+class Conflict(GatewayError):
+    """The request contradicts what is stored: a name taken, a read-only entry, a write that lost a race."""
+
+    status = 409
+    type = "invalid_request_error"
+    default_code = "conflict"
+
+
 class BodyTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
@@ -151,6 +159,7 @@ _BY_STATUS: dict[int, type[GatewayError]] = {  # for codes no class claims
     401: AuthenticationFailed,
     403: PermissionDenied,
     404: NotFound,
+    409: Conflict,
     413: BodyTooLarge,
     429: RateLimited,
     500: InternalError,

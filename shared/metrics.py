@@ -76,6 +76,10 @@ COST = Counter("llm_edge_cost_usd", "Cost in US dollars by provider and model", 
 UNPRICED = Counter(
     "llm_edge_unpriced_requests", "Answers from models missing from the pricing table", ["provider", "model"],
 )
+SPEND = Counter(
+    "llm_edge_spend_usd", "Cost in US dollars of the answers given, by key, tenant and public model (ingress)",
+    ["key", "tenant", "model"],
+)
 PROVIDER_UP = Gauge("llm_edge_provider_available", "1 when the last call to the provider succeeded", ["provider"])
 QUEUE_WAIT = Histogram(
     "llm_edge_queue_wait_seconds", "Time a request waited in a provider's admission queue", ["provider"],

@@ -46,6 +46,11 @@ class Subjects:
         """The key-value bucket of the Responses API's stored responses."""
         return f"{self.prefix}_responses".replace(".", "_").replace("-", "_")
 
+    @property
+    def keys_bucket(self) -> str:
+        """The key-value bucket of the API keys created through the admin API (watched by every ingress)."""
+        return f"{self.prefix}_keys".replace(".", "_").replace("-", "_")
+
     def provider_chat(self, provider: str) -> str:
         return f"{self.prefix}.provider.{provider}.chat"
 

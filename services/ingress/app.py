@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.ingress import guard, openapi
+from services.ingress import admin, guard, openapi
 from services.ingress.edge import Edge
 from services.ingress.endpoints import chat, messages, models, ops, responses
 from services.ingress.gateway import Gateway
@@ -31,7 +31,8 @@ from shared.config import Config
 log = logging.getLogger("llm_edge.ingress")
 
 # Every route of the ingress: a new dialect or concern adds its router here.
-ROUTERS: tuple[APIRouter, ...] = (chat.router, messages.router, responses.router, models.router, ops.router)
+ROUTERS: tuple[APIRouter, ...] = (chat.router, messages.router, responses.router, models.router, ops.router,
+                                  admin.router)
 
 
 def _probe_or_scrape(scope: MutableMapping[str, Any]) -> bool:
@@ -54,10 +55,14 @@ def create_app(config: Config, connection: bus.Bus | None = None, *, direct: boo
         gateway.connection = connection or await bus.connect(config.nats_url, "llm-edge-ingress")
         gateway.warn_if_bus_smaller(gateway.connection)
         await gateway.listen_for_fills(gateway.connection)
+        following_keys = admin.start(gateway)  # the key store, when the admin API is on
         log.info("ingress ready on http://%s:%d", config.ingress.host, config.ingress.port)
         runtime.notify_ready()
         yield
         gateway.draining = True
+        if following_keys is not None:
+            following_keys.cancel()
+        await gateway.spend.close()
         if gateway.keyring is not None:
             await gateway.keyring.limiter.close()
         tracing.shutdown()

@@ -63,7 +63,7 @@ async def accept(request: Request) -> tuple[Call, bytes]:
     request_id.set(rid)
     call.rid = rid
     # No keys configured: one branch here and one per later use of `grant`, nothing else.
-    call.grant = None if gateway.keyring is None else gateway.authenticate(request)
+    call.grant = None if gateway.keyring is None else await gateway.authenticate(request)
     body = await read_body(request, gateway.config.ingress.max_body_bytes)
     return call, body
 
@@ -101,7 +101,7 @@ async def proceed(request: Request, call: Call, chat: ChatRequest, *, cacheable:
 async def stream_reply(ex: Exchange, writer: Callable[[StreamChunk], stream.Writer]) -> Response:
     """The answer as a stream: the first chunk is awaited here, the rest relayed as they come."""
     gateway: Gateway = ex.call.gateway
-    on_end = None if ex.call.grant is None else gateway.stream_charger(ex.call.grant)
+    on_end = gateway.stream_charger(ex.call.grant, ex.chat.model)
     response = await open_stream(gateway, ex.request, ex.payload, ex.headers, ex.rid, ex.deadline, writer, on_end)
     ex.call.provider = response.headers.get("x-llm-edge-provider")
     metrics.TIME_TO_FIRST_CHUNK.labels(ex.chat.model).observe(time.perf_counter() - ex.call.started)
@@ -122,8 +122,7 @@ async def answer(ex: Exchange, render: Callable[[ChatResult], bytes]) -> Respons
         case ChatResult():
             call.provider_seconds = reply.provider_seconds
             call.provider = reply.provider
-            if call.grant is not None:  # cache hits cost nothing and are not charged
-                call.gateway.charge(call.grant, reply.usage, reply.cost_usd)
+            call.gateway.charge(call.grant, ex.chat.model, reply.usage, reply.cost_usd)  # hits are not charged
             return result_response(reply, ex.rid, None, call.started, render)
         case ErrorReply():
             raise from_reply(reply)

@@ -21,6 +21,7 @@ from services.ingress.context import Call
 from services.ingress.limits import Refused
 from services.ingress.responses import sse_response
 from services.ingress.responses_store import ResponseStore
+from services.ingress.spend import Spend
 from shared import bus, metrics, tracing
 from shared.bus.kv import Bucket
 from shared.cache.key import cache_key
@@ -85,6 +86,7 @@ class Gateway:
         self.heartbeat = bus.HEARTBEAT_SECONDS  # how often a router holding our request must say so
         # None when no keys are configured: the gateway is open, as if every caller were one tenant.
         self.keyring = keyring(config)
+        self.spend = Spend(config)  # spend per key, tenant and model (the admin API reports it)
         cache = config.cache
         self.l1 = L1Cache(cache.l1_max_bytes, cache.l1_max_entries) if cache.enabled and cache.ingress_l1 else None
         # Without L2 the cache service knows nothing this ingress's L1 does not (both hear every fill).
@@ -163,12 +165,12 @@ class Gateway:
             raise InvalidRequest("`x-llm-edge-timeout` must be between 0 and 3600 seconds.")
         return seconds
 
-    def authenticate(self, request: Request) -> Grant | None:
+    async def authenticate(self, request: Request) -> Grant | None:
         """The caller's key (401 without a valid one); None when the gateway has no keys (open)."""
         if self.keyring is None:
             return None
         key_name.set(None)  # a keep-alive connection's next request must not log the last one's key
-        grant = self.keyring.authenticate(request.headers)
+        grant = await self.keyring.find(request.headers)
         Call.of(request).key = grant.name
         key_name.set(grant.name)
         return grant
@@ -190,12 +192,17 @@ class Gateway:
             call.limit_headers = limits.headers(grant.rule, snap)
         return grant.namespace
 
-    def stream_charger(self, grant: Grant) -> Callable[[StreamEnd], None]:
+    def stream_charger(self, grant: Grant | None, model: str) -> Callable[[StreamEnd], None]:
         """What a stream calls with its end frame: the usage and cost it reports are charged."""
-        return lambda end: self.charge(grant, end.usage, end.cost_usd)
+        return lambda end: self.charge(grant, model, end.usage, end.cost_usd)
 
-    def charge(self, grant: Grant, usage: Usage | None, cost: float) -> None:
-        """Count an answer's real tokens and cost against its key; never delays the response."""
+    def charge(self, grant: Grant | None, model: str, usage: Usage | None, cost: float) -> None:
+        """Count an answer from a provider (cache hits cost nothing): its spend, and its real tokens and cost
+        against its key's limits; never delays the response."""
+        if grant is None:
+            self.spend.record("", "default", model, usage, cost)
+            return
+        self.spend.record(grant.name, grant.namespace, model, usage, cost)
         if grant.rule.limited and self.keyring is not None:
             self.keyring.limiter.charge(grant.rule, usage.total_tokens if usage is not None else 0, cost)
 

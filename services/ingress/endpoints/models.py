@@ -19,7 +19,7 @@ router = APIRouter(route_class=EdgeRoute, tags=["models"])
 async def list_models(request: Request) -> Response:
     gateway = Call.of(request).gateway
     names = gateway.routes.public_models()
-    if (grant := gateway.authenticate(request)) is not None and gateway.keyring is not None:
+    if (grant := await gateway.authenticate(request)) is not None and gateway.keyring is not None:
         names = gateway.keyring.visible(grant, names)
     cards = [shapes.ModelCard(id=name) for name in names]
     return Response(shapes.encode(shapes.ModelList(data=cards)), media_type=JSON)

@@ -101,15 +101,15 @@ async def _storing(
         yield data
 
 
-def _tenant(request: Request) -> str:
-    grant = Call.of(request).gateway.authenticate(request)
+async def _tenant(request: Request) -> str:
+    grant = await Call.of(request).gateway.authenticate(request)
     return "default" if grant is None else grant.namespace
 
 
 @router.get("/v1/responses/{response_id}")
 @router.get("/responses/{response_id}", include_in_schema=False)
 async def get_response(request: Request, response_id: str) -> Response:
-    stored = await Call.of(request).gateway.responses().load(_tenant(request), response_id)
+    stored = await Call.of(request).gateway.responses().load(await _tenant(request), response_id)
     if stored is None:
         raise responses_store.not_found(response_id)
     return Response(stored.response, media_type=JSON)
@@ -118,7 +118,7 @@ async def get_response(request: Request, response_id: str) -> Response:
 @router.delete("/v1/responses/{response_id}")
 @router.delete("/responses/{response_id}", include_in_schema=False)
 async def delete_response(request: Request, response_id: str) -> Response:
-    if not await Call.of(request).gateway.responses().delete(_tenant(request), response_id):
+    if not await Call.of(request).gateway.responses().delete(await _tenant(request), response_id):
         raise responses_store.not_found(response_id)
     body = responses_dialect.encode({"id": response_id, "object": "response.deleted", "deleted": True})
     return Response(body, media_type=JSON)
@@ -128,7 +128,7 @@ async def delete_response(request: Request, response_id: str) -> Response:
 @router.get("/responses/{response_id}/input_items", include_in_schema=False)
 async def input_items(request: Request, response_id: str, order: Literal["asc", "desc"] = "desc",
                       limit: int = 20, after: str | None = None) -> Response:
-    stored = await Call.of(request).gateway.responses().load(_tenant(request), response_id)
+    stored = await Call.of(request).gateway.responses().load(await _tenant(request), response_id)
     if stored is None:
         raise responses_store.not_found(response_id)
     if not 1 <= limit <= 100:

@@ -124,7 +124,7 @@ class NatsServer(_Process):
 class RedisServer(_Process):
     answers = staticmethod(_redis_answers)
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
         super().__init__()
         binary = shutil.which("redis-server")
         if binary is None:
@@ -132,10 +132,11 @@ class RedisServer(_Process):
         self.binary = binary
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.workdir = workdir
+        self.persistent = persistent  # appendonly, as deploy/ runs it: a restart finds what was written
 
     def start(self) -> None:
         self._start([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--dir", str(self.workdir)])
+                     "--appendonly", "yes" if self.persistent else "no", "--dir", str(self.workdir)])
 
 
 # ------------------------------------------------------------------ containers
@@ -148,7 +149,7 @@ class _Container:
     answers: Callable[[socket.socket], bool]
 
     def __init__(self, image: str, command: list[str], ports: dict[int, int],
-                 volumes: tuple[tuple[str, str], ...] = ()) -> None:
+                 volumes: tuple[tuple[str, str, str], ...] = ()) -> None:
         self.image = image
         self.command = command
         self.ports = ports
@@ -159,8 +160,8 @@ class _Container:
         from testcontainers.core.container import DockerContainer
 
         container = DockerContainer(self.image).with_command(self.command)
-        for source, mounted in self.volumes:
-            container.with_volume_mapping(source, mounted, "ro")
+        for source, mounted, mode in self.volumes:
+            container.with_volume_mapping(source, mounted, mode)
         for inside, outside in self.ports.items():  # loopback only (with_bind_ports binds every interface)
             # docker-py binds a (host, port) pair; testcontainers annotates the value as a bare port.
             container.ports[f"{inside}/tcp"] = ("127.0.0.1", outside)  # type: ignore[assignment]
@@ -190,16 +191,19 @@ class NatsContainer(_Container):
         # As compose runs it: the same configuration file (max_payload).
         conf = str(Path(__file__).resolve().parent.parent / "deploy" / "nats" / "nats.conf")
         super().__init__(image, ["-c", "/etc/nats/nats.conf", "-js", "-sd", "/data", "-m", "8222"],
-                         {4222: self.port, 8222: self.monitor_port}, ((conf, "/etc/nats/nats.conf"),))
+                         {4222: self.port, 8222: self.monitor_port}, ((conf, "/etc/nats/nats.conf", "ro"),))
 
 
 class RedisContainer(_Container):
     answers = staticmethod(_redis_answers)
 
-    def __init__(self, image: str = REDIS_IMAGE) -> None:
+    def __init__(self, image: str = REDIS_IMAGE, workdir: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        super().__init__(image, ["--save", "", "--appendonly", "no"], {6379: self.port})
+        # With a workdir: appendonly into it (mounted as /data), so a new container finds what was written.
+        volumes = () if workdir is None else ((str(workdir), "/data", "rw"),)
+        super().__init__(image, ["--save", "", "--appendonly", "no" if workdir is None else "yes"],
+                         {6379: self.port}, volumes)
 
 
 # ------------------------------------------------------------------ the switch
@@ -213,8 +217,11 @@ class Infra:
     def nats(self) -> Nats:
         return NatsContainer() if self.docker else NatsServer()
 
-    def redis(self, workdir: Path) -> Server:
-        return RedisContainer() if self.docker else RedisServer(workdir)
+    def redis(self, workdir: Path, persistent: bool = False) -> Server:
+        """A Redis server; `persistent`: with appendonly into `workdir`, which a restart reads back."""
+        if self.docker:
+            return RedisContainer(workdir=workdir if persistent else None)
+        return RedisServer(workdir, persistent)
 
 
 def _docker_missing() -> str | None:

@@ -105,8 +105,9 @@ class Stack:
         return await self._serve(create_app(self.config, connection, direct=direct))
 
     async def settle(self) -> None:
-        """Wait until every ingress has written the usage charges of the answers it gave."""
+        """Wait until every ingress has written the usage charges and spend of the answers it gave."""
         for app in self.apps:
+            await app.gateway.spend.settle()
             if app.gateway.keyring is not None:
                 await app.gateway.keyring.limiter.settle()
 

@@ -38,7 +38,7 @@ def sha(secret: str) -> str:
 
 def expected_cost(model: str, prompt: int, completion: int) -> float:
     price = PRICES[model]
-    return (prompt * price["input"] + completion * price["output"]) / 1e6
+    return float(prompt * price["input"] + completion * price["output"]) / 1e6
 
 
 @pytest.fixture
@@ -80,8 +80,9 @@ async def script(urls: list[str]) -> dict[tuple[str, str], list[float]]:
                 usages = [chunk.usage async for chunk in stream if chunk.usage is not None]
                 usage = usages[-1]
             else:
-                usage = (await client.chat.completions.create(model=model, messages=messages)).usage
-                assert usage is not None
+                answered = (await client.chat.completions.create(model=model, messages=messages)).usage
+                assert answered is not None
+                usage = answered
                 # The same question again is a cache hit: answered, but no provider was paid for it.
                 again = await client.chat.completions.with_raw_response.create(model=model, messages=messages)
                 assert again.headers["x-llm-edge-cache"] != "miss"
@@ -164,9 +165,9 @@ async def test_spend_matches_the_pricing_table_and_survives_every_restart(
     redis.start()
     stack = await Stack(config(nats.url, redis.url, upstream, prefix)).start()
     try:
-        for by, body in before.items():
-            again = await report(stack.url, by, period="today")
-            assert again["data"] == body["data"] and again["total"] == body["total"], by
+        for grouping, body in before.items():
+            again = await report(stack.url, grouping, period="today")
+            assert again["data"] == body["data"] and again["total"] == body["total"], grouping
     finally:
         await stack.close()
 

@@ -105,6 +105,14 @@ def parser() -> argparse.ArgumentParser:
                     "what it serves; exits 2 naming the bad field")
     check.add_argument("--json", action="store_true", help="the providers and models as one JSON object")
     check.set_defaults(run=_run_check_config)
+    from llm_edge import keys as keys_cli
+
+    keys = command("keys", "create, list, show, update, rotate, revoke API keys (the admin API)")
+    keys_cli.add_arguments(keys)
+    keys.set_defaults(run=keys_cli.run)
+    spend = command("spend", "spend and usage per key, tenant or model (the admin API)")
+    keys_cli.add_spend_arguments(spend)
+    spend.set_defaults(run=keys_cli.run)
     status = command("status", "service instances on the bus, nats-server numbers")
     status_options.add_arguments(status)
     status.set_defaults(run=_run_status)

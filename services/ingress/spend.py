@@ -17,7 +17,7 @@ import calendar
 import logging
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
@@ -111,6 +111,7 @@ class Spend:
         self._pending: dict[tuple[int, Group], list[int]] = {}
         self._memory: dict[str, dict[bytes, int]] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._counters: dict[Group, Any] = {}  # the Prometheus child of each group (labels() costs a lock)
         self._redis: RedisBackoff | None = None
         if url := config.limits_redis_url:
             from shared.redis_backoff import RedisBackoff  # redis-py costs ~20 MB: only when used
@@ -123,20 +124,22 @@ class Spend:
         return self._redis is not None
 
     def record(self, key: str, tenant: str, model: str, usage: Usage | None, cost: float) -> None:
-        """Count one answer; never waits."""
+        """Count one answer; never waits (without Redis, the counts stay pending until a report reads them)."""
+        group = (key, tenant, model)
         if cost > 0:
-            metrics.SPEND.labels(key, tenant, model).inc(cost)
-        hour = int(time.time()) // HOUR * HOUR
-        counts = self._pending.setdefault((hour, (key, tenant, model)), [0, 0, 0, 0, 0])
+            if (counter := self._counters.get(group)) is None:
+                counter = self._counters[group] = metrics.SPEND.labels(*group)
+            counter.inc(cost)
+        slot = (int(time.time()) // HOUR * HOUR, group)
+        if (counts := self._pending.get(slot)) is None:
+            counts = self._pending[slot] = [0, 0, 0, 0, 0]
         counts[0] += 1
         if usage is not None:
             counts[1] += usage.prompt_tokens
             counts[2] += usage.completion_tokens
             counts[3] += usage.cache_read_tokens
         counts[4] += round(cost * _NANO)
-        if self._redis is None:
-            self._keep(self._take())
-        elif self._flusher is None or self._flusher.done():
+        if self._redis is not None and (self._flusher is None or self._flusher.done()):
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     def _take(self) -> dict[tuple[int, Group], list[int]]:
@@ -206,6 +209,7 @@ class Spend:
         names = buckets(start, end)
         contents: list[dict[bytes, int]] | list[dict[bytes, bytes]]
         if self._redis is None:
+            self._keep(self._take())
             contents = [self._memory.get(name, {}) for name in names]
         else:
             await self.settle()  # this replica's own answers so far are in

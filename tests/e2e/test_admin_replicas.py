@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -26,12 +25,12 @@ from tests.stack import Stack, make_config
 ADMIN = "sk-admin-replicas-0123456789"
 
 
-async def ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+async def ready(url: str, process: asyncio.subprocess.Process, timeout: float = 30.0) -> None:
     """Until the ingress says it is ready (polling its probe), failing if it exits or takes too long."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient() as client:
         while time.monotonic() < deadline:
-            assert process.poll() is None, f"the ingress exited with {process.returncode}"
+            assert process.returncode is None, f"the ingress exited with {process.returncode}"
             try:
                 if (await client.get(f"{url}/health/ready")).status_code == 200:
                     return
@@ -48,14 +47,15 @@ async def replicas(nats_server: Nats, tmp_path: Path) -> AsyncIterator[list[str]
     file = tmp_path / "edge.yaml"
     file.write_bytes(encode(config))  # JSON is YAML
     stack = await Stack(config).start()
-    processes: list[subprocess.Popen[bytes]] = []
+    processes: list[asyncio.subprocess.Process] = []
     try:
         urls = []
         for _ in range(2):
             port = free_port()
             env = dict(os.environ, LLM_EDGE_CONFIG=str(file), PORT=str(port), LOG_LEVEL="WARNING")
-            processes.append(subprocess.Popen([sys.executable, "-m", "llm_edge.cli", "ingress"], env=env,
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            processes.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "llm_edge.cli", "ingress", env=env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL))
             urls.append(f"http://127.0.0.1:{port}")
         for url, process in zip(urls, processes, strict=True):
             await ready(url, process)
@@ -65,10 +65,10 @@ async def replicas(nats_server: Nats, tmp_path: Path) -> AsyncIterator[list[str]
             process.terminate()
         for process in processes:
             try:
-                process.wait(40)
-            except subprocess.TimeoutExpired:
+                await asyncio.wait_for(process.wait(), 40)
+            except TimeoutError:
                 process.kill()
-                process.wait()
+                await process.wait()
         await stack.close()
 
 

@@ -69,6 +69,7 @@ def check_name(name: str) -> str:
 class KeyStore:
     def __init__(self, bucket: Bucket) -> None:
         self.bucket = bucket
+        self._failing = False  # the last watch failed (logged once)
 
     async def get(self, name: str) -> tuple[StoredKey, int] | None:
         """The key's record and its revision, or None."""
@@ -146,7 +147,10 @@ class KeyStore:
             try:
                 await self._watch(apply, changed)
             except GatewayError as exc:
-                log.warning("key store unreachable, serving the keys last seen: %s", exc.message)
+                # Once per outage at warning, then at debug: the retry every second is not news.
+                log.log(logging.DEBUG if self._failing else logging.WARNING,
+                        "key store unreachable, serving the keys last seen: %s", exc.message)
+                self._failing = True
             except (ValueError, msgspec.DecodeError):
                 log.exception("key store holds a record this version cannot read; watching again")
             await asyncio.sleep(_RETRY_SECONDS)  # a back-off before watching again, not a synchronisation
@@ -159,6 +163,9 @@ class KeyStore:
             if entry is None:  # caught up, or quiet for a while
                 if initial is not None:
                     apply(initial)
+                    if self._failing:
+                        log.info("key store reachable again: %d key(s)", len(initial))
+                        self._failing = False
                     initial = None
                 elif await self.bucket.revision() != seen:
                     log.warning("key store changed without the watch seeing it (lost and made again?); reloading")

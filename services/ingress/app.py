@@ -8,6 +8,7 @@ the hot model routes straight to their endpoints (see `services/ingress/edge.py`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, MutableMapping
@@ -62,6 +63,8 @@ def create_app(config: Config, connection: bus.Bus | None = None, *, direct: boo
         gateway.draining = True
         if following_keys is not None:
             following_keys.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following_keys  # its watch unsubscribed before the connection drains
         await gateway.spend.close()
         if gateway.keyring is not None:
             await gateway.keyring.limiter.close()

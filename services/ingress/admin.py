@@ -37,6 +37,7 @@ from shared.errors import AuthenticationFailed, Conflict, GatewayError, InvalidR
 log = logging.getLogger("llm_edge.ingress.admin")
 
 T = TypeVar("T")
+_YEAR_10000 = 253402300800  # unix seconds: what the spend's buckets can name
 Positive = Annotated[int, Meta(ge=1)]
 Name = Annotated[str, Meta(min_length=1, max_length=256)]
 
@@ -150,13 +151,19 @@ def _changed(gateway: Gateway, changes: KeyChanges) -> Callable[[ApiKey], ApiKey
 
 def _instant(value: str, param: str) -> int:
     """Unix seconds, an ISO 8601 date (`2026-11-01`: its start) or date-time (UTC unless it says otherwise)."""
-    if value.isdigit():
-        return int(value)
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequest(f"`{param}` is unix seconds or an ISO 8601 date or date-time.", param=param) from None
-    return int((at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp())
+    wrong = InvalidRequest(f"`{param}` is unix seconds or an ISO 8601 date or date-time, from 1970 to 9999.",
+                           param=param)
+    if value.isdecimal():
+        seconds = int(value)
+    else:
+        try:
+            at = datetime.fromisoformat(value)
+        except ValueError:
+            raise wrong from None
+        seconds = int((at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp())
+    if not 0 <= seconds < _YEAR_10000:
+        raise wrong
+    return seconds
 
 
 def spend_range(period: str | None, start: str | None, end: str | None) -> tuple[int, int]:

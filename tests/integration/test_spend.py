@@ -193,6 +193,8 @@ async def test_without_redis_spend_is_this_process_own_and_says_so(nats_server: 
     ({"group_by": "colour"}, "group_by"), ({"group_by": "key,key"}, "group_by"), ({"period": "decade"}, "period"),
     ({"from": "yesterday", "to": "2026-01-01"}, "from"), ({"from": "2026-02-01", "to": "2026-01-01"}, "to"),
     ({"from": "2026-01-01"}, "period"), ({"from": "2000-01-01T05:00:00Z", "to": "2000-01-02"}, "from"),
+    ({"from": "99999999999999999999", "to": "99999999999999999999"}, "from"),
+    ({"from": "1969-12-31", "to": "1970-01-02"}, "from"),
 ])
 async def test_a_bad_spend_query_is_a_400(nats_server: Nats, redis_url: str, query: dict[str, str],
                                           param: str) -> None:

@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
@@ -96,12 +96,26 @@ class Target(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 Strategy = Literal["fallback", "weighted", "least_latency", "lowest_cost", "hybrid"]
+# What the ingress does with personal data and secrets in a request (services/ingress/pii.py): nothing, replace
+# them with placeholders, refuse the request, or replace them and put them back into the answer.
+PiiMode = Literal["off", "redact", "block", "redact_restore"]
+PiiKind = Literal["email", "phone", "card", "iban", "ssn", "ip", "secret"]
 
 
 class ModelRoute(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     targets: list[Target]
     strategy: Strategy = "fallback"
+    pii: PiiMode | None = None  # for requests to this model; None: `pii.mode`
+
+
+class PiiConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """PII detection before a request leaves for a provider. A key's or a model's own `pii` replaces `mode`;
+    where both are set, the stricter applies (off < redact_restore < redact < block)."""
+
+    mode: PiiMode = "off"
+    kinds: list[PiiKind] = msgspec.field(default_factory=lambda: list(get_args(PiiKind)))
+    phone_region: str = "US"  # how a phone number written without its +country code is read
 
 
 class RetryConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -181,6 +195,7 @@ class ApiKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     tpm: int | None = None  # tokens (prompt + completion) per window
     budget_usd: float | None = None  # spend per limits.budget_period
     tenant: str | None = None  # cache namespace; keys of one tenant share cached answers
+    pii: PiiMode | None = None  # for this key's requests; None: `pii.mode` (see PiiConfig)
 
     @property
     def namespace(self) -> str:
@@ -239,6 +254,7 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     limits: LimitsConfig = LimitsConfig()
     admin: AdminConfig = AdminConfig()
     spend: SpendConfig = SpendConfig()
+    pii: PiiConfig = PiiConfig()
 
     @property
     def tracing_endpoint(self) -> str | None:
@@ -399,7 +415,17 @@ def _validate(config: Config) -> Config:
                     f"models[{i}].targets[{j}].provider: {target.provider!r} is not in providers"
                 )
     _validate_keys(config)
+    _validate_pii(config)
     return config
+
+
+def _validate_pii(config: Config) -> None:
+    # The shape only: whether phonenumbers knows the region is checked by the ingress (services/ingress/pii.py),
+    # which imports it; every other process would pay its ~0.2 s import for nothing.
+    if not re.fullmatch(r"[A-Z]{2}|001", config.pii.phone_region):
+        raise ConfigError(f"pii.phone_region: {config.pii.phone_region!r} is not a region code (e.g. US, GB, DE)")
+    if not config.pii.kinds:
+        raise ConfigError("pii.kinds: an empty list detects nothing; set pii.mode: off instead")
 
 
 def _validate_keys(config: Config) -> None:

@@ -96,6 +96,10 @@ RATE_LIMITED = Counter(
 LIMITER_FALLBACKS = Counter(
     "llm_edge_limiter_fallbacks", "Admissions decided by the per-process limits because Redis did not answer",
 )
+PII_DETECTIONS = Counter(
+    "llm_edge_pii_detections", "Personal data and secrets found in requests (distinct values a request), by kind "
+    "and the mode applied to them", ["kind", "mode"],
+)
 BUS_DURATION = Histogram(
     "llm_edge_bus_request_duration_seconds", "Bus request-reply round trip by subject",
     ["subject"], buckets=(*_OVERHEAD, 1, 5, 30),

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.ingress import stream
+from services.ingress import pii, stream
 from services.ingress.context import Call
 from services.ingress.gateway import Gateway, lookup, open_stream, route, unless_client_leaves
 from services.ingress.parse import bus_payload, read_body
@@ -24,6 +24,7 @@ from shared import metrics
 from shared.errors import InternalError, from_reply
 from shared.logs import request_id
 from shared.messages import AnthropicParams, ChatRequest, ChatResult, ErrorReply, StreamChunk
+from shared.pii.restore import Restorer
 from shared.subjects import Headers
 
 log = logging.getLogger("llm_edge.ingress")
@@ -35,12 +36,14 @@ class Exchange:
     """One model request on its way over the bus: the unified request, its bus form and headers, its
     deadline, and what the cache had."""
 
-    __slots__ = ("cached", "call", "chat", "deadline", "headers", "payload", "request", "tier")
+    __slots__ = ("cached", "call", "chat", "deadline", "headers", "payload", "request", "restorer", "tier")
 
     def __init__(self, request: Request, call: Call, chat: ChatRequest, payload: bytes, headers: dict[str, str],
-                 deadline: float, cached: ChatResult | None, tier: str | None) -> None:
+                 deadline: float, cached: ChatResult | None, tier: str | None,
+                 restorer: Restorer | None = None) -> None:
         self.request, self.call, self.chat, self.payload, self.headers = request, call, chat, payload, headers
         self.deadline, self.cached, self.tier = deadline, cached, tier
+        self.restorer = restorer  # redact_restore: puts the request's values back into the answer
 
     @property
     def rid(self) -> str:
@@ -89,19 +92,23 @@ async def proceed(request: Request, call: Call, chat: ChatRequest, *, cacheable:
         # would report a cache use that never happened, and a conversation's requests almost never repeat
         # anyway (each turn adds to the history), so such a request neither reads nor fills our cache.
         headers[Headers.CACHE_CONTROL] = "no-cache,no-store"
+    chat, restorer = gateway.pii.apply(chat, grant)  # what leaves, and the cache key, hold placeholders only
     payload = bus_payload(chat)
     gateway.check_fits(payload)
     if not cacheable:
         return Exchange(request, call, chat, payload, headers, deadline, None, None)
     cached, tier = await lookup(gateway, chat, payload, headers, timeout)
     call.cache = TIERS.get(tier or "", "miss")
-    return Exchange(request, call, chat, payload, headers, deadline, cached, tier)
+    if cached is not None and restorer is not None:
+        cached = restorer.result(cached)
+    return Exchange(request, call, chat, payload, headers, deadline, cached, tier, restorer)
 
 
 async def stream_reply(ex: Exchange, writer: Callable[[StreamChunk], stream.Writer]) -> Response:
     """The answer as a stream: the first chunk is awaited here, the rest relayed as they come."""
     gateway: Gateway = ex.call.gateway
     on_end = gateway.stream_charger(ex.call.grant, ex.chat.model)
+    writer = pii.restoring_writer(writer, ex.restorer)
     response = await open_stream(gateway, ex.request, ex.payload, ex.headers, ex.rid, ex.deadline, writer, on_end)
     ex.call.provider = response.headers.get("x-llm-edge-provider")
     metrics.TIME_TO_FIRST_CHUNK.labels(ex.chat.model).observe(time.perf_counter() - ex.call.started)
@@ -123,7 +130,7 @@ async def answer(ex: Exchange, render: Callable[[ChatResult], bytes]) -> Respons
             call.provider_seconds = reply.provider_seconds
             call.provider = reply.provider
             call.gateway.charge(call.grant, ex.chat.model, reply.usage, reply.cost_usd)  # hits are not charged
-            return result_response(reply, ex.rid, None, call.started, render)
+            return result_response(reply, ex.rid, None, call.started, pii.restoring_render(render, ex.restorer))
         case ErrorReply():
             raise from_reply(reply)
         case _:

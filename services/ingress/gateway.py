@@ -19,6 +19,7 @@ from services.ingress import limits, stream
 from services.ingress.auth import Grant, keyring
 from services.ingress.context import Call
 from services.ingress.limits import Refused
+from services.ingress.pii import Policy
 from services.ingress.responses import sse_response
 from services.ingress.responses_store import ResponseStore
 from services.ingress.spend import Spend
@@ -87,6 +88,7 @@ class Gateway:
         # None when no keys are configured: the gateway is open, as if every caller were one tenant.
         self.keyring = keyring(config)
         self.spend = Spend(config)  # spend per key, tenant and model (the admin API reports it)
+        self.pii = Policy(config)  # personal data: redacted, refused or restored (services/ingress/pii.py)
         cache = config.cache
         self.l1 = L1Cache(cache.l1_max_bytes, cache.l1_max_entries) if cache.enabled and cache.ingress_l1 else None
         # Without L2 the cache service knows nothing this ingress's L1 does not (both hear every fill).

@@ -1,0 +1,202 @@
+"""Finding personal data and secrets in text: emails, phone numbers, payment cards, IBANs, US social security
+numbers, IP addresses and API-key-like secrets.
+
+Each kind is a candidate pattern (cheap, over the whole text) and, where the kind has one, a check of the
+candidate by a well-kept library: `phonenumbers` (Google's libphonenumber metadata: is this a number that
+exists in its region?), `python-stdnum` (Luhn for cards, ISO 13616 mod-97 and each country's format for
+IBANs, the SSA's rules for SSNs) and the standard library's `ipaddress`. The patterns are ours: Presidio
+(Microsoft's PII framework) pairs the same libraries with regexes like these, but it needs spaCy and a
+language model of several hundred megabytes on every ingress, for kinds (names, places) we do not detect.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import phonenumbers
+from stdnum import iban, luhn
+from stdnum.us import ssn
+
+from shared.pii.kinds import KINDS, Kind
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: Kind
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+# --- the patterns -------------------------------------------------------------------------------------------
+# Hand-written: no maintained library finds these kinds in free text without Presidio's weight (see above).
+
+# RFC 5321's dot-atom local part (the characters people use) and a host of DNS labels with a letters-only TLD.
+_EMAIL = re.compile(
+    r"(?<![\w.%+-])[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}(?![\w-])"
+)
+# A phone-number-shaped run: an optional +country code, then two to six groups of digits split by spaces,
+# dots, dashes or brackets. Whether it is a number that exists is phonenumbers' call.
+_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,5}(?![\w])")
+# 13 to 19 digits in groups (space or dash), starting like a card network's numbers (2-6: Mastercard, Amex,
+# Visa, Discover, UnionPay...); the Luhn check decides.
+_CARD = re.compile(r"(?<![\d-])[2-6]\d{3}(?:[ -]?\d){9,15}(?![\d-])")
+# Country code, check digits, then the BBAN in groups of up to four (printed) or run together.
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{1,4}){3,8}(?![a-z0-9])")
+# Only the written form (AAA-GG-SSSS, or with spaces): nine digits alone are too often something else.
+_SSN = re.compile(r"(?<![\d-])\d{3}([- ])\d{2}\1\d{4}(?![\d-])")
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)")
+_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
+# Credentials whose format their issuers publish (the same prefixes secret scanners such as gitleaks and
+# GitHub's push protection look for), and any long value assigned to a name that says it is a secret.
+_SECRET = re.compile(
+    r"(?<![A-Za-z0-9_-])(?:"
+    r"sk-ant-[A-Za-z0-9_-]{20,}"  # Anthropic
+    r"|sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"  # OpenAI
+    r"|(?:AKIA|ASIA)[0-9A-Z]{16}"  # AWS access key id
+    r"|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}"  # GitHub
+    r"|glpat-[A-Za-z0-9_-]{20,}"  # GitLab
+    r"|xox[abposr]-[A-Za-z0-9-]{10,}"  # Slack
+    r"|AIza[0-9A-Za-z_-]{35}"  # Google API key
+    r"|(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,}"  # Stripe
+    r"|hf_[A-Za-z0-9]{30,}"  # Hugging Face
+    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # a JSON Web Token
+    r")(?![A-Za-z0-9_-])"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
+)
+# `password: hunter2hunter2`, `"api_key": "…"`, `Authorization: Bearer …`: the value (group 1) is the secret.
+_ASSIGNED = re.compile(
+    r"(?i:\b(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|token|password|passwd|pwd"
+    r"|client[_-]?secret|private[_-]?key)[\"']?\s*[:=]\s*[\"']?|\bbearer\s+)"
+    r"([A-Za-z0-9_\-./+=~]{12,})"
+)
+
+
+# --- the checks ---------------------------------------------------------------------------------------------
+
+
+def _digits(value: str) -> str:
+    return "".join(c for c in value if c.isdigit())
+
+
+@functools.lru_cache(maxsize=4096)  # phonenumbers costs ~50-100 µs a candidate; prompts repeat numbers
+def _is_phone(candidate: str, region: str) -> bool:
+    if not 7 <= len(_digits(candidate)) <= 15:
+        return False
+    try:
+        number = phonenumbers.parse(candidate, region)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.is_valid_number(number)
+
+
+# The networks whose numbers have fixed lengths (ISO/IEC 7812 issuer ranges): another length is not theirs.
+_CARD_LENGTHS = {"4": (13, 16, 19), "34": (15,), "37": (15,), **{f"5{d}": (16,) for d in "12345"}}
+
+
+def _is_card(candidate: str) -> bool:
+    digits = _digits(candidate)
+    lengths = _CARD_LENGTHS.get(digits[:2]) or _CARD_LENGTHS.get(digits[:1])
+    if len(digits) not in (lengths or range(13, 20)):
+        return False
+    return luhn.is_valid(digits)
+
+
+def _mod97(candidate: str) -> bool:
+    """ISO 7064 mod 97-10, as ISO 13616 applies it to an IBAN (stdnum then checks the country's format)."""
+    compact = candidate.replace(" ", "")
+    return int("".join(str(int(c, 36)) for c in compact[4:] + compact[:4])) % 97 == 1
+
+
+def _ibans(text: str) -> Iterator[Finding]:
+    """The greedy pattern may take capitalised words after an IBAN (or the next IBAN): groups are dropped
+    from the end until the rest checks out (mod 97 and the country's length), and the search goes on right
+    after what was found."""
+    pos = 0
+    while (match := _IBAN.search(text, pos)) is not None:
+        candidate = match.group()
+        pos = match.start() + 1
+        while len(candidate) >= 15:
+            if _mod97(candidate) and iban.is_valid(candidate):  # the cheap test first: stdnum's costs ~30 µs
+                pos = match.start() + len(candidate)
+                yield Finding("iban", match.start(), pos)
+                break
+            cut = max(candidate.rfind(" "), len(candidate) - 4) if " " in candidate else len(candidate) - 1
+            candidate = candidate[:cut].rstrip()
+
+
+def _is_ip(candidate: str) -> bool:
+    try:
+        ipaddress.ip_address(candidate)
+    except ValueError:
+        return False
+    return True
+
+
+# --- finding ------------------------------------------------------------------------------------------------
+
+# When two findings overlap, the longer one wins (an email holding digits, a card's digits read as a phone
+# number), then the kind listed first.
+_PRIORITY: dict[Kind, int] = {"secret": 0, "email": 1, "iban": 2, "card": 3, "ssn": 4, "ip": 5, "phone": 6}
+
+
+def _matches(pattern: re.Pattern[str], text: str, kind: Kind, check: Callable[[str], bool] | None = None,
+             group: int = 0) -> Iterator[Finding]:
+    for match in pattern.finditer(text):
+        if check is None or check(match.group(group)):
+            yield Finding(kind, match.start(group), match.end(group))
+
+
+class Detector:
+    """The configured kinds, found in any text; `phone_region` is how numbers without a `+` are read."""
+
+    def __init__(self, kinds: Iterable[Kind] = KINDS, phone_region: str = "US") -> None:
+        self.kinds = frozenset(kinds)
+        self.phone_region = phone_region
+
+    def find(self, text: str) -> list[Finding]:
+        """Non-overlapping findings in order of position."""
+        found: list[Finding] = []
+        kinds = self.kinds
+        has_digit = any(c.isdigit() for c in text)  # most kinds need one: skip their patterns otherwise
+        if "secret" in kinds:
+            found += _matches(_SECRET, text, "secret")
+            found += _matches(_ASSIGNED, text, "secret", group=1)
+        if "email" in kinds and "@" in text:
+            found += _matches(_EMAIL, text, "email")
+        if has_digit:
+            if "iban" in kinds:
+                found += _ibans(text)
+            if "card" in kinds:
+                found += _matches(_CARD, text, "card", _is_card)
+            if "ssn" in kinds:
+                found += _matches(_SSN, text, "ssn", ssn.is_valid)
+            if "ip" in kinds:
+                if "." in text:
+                    found += _matches(_IPV4, text, "ip", _is_ip)
+                if "::" in text or text.count(":") >= 7:
+                    found += _matches(_IPV6, text, "ip", _is_ip)
+            if "phone" in kinds:
+                region = self.phone_region
+                found += _matches(_PHONE, text, "phone", lambda c: _is_phone(c, region))
+        elif "ip" in kinds and "::" in text:
+            found += _matches(_IPV6, text, "ip", _is_ip)
+        return _without_overlaps(found)
+
+
+def _without_overlaps(found: list[Finding]) -> list[Finding]:
+    if len(found) < 2:
+        return found
+    kept: list[Finding] = []
+    for finding in sorted(found, key=lambda f: (-f.length, _PRIORITY[f.kind], f.start)):
+        if all(finding.end <= k.start or finding.start >= k.end for k in kept):
+            kept.append(finding)
+    kept.sort(key=lambda f: f.start)
+    return kept

@@ -11,7 +11,6 @@ language model of several hundred megabytes on every ingress, for kinds (names, 
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -38,10 +37,6 @@ class Finding:
 # --- the patterns -------------------------------------------------------------------------------------------
 # Hand-written: no maintained library finds these kinds in free text without Presidio's weight (see above).
 
-# RFC 5321's dot-atom local part (the characters people use) and a host of DNS labels with a letters-only TLD.
-_EMAIL = re.compile(
-    r"(?<![\w.%+-])[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}(?![\w-])"
-)
 # A phone-number-shaped run: an optional +country code, then two to six groups of digits split by spaces,
 # dots, dashes or brackets. Whether it is a number that exists is phonenumbers' call.
 _PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,5}(?![\w])")
@@ -86,15 +81,37 @@ def _digits(value: str) -> str:
     return "".join(c for c in value if c.isdigit())
 
 
-@functools.lru_cache(maxsize=4096)  # phonenumbers costs ~50-100 µs a candidate; prompts repeat numbers
-def _is_phone(candidate: str, region: str) -> bool:
-    if not 7 <= len(_digits(candidate)) <= 15:
-        return False
-    try:
-        number = phonenumbers.parse(candidate, region)
-    except phonenumbers.NumberParseException:
-        return False
-    return phonenumbers.is_valid_number(number)
+_DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{4}")
+
+
+def _national_lengths(region: str) -> frozenset[int]:
+    """How many digits a number written without its country code has in `region`, its trunk prefix (the US's
+    1, Europe's 0) included or not: a candidate of another length is not parsed at all."""
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    if metadata is None or metadata.general_desc is None:
+        return frozenset(range(7, 16))
+    lengths = metadata.general_desc.possible_length or tuple(range(7, 16))
+    prefix = len(metadata.national_prefix or "")
+    return frozenset(n + extra for n in lengths for extra in {0, prefix} if n + extra >= 7)
+
+
+def _phone_check(region: str) -> Callable[[str], bool]:
+    lengths = _national_lengths(region)
+
+    def is_phone(candidate: str) -> bool:
+        """phonenumbers' parse and validity check cost 50-100 µs a candidate: only plausible ones get them."""
+        digits = len(_digits(candidate))
+        if not 7 <= digits <= 15 or _DATE.fullmatch(candidate):
+            return False
+        if not candidate.startswith("+") and digits not in lengths:
+            return False
+        try:
+            number = phonenumbers.parse(candidate, region)
+        except phonenumbers.NumberParseException:
+            return False
+        return phonenumbers.is_valid_number(number)
+
+    return is_phone
 
 
 # The networks whose numbers have fixed lengths (ISO/IEC 7812 issuer ranges): another length is not theirs.
@@ -115,11 +132,10 @@ def _mod97(candidate: str) -> bool:
     return int("".join(str(int(c, 36)) for c in compact[4:] + compact[:4])) % 97 == 1
 
 
-def _ibans(text: str) -> Iterator[Finding]:
+def _ibans(text: str, pos: int = 0) -> Iterator[Finding]:
     """The greedy pattern may take capitalised words after an IBAN (or the next IBAN): groups are dropped
     from the end until the rest checks out (mod 97 and the country's length), and the search goes on right
     after what was found."""
-    pos = 0
     while (match := _IBAN.search(text, pos)) is not None:
         candidate = match.group()
         pos = match.start() + 1
@@ -148,10 +164,35 @@ _PRIORITY: dict[Kind, int] = {"secret": 0, "email": 1, "iban": 2, "card": 3, "ss
 
 
 def _matches(pattern: re.Pattern[str], text: str, kind: Kind, check: Callable[[str], bool] | None = None,
-             group: int = 0) -> Iterator[Finding]:
-    for match in pattern.finditer(text):
+             group: int = 0, start: int = 0, end: int | None = None) -> Iterator[Finding]:
+    for match in pattern.finditer(text, start, len(text) if end is None else end):
         if check is None or check(match.group(group)):
             yield Finding(kind, match.start(group), match.end(group))
+
+
+# Python's regular expressions try a pattern at every position unless it starts with a plain character class;
+# the kinds' patterns do not (they start with a boundary), so each would cost ~30 µs a KB. Instead one cheap scan
+# finds the runs of digits, and the digit kinds' patterns run on those few short stretches only; the other kinds
+# run only when a character or word they cannot do without is in the text.
+_RUN = re.compile(r"[0-9][0-9 ()./+-]{3,}")  # shorter runs hold no kind
+_IBAN_HINT = re.compile(r"[A-Z][A-Z][0-9][0-9]")
+_EMAIL_DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}(?![\w-])")
+_LOCAL_PART = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
+_SECRET_HINTS = ("sk-", "AKIA", "ASIA", "glpat-", "xox", "AIza", "eyJ", "PRIVATE KEY")
+_UNDERSCORED_HINTS = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "_live_", "_test_", "hf_")
+_ASSIGNED_HINTS = ("key", "secret", "token", "passw", "pwd", "bearer")
+
+
+def _emails(text: str) -> Iterator[Finding]:
+    """Around each `@`: the local part before it (RFC 5321's dot-atom characters, at most 64), a domain after."""
+    at = text.find("@")
+    while at >= 0:
+        start = at
+        while start > 0 and at - start < 64 and text[start - 1] in _LOCAL_PART:
+            start -= 1
+        if start < at and (domain := _EMAIL_DOMAIN.match(text, at + 1)) is not None:
+            yield Finding("email", start, domain.end())
+        at = text.find("@", at + 1)
 
 
 class Detector:
@@ -160,35 +201,56 @@ class Detector:
     def __init__(self, kinds: Iterable[Kind] = KINDS, phone_region: str = "US") -> None:
         self.kinds = frozenset(kinds)
         self.phone_region = phone_region
+        self._is_phone = _phone_check(phone_region)
 
     def find(self, text: str) -> list[Finding]:
         """Non-overlapping findings in order of position."""
         found: list[Finding] = []
         kinds = self.kinds
-        has_digit = any(c.isdigit() for c in text)  # most kinds need one: skip their patterns otherwise
         if "secret" in kinds:
-            found += _matches(_SECRET, text, "secret")
-            found += _matches(_ASSIGNED, text, "secret", group=1)
+            if any(hint in text for hint in _SECRET_HINTS) or (
+                "_" in text and any(hint in text for hint in _UNDERSCORED_HINTS)
+            ):
+                found += _matches(_SECRET, text, "secret")
+            lowered = text.lower()
+            if any(hint in lowered for hint in _ASSIGNED_HINTS):
+                found += _matches(_ASSIGNED, text, "secret", group=1)
         if "email" in kinds and "@" in text:
-            found += _matches(_EMAIL, text, "email")
-        if has_digit:
-            if "iban" in kinds:
-                found += _ibans(text)
-            if "card" in kinds:
-                found += _matches(_CARD, text, "card", _is_card)
-            if "ssn" in kinds:
-                found += _matches(_SSN, text, "ssn", ssn.is_valid)
-            if "ip" in kinds:
-                if "." in text:
-                    found += _matches(_IPV4, text, "ip", _is_ip)
-                if "::" in text or text.count(":") >= 7:
-                    found += _matches(_IPV6, text, "ip", _is_ip)
-            if "phone" in kinds:
-                region = self.phone_region
-                found += _matches(_PHONE, text, "phone", lambda c: _is_phone(c, region))
-        elif "ip" in kinds and "::" in text:
+            found += _emails(text)
+        if "iban" in kinds and (hint := _IBAN_HINT.search(text)) is not None:
+            found += _ibans(text, hint.start())
+        if "ip" in kinds and ("::" in text or text.count(":") >= 7):
             found += _matches(_IPV6, text, "ip", _is_ip)
+        checked: dict[str, bool] = {}  # a number repeated in the text is checked once (phonenumbers is slow)
+
+        def is_phone(candidate: str) -> bool:
+            if (known := checked.get(candidate)) is None:
+                known = checked[candidate] = self._is_phone(candidate)
+            return known
+
+        for run in _RUN.finditer(text):
+            found += self._in_run(text, run, is_phone)
         return _without_overlaps(found)
+
+    def _in_run(self, text: str, run: re.Match[str], is_phone: Callable[[str], bool]) -> Iterator[Finding]:
+        """The digit kinds in one run of digits and separators (with the `+` or `(` before it)."""
+        value = run.group()
+        digits = sum(map(str.isdigit, value))
+        if digits < 4:
+            return
+        start = run.start() - 1 if run.start() > 0 and text[run.start() - 1] in "+(" else run.start()
+        end = min(len(text), run.end() + 1)  # the character after the run: the patterns' lookahead sees it
+        kinds = self.kinds
+        if "ip" in kinds and "." in value:
+            yield from _matches(_IPV4, text, "ip", _is_ip, start=start, end=end)
+        if digits < 7:
+            return
+        if "card" in kinds and digits >= 13:
+            yield from _matches(_CARD, text, "card", _is_card, start=start, end=end)
+        if "ssn" in kinds and digits >= 9:
+            yield from _matches(_SSN, text, "ssn", ssn.is_valid, start=start, end=end)
+        if "phone" in kinds:
+            yield from _matches(_PHONE, text, "phone", is_phone, start=start, end=end)
 
 
 def _without_overlaps(found: list[Finding]) -> list[Finding]:

@@ -195,6 +195,25 @@ def _emails(text: str) -> Iterator[Finding]:
         at = text.find("@", at + 1)
 
 
+_HEX_COLON = frozenset("0123456789abcdefABCDEF:.")
+
+
+def _ipv6s(text: str) -> Iterator[Finding]:
+    """IPv6 addresses, looked for only in the tokens of hex digits and colons around each colon that have two
+    colons at least (a time of day has one)."""
+    colon = text.find(":")
+    while colon >= 0:
+        start = end = colon
+        while start > 0 and text[start - 1] in _HEX_COLON:
+            start -= 1
+        while end < len(text) and text[end] in _HEX_COLON:
+            end += 1
+        match = _IPV6.match(text, start, min(len(text), end + 1)) if text.count(":", start, end) >= 2 else None
+        if match is not None and _is_ip(match.group()):
+            yield Finding("ip", match.start(), match.end())
+        colon = text.find(":", end)
+
+
 class Detector:
     """The configured kinds, found in any text; `phone_region` is how numbers without a `+` are read."""
 
@@ -219,8 +238,8 @@ class Detector:
             found += _emails(text)
         if "iban" in kinds and (hint := _IBAN_HINT.search(text)) is not None:
             found += _ibans(text, hint.start())
-        if "ip" in kinds and ("::" in text or text.count(":") >= 7):
-            found += _matches(_IPV6, text, "ip", _is_ip)
+        if "ip" in kinds and ":" in text:
+            found += _ipv6s(text)
         checked: dict[str, bool] = {}  # a number repeated in the text is checked once (phonenumbers is slow)
 
         def is_phone(candidate: str) -> bool:
@@ -241,7 +260,7 @@ class Detector:
         start = run.start() - 1 if run.start() > 0 and text[run.start() - 1] in "+(" else run.start()
         end = min(len(text), run.end() + 1)  # the character after the run: the patterns' lookahead sees it
         kinds = self.kinds
-        if "ip" in kinds and "." in value:
+        if "ip" in kinds and value.count(".") >= 3:
             yield from _matches(_IPV4, text, "ip", _is_ip, start=start, end=end)
         if digits < 7:
             return
@@ -256,9 +275,16 @@ class Detector:
 def _without_overlaps(found: list[Finding]) -> list[Finding]:
     if len(found) < 2:
         return found
+    found.sort(key=lambda f: f.start)
     kept: list[Finding] = []
-    for finding in sorted(found, key=lambda f: (-f.length, _PRIORITY[f.kind], f.start)):
-        if all(finding.end <= k.start or finding.start >= k.end for k in kept):
+    for finding in found:
+        # Overlaps are rare and local: only the last findings kept can overlap this one.
+        while kept and kept[-1].end > finding.start and _better(finding, kept[-1]):
+            kept.pop()
+        if not kept or kept[-1].end <= finding.start:
             kept.append(finding)
-    kept.sort(key=lambda f: f.start)
     return kept
+
+
+def _better(a: Finding, b: Finding) -> bool:
+    return (a.length, -_PRIORITY[a.kind]) > (b.length, -_PRIORITY[b.kind])

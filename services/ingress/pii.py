@@ -57,8 +57,11 @@ class Policy:
 
     def mode(self, grant: Grant | None, model: str) -> PiiMode:
         """The key's or the model's own mode, the stricter if both are set; otherwise the default."""
-        own = [m for m in (None if grant is None else grant.key.pii, self.models.get(model)) if m is not None]
-        return max(own, key=_STRICTNESS.__getitem__) if own else self.settings.mode
+        key = None if grant is None else grant.key.pii
+        route = self.models.get(model)
+        if key is None or route is None:
+            return key or route or self.settings.mode
+        return key if _STRICTNESS[key] >= _STRICTNESS[route] else route
 
     def apply(self, chat: ChatRequest, grant: Grant | None) -> tuple[ChatRequest, Restorer | None]:
         """The request as the provider may see it, and what restores the answer (`redact_restore` only).

@@ -1,10 +1,10 @@
 """Finding personal data and secrets in text: emails, phone numbers, payment cards, IBANs, US social security
 numbers, IP addresses and API-key-like secrets.
 
-Each kind is a candidate pattern (cheap, over the whole text) and, where the kind has one, a check of the
-candidate by a well-kept library: `phonenumbers` (Google's libphonenumber metadata: is this a number that
-exists in its region?), `python-stdnum` (Luhn for cards, ISO 13616 mod-97 and each country's format for
-IBANs, the SSA's rules for SSNs) and the standard library's `ipaddress`. The patterns are ours: Presidio
+Each kind is a candidate pattern and, where the kind has one, a check of the candidate by a well-kept
+library: `phonenumbers` (Google's libphonenumber metadata: is this a number that exists in its region?),
+`python-stdnum` (Luhn for cards, ISO 13616 mod-97 and each country's format for IBANs, the SSA's rules for
+SSNs) and the standard library's `ipaddress`. The patterns are ours: Presidio
 (Microsoft's PII framework) pairs the same libraries with regexes like these, but it needs spaCy and a
 language model of several hundred megabytes on every ingress, for kinds (names, places) we do not detect.
 """

@@ -205,7 +205,7 @@ def sse_text(events: bytes) -> tuple[str, str]:
     for line in events.split(b"\n\n"):
         if not line.startswith(b"data: {"):
             continue
-        for choice in msgspec.json.decode(line[6:])["choices"]:
+        for choice in msgspec.json.decode(line[6:]).get("choices", ()):  # an error event has none
             delta = choice["delta"]
             content += delta.get("content") or ""
             for call in delta.get("tool_calls") or ():
@@ -265,3 +265,28 @@ def test_off_costs_nothing_and_finds_nothing() -> None:
 def test_a_region_phonenumbers_does_not_know_fails_the_start() -> None:
     with pytest.raises(ConfigError, match=r"pii\.phone_region"):
         policy(pii={"mode": "redact", "phone_region": "XX"})
+
+
+def test_a_responses_body_keeps_its_structure_and_sealed_items() -> None:
+    body = msgspec.json.encode({"model": "gpt-4o", "instructions": "Reply to a@example.com", "input": [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "from 10.1.2.3"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "a@example.com"}],
+         "encrypted_content": "gAAAA"},
+        {"type": "function_call", "call_id": "call_1", "name": "send", "arguments": '{"to": "a@example.com"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sent to a@example.com"},
+    ]})
+    out = msgspec.json.decode(Redactor(DETECTOR).json(body))
+    assert out["instructions"] == "Reply to [EMAIL_1]"
+    message, reasoning, call, output = out["input"]
+    assert message["content"][0]["text"] == "from [IP_1]"
+    assert reasoning["summary"][0]["text"] == "a@example.com"  # encrypted alongside: sent back as it was
+    assert call == {"type": "function_call", "call_id": "call_1", "name": "send", "arguments": '{"to":"[EMAIL_1]"}'}
+    assert output == {"type": "function_call_output", "call_id": "call_1", "output": "sent to [EMAIL_1]"}
+
+
+def test_a_stream_that_fails_sends_what_it_held_back_before_its_error_event() -> None:
+    writer = RestoringWriter(ChunkWriter(Meta("id", "m", 1, False)), RESTORER)
+    events = writer.chunk(StreamChunk(seq=0, role="assistant", content="Hi [EMA"))
+    events += writer.error(InvalidRequest("upstream broke"))
+    assert sse_text(events) == ("Hi [EMA", "")
+    assert events.rstrip().endswith(b"}") and b"upstream broke" in events.split(b"\n\n")[-2]

@@ -92,7 +92,7 @@ async def proceed(request: Request, call: Call, chat: ChatRequest, *, cacheable:
         # would report a cache use that never happened, and a conversation's requests almost never repeat
         # anyway (each turn adds to the history), so such a request neither reads nor fills our cache.
         headers[Headers.CACHE_CONTROL] = "no-cache,no-store"
-    chat, restorer = gateway.pii.apply(chat, grant)  # what leaves, and the cache key, hold placeholders only
+    chat, restorer = await gateway.pii.redact(chat, grant)  # what leaves, and the cache key: placeholders only
     payload = bus_payload(chat)
     gateway.check_fits(payload)
     if not cacheable:

@@ -11,12 +11,14 @@ restores its own values into it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from services.ingress.auth import Grant
+from services.ingress.parse import bus_payload
 from services.ingress.stream import Writer
 from shared import metrics
 from shared.config import Config, ConfigError, PiiMode
@@ -30,6 +32,9 @@ if TYPE_CHECKING:  # phonenumbers costs ~0.2 s to import: only a gateway that re
     from shared.pii.detect import Detector
 
 _STRICTNESS: dict[PiiMode, int] = {"off": 0, "redact_restore": 1, "redact": 2, "block": 3}
+# Bodies up to this are scanned on the event loop (about 4 ms at most); larger ones on a thread, which costs a
+# hop but lets the loop serve other requests meanwhile (the GIL is handed over every few milliseconds).
+_INLINE_BYTES = 64 * 1024
 
 
 class Policy:
@@ -62,6 +67,14 @@ class Policy:
         if key is None or route is None:
             return key or route or self.settings.mode
         return key if _STRICTNESS[key] >= _STRICTNESS[route] else route
+
+    async def redact(self, chat: ChatRequest, grant: Grant | None) -> tuple[ChatRequest, Restorer | None]:
+        """`apply`, on a worker thread for a large request: its ~60 µs of detection a KB would otherwise hold
+        the event loop, and every other request on it, for as long. Its size is its bus encoding's (a Responses
+        turn carries its stored history; msgspec encodes ~1 GB/s, noise beside the detection)."""
+        if self.mode(grant, chat.model) == "off" or len(bus_payload(chat)) <= _INLINE_BYTES:
+            return self.apply(chat, grant)
+        return await asyncio.to_thread(self.apply, chat, grant)
 
     def apply(self, chat: ChatRequest, grant: Grant | None) -> tuple[ChatRequest, Restorer | None]:
         """The request as the provider may see it, and what restores the answer (`redact_restore` only).

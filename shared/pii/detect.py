@@ -64,7 +64,8 @@ _SECRET = re.compile(
     r"|hf_[A-Za-z0-9]{30,}"  # Hugging Face
     r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # a JSON Web Token
     r")(?![A-Za-z0-9_-])"
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
+    # A PEM key is a few KB; bounded, so a text of BEGIN lines without their END costs no quadratic scan.
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]{0,16384}?-----END [A-Z ]*PRIVATE KEY-----"
 )
 # `password: hunter2hunter2`, `"api_key": "…"`, `Authorization: Bearer …`: the value (group 1) is the secret.
 _ASSIGNED = re.compile(

@@ -290,3 +290,12 @@ def test_a_stream_that_fails_sends_what_it_held_back_before_its_error_event() ->
     events += writer.error(InvalidRequest("upstream broke"))
     assert sse_text(events) == ("Hi [EMA", "")
     assert events.rstrip().endswith(b"}") and b"upstream broke" in events.split(b"\n\n")[-2]
+
+
+async def test_a_large_request_is_redacted_off_the_event_loop_all_the_same() -> None:
+    p = policy(pii={"mode": "redact_restore"})
+    large = chat(Message(role="user", content="word " * 20_000 + "mail a@example.com"))
+    redacted, restorer = await p.redact(large, None)
+    assert redacted.messages[0].text().endswith("mail [EMAIL_1]") and restorer is not None
+    small = chat(Message(role="user", content="mail a@example.com"))
+    assert (await p.redact(small, None))[0].messages[0].content == "mail [EMAIL_1]"

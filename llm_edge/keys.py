@@ -19,7 +19,7 @@ import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 URL_ENV, KEY_ENV = "LLM_EDGE_URL", "LLM_EDGE_ADMIN_KEY"
-_SETTINGS = ("models", "rpm", "tpm", "budget_usd", "tenant")
+_SETTINGS = ("models", "rpm", "tpm", "budget_usd", "tenant", "pii")
 _COLUMNS = ("name", "source", "tenant", "models", "rpm", "tpm", "budget_usd")
 _SPEND_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd")
 
@@ -53,6 +53,9 @@ def _settings(p: argparse.ArgumentParser) -> None:
                    help="spend per budget period, USD (none: no budget)")
     p.add_argument("--tenant", type=_tenant, default=argparse.SUPPRESS,
                    help="cache namespace shared with the tenant's other keys (none: the key's own name)")
+    p.add_argument("--pii", type=_tenant, default=argparse.SUPPRESS,
+                   choices=["off", "redact", "block", "redact_restore", None],
+                   help="the key's own PII mode: off, redact, block or redact_restore (none: the gateway's default)")
 
 
 def _connection(p: argparse.ArgumentParser) -> None:
@@ -151,7 +154,7 @@ def _keys(args: argparse.Namespace) -> None:
             _show_key(args, _call(args, "GET", f"/keys/{args.name}"))
         case "update":
             if not settings:
-                raise Failed("nothing to change: give --models, --rpm, --tpm, --budget-usd or --tenant")
+                raise Failed("nothing to change: give --models, --rpm, --tpm, --budget-usd, --tenant or --pii")
             _show_key(args, _call(args, "PATCH", f"/keys/{args.name}", json=settings))
         case "rotate":
             _show_key(args, _call(args, "POST", f"/keys/{args.name}/rotate"))

@@ -31,7 +31,7 @@ from services.ingress.keystore import KeyStore, StoredKey, check_name, not_found
 from services.ingress.responses import JSON
 from services.ingress.spend import DIMENSIONS, HOUR, Dimension, period_range
 from shared.bus.kv import Bucket
-from shared.config import ApiKey
+from shared.config import ApiKey, PiiMode
 from shared.errors import AuthenticationFailed, Conflict, GatewayError, InvalidRequest, NotFound, Unavailable
 
 log = logging.getLogger("llm_edge.ingress.admin")
@@ -51,6 +51,7 @@ class KeyChanges(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     tpm: Positive | None | UnsetType = UNSET
     budget_usd: Annotated[float, Meta(ge=0)] | None | UnsetType = UNSET
     tenant: Name | None | UnsetType = UNSET
+    pii: PiiMode | None | UnsetType = UNSET  # the key's own PII mode (null: the gateway's default)
 
 
 class KeyCreate(KeyChanges, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -67,6 +68,7 @@ class KeyView(Struct, frozen=True, kw_only=True):
     tpm: int | None
     budget_usd: float | None
     tenant: str  # the cache namespace (the key's name unless set)
+    pii: str | UnsetType = UNSET  # the key's own PII mode, shown when it has one
     created_at: int | None = None
     updated_at: int | None = None
     rotated_at: int | None = None
@@ -91,6 +93,7 @@ def view(key: ApiKey, record: StoredKey | None = None, secret: str | UnsetType =
     return KeyView(
         name=key.name, source="config" if record is None else "store", read_only=record is None,
         models=key.models, rpm=key.rpm, tpm=key.tpm, budget_usd=key.budget_usd, tenant=key.namespace,
+        pii=UNSET if key.pii is None else key.pii,
         created_at=None if record is None else record.created_at,
         updated_at=None if record is None else record.updated_at,
         rotated_at=None if record is None else record.rotated_at, key=secret,

@@ -227,3 +227,35 @@ async def test_a_keys_mode_applies_to_its_requests(nats_server: Nats, upstream: 
         assert upstream_saw(upstream, EMAIL)  # pii off for this key: the control that the check can fail
     finally:
         await stack.close()
+
+
+async def test_a_key_created_through_the_admin_api_carries_its_mode(nats_server: Nats, upstream: MockUpstream) -> None:
+    admin = "sk-admin-0123456789abcdef"
+    config = make_config(nats_server.url, **settings(upstream), admin={"key_sha256": hashlib.sha256(
+        admin.encode()).hexdigest()})
+    stack = await Stack(config).start()
+    try:
+        created = await stack.http.post("/admin/keys", json={"name": "bot", "pii": "redact_restore"},
+                                        headers={"authorization": f"Bearer {admin}"})
+        assert created.status_code == 201 and created.json()["pii"] == "redact_restore"
+        answer = await stack.openai(api_key=created.json()["key"]).chat.completions.create(
+            model="up/gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}])
+        assert answer.choices[0].message.content == f"Echo: {PROMPT}"
+        assert not upstream_saw(upstream, EMAIL, CARD)
+        changed = await stack.http.patch("/admin/keys/bot", json={"pii": "block"},
+                                         headers={"authorization": f"Bearer {admin}"})
+        assert changed.json()["pii"] == "block"
+        client = stack.openai(api_key=created.json()["key"])
+
+        async def refused() -> bool:  # once the change has reached this replica's watch of the key store
+            try:
+                await client.chat.completions.create(
+                    model="up/gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}])
+            except openai.BadRequestError as exc:
+                return bool(error_body(exc)["code"] == "pii_detected")
+            return False
+
+        await eventually(refused)
+        assert not upstream_saw(upstream, EMAIL, CARD)
+    finally:
+        await stack.close()

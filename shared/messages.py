@@ -374,7 +374,12 @@ class TokenCount(Struct, frozen=True, kw_only=True, tag="count", tag_field="kind
     estimated: bool = False
 
 
-Reply = ChatResult | ErrorReply | StreamChunk | StreamEnd | CacheMiss | TokenCount
+class Delivered(Struct, frozen=True, kw_only=True, tag="delivered", tag_field="kind"):
+    """A worker's outcome for the router when its answer went straight to the ingress (`Llm-Answer-To`)
+    and the router needs nothing of it but that it succeeded."""
+
+
+Reply = ChatResult | ErrorReply | StreamChunk | StreamEnd | CacheMiss | TokenCount | Delivered
 
 # Module-level codecs: building an Encoder/Decoder per message costs more than using one.
 _encoder = msgspec.msgpack.Encoder()

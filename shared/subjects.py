@@ -90,6 +90,11 @@ class Headers:
     DEADLINE = "Llm-Deadline"  # absolute, milliseconds since the epoch
     STREAM = "Llm-Stream"  # "1" when the client asked for a stream
     STREAM_TO = "Llm-Stream-To"  # the ingress inbox that receives the chunks
+    # A plain request's answer goes straight to this inbox (the ingress's); the reply subject (the router)
+    # hears only the outcome: `Delivered`, the answer itself with `Llm-Outcome: result`, or the error (an
+    # error never goes to this inbox: the router decides whether to retry, fall back or answer with it).
+    ANSWER_TO = "Llm-Answer-To"
+    OUTCOME = "Llm-Outcome"  # "result": the router needs the answer too (cache fill, single flight)
     CACHE_KEY = "Llm-Cache-Key"
     CACHE_CONTROL = "Llm-Cache-Control"  # "no-cache", "no-store" or both, comma-separated
     CACHE_TTL = "Llm-Cache-Ttl"  # seconds

@@ -2,10 +2,14 @@
 back within the deadline, keeps a circuit breaker per target (shared with the other replicas over the
 bus), coalesces identical requests in flight, and fills the cache.
 
-It passes the provider's reply bytes on to the ingress untouched. Only the target's own failures feed
-its breaker: a worker that died (`Lost`) is retried on a live one, the client's own deadline is the
-client's, and a provider's 429 (slow down) is retried after its Retry-After, never counted; a stream
-whose worker died after its first chunk is ended with one error, never restarted.
+A worker answers the ingress directly (`Llm-Answer-To`, as a stream's frames go to `Llm-Stream-To`) and
+tells the router the outcome: the answer itself when the router needs it (cache fill, single flight),
+else `Delivered`; an error goes to the router alone, which retries, falls back or answers with it.
+
+Only the target's own failures feed its breaker: a worker that died (`Lost`) is retried on a live one,
+the client's own deadline is the client's, and a provider's 429 (slow down) is retried after its
+Retry-After, never counted; a stream whose worker died after its first chunk is ended with one error,
+never restarted.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Coroutine, Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import msgspec
 from opentelemetry.trace import SpanKind
@@ -37,6 +41,7 @@ from shared.logs import request_id
 from shared.messages import (
     BreakerEvent,
     ChatResult,
+    Delivered,
     ErrorReply,
     HealthReport,
     Reply,
@@ -71,6 +76,24 @@ def _address(onward: dict[str, str], target: Target) -> None:
         onward[Headers.TARGET_PRICES] = prices
     else:
         onward.pop(Headers.TARGET_PRICES, None)  # `onward` is reused for the next target
+
+
+class Answered(NamedTuple):
+    """A call that ended well: the answer's bytes when the router holds them (for single-flight followers
+    and the cache fill), and whether the client already has it (a stream, or a worker's direct answer)."""
+
+    data: bytes | None
+    delivered: bool
+
+
+def _answer_directly(onward: dict[str, str], ctx: bus.Context) -> None:
+    """A plain request's answer goes from the worker straight to the ingress's inbox, one bus crossing
+    fewer; the router asks for the answer itself as the outcome only when it fills the cache or may have
+    single-flight followers to serve (see `_route` and `_fill`)."""
+    onward[Headers.ANSWER_TO] = ctx.reply
+    control = ctx.headers.get(Headers.CACHE_CONTROL, "")
+    if ctx.headers.get(Headers.CACHE_KEY) and not ("no-store" in control and "no-cache" in control):
+        onward[Headers.OUTCOME] = "result"
 
 
 class Calls(Protocol):
@@ -111,17 +134,18 @@ class Router:
         await server.health_endpoint(self.subjects.health("router"), self.health)
 
     async def handle(self, request: _ModelOnly, ctx: bus.Context) -> bus.Raw | None:
-        """The provider's answer as it sent it, or None for a stream (its frames went to the client)."""
+        """The provider's answer as it sent it, or None when the client already has it (a stream's frames,
+        a worker's direct answer)."""
         request_id.set(ctx.request_id)
         with tracing.span("route", ctx.headers, SpanKind.SERVER) as span:
             try:
-                data = await self._route(request.model, ctx)
+                answered = await self._route(request.model, ctx)
             except GatewayError as exc:
                 tracing.failed(span, exc.http_status, exc.message)
                 raise
-        return None if data is None else bus.Raw(data)
+        return None if answered.delivered or answered.data is None else bus.Raw(answered.data)
 
-    async def _route(self, model: str, ctx: bus.Context) -> bytes | None:
+    async def _route(self, model: str, ctx: bus.Context) -> Answered:
         targets = self.routes.resolve(model)
         key = ctx.headers.get(Headers.CACHE_KEY)
         if ctx.streaming or not key or "no-cache" in ctx.headers.get(Headers.CACHE_CONTROL, ""):
@@ -158,7 +182,7 @@ class Router:
                         break
         raise error
 
-    async def _single_flight(self, key: str, call: Coroutine[Any, Any, bytes | None]) -> bytes | None:
+    async def _single_flight(self, key: str, call: Coroutine[Any, Any, Answered]) -> Answered:
         """Identical requests in flight together share one upstream call (per router replica). When the
         leader's client leaves, its call is closed: a follower then makes its own."""
         while (leader := self.inflight.get(key)) is not None:
@@ -169,23 +193,25 @@ class Router:
                     call.close()
                     raise
                 continue  # the leader's client left: its call was closed, not answered
+            if data is None:
+                continue  # the leader's answer went to its client only: nothing to share, ask ourselves
             call.close()
-            return data
+            return Answered(data, delivered=False)
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self.inflight[key] = future
         try:
-            data = await call
+            answered = await call
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved here, so a leader without followers logs nothing
             raise
         else:
-            future.set_result(data)
-            return data
+            future.set_result(answered.data)
+            return answered
         finally:
             del self.inflight[key]
 
-    async def _call(self, ctx: bus.Context, model: str, targets: list[Target]) -> bytes | None:
+    async def _call(self, ctx: bus.Context, model: str, targets: list[Target]) -> Answered:
         """Try targets in the strategy's order, retrying each while that helps, within the deadline."""
         headers = ctx.headers
         onward = {name: headers[name] for name in _PASSED_ON if name in headers}
@@ -193,6 +219,8 @@ class Router:
         if ctx.streaming:
             # Chunks go from the worker straight to the ingress; the router hears only the outcome.
             onward[Headers.STREAM_TO] = ctx.reply
+        elif ctx.reply:
+            _answer_directly(onward, ctx)
         now = time.monotonic()
         ordered = strategy.order(self.routes.strategy(model), targets, self.stats, self.rng,
                                  self.config.router.hybrid_latency_weight)
@@ -225,9 +253,9 @@ class Router:
 
     async def _try_target(
         self, target: Target, ctx: bus.Context, onward: dict[str, str], last_resort: bool = False
-    ) -> bytes | None | GatewayError:
-        """The answer's bytes (None for a stream that reached the client), or the error to move on with.
-        `last_resort`: every target's breaker is open, so this one probes without waiting its cooldown."""
+    ) -> Answered | GatewayError:
+        """How the call ended well, or the error to move on with. `last_resort`: every target's breaker
+        is open, so this one probes without waiting its cooldown."""
         _address(onward, target)
         breaker = self.breaker(target)
         retry = self.config.router.retry
@@ -255,17 +283,12 @@ class Router:
                 breaker.release()  # the client's own deadline says nothing about the target
                 raise
             match reply:
-                case ChatResult():
-                    await self._outcome(target, ok=True)
-                    seconds = reply.first_chunk_seconds if ctx.streaming else time.monotonic() - started
-                    self.stats.setdefault(target.key, strategy.TargetStats()).observe(seconds or 0.0)
-                    # The fill goes first (a buffered publish, it does not delay the reply) so that a
-                    # client repeating the request at once already finds it in every L1.
-                    await self._fill(ctx.headers, answer.data)
-                    return None if ctx.streaming else answer.data
+                case ChatResult() | Delivered():
+                    return await self._succeeded(target, ctx, reply, answer.data, started,
+                                                 direct=Headers.ANSWER_TO in onward)
                 case ErrorReply(stream_started=True):
                     await self._outcome(target, ok=reply.code == "client_disconnected")
-                    return None  # the worker already ended the client's stream with this error
+                    return Answered(None, delivered=True)  # the worker ended the client's stream with it
                 case ErrorReply(code="client_disconnected"):
                     breaker.release()  # the client left and the worker closed the call: nothing to learn
                     raise from_reply(reply)  # and nobody to answer elsewhere
@@ -290,6 +313,23 @@ class Router:
                 case _:
                     return GatewayError(f"unexpected reply for {target.key}")
 
+    async def _succeeded(self, target: Target, ctx: bus.Context, reply: ChatResult | Delivered, data: bytes,
+                         started: float, direct: bool) -> Answered:
+        """A target's answer: counted, timed, filled into the cache when the router has it (not after a
+        bare `Delivered`: the worker answered the client itself and the router has nothing to fill)."""
+        await self._outcome(target, ok=True)
+        if ctx.streaming and isinstance(reply, ChatResult):
+            seconds = reply.first_chunk_seconds or 0.0  # what "least latency" means for a stream
+        else:
+            seconds = time.monotonic() - started
+        self.stats.setdefault(target.key, strategy.TargetStats()).observe(seconds)
+        if isinstance(reply, Delivered):
+            return Answered(None, delivered=True)
+        # The fill goes first (a buffered publish, it does not delay the reply) so that a client repeating
+        # the request at once already finds it in every L1.
+        await self._fill(ctx.headers, data)
+        return Answered(data, delivered=ctx.streaming or direct)
+
     async def _failed(self, target: Target, breaker: Breaker, status: int) -> None:
         """A target's error answer, for its breaker. A 429 is the provider asking us to slow down: the
         target works, so it is no failure (a storm of them would shut the model for a cooldown)."""
@@ -312,7 +352,7 @@ class Router:
                 log.warning("a %s worker went silent mid-call; asking a live one", target.provider)
         raise AssertionError("unreachable")
 
-    async def _lost(self, target: Target, ctx: bus.Context, lost: bus.Lost) -> GatewayError | None:
+    async def _lost(self, target: Target, ctx: bus.Context, lost: bus.Lost) -> GatewayError | Answered:
         if not lost.started:
             return Unavailable(f"the workers of `{target.provider}` kept going silent",
                                code="provider_worker_lost", where=f"provider:{target.provider}")
@@ -324,7 +364,7 @@ class Router:
         await self.calls.publish(ctx.reply, encode(reply))
         if ctx.bus_id:  # a queued copy the work queue may redeliver must not run for nobody
             await self.calls.publish(self.subjects.cancel, b"", {Headers.BUS_ID: ctx.bus_id})
-        return None
+        return Answered(None, delivered=True)
 
     async def _ask(self, target: Target, payload: bytes, onward: dict[str, str], deadline: float | None
                    ) -> tuple[Reply, bus.Answer]:

@@ -2,11 +2,13 @@
 decoded, handled in its own task, answered (a Struct encoded, `Raw` bytes as they are, a `GatewayError`
 as an `ErrorReply`), with heartbeats while it runs when the requester asked for them, and drained on stop.
 
-A handler is `async (request, Context) -> Reply | Raw | None` (None: answered elsewhere, e.g. a stream's
-router whose worker wrote the frames). A stream handler is an async iterator of `StreamChunk`/`StreamEnd`
-frames, which go to the request's `Llm-Stream-To` inbox, and finally of the assembled `ChatResult`, which
-goes to the reply subject. An error before the first chunk is a plain error reply (the requester may try
-elsewhere); after it, the stream is ended with an error frame and the reply says `stream_started`.
+A handler is `async (request, Context) -> Reply | Raw | None` (None: answered elsewhere, e.g. a router
+whose worker answered the ingress directly). A request with `Llm-Answer-To` has a success published there
+and only its outcome to the reply subject (see `Server._publish`). A stream handler is an async iterator
+of `StreamChunk`/`StreamEnd` frames, which go to the request's `Llm-Stream-To` inbox, and finally of the
+assembled `ChatResult`, which goes to the reply subject. An error before the first chunk is a plain error
+reply (the requester may try elsewhere); after it, the stream is ended with an error frame and the reply
+says `stream_started`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from shared.bus.connection import Bus, Listener
 from shared.bus.context import Context, Raw
 from shared.bus.errors import BusUnavailable
 from shared.errors import GatewayError, InternalError, InvalidRequest, ProviderError
-from shared.messages import ChatResult, HealthReport, Reply, StreamChunk, StreamEnd, encode
+from shared.messages import ChatResult, Delivered, ErrorReply, HealthReport, Reply, StreamChunk, StreamEnd, encode
 from shared.subjects import Headers, Queues
 
 log = logging.getLogger("llm_edge.bus")
@@ -40,6 +42,7 @@ Decoder = Callable[[bytes], Req]
 _NO_HEADERS: dict[str, str] = {}
 _EARLY_CANCEL_SECONDS = 60.0
 _EARLY_CANCELS_KEPT = 4096
+_DELIVERED = encode(Delivered())
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,10 +196,7 @@ class Server:
             else:
                 result = await endpoint.handler(request, ctx)
             if result is not None and ctx.reply:
-                if isinstance(result, Raw):
-                    await self.bus.publish(ctx.reply, result.data, result.headers)
-                else:
-                    await self.bus.publish(ctx.reply, encode(result))
+                await self._publish(ctx, result)
             return None
         except GatewayError as exc:
             await self._reply(ctx.reply, exc.to_reply())
@@ -208,6 +208,20 @@ class Server:
         finally:
             if beat is not None:
                 beat.cancel()
+
+    async def _publish(self, ctx: Context, result: Reply | Raw) -> None:
+        """The answer to the reply subject; or, asked to answer directly (`Llm-Answer-To`), a success to
+        that inbox and only the outcome to the reply subject: the answer itself when the requester needs
+        it too (`Llm-Outcome: result`), else `Delivered`. An error always goes to the reply subject alone:
+        the requester (the router) decides whether it is the final answer or worth another try."""
+        data, headers = (result.data, result.headers) if isinstance(result, Raw) else (encode(result), None)
+        to = ctx.headers.get(Headers.ANSWER_TO)
+        if not to or isinstance(result, ErrorReply):
+            await self.bus.publish(ctx.reply, data, headers)
+            return
+        await self.bus.publish(to, data, headers)
+        wanted = ctx.headers.get(Headers.OUTCOME) == "result"
+        await self.bus.publish(ctx.reply, data if wanted else _DELIVERED, headers if wanted else None)
 
     async def _cancellable(self, key: str, work: Awaitable[Reply | Raw | None]) -> Reply | Raw | None:
         """A plain request's handler, stopped by a cancel notice for its bus id: the requester (the client)

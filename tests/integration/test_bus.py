@@ -13,8 +13,8 @@ import msgspec
 import pytest
 
 from shared import bus
-from shared.errors import DeadlineExceeded, InvalidRequest
-from shared.messages import ChatResult, ErrorReply, StreamChunk, StreamEnd, Usage, encode
+from shared.errors import DeadlineExceeded, InvalidRequest, ProviderError
+from shared.messages import ChatResult, Delivered, ErrorReply, StreamChunk, StreamEnd, Usage, encode, reply_decoder
 from shared.subjects import Headers
 from tests.infra import Nats
 
@@ -69,6 +69,46 @@ async def test_a_working_handler_beats_and_is_waited_for_and_errors_travel_as_re
         reply, _ = await caller.request("bus-test.slow", b"\xc1 not msgpack", {}, timeout=30)
         assert isinstance(reply, ErrorReply) and reply.status == 400
     finally:
+        await server.drain(grace=5)
+
+
+async def test_a_success_goes_straight_to_the_answer_inbox_and_an_error_only_to_the_requester(
+    nats_server: Nats,
+) -> None:
+    """`Llm-Answer-To`: the worker answers the ingress directly; the router (the requester) hears the
+    outcome, and an error reaches the router alone, which may still retry or fall back."""
+    server = await server_on(nats_server.url)
+
+    async def work(request: Ping, ctx: bus.Context) -> ChatResult:
+        if request.text == "fail":
+            raise ProviderError("upstream failed")  # retryable: the router may try again
+        return ChatResult(id=request.text, created=0, model="m", choices=[], usage=Usage(), provider="p",
+                          target_model="m")
+
+    await server.endpoint("w", "bus-test.work", "bus-test", bus.Endpoint(msgspec.msgpack.Decoder(Ping).decode, work))
+    caller = await bus.connect(nats_server.url, "bus-test-router")
+    ingress = caller.replies.open()  # the inbox the answer is to go to (another process's, in the gateway)
+    direct = {Headers.ANSWER_TO: ingress.subject}
+    try:
+        reply, _ = await caller.request("bus-test.work", encode(Ping(text="one")), direct, 30, BEAT)
+        assert isinstance(reply, Delivered)  # the router needs no more than that
+        got = reply_decoder.decode((await ingress.next(time.monotonic() + 5)).data)
+        assert isinstance(got, ChatResult) and got.id == "one"
+
+        reply, _ = await caller.request("bus-test.work", encode(Ping(text="fail")), direct, 30, BEAT)
+        assert isinstance(reply, ErrorReply) and reply.retryable
+
+        # With `Llm-Outcome: result` (a cache fill, single-flight followers) the router gets the answer too.
+        reply, _ = await caller.request("bus-test.work", encode(Ping(text="two")),
+                                        {**direct, Headers.OUTCOME: "result"}, 30, BEAT)
+        assert isinstance(reply, ChatResult) and reply.id == "two"
+        # Messages from one publisher arrive in order: had the error gone to the answer inbox, it would be
+        # the next message there, before "two".
+        got = reply_decoder.decode((await ingress.next(time.monotonic() + 5)).data)
+        assert isinstance(got, ChatResult) and got.id == "two"
+    finally:
+        caller.replies.close(ingress)
+        await caller.close()
         await server.drain(grace=5)
 
 

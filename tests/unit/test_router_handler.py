@@ -23,6 +23,7 @@ from shared.errors import DeadlineExceeded, GatewayError
 from shared.messages import (
     ChatResult,
     Choice,
+    Delivered,
     ErrorReply,
     Reply,
     ResponseMessage,
@@ -50,7 +51,9 @@ Outcome = Reply | Exception
 
 class Workers:
     """The provider side, scripted: each call to a provider takes its next outcome (a reply, or the bus
-    error a caller would see: `Lost`, `NoResponders`, `DeadlineExceeded`)."""
+    error a caller would see: `Lost`, `NoResponders`, `DeadlineExceeded`). Asked to answer directly
+    (`Llm-Answer-To`), a worker sends a success to that inbox (kept in `answered`) and the router only its
+    outcome (`Delivered`, or the answer with `Llm-Outcome: result`), as `bus.Server` does."""
 
     def __init__(self, script: dict[str, list[Outcome]], hold: float = 0.0) -> None:
         self.script = script
@@ -59,18 +62,25 @@ class Workers:
         self.queued: list[str] = []
         self.published: list[tuple[str, bytes, dict[str, str] | None]] = []
         self.asking = asyncio.Condition()  # notified on every call
+        self.answered: list[tuple[str, bytes]] = []  # what workers sent straight to an ingress inbox
+        self.headers: list[dict[str, str]] = []  # of every call, as asked
 
     async def _take(self, subject: str, headers: dict[str, str]) -> tuple[Reply, bus.Answer]:
         provider = subject.split(".")[-2] if subject.endswith(".chat") else subject.split(".")[-1]
         self.asked.append(provider)
         async with self.asking:
             self.asking.notify_all()
+        self.headers.append(dict(headers))
         if self.hold:
             await asyncio.sleep(self.hold)  # a call that takes time, so that others overlap it
         outcome = self.script[provider].pop(0)
         if isinstance(outcome, Exception):
             raise outcome
         data = encode(outcome)
+        if (to := headers.get(Headers.ANSWER_TO)) and isinstance(outcome, ChatResult):
+            self.answered.append((to, data))
+            if headers.get(Headers.OUTCOME) != "result":
+                data = encode(Delivered())
         return reply_decoder.decode(data), bus.Answer(data, {})
 
     async def request(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float,
@@ -97,23 +107,35 @@ def router(workers: Workers, strategy: str = "fallback", **fields: Any) -> Route
     return Router(config, workers)
 
 
-def ctx(stream: bool = False, cache_key: str | None = None, timeout: float = 30.0) -> bus.Context:
+def ctx(stream: bool = False, cache_key: str | None = None, timeout: float = 30.0,
+        reply: str = "_INBOX.ingress.token") -> bus.Context:
     headers = {Headers.REQUEST_ID: "r1", Headers.DEADLINE: str(int((time.time() + timeout) * 1000))}
     if stream:
         headers |= {Headers.STREAM: "1", Headers.BUS_ID: "unguessable"}
     if cache_key:
         headers[Headers.CACHE_KEY] = cache_key
-    return bus.Context(b"payload", headers, reply="_INBOX.ingress.token")
+    return bus.Context(b"payload", headers, reply=reply)
 
 
 CHAT = _ModelOnly(model="chat")
 
 
+def client_got(workers: Workers, context: bus.Context, raw: bus.Raw | None) -> ChatResult:
+    """The answer the client's inbox received: the router's, or else the worker's direct one (never both)."""
+    direct = [data for to, data in workers.answered if to == context.reply]
+    if raw is not None:
+        assert not direct
+        return msgspec.msgpack.decode(raw.data, type=ChatResult)
+    assert len(direct) == 1
+    workers.answered.remove((context.reply, direct[0]))
+    return msgspec.msgpack.decode(direct[0], type=ChatResult)
+
+
 async def served_by(r: Router, context: bus.Context | None = None) -> str:
-    raw = await r.handle(CHAT, context or ctx())
-    assert isinstance(raw, bus.Raw)
-    result = msgspec.msgpack.decode(raw.data, type=ChatResult)
-    return result.provider
+    context = context or ctx()
+    workers = r.calls
+    assert isinstance(workers, Workers)
+    return client_got(workers, context, await r.handle(CHAT, context)).provider
 
 
 async def asked(workers: Workers, calls: int) -> None:
@@ -265,9 +287,12 @@ async def test_a_capped_provider_is_asked_through_its_queue() -> None:
 async def test_an_answer_fills_the_cache_under_its_key_and_identical_requests_share_one_call() -> None:
     workers = Workers({"a": [answer("a")]}, hold=0.05)
     r = router(workers)
-    results = await asyncio.gather(*(r.handle(CHAT, ctx(cache_key="k1")) for _ in range(5)))
-    assert len({raw.data for raw in results if raw is not None}) == 1
-    assert workers.asked == ["a"]
+    contexts = [ctx(cache_key="k1", reply=f"_INBOX.ingress.t{i}") for i in range(5)]
+    results = await asyncio.gather(*(r.handle(CHAT, c) for c in contexts))
+    # The leader's answer went from the worker to its client; the router passes it to the four followers.
+    got = [client_got(workers, c, raw) for c, raw in zip(contexts, results, strict=True)]
+    assert {g.provider for g in got} == {"a"} and sum(raw is None for raw in results) == 1
+    assert workers.asked == ["a"] and workers.headers[0][Headers.OUTCOME] == "result"
     fills = [(to, headers) for to, _, headers in workers.published if to == r.subjects.cache_fill]
     assert fills == [(r.subjects.cache_fill, {Headers.CACHE_KEY: "k1"})]
 
@@ -306,8 +331,27 @@ async def test_a_follower_makes_its_own_call_when_the_leaders_client_left() -> N
     workers = Workers({"a": [failure(502, "client_disconnected"), answer("a")]}, hold=0.05)
     r = router(workers)
     # Tasks start in order: the leader's call is in flight (held by the worker) when the follower joins it.
-    leader, follower = await asyncio.gather(r.handle(CHAT, ctx(cache_key="k1")), r.handle(CHAT, ctx(cache_key="k1")),
+    second = ctx(cache_key="k1", reply="_INBOX.ingress.t2")
+    leader, follower = await asyncio.gather(r.handle(CHAT, ctx(cache_key="k1")), r.handle(CHAT, second),
                                             return_exceptions=True)
     assert isinstance(leader, GatewayError) and leader.code == "client_disconnected"
-    assert isinstance(follower, bus.Raw) and msgspec.msgpack.decode(follower.data, type=ChatResult).provider == "a"
+    assert follower is None and client_got(workers, second, follower).provider == "a"  # its own call's answer
     assert workers.asked == ["a", "a"]
+
+
+async def test_a_plain_answer_goes_from_the_worker_to_the_client_and_the_router_hears_only_that_it_did() -> None:
+    workers = Workers({"a": [answer("a")]})
+    r = router(workers)
+    assert await r.handle(CHAT, ctx()) is None  # nothing more for the router to send
+    asked = workers.headers[0]
+    assert asked[Headers.ANSWER_TO] == "_INBOX.ingress.token" and Headers.OUTCOME not in asked
+    assert [to for to, _ in workers.answered] == ["_INBOX.ingress.token"]
+    assert not [to for to, _, _ in workers.published if to == r.subjects.cache_fill]  # no key: nothing to fill
+    assert r.stats["a/m"].latency is not None  # the outcome still measures the target
+
+
+async def test_after_a_failed_attempt_only_the_retry_answers_the_client() -> None:
+    workers = Workers({"a": [failure(500), failure(502, retryable=False)], "b": [answer("b")]})
+    r = router(workers)
+    assert await served_by(r) == "b"  # client_got: exactly one answer reached the client's inbox
+    assert workers.asked == ["a", "a", "b"] and workers.answered == []

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: up test venv dev redis kubectl clients lint bench reliability clean
+.PHONY: up test venv dev redis kubectl clients lint bench bench-tools bench-wrk reliability clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,14 @@ lint: dev
 # BENCH_ARGS=--quick for 3 s per point; results in bench-results/ (results.json, summary.md).
 bench: venv
 	$(BIN)/python bench/compare.py --out bench-results/ $(BENCH_ARGS)
+
+# What bench/wrk_compare.py needs beyond node (Debian): wrk, nginx and nginx's echo module (the upstream's delay).
+bench-tools:
+	apt-get install -y wrk nginx-light libnginx-mod-http-echo util-linux
+
+# wrk against LLM Edge and Portkey in front of a 50 ms nginx upstream, each gateway pinned to one core.
+bench-wrk: venv
+	$(BIN)/python bench/wrk_compare.py --out bench-results/wrk $(BENCH_ARGS)
 
 # The fault suite (docs/RELIABILITY.md): every scenario on loopback, then a soak (RELIABILITY_ARGS=--soak-seconds 60
 # for a short one; --only NAME,NAME for some). About 10 minutes plus the soak; results in bench-results/reliability/.

@@ -38,6 +38,7 @@ VENVS = ROOT / "bench" / ".venvs"
 UPSTREAM_MODEL = "gpt-4o-mini"
 LITELLM_KEY = "sk-bench-" + "0" * 32  # LiteLLM refuses to start without a master key
 NO_STORE = "Cache-Control: no-store"
+PORTKEY_VERSION = "1.15.2"  # the version PERFORMANCE.md's figures were measured against
 _DROPPED_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "REDIS_URL", "LLM_EDGE_CONFIG", "HOST", "PORT", "NATS_URL")
 
 
@@ -265,13 +266,15 @@ class Portkey(System):
         node, npm = shutil.which("node"), shutil.which("npm")
         if node is None or npm is None:
             raise Unavailable("node and npm are not on PATH")
-        if not self.entry.exists():
-            print("  installing @portkey-ai/gateway into bench/.venvs/portkey", flush=True)
+        installed = self.entry.parents[1] / "package.json"
+        if not self.entry.exists() or json.loads(installed.read_text())["version"] != PORTKEY_VERSION:
+            print(f"  installing @portkey-ai/gateway@{PORTKEY_VERSION} into bench/.venvs/portkey", flush=True)
             self.home.mkdir(parents=True, exist_ok=True)
             package = self.home / "package.json"
             if not package.exists():
                 package.write_text('{"name": "portkey-bench", "private": true}\n')
-            done = run([npm, "install", "--no-audit", "--no-fund", "@portkey-ai/gateway"], 900, cwd=self.home)
+            done = run([npm, "install", "--no-audit", "--no-fund", f"@portkey-ai/gateway@{PORTKEY_VERSION}"], 900,
+                       cwd=self.home)
             if done.returncode != 0 or not self.entry.exists():
                 raise Unavailable(f"npm install @portkey-ai/gateway failed: {_tail(done.stderr)}")
         meta = json.loads((self.entry.parents[1] / "package.json").read_text())

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import msgspec
 from opentelemetry import trace
 
+from shared import tracing
 from shared.secrets import Redactor
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -29,11 +30,17 @@ class JsonFormatter(logging.Formatter):
         self.service = service
         # A line may quote text an upstream sent (an error message): configured secrets never leave.
         self.redact = Redactor(secrets)
+        self._second = -1
+        self._stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
+        # The ingress writes a line per request: the parts that are the same for a whole second, or that
+        # cannot be there (a span while tracing is off), cost nothing per line (bench/log_line.py).
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         line: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
@@ -44,8 +51,7 @@ class JsonFormatter(logging.Formatter):
             line["request_id"] = rid
         if (key := key_name.get()) is not None:
             line["key"] = key
-        span = trace.get_current_span().get_span_context()
-        if span.is_valid:
+        if tracing.enabled() and (span := trace.get_current_span().get_span_context()).is_valid:
             line["trace_id"] = format(span.trace_id, "032x")
         if record.exc_info:
             line["exc"] = self.redact(self.formatException(record.exc_info))

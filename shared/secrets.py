@@ -49,8 +49,8 @@ class Redactor:
 
     def __call__(self, text: str, extra: Iterable[str] = ()) -> str:
         pattern = self._pattern
-        more = {s for s in extra if len(s) >= _MIN_LENGTH} - self.secrets
-        if more:  # an error path only: compiling here costs nothing on the answers that succeed
+        if extra and (more := {s for s in extra if len(s) >= _MIN_LENGTH} - self.secrets):
+            # An error path only: compiling here costs nothing on the answers that succeed.
             pattern = _pattern(self.secrets | more)
         return text if pattern is None else pattern.sub(REDACTED, text)
 

@@ -104,3 +104,14 @@ def test_a_tool_message_without_its_call_id_is_refused() -> None:
     with pytest.raises(InvalidRequest) as caught:
         parse_chat_request(chat(messages=[*HI, {"role": "tool", "content": "42"}]))
     assert caught.value.param == "messages[1].tool_call_id"
+
+
+def test_vendor_extras_and_the_gateways_own_field_names_are_kept_as_extras_never_as_ours() -> None:
+    plain = parse_chat_request(chat(temperature=1))  # no extras: the one-pass decode
+    assert plain.temperature == 1 and plain.extra_json is msgspec.UNSET
+    for extras in ({"vendor_knob": 3}, {"anthropic": {"system": "obey me"}}, {"extra_json": "eyJ4IjogMX0="},
+                   {"responses_body": "e30=", "vendor_knob": [1]}):
+        request = parse_chat_request(chat(temperature=1, **extras))
+        assert request.temperature == 1
+        assert request.anthropic is msgspec.UNSET and request.responses_body is msgspec.UNSET
+        assert isinstance(request.extra_json, bytes) and json.loads(request.extra_json) == extras

@@ -94,7 +94,10 @@ class Headers:
     # hears only the outcome: `Delivered`, the answer itself with `Llm-Outcome: result`, or the error (an
     # error never goes to this inbox: the router decides whether to retry, fall back or answer with it).
     ANSWER_TO = "Llm-Answer-To"
-    OUTCOME = "Llm-Outcome"  # "result": the router needs the answer too (cache fill, single flight)
+    OUTCOME = "Llm-Outcome"  # "result": the router needs the answer too (single-flight followers)
+    # With `Llm-Answer-To`: publish the answer here too, first (the cache fill broadcast, with the request's
+    # `Llm-Cache-Key` and `Llm-Cache-Ttl`), so that every L1 has it by the time the client could repeat it.
+    FILL_TO = "Llm-Fill-To"
     CACHE_KEY = "Llm-Cache-Key"
     CACHE_CONTROL = "Llm-Cache-Control"  # "no-cache", "no-store" or both, comma-separated
     CACHE_TTL = "Llm-Cache-Ttl"  # seconds

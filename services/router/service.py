@@ -86,14 +86,27 @@ class Answered(NamedTuple):
     delivered: bool
 
 
-def _answer_directly(onward: dict[str, str], ctx: bus.Context) -> None:
+def _fill_headers(headers: Mapping[str, str]) -> dict[str, str] | None:
+    """The headers of the cache fill of an answer to a request with these headers; None: no fill."""
+    key = headers.get(Headers.CACHE_KEY)
+    if not key or "no-store" in headers.get(Headers.CACHE_CONTROL, ""):
+        return None
+    fill = {Headers.CACHE_KEY: key}
+    if ttl := headers.get(Headers.CACHE_TTL):
+        fill[Headers.CACHE_TTL] = ttl
+    return fill
+
+
+def _answer_directly(onward: dict[str, str], ctx: bus.Context, fill_subject: str) -> None:
     """A plain request's answer goes from the worker straight to the ingress's inbox, one bus crossing
-    fewer; the router asks for the answer itself as the outcome only when it fills the cache or may have
-    single-flight followers to serve (see `_route` and `_fill`)."""
+    fewer. The worker also publishes the cache fill, before the answer, as the router would have; the
+    router asks for the answer itself as the outcome only when single-flight followers may need it."""
     onward[Headers.ANSWER_TO] = ctx.reply
-    control = ctx.headers.get(Headers.CACHE_CONTROL, "")
-    if ctx.headers.get(Headers.CACHE_KEY) and not ("no-store" in control and "no-cache" in control):
-        onward[Headers.OUTCOME] = "result"
+    if (fill := _fill_headers(ctx.headers)) is not None:
+        onward[Headers.FILL_TO] = fill_subject
+        onward.update(fill)
+    if ctx.headers.get(Headers.CACHE_KEY) and "no-cache" not in ctx.headers.get(Headers.CACHE_CONTROL, ""):
+        onward[Headers.OUTCOME] = "result"  # `_route` runs it as a single flight
 
 
 class Calls(Protocol):
@@ -220,7 +233,7 @@ class Router:
             # Chunks go from the worker straight to the ingress; the router hears only the outcome.
             onward[Headers.STREAM_TO] = ctx.reply
         elif ctx.reply:
-            _answer_directly(onward, ctx)
+            _answer_directly(onward, ctx, self.subjects.cache_fill)
         now = time.monotonic()
         ordered = strategy.order(self.routes.strategy(model), targets, self.stats, self.rng,
                                  self.config.router.hybrid_latency_weight)
@@ -285,7 +298,8 @@ class Router:
             match reply:
                 case ChatResult() | Delivered():
                     return await self._succeeded(target, ctx, reply, answer.data, started,
-                                                 direct=Headers.ANSWER_TO in onward)
+                                                 direct=Headers.ANSWER_TO in onward,
+                                                 filled=Headers.FILL_TO in onward)
                 case ErrorReply(stream_started=True):
                     await self._outcome(target, ok=reply.code == "client_disconnected")
                     return Answered(None, delivered=True)  # the worker ended the client's stream with it
@@ -314,9 +328,8 @@ class Router:
                     return GatewayError(f"unexpected reply for {target.key}")
 
     async def _succeeded(self, target: Target, ctx: bus.Context, reply: ChatResult | Delivered, data: bytes,
-                         started: float, direct: bool) -> Answered:
-        """A target's answer: counted, timed, filled into the cache when the router has it (not after a
-        bare `Delivered`: the worker answered the client itself and the router has nothing to fill)."""
+                         started: float, direct: bool, filled: bool) -> Answered:
+        """A target's answer: counted, timed, and filled into the cache unless the worker did (`filled`)."""
         await self._outcome(target, ok=True)
         if ctx.streaming and isinstance(reply, ChatResult):
             seconds = reply.first_chunk_seconds or 0.0  # what "least latency" means for a stream
@@ -325,9 +338,10 @@ class Router:
         self.stats.setdefault(target.key, strategy.TargetStats()).observe(seconds)
         if isinstance(reply, Delivered):
             return Answered(None, delivered=True)
-        # The fill goes first (a buffered publish, it does not delay the reply) so that a client repeating
-        # the request at once already finds it in every L1.
-        await self._fill(ctx.headers, data)
+        if not filled:
+            # The fill goes first (a buffered publish, it does not delay the reply) so that a client
+            # repeating the request at once already finds it in every L1.
+            await self._fill(ctx.headers, data)
         return Answered(data, delivered=ctx.streaming or direct)
 
     async def _failed(self, target: Target, breaker: Breaker, status: int) -> None:
@@ -431,13 +445,8 @@ class Router:
         return HealthReport(service="router", instance=self.instance, status=status, checks=checks)
 
     async def _fill(self, headers: Mapping[str, str], data: bytes) -> None:
-        key = headers.get(Headers.CACHE_KEY)
-        if not key or "no-store" in headers.get(Headers.CACHE_CONTROL, ""):
-            return
-        fill = {Headers.CACHE_KEY: key}
-        if ttl := headers.get(Headers.CACHE_TTL):
-            fill[Headers.CACHE_TTL] = ttl
-        await self.calls.publish(self.subjects.cache_fill, data, headers=fill)
+        if (fill := _fill_headers(headers)) is not None:
+            await self.calls.publish(self.subjects.cache_fill, data, headers=fill)
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:

@@ -43,6 +43,7 @@ _NO_HEADERS: dict[str, str] = {}
 _EARLY_CANCEL_SECONDS = 60.0
 _EARLY_CANCELS_KEPT = 4096
 _DELIVERED = encode(Delivered())
+_FILLED = (Headers.CACHE_KEY, Headers.CACHE_TTL)  # what a fill published for the requester carries
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,14 +212,17 @@ class Server:
 
     async def _publish(self, ctx: Context, result: Reply | Raw) -> None:
         """The answer to the reply subject; or, asked to answer directly (`Llm-Answer-To`), a success to
-        that inbox and only the outcome to the reply subject: the answer itself when the requester needs
-        it too (`Llm-Outcome: result`), else `Delivered`. An error always goes to the reply subject alone:
+        that inbox (and first to `Llm-Fill-To`, the cache fill, when asked) and only the outcome to the
+        reply subject: the answer itself when the requester needs it too (`Llm-Outcome: result`), else
+        `Delivered`. An error always goes to the reply subject alone:
         the requester (the router) decides whether it is the final answer or worth another try."""
         data, headers = (result.data, result.headers) if isinstance(result, Raw) else (encode(result), None)
         to = ctx.headers.get(Headers.ANSWER_TO)
         if not to or isinstance(result, ErrorReply):
             await self.bus.publish(ctx.reply, data, headers)
             return
+        if fill := ctx.headers.get(Headers.FILL_TO):
+            await self.bus.publish(fill, data, {name: ctx.headers[name] for name in _FILLED if name in ctx.headers})
         await self.bus.publish(to, data, headers)
         wanted = ctx.headers.get(Headers.OUTCOME) == "result"
         await self.bus.publish(ctx.reply, data if wanted else _DELIVERED, headers if wanted else None)

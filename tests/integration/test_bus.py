@@ -98,10 +98,20 @@ async def test_a_success_goes_straight_to_the_answer_inbox_and_an_error_only_to_
         reply, _ = await caller.request("bus-test.work", encode(Ping(text="fail")), direct, 30, BEAT)
         assert isinstance(reply, ErrorReply) and reply.retryable
 
-        # With `Llm-Outcome: result` (a cache fill, single-flight followers) the router gets the answer too.
-        reply, _ = await caller.request("bus-test.work", encode(Ping(text="two")),
-                                        {**direct, Headers.OUTCOME: "result"}, 30, BEAT)
+        # With `Llm-Outcome: result` (single-flight followers) the router gets the answer too; with
+        # `Llm-Fill-To`, the cache fill goes out as well, under the request's key.
+        fills: asyncio.Queue[tuple[bytes, Mapping[str, str]]] = asyncio.Queue()
+
+        async def fill(data: bytes, headers: Mapping[str, str]) -> None:
+            fills.put_nowait((data, headers))
+
+        await caller.listen("bus-test.fill", fill)
+        reply, _ = await caller.request("bus-test.work", encode(Ping(text="two")), {
+            **direct, Headers.OUTCOME: "result", Headers.FILL_TO: "bus-test.fill", Headers.CACHE_KEY: "k2",
+            Headers.CACHE_TTL: "60", Headers.REQUEST_ID: "not for the fill"}, 30, BEAT)
         assert isinstance(reply, ChatResult) and reply.id == "two"
+        filled, headers = await asyncio.wait_for(fills.get(), 5)
+        assert filled == encode(reply) and dict(headers) == {Headers.CACHE_KEY: "k2", Headers.CACHE_TTL: "60"}
         # Messages from one publisher arrive in order: had the error gone to the answer inbox, it would be
         # the next message there, before "two".
         got = reply_decoder.decode((await ingress.next(time.monotonic() + 5)).data)

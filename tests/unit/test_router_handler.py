@@ -53,7 +53,8 @@ class Workers:
     """The provider side, scripted: each call to a provider takes its next outcome (a reply, or the bus
     error a caller would see: `Lost`, `NoResponders`, `DeadlineExceeded`). Asked to answer directly
     (`Llm-Answer-To`), a worker sends a success to that inbox (kept in `answered`) and the router only its
-    outcome (`Delivered`, or the answer with `Llm-Outcome: result`), as `bus.Server` does."""
+    outcome (`Delivered`, or the answer with `Llm-Outcome: result`), after the cache fill when asked
+    (`Llm-Fill-To`), as `bus.Server` does."""
 
     def __init__(self, script: dict[str, list[Outcome]], hold: float = 0.0) -> None:
         self.script = script
@@ -78,6 +79,8 @@ class Workers:
             raise outcome
         data = encode(outcome)
         if (to := headers.get(Headers.ANSWER_TO)) and isinstance(outcome, ChatResult):
+            if fill := headers.get(Headers.FILL_TO):
+                self.published.append((fill, data, {k: headers[k] for k in (Headers.CACHE_KEY,) if k in headers}))
             self.answered.append((to, data))
             if headers.get(Headers.OUTCOME) != "result":
                 data = encode(Delivered())

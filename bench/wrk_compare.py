@@ -4,7 +4,8 @@ of an nginx upstream that answers a chat completion after a fixed delay, each ga
     .venv/bin/python bench/wrk_compare.py --out bench-results/wrk [--baseline CHECKOUT] [--rounds 3]
 
 - The upstream is nginx with the echo module (`echo_sleep`, a timer in nginx's event loop: a true 50 ms,
-  no Python in the way), answering every POST with one fixed OpenAI chat completion.
+  no Python in the way), answering every POST with one fixed OpenAI chat completion (`echo_exec` to a
+  `return 200`, so the answer has a Content-Length as an API's does, not the echo module's chunks).
 - Gateways run under `taskset -c 1` (every process they start inherits it: for LLM Edge the nats-server
   and the four services, for Portkey its one node process); wrk and nginx under `taskset -c 0`.
 - All systems are started once and measured in interleaved rounds (for each round, each concurrency,
@@ -70,11 +71,15 @@ http {{
     keepalive_timeout 300s;
     server {{
         listen 127.0.0.1:{port};
-        location / {{
+        location = /answer {{
+            internal;
             default_type application/json;
+            return 200 '{body}';
+        }}
+        location / {{
             echo_read_request_body;
             echo_sleep {seconds};
-            echo '{body}';
+            echo_exec /answer;
         }}
     }}
 }}

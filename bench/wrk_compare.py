@@ -9,7 +9,8 @@ of an nginx upstream that answers a chat completion after a fixed delay, each ga
 - Gateways run under `taskset -c 1` (every process they start inherits it: for LLM Edge the nats-server
   and the four services, for Portkey its one node process); wrk and nginx under `taskset -c 0`.
 - All systems are started once and measured in interleaved rounds (for each round, each concurrency,
-  each system in turn), so a comparison is made in the same minutes on a machine whose load varies.
+  each system in turn, in reverse order every other round), so a comparison is made in the same minutes
+  on a machine whose load varies.
 - A point: `wrk -t1 -cC` for `--warmup` s (not counted), then for `--duration` s. Misses are unique prompts
   with `Cache-Control: no-store`, as `bench/compare.py` sends them; hits repeat one primed prompt. The
   gateway's CPU per request is its process tree's utime + stime over the measured run divided by the
@@ -345,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         data["versions"].update({t.label: t.version for t in targets})
         for round_ in range(1, args.rounds + 1):
             for c in args.concurrency:
-                for target in targets:
+                # Every other round in reverse: no system always follows the same one (a node process still
+                # collecting garbage after its load, say, would otherwise always slow down the next one).
+                for target in targets if round_ % 2 else targets[::-1]:
                     point = measure(target, c, args, out)
                     results.add(round_, target, c, point)
                     shown = point.get("failed") or (f"{point['rps']:,.0f} req/s p50 {point['p50_ms']:.2f} ms "

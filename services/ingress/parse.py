@@ -20,7 +20,6 @@ from shared.messages import ChatRequest, encode
 T = TypeVar("T")
 
 
-
 class _Modelled(ChatRequest, frozen=True, forbid_unknown_fields=True):
     """A body with no field we do not model (nearly every one): decoded in one pass, without the scan for
     vendor extras first. Anything else (extras, an error to word) takes the general way."""

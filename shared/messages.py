@@ -379,11 +379,70 @@ class Delivered(Struct, frozen=True, kw_only=True, tag="delivered", tag_field="k
     and the router needs nothing of it but that it succeeded."""
 
 
-Reply = ChatResult | ErrorReply | StreamChunk | StreamEnd | CacheMiss | TokenCount | Delivered
+# --- embeddings ----------------------------------------------------------------------------------
+
+# One input of an embeddings request: a text, or a token array (OpenAI's tokens, for providers that take them).
+EmbeddingInput = str | list[int]
+Dimensions = Annotated[int, Meta(ge=1)]
+
+
+class EmbeddingRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The unified embeddings request (OpenAI's `POST /v1/embeddings`), its `input` always a list: one text
+    or token array per vector wanted. How the vectors are encoded for the client (`encoding_format`) is the
+    edge's business: on the bus a vector is always little-endian float32 bytes (`EmbeddingResult.vectors`)."""
+
+    model: NonEmptyStr
+    input: Annotated[list[EmbeddingInput], Meta(min_length=1)]
+    dimensions: Dimensions | UnsetType = UNSET
+    user: str | UnsetType = UNSET
+    # Vendor extras the client sent (OpenAI SDK `extra_body`), one JSON object: an adapter reads the ones its
+    # provider documents (Cohere's `input_type`, Titan's `normalize`, Gemini's `task_type`), others ignore them.
+    extra_json: bytes | UnsetType = UNSET
+
+
+class EmbeddingResult(Struct, frozen=True, kw_only=True, tag="embeddings", tag_field="kind"):
+    """The vectors of an `EmbeddingRequest`, one per input in input order, each little-endian float32 bytes
+    (`array("f")` / numpy `<f4`): what the cache stores per input and what the edge encodes as floats or
+    base64. `usage` counts the prompt tokens the provider charged for (`completion_tokens` stays 0)."""
+
+    model: str
+    vectors: list[bytes]
+    usage: Usage
+    provider: str
+    target_model: str
+    cost_usd: float = 0.0
+    provider_seconds: float = 0.0
+
+
+class VectorLookup(Struct, frozen=True, kw_only=True):
+    """Ask the cache tier for stored vectors by their keys (`shared/cache/vectors.py`: one key per input)."""
+
+    keys: list[str]
+
+
+class VectorHits(Struct, frozen=True, kw_only=True, tag="vectors", tag_field="kind"):
+    """The cache tier's answer to a `VectorLookup`: per key, the stored float32 vector or None."""
+
+    vectors: list[bytes | None]
+
+
+class VectorFill(Struct, frozen=True, kw_only=True):
+    """Broadcast after an embeddings call: each input's vector under its own key, for every L1 (and one L2
+    write), so a later batch holding some of these inputs calls the provider only for the others."""
+
+    keys: list[str]
+    vectors: list[bytes]
+
+
+Reply = (ChatResult | ErrorReply | StreamChunk | StreamEnd | CacheMiss | TokenCount | Delivered | EmbeddingResult
+         | VectorHits)
 
 # Module-level codecs: building an Encoder/Decoder per message costs more than using one.
 _encoder = msgspec.msgpack.Encoder()
 request_decoder = msgspec.msgpack.Decoder(ChatRequest)
+embedding_request_decoder = msgspec.msgpack.Decoder(EmbeddingRequest)
+vector_lookup_decoder = msgspec.msgpack.Decoder(VectorLookup)
+vector_fill_decoder = msgspec.msgpack.Decoder(VectorFill)
 reply_decoder = msgspec.msgpack.Decoder(Reply)
 
 

@@ -30,6 +30,23 @@ class Subjects:
         return f"{self.prefix}.cache.fill"
 
     @property
+    def embed(self) -> str:
+        """Embeddings: the router picks the target as for `route` (an `EmbeddingRequest` -> `EmbeddingResult`).
+        Any service may ask it (the semantic cache does); with `Llm-Cache-Key` (the key scope of
+        `shared/cache/vectors.py`) the router broadcasts each input's vector on `vector_fill`."""
+        return f"{self.prefix}.embed"
+
+    @property
+    def vector_lookup(self) -> str:
+        """The cache tier's stored vectors by key (`VectorLookup` -> `VectorHits`)."""
+        return f"{self.prefix}.cache.vectors"
+
+    @property
+    def vector_fill(self) -> str:
+        """Broadcast (+ queue `cache-l2` for the one L2 write): a `VectorFill` after an embeddings call."""
+        return f"{self.prefix}.cache.fill.vectors"
+
+    @property
     def breaker(self) -> str:
         """Broadcast: breaker state changes, so that every router replica acts on them at once."""
         return f"{self.prefix}.router.breaker"
@@ -53,6 +70,9 @@ class Subjects:
 
     def provider_chat(self, provider: str) -> str:
         return f"{self.prefix}.provider.{provider}.chat"
+
+    def provider_embed(self, provider: str) -> str:
+        return f"{self.prefix}.provider.{provider}.embed"
 
     def provider_count_tokens(self, provider: str) -> str:
         return f"{self.prefix}.provider.{provider}.count_tokens"

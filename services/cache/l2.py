@@ -34,6 +34,26 @@ class L2Cache:
             lambda: self._redis.client.set(self._prefix + key, value, px=int(ttl * 1000)), None
         )
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """Each key's value or None (one MGET); every one None when Redis is down."""
+        values = await self._redis.call(lambda: self._redis.client.mget([self._prefix + k for k in keys]), None)
+        if not isinstance(values, list):
+            return [None] * len(keys)
+        return [v if isinstance(v, bytes) else None for v in values]
+
+    async def put_many(self, items: list[tuple[str, bytes]], ttl: float) -> None:
+        """Each value under its key with one TTL, in one round trip (a pipeline without a transaction)."""
+        if ttl <= 0 or not items:
+            return
+
+        async def write() -> None:
+            pipe = self._redis.client.pipeline(transaction=False)
+            for k, value in items:
+                pipe.set(self._prefix + k, value, px=int(ttl * 1000))
+            await pipe.execute()
+
+        await self._redis.call(write, None)
+
     async def ping(self) -> bool:
         async def ping() -> bool:
             await self._redis.client.ping()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 from opentelemetry.trace import SpanKind
 
+from services.cache.vectors import VectorCache
 from shared import bus, metrics, runtime, tracing
 from shared.cache.key import cache_key
 from shared.cache.l1 import L1Cache, fill_ttl
@@ -51,6 +52,7 @@ class CacheService:
         await server.listen(self.subjects.cache_fill, self.fill_l1)
         if self.l2 is not None:
             await server.listen(self.subjects.cache_fill, self.fill_l2, queue=Queues.CACHE_L2_WRITER)
+        await VectorCache(self).start(server)
         await server.health_endpoint(self.subjects.health("cache"), self.health)
 
     async def close(self) -> None:

@@ -25,7 +25,15 @@ from shared.errors import (
     RateLimited,
     Unavailable,
 )
-from shared.messages import ChatRequest, ChatResult, TokenCount, ToolCallDelta, Usage
+from shared.messages import (
+    ChatRequest,
+    ChatResult,
+    EmbeddingRequest,
+    EmbeddingResult,
+    TokenCount,
+    ToolCallDelta,
+    Usage,
+)
 from shared.secrets import header_values
 
 
@@ -111,6 +119,33 @@ class AuthorizingAdapter(Protocol[S_contra]):
     hold a static key, which `build_request` already put in the call)."""
 
     def authorizer(self, config: S_contra, *, provider: str) -> Authorizer | None: ...
+
+
+@runtime_checkable
+class EmbeddingAdapter(Protocol[S_contra]):
+    """An HTTP adapter whose provider makes embeddings. The worker (`embedding.py`) splits a request into
+    batches of at most `embed_batch_limit` inputs, calls each, and joins the vectors back in input order;
+    errors go through the adapter's `parse_error`."""
+
+    def embed_batch_limit(self, model: str) -> int:
+        """The most inputs one upstream call takes for `model` (Titan: 1, Cohere: 96, OpenAI: 2048)."""
+        ...
+
+    def build_embed_request(self, request: EmbeddingRequest, model: str, config: S_contra) -> HttpCall:
+        """The upstream call for all of `request.input` (never more than the batch limit)."""
+        ...
+
+    def parse_embed_response(self, body: bytes, headers: Mapping[str, str], *, provider: str, model: str,
+                             inputs: int) -> EmbeddingResult:
+        """A 2xx answer as `inputs` float32 vectors in input order; raises ProviderError when malformed."""
+        ...
+
+
+@runtime_checkable
+class LocalEmbedder(Protocol[S_contra]):
+    """A local adapter that makes embeddings in-process (the mock)."""
+
+    async def embed(self, request: EmbeddingRequest, model: str, config: S_contra) -> EmbeddingResult: ...
 
 
 @runtime_checkable

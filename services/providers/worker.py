@@ -19,6 +19,7 @@ from opentelemetry.trace import SpanKind
 
 from services.providers import streaming, tokens
 from services.providers.base import AuthorizingAdapter, CountingAdapter, HttpAdapter, HttpCall, LocalAdapter
+from services.providers.embedding import Embedder
 from services.providers.http import Upstream, Waits
 from services.providers.registry import ADAPTERS
 from shared import bus, metrics, pricing, runtime, secrets, tracing
@@ -33,6 +34,7 @@ from shared.messages import (
     StreamEnd,
     TokenCount,
     Usage,
+    embedding_request_decoder,
     request_decoder,
 )
 from shared.subjects import Queues, Subjects, provider_service_name
@@ -59,6 +61,7 @@ class ProviderWorker:
         self.default_timeout = config.ingress.request_timeout_seconds
         self.redact = secrets.Redactor(secrets.configured(config))
         self.endpoint = bus.Endpoint(request_decoder.decode, self.chat, self.stream)
+        self.embedder = Embedder(self)
 
     async def start(self, server: bus.Server) -> None:
         self.instance = server.id
@@ -67,6 +70,9 @@ class ProviderWorker:
         await server.endpoint("count_tokens", self.subjects.provider_count_tokens(self.name),
                               Queues.provider(self.name), bus.Endpoint(request_decoder.decode, self.count_tokens),
                               limit=self.settings.max_concurrency)
+        await server.endpoint("embed", self.subjects.provider_embed(self.name), Queues.provider(self.name),
+                              bus.Endpoint(embedding_request_decoder.decode, self.embedder.embed),
+                              cancels=self.subjects.cancel, limit=self.settings.max_concurrency)
         if cap := self.settings.max_in_flight:
             self.queue = bus.QueueConsumer(
                 server, self.endpoint, self.subjects.admission_stream(self.name),

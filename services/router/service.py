@@ -26,6 +26,7 @@ from opentelemetry.trace import SpanKind
 
 from services.router import strategy
 from services.router.breaker import Breaker
+from services.router.embeddings import EmbeddingRoutes
 from services.router.retry import wait_before_retry as retry_delay
 from shared import bus, metrics, runtime, tracing
 from shared.config import Config, Target
@@ -143,6 +144,7 @@ class Router:
                               bus.Endpoint(msgspec.msgpack.Decoder(_ModelOnly).decode, self.handle))
         await server.endpoint("count_tokens", self.subjects.count_tokens, Queues.ROUTER,
                               bus.Endpoint(msgspec.msgpack.Decoder(_ModelOnly).decode, self.count_tokens))
+        await EmbeddingRoutes(self).start(server)
         await server.listen(self.subjects.breaker, self.on_breaker_event)
         await server.health_endpoint(self.subjects.health("router"), self.health)
 

@@ -12,9 +12,18 @@ import time
 from collections.abc import AsyncIterator
 
 from services.providers.base import Delta, StreamSummary, error_for_status
+from services.providers.mock import embeddings
 from services.providers.mock.settings import MockSettings
 from shared.errors import GatewayError, ProviderError
-from shared.messages import ChatRequest, ChatResult, Choice, ResponseMessage, Usage
+from shared.messages import (
+    ChatRequest,
+    ChatResult,
+    Choice,
+    EmbeddingRequest,
+    EmbeddingResult,
+    ResponseMessage,
+    Usage,
+)
 
 
 def count_tokens(text: str) -> int:
@@ -87,6 +96,19 @@ class MockAdapter:
                 completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens,
             ),
+        )
+
+    async def embed(self, request: EmbeddingRequest, model: str, config: MockSettings) -> EmbeddingResult:
+        """Bag-of-words hashing vectors (`embeddings.py`): close for paraphrases, deterministic."""
+        await self._begin(config)
+        size = request.dimensions if isinstance(request.dimensions, int) else embeddings.DEFAULT_DIMENSIONS
+        prompt_tokens = sum(embeddings.tokens(item) for item in request.input)
+        return EmbeddingResult(
+            model=model,
+            vectors=[embeddings.packed(item, size) for item in request.input],
+            usage=Usage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
+            provider=self.name,
+            target_model=model,
         )
 
     async def _begin(self, config: MockSettings) -> None:

@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from services.ingress import admin, guard, openapi
 from services.ingress.edge import Edge
-from services.ingress.endpoints import chat, messages, models, ops, responses
+from services.ingress.endpoints import chat, embeddings, messages, models, ops, responses
 from services.ingress.gateway import Gateway
 from services.ingress.responses import exception_response
 from shared import bus, runtime, tracing
@@ -32,8 +32,8 @@ from shared.config import Config
 log = logging.getLogger("llm_edge.ingress")
 
 # Every route of the ingress: a new dialect or concern adds its router here.
-ROUTERS: tuple[APIRouter, ...] = (chat.router, messages.router, responses.router, models.router, ops.router,
-                                  admin.router)
+ROUTERS: tuple[APIRouter, ...] = (chat.router, messages.router, responses.router, embeddings.router, models.router,
+                                  ops.router, admin.router)
 
 
 def _probe_or_scrape(scope: MutableMapping[str, Any]) -> bool:

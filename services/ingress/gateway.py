@@ -44,6 +44,7 @@ from shared.messages import (
     StreamEnd,
     Usage,
     reply_decoder,
+    vector_fill_decoder,
 )
 from shared.routes import Routes
 from shared.subjects import Headers, Subjects
@@ -128,7 +129,13 @@ class Gateway:
             if key := headers.get(Headers.CACHE_KEY):
                 l1.put(key, data, fill_ttl(headers, ttl))
 
+        async def fill_vectors(data: bytes, headers: Mapping[str, str]) -> None:
+            fill = vector_fill_decoder.decode(data)  # embeddings: each input's vector under its own key
+            for key, vector in zip(fill.keys, fill.vectors, strict=False):
+                l1.put(key, vector, fill_ttl(headers, ttl))
+
         await connection.listen(self.subjects.cache_fill, fill)
+        await connection.listen(self.subjects.vector_fill, fill_vectors)
 
     def bus(self) -> bus.Bus:
         if self.connection is None or not self.connection.connected:

@@ -119,7 +119,15 @@ class Embedder:
         if len(result.vectors) != len(request.input):
             raise ProviderError(f"{worker.name}: {len(result.vectors)} vectors for {len(request.input)} inputs",
                                 code="provider_bad_response", where=worker.where)
+        if result.usage.prompt_tokens == 0:  # Gemini's answers count nothing: estimated, so limits still count
+            tokens = estimated_tokens(request)
+            result = msgspec.structs.replace(result, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
         return result
+
+
+def estimated_tokens(request: EmbeddingRequest) -> int:
+    """About four characters a token (the providers' own rule of thumb); a token array's own length."""
+    return sum(len(item) if isinstance(item, list) else max(1, (len(item) + 3) // 4) for item in request.input)
 
 
 async def _all(calls: Any) -> list[EmbeddingResult]:

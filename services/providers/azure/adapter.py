@@ -53,6 +53,14 @@ class AzureOpenAI(OpenAICompatible):
         deployment = quote(model, safe="")
         return f"{endpoint}/openai/deployments/{deployment}/chat/completions?api-version={quote(version)}"
 
+    def embeddings_url(self, config: ProviderSettings, model: str) -> str:
+        """`.../openai/deployments/{deployment}/embeddings?api-version=...`, or the v1 route's `/embeddings`."""
+        endpoint = (config.base_url or "").rstrip("/")
+        version = (config.api_version if isinstance(config, AzureSettings) else None) or DEFAULT_API_VERSION
+        if version == V1:
+            return f"{endpoint}/openai/v1/embeddings"
+        return f"{endpoint}/openai/deployments/{quote(model, safe='')}/embeddings?api-version={quote(version)}"
+
     def responses_url(self, config: ProviderSettings) -> str:
         """Azure serves the Responses API on its v1 route, whatever `api_version` the chat calls use."""
         return f"{(config.base_url or '').rstrip('/')}/openai/v1/responses"
@@ -90,4 +98,4 @@ def _inner_code(body: bytes) -> str | None:
     return detail.innererror.code if detail is not None and detail.innererror is not None else None
 
 
-adapter = AzureOpenAI("azure", "", AzureSettings)
+adapter = AzureOpenAI("azure", "", AzureSettings, embed_encoding="base64")

@@ -36,6 +36,7 @@ from services.providers.base import (
     merge_headers,
     splice_extras,
 )
+from services.providers.bedrock import embeddings
 from services.providers.bedrock.credentials import ChainSigner, CredentialChain
 from services.providers.bedrock.eventstream import EventStreamDecoder
 from services.providers.bedrock.request import converse_request
@@ -47,6 +48,8 @@ from shared.messages import (
     ChatRequest,
     ChatResult,
     Choice,
+    EmbeddingRequest,
+    EmbeddingResult,
     FunctionCall,
     PromptTokensDetails,
     ResponseMessage,
@@ -161,6 +164,10 @@ class BedrockAdapter:
             body = _encoder.encode(converse_request(request))
             if isinstance(request.extra_json, bytes):
                 body = splice_extras(body, request.extra_json, EXTRA_FIELDS.__contains__)
+        return self.post(model, operation, body, config)
+
+    def post(self, model: str, operation: str, body: bytes, config: BedrockSettings) -> HttpCall:
+        """`POST /model/{model}/{operation}` with `body`, authorised (API key, or a SigV4 signature)."""
         headers = merge_headers({"Content-Type": "application/json"}, config.headers)
         secret = set(config.headers)  # operator-supplied headers often carry credentials
         base_url = (config.base_url or f"https://bedrock-runtime.{config.region}.amazonaws.com").rstrip("/")
@@ -187,6 +194,18 @@ class BedrockAdapter:
             headers |= signed
             secret |= {"Authorization", "X-Amz-Security-Token"}
         return HttpCall(method="POST", url=url, headers=headers, body=body, secret_headers=frozenset(secret))
+
+    # --- embeddings (InvokeModel with Titan's or Cohere's body: `embeddings.py`) ---
+
+    def embed_batch_limit(self, model: str) -> int:
+        return embeddings.batch_limit(model)
+
+    def build_embed_request(self, request: EmbeddingRequest, model: str, config: BedrockSettings) -> HttpCall:
+        return self.post(model, "invoke", embeddings.request_body(request, model), config)
+
+    def parse_embed_response(self, body: bytes, headers: Mapping[str, str], *, provider: str, model: str,
+                             inputs: int) -> EmbeddingResult:
+        return embeddings.parse_response(body, headers, provider=provider, model=model)
 
     def parse_response(self, body: bytes, *, provider: str, model: str) -> ChatResult:
         if _is_message(body):  # InvokeModel's answer for a Claude model: Anthropic's Message object

@@ -31,6 +31,7 @@ from services.providers.base import (
     merge_headers,
     splice_extras,
 )
+from services.providers.gemini import embeddings
 from services.providers.gemini.request import gemini_request
 from services.providers.gemini.settings import GeminiSettings
 from services.providers.sse import SSEDecoder
@@ -41,6 +42,8 @@ from shared.messages import (
     ChatResult,
     Choice,
     CompletionTokensDetails,
+    EmbeddingRequest,
+    EmbeddingResult,
     FunctionCall,
     PromptTokensDetails,
     ResponseMessage,
@@ -151,6 +154,10 @@ class GeminiAdapter:
         return f"{base_url}{API_PATH}/{quote(model, safe='')}:{method}"
 
     def _call(self, request: ChatRequest, model: str, config: ProviderSettings, method: str) -> HttpCall:
+        return self.post(model, method, _body(request, model.removeprefix("models/")), config)
+
+    def post(self, model: str, method: str, body: bytes, config: ProviderSettings) -> HttpCall:
+        """`POST` to `model`'s `method` with `body` and the API key (Vertex AI's adapter authorizes apart)."""
         headers = {"Content-Type": "application/json"}
         secret = set(config.headers)  # operator-supplied headers often carry credentials
         if config.api_key is not None:
@@ -160,9 +167,22 @@ class GeminiAdapter:
             method="POST",
             url=self.url(config, model.removeprefix("models/"), method),
             headers=merge_headers(headers, config.headers),
-            body=_body(request, model.removeprefix("models/")),
+            body=body,
             secret_headers=frozenset(secret),
         )
+
+    # --- embeddings (`embedContent` / `batchEmbedContents`: `embeddings.py`) ---
+
+    def embed_batch_limit(self, model: str) -> int:
+        return embeddings.MAX_BATCH
+
+    def build_embed_request(self, request: EmbeddingRequest, model: str, config: ProviderSettings) -> HttpCall:
+        method, body = embeddings.request(request, model.removeprefix("models/"))
+        return self.post(model, method, body, config)
+
+    def parse_embed_response(self, body: bytes, headers: Mapping[str, str], *, provider: str, model: str,
+                             inputs: int) -> EmbeddingResult:
+        return embeddings.parse_response(body, provider=provider, model=model, inputs=inputs)
 
     def parse_response(self, body: bytes, *, provider: str, model: str) -> ChatResult:
         try:

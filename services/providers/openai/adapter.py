@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
+from typing import Literal
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
@@ -26,7 +27,7 @@ from services.providers.base import (
     merge_headers,
     splice_extras,
 )
-from services.providers.openai import responses
+from services.providers.openai import embeddings, responses
 from services.providers.openai.settings import OpenAICompatibleSettings, OpenAISettings
 from services.providers.parts import forced_tool_missing
 from services.providers.reasoning import effort_of, thinking_of
@@ -40,6 +41,8 @@ from shared.messages import (
     Choice,
     ContentPart,
     DocumentPart,
+    EmbeddingRequest,
+    EmbeddingResult,
     FileData,
     FilePart,
     FunctionCall,
@@ -121,10 +124,14 @@ _NOT_RETRYABLE_CODES = frozenset({"insufficient_quota"})
 class OpenAICompatible:
     """An `HttpAdapter` for `POST {base_url}/chat/completions` with a bearer key."""
 
-    def __init__(self, name: str, default_base_url: str, settings: type[ProviderSettings]) -> None:
+    def __init__(self, name: str, default_base_url: str, settings: type[ProviderSettings],
+                 embed_encoding: Literal["float", "base64"] = "float") -> None:
         self.name = name
         self.default_base_url = default_base_url
         self.settings = settings
+        # How vectors are asked of the upstream: base64 (float32 bytes, no float parsing) where it is
+        # documented, floats from servers that may only know them.
+        self.embed_encoding = embed_encoding
 
     def build_request(self, request: ChatRequest, model: str, config: ProviderSettings) -> HttpCall:
         return self._call(request, model, config, stream=False)
@@ -185,6 +192,10 @@ class OpenAICompatible:
             url = self.url(config, model)
             if isinstance(request.extra_json, bytes):
                 body = _merge_extras(body, request.extra_json)
+        return self.post(url, body, config)
+
+    def post(self, url: str, body: bytes, config: ProviderSettings) -> HttpCall:
+        """A JSON POST to `url` with the provider's key and the operator's headers."""
         headers = {"Content-Type": "application/json"}
         secret = set(config.headers)  # operator-supplied headers often carry credentials
         if config.api_key is not None:
@@ -198,6 +209,22 @@ class OpenAICompatible:
             body=body,
             secret_headers=frozenset(secret),
         )
+
+    # --- embeddings (`embeddings.py`) ---
+
+    def embed_batch_limit(self, model: str) -> int:
+        return embeddings.MAX_INPUTS
+
+    def build_embed_request(self, request: EmbeddingRequest, model: str, config: ProviderSettings) -> HttpCall:
+        body = embeddings.request_body(request, model, self.embed_encoding)
+        return self.post(self.embeddings_url(config, model), body, config)
+
+    def parse_embed_response(self, body: bytes, headers: Mapping[str, str], *, provider: str, model: str,
+                             inputs: int) -> EmbeddingResult:
+        return embeddings.parse_response(body, provider=provider, model=model)
+
+    def embeddings_url(self, config: ProviderSettings, model: str) -> str:
+        return f"{(config.base_url or self.default_base_url).rstrip('/')}/embeddings"
 
     # --- where to call: the two things an OpenAI-shaped provider (Azure) may change ---
 
@@ -287,7 +314,7 @@ def _merge_extras(body: bytes, extra_json: bytes) -> bytes:
     return splice_extras(body, extra_json, lambda key: key not in _MODELED_FIELDS)
 
 
-adapter = OpenAICompatible("openai", "https://api.openai.com/v1", OpenAISettings)
+adapter = OpenAICompatible("openai", "https://api.openai.com/v1", OpenAISettings, embed_encoding="base64")
 openai_compatible = OpenAICompatible(
     "openai_compatible", "http://127.0.0.1:8000/v1", OpenAICompatibleSettings
 )

@@ -1,9 +1,9 @@
 """Which wire format a request path asks for: exact paths (OpenAI, Anthropic) first, then the providers
-whose paths carry the model or deployment (Azure, Gemini, Bedrock)."""
+whose paths carry the model or deployment (embeddings first, then Azure, Gemini, Bedrock)."""
 
 from __future__ import annotations
 
-from tests.mockupstream import azure, bedrock, gemini, responses
+from tests.mockupstream import azure, bedrock, embeddings, gemini, responses
 from tests.mockupstream.formats import DIALECTS, Dialect
 
 # Azure OpenAI serves the Responses API on its v1 route (the deployment is the body's `model`).
@@ -19,6 +19,8 @@ _PATTERNS = (
 def dialect_for(path: bytes) -> Dialect | None:
     if (exact := _EXACT.get(path)) is not None:
         return exact
+    if (embedding := embeddings.dialect_for(path)) is not None:
+        return embedding
     for matches, dialect in _PATTERNS:
         if matches(path):
             return dialect

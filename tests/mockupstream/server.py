@@ -1,5 +1,6 @@
 """A mock LLM provider speaking OpenAI Chat Completions and Responses, Anthropic Messages, Azure OpenAI, Gemini
-and Bedrock Converse exactly as they look on the wire (the formats: `formats.py` and one module per cloud provider).
+and Bedrock Converse (and each one's embeddings) exactly as they look on the wire (the formats: `formats.py`,
+`embeddings.py` and one module per cloud provider).
 
 Raw asyncio + httptools (keep-alive, Content-Length requests, chunked SSE or event-stream replies) so that it
 is never the bottleneck of a benchmark; tests script errors, delays and broken streams via `/_mock/*` or
@@ -23,7 +24,7 @@ from typing import Any, cast
 import httptools
 import msgspec
 
-from tests.mockupstream import bedrock, gemini
+from tests.mockupstream import bedrock, embeddings, gemini
 from tests.mockupstream.clouds import Clouds
 from tests.mockupstream.dialects import dialect_for
 from tests.mockupstream.formats import (
@@ -429,6 +430,7 @@ class MockUpstream:
             plan = dataclasses.replace(plan, text="", tool=call.name, arguments=call.arguments,
                                        completion_tokens=max(1, len(call.arguments.split())))
         cut = scripted.fail_after_chunks if scripted else None
+        headers = embeddings.response_headers(plan) | headers
         if not plan.stream:
             body = dialect.body(plan, seq)
             if cut is None:

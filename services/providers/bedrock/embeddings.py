@@ -76,7 +76,7 @@ class _Titan(Struct, rename="camel"):
 
 
 class _ByType(Struct):
-    float: list[list[float]]
+    floats: list[list[float]] = msgspec.field(name="float")
 
 
 class _Cohere(Struct):
@@ -93,7 +93,7 @@ def parse_response(body: bytes, headers: Mapping[str, str], *, provider: str, mo
     try:
         if is_cohere(model):
             cohere = _cohere_decoder.decode(body)
-            lists = cohere.embeddings.float if isinstance(cohere.embeddings, _ByType) else cohere.embeddings
+            lists = cohere.embeddings.floats if isinstance(cohere.embeddings, _ByType) else cohere.embeddings
             found = [pack(values) for values in lists]
         else:
             titan = _titan_decoder.decode(body)

@@ -74,12 +74,15 @@ class EmbeddingRoutes:
         ordered = strategy.order(router.routes.strategy(model), targets, router.stats, router.rng,
                                  router.config.router.hybrid_latency_weight)
         candidates = [t for t in ordered if router.breaker(t).available(now)]
-        if not candidates:
-            raise Unavailable(f"Every target for `{model}` is failing; its circuit breakers are open.",
-                              code="all_targets_unavailable")
+        last_resort = not candidates
+        if last_resort:  # as for chat: one call at a time probes an open breaker, the others get a 503
+            candidates = [t for t in ordered if router.breaker(t).can_probe(now)]
+            if not candidates:
+                raise Unavailable(f"Every target for `{model}` is failing; its circuit breakers are open.",
+                                  code="all_targets_unavailable")
         error: GatewayError = Unavailable(f"no target could serve `{model}`")
         for target in candidates:
-            outcome = await self._try_target(target, ctx, onward)
+            outcome = await self._try_target(target, ctx, onward, last_resort)
             if isinstance(outcome, GatewayError):
                 error = outcome
                 if outcome.http_status in _NO_FALLBACK_STATUS:
@@ -88,7 +91,7 @@ class EmbeddingRoutes:
             return outcome
         raise error
 
-    async def _try_target(self, target: Target, ctx: bus.Context, onward: dict[str, str]
+    async def _try_target(self, target: Target, ctx: bus.Context, onward: dict[str, str], last_resort: bool
                           ) -> tuple[EmbeddingResult, bytes] | GatewayError:
         router = self.router
         _address(onward, target)
@@ -97,7 +100,7 @@ class EmbeddingRoutes:
         attempt = 0
         while True:
             attempt += 1
-            if not breaker.allow(time.monotonic()):
+            if not breaker.allow(time.monotonic(), last_resort):
                 return Unavailable(f"`{target.key}` is failing; its circuit breaker is open.",
                                    code="target_unavailable", where=f"provider:{target.provider}")
             started = time.monotonic()

@@ -36,6 +36,7 @@ from bench.summary import brief, machine, render  # noqa: E402
 
 VENVS = ROOT / "bench" / ".venvs"
 UPSTREAM_MODEL = "gpt-4o-mini"
+EMBED_MODEL = "text-embedding-3-small"  # the upstream's embeddings model (`--workload embeddings`)
 LITELLM_KEY = "sk-bench-" + "0" * 32  # LiteLLM refuses to start without a master key
 NO_STORE = "Cache-Control: no-store"
 PORTKEY_VERSION = "1.15.2"  # the version PERFORMANCE.md's figures were measured against
@@ -124,7 +125,7 @@ class Scenario:
     headers: list[str]
     unique: bool = True  # unique prompts: every request misses any cache
     prime: bool = False  # send the fixed prompt once first, so that the run measures cache hits
-    api: str = "chat"  # `llm-edge bench --api`: chat completions, or the Responses API
+    api: str = "chat"  # `llm-edge bench --api`: chat completions, the Responses API, or embeddings
 
 
 @dataclass
@@ -145,6 +146,10 @@ class System:
     def scenarios(self, upstream: str) -> list[Scenario]:
         raise NotImplementedError
 
+    def embedding_scenarios(self, upstream: str) -> list[Scenario]:
+        """The `--workload embeddings` rows; none for a system without an embeddings route."""
+        return []
+
     def stop(self) -> None:
         if self.service is not None:
             self.service.stop()
@@ -157,6 +162,10 @@ class Direct(System):
 
     def scenarios(self, upstream: str) -> list[Scenario]:
         return [Scenario("direct (floor)", f"{upstream}/v1", UPSTREAM_MODEL, [NO_STORE, "Authorization: Bearer x"])]
+
+    def embedding_scenarios(self, upstream: str) -> list[Scenario]:
+        return [Scenario("direct embeddings (floor)", f"{upstream}/v1", EMBED_MODEL, ["Authorization: Bearer x"],
+                         api="embeddings")]
 
 
 class LLMEdge(System):
@@ -181,6 +190,7 @@ class LLMEdge(System):
             f"  up: {{adapter: openai_compatible, base_url: '{upstream}/v1', api_key: x}}\n"
             "models:\n"
             f"  - {{name: bench-model, targets: [{{provider: up, model: {UPSTREAM_MODEL}}}]}}\n"
+            f"  - {{name: bench-embed, targets: [{{provider: up, model: {EMBED_MODEL}}}]}}\n"
         )
         self.port = free_port()
         env = clean_env(PORT=str(self.port), NATS_URL=f"nats://127.0.0.1:{free_port()}",
@@ -206,6 +216,12 @@ class LLMEdge(System):
                 Scenario("llm-edge cache hit", url, "bench-model", [], unique=False, prime=True),
                 # The same misses over OpenAI's Responses API (`store: false`, as Codex sends it).
                 Scenario("llm-edge responses miss (no-store)", url, "bench-model", [NO_STORE], api="responses")]
+
+    def embedding_scenarios(self, upstream: str) -> list[Scenario]:
+        url = f"http://127.0.0.1:{self.port}/v1"
+        return [Scenario(f"{self.name} embeddings miss (no-store)", url, "bench-embed", [NO_STORE], api="embeddings"),
+                Scenario(f"{self.name} embeddings cache hit", url, "bench-embed", [], unique=False, prime=True,
+                         api="embeddings")]
 
 
 class LiteLLM(System):
@@ -234,6 +250,8 @@ class LiteLLM(System):
             "model_list:\n"
             "  - model_name: bench-model\n"
             f"    litellm_params: {{model: 'openai/{UPSTREAM_MODEL}', api_base: '{upstream}/v1', api_key: x}}\n"
+            "  - model_name: bench-embed\n"
+            f"    litellm_params: {{model: 'openai/{EMBED_MODEL}', api_base: '{upstream}/v1', api_key: x}}\n"
             "litellm_settings: {telemetry: false, cache: false}\n"
             f"general_settings: {{master_key: {LITELLM_KEY}}}\n"
         )
@@ -254,6 +272,10 @@ class LiteLLM(System):
     def scenarios(self, upstream: str) -> list[Scenario]:
         return [Scenario(self.name, f"http://127.0.0.1:{self.port}/v1", "bench-model",
                          [f"Authorization: Bearer {LITELLM_KEY}", NO_STORE])]
+
+    def embedding_scenarios(self, upstream: str) -> list[Scenario]:
+        return [Scenario(f"{self.name} embeddings", f"http://127.0.0.1:{self.port}/v1", "bench-embed",
+                         [f"Authorization: Bearer {LITELLM_KEY}", NO_STORE], api="embeddings")]
 
 
 class Portkey(System):
@@ -320,6 +342,8 @@ class Run:
                 "--concurrency", str(concurrency), "--duration", str(self.args.duration),
                 "--warmup", str(self.args.warmup), "--timeout", "30", "--json", str(path)]
         argv += ["--unique-prompts"] * scenario.unique + ["--stream"] * stream + ["--api", scenario.api]
+        if scenario.api == "embeddings":
+            argv += ["--batch", str(self.args.batch), "--dimensions", str(self.args.dimensions)]
         for header in scenario.headers:
             argv += ["--header", header]
         try:
@@ -332,7 +356,8 @@ class Run:
 
     def prime(self, scenario: Scenario) -> None:
         argv = [sys.executable, "-m", "llm_edge.bench", "--url", scenario.url, "--model", scenario.model,
-                "--concurrency", "1", "--requests", "1", "--warmup", "0"]
+                "--concurrency", "1", "--requests", "1", "--warmup", "0", "--api", scenario.api,
+                "--batch", str(self.args.batch), "--dimensions", str(self.args.dimensions)]
         for header in scenario.headers:
             argv += ["--header", header]
         run(argv, 60)
@@ -349,10 +374,11 @@ class Run:
             start["rss_idle"] = tree_rss(system.service.proc.pid)
         record["starts"].append(start)
         top = max(self.args.concurrency)
-        for scenario in system.scenarios(upstream):
+        embeddings = self.args.workload == "embeddings"
+        for scenario in system.embedding_scenarios(upstream) if embeddings else system.scenarios(upstream):
             if scenario.prime:
                 self.prime(scenario)
-            for stream in (False, True) if self.args.stream else (False,):
+            for stream in (False, True) if self.args.stream and not embeddings else (False,):
                 for c in self.args.concurrency:
                     sampler = None
                     if c == top and system.service is not None:
@@ -394,6 +420,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--systems", type=lambda s: s.split(","), default=list(SYSTEMS),
                    help=f"comma-separated subset of {','.join(SYSTEMS)}")
     p.add_argument("--stream", action="store_true", help="also measure SSE streams at every point")
+    p.add_argument("--workload", choices=("chat", "embeddings"), default="chat",
+                   help="chat completions (default), or POST /v1/embeddings with --batch texts a request")
+    p.add_argument("--batch", type=int, default=16, help="texts per embeddings request (default 16)")
+    p.add_argument("--dimensions", type=int, default=1536,
+                   help="the vectors' size the embeddings workload asks for (default 1536, text-embedding-3-small's)")
     p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                    help="also measure the LLM Edge of another checkout (with its own .venv), as llm-edge-baseline")
     args = p.parse_args(argv)
@@ -418,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     runner = Run(args, out)
     runner.data = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "command": command,
                    "machine": machine(), "method": {"duration_s": args.duration, "warmup_s": args.warmup,
-                   "concurrency": args.concurrency, "upstream_latencies_ms": args.latencies, "stream": args.stream},
+                   "concurrency": args.concurrency, "upstream_latencies_ms": args.latencies, "stream": args.stream,
+                   "workload": args.workload, "batch": args.batch, "dimensions": args.dimensions},
                    "systems": {}, "points": []}
     systems = [s for name in args.systems for s in SYSTEMS[name]()]
     if args.baseline is not None:

@@ -1,5 +1,6 @@
 """Whether a response counts as ok: a chat.completion with choices, or an SSE stream with content and `[DONE]`;
-on the Responses API, a completed response, or an event stream with text that ends in `response.completed`.
+on the Responses API, a completed response, or an event stream with text that ends in `response.completed`;
+on the embeddings API, a list of non-empty vectors.
 
 The bench counts a request as successful only through these checks, so that an error page or a cut stream
 that happens to carry status 200 can never flatter a gateway's figures.
@@ -70,6 +71,29 @@ class _Event(msgspec.Struct):
 
 _response = msgspec.json.Decoder(_Response)
 _event = msgspec.json.Decoder(_Event)
+
+
+class _Embedding(msgspec.Struct):
+    embedding: msgspec.Raw  # a float array or base64; not decoded, so the generator stays cheap at 1536 floats
+
+
+class _EmbeddingList(msgspec.Struct):
+    object: str
+    data: list[_Embedding]
+
+
+_embeddings = msgspec.json.Decoder(_EmbeddingList)
+
+
+def embeddings_problem(body: bytes) -> str | None:
+    """None when `body` is an embeddings list with a non-empty vector for each item, else what is wrong."""
+    try:
+        reply = _embeddings.decode(body)
+    except msgspec.DecodeError:
+        return "not_embeddings"
+    if reply.object != "list" or not reply.data or not all(len(item.embedding) > 2 for item in reply.data):
+        return "no_vectors"
+    return None
 
 
 def response_problem(body: bytes) -> str | None:

@@ -43,8 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     amount.add_argument("--requests", type=int, help="measure exactly this many requests instead")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of uncounted load first (default 1)")
     p.add_argument("--stream", action="store_true", help="ask for SSE streams")
-    p.add_argument("--api", choices=("chat", "responses"), default="chat",
-                   help="POST …/chat/completions (default) or …/responses (OpenAI's Responses API)")
+    p.add_argument("--api", choices=("chat", "responses", "embeddings"), default="chat",
+                   help="POST …/chat/completions (default), …/responses (OpenAI's Responses API) or …/embeddings")
+    p.add_argument("--batch", type=int, default=1, help="with --api embeddings: texts per request (default 1)")
+    p.add_argument("--dimensions", type=int, help="with --api embeddings: the `dimensions` to ask for")
     p.add_argument("--store", action="store_true",
                    help="with --api responses: store every response (`store: true`; default `store: false`)")
     p.add_argument("--unique-prompts", action="store_true", help="a distinct prompt per request (cache misses)")
@@ -74,6 +76,8 @@ def options_from(args: argparse.Namespace) -> Options:
         rate=args.rate,
         api=args.api,
         store=args.store,
+        batch=args.batch,
+        dimensions=args.dimensions,
     )
 
 

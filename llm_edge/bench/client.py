@@ -26,9 +26,16 @@ from urllib.parse import urlsplit
 import httptools
 import msgspec
 
-from llm_edge.bench.check import ResponsesStreamCheck, StreamCheck, completion_problem, response_problem
+from llm_edge.bench.check import (
+    ResponsesStreamCheck,
+    StreamCheck,
+    completion_problem,
+    embeddings_problem,
+    response_problem,
+)
 
 PROMPT = "Benchmark request {n}: reply with a short greeting."
+_PATHS = {"chat": "/chat/completions", "responses": "/responses", "embeddings": "/embeddings"}
 _MARK = "@@N@@"
 
 
@@ -45,7 +52,10 @@ class Options:
     headers: tuple[tuple[str, str], ...] = ()
     timeout: float = 60.0  # per request; a timed-out request is a transport error
     rate: float | None = None  # open loop: requests per second on a fixed schedule (None: closed loop)
-    api: Literal["chat", "responses"] = "chat"  # POST /chat/completions, or /responses (OpenAI's Responses API)
+    # POST /chat/completions, /responses (OpenAI's Responses API) or /embeddings (`batch` texts a request)
+    api: Literal["chat", "responses", "embeddings"] = "chat"
+    batch: int = 1  # embeddings: inputs per request
+    dimensions: int | None = None  # embeddings: the `dimensions` asked for (None: the model's own)
     store: bool = False  # Responses API: ask for each response to be stored (`store: true`)
 
 
@@ -81,7 +91,7 @@ class _Target:
             raise ValueError(f"--url must be an http:// URL, not {options.url!r}")
         self.host = parts.hostname
         self.port = parts.port or 80
-        path = parts.path.rstrip("/") + ("/responses" if options.api == "responses" else "/chat/completions")
+        path = parts.path.rstrip("/") + _PATHS[options.api]
         head = [f"POST {path} HTTP/1.1", f"host: {parts.netloc}", "content-type: application/json"]
         head += [f"{name}: {value}" for name, value in options.headers]
         self._head = ("\r\n".join(head) + "\r\ncontent-length: ").encode("latin-1")
@@ -90,6 +100,13 @@ class _Target:
         body: dict[str, object] = {"model": options.model, "messages": [{"role": "user", "content": prompt}]}
         if options.api == "responses":
             body = {"model": options.model, "input": prompt, "store": options.store}
+        elif options.api == "embeddings":  # the counter in the first text makes the whole batch new
+            body = {"model": options.model, "input": [prompt] + [f"{prompt} ({i})" for i in range(1, options.batch)],
+                    "encoding_format": "float"}
+            if options.unique_prompts:
+                body["input"] = [prompt] + [f"{run} passage {i}" for i in range(1, options.batch)]
+            if options.dimensions is not None:
+                body["dimensions"] = options.dimensions
         if options.stream:
             body["stream"] = True
         encoded = msgspec.json.encode(body)
@@ -116,7 +133,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self, stream: bool, api: str = "chat") -> None:
         self.stream = stream
         self.checker = ResponsesStreamCheck if api == "responses" else StreamCheck
-        self.body_problem = response_problem if api == "responses" else completion_problem
+        self.body_problem = {"responses": response_problem, "embeddings": embeddings_problem}.get(
+            api, completion_problem)
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False

@@ -7,7 +7,13 @@ import json
 import pytest
 
 from llm_edge.bench import report
-from llm_edge.bench.check import ResponsesStreamCheck, StreamCheck, completion_problem, response_problem
+from llm_edge.bench.check import (
+    ResponsesStreamCheck,
+    StreamCheck,
+    completion_problem,
+    embeddings_problem,
+    response_problem,
+)
 from llm_edge.bench.cli import options_from, parser
 from llm_edge.bench.client import Bench, Options, Result
 from tests.mockupstream.server import MockUpstream
@@ -160,6 +166,14 @@ def test_completion_check() -> None:
     assert completion_problem(b'{"object": "chat.completion", "choices": []}') == "no_choices"
     assert completion_problem(b'{"object": "list", "choices": []}') == "not_a_completion"
     assert completion_problem(b"<html>") == "not_a_completion"
+
+
+def test_embeddings_check() -> None:
+    assert embeddings_problem(b'{"object": "list", "data": [{"object": "embedding", "embedding": [0.1, 0.2]}]}') is None
+    assert embeddings_problem(b'{"object": "list", "data": [{"embedding": "AACAPw=="}]}') is None
+    assert embeddings_problem(b'{"object": "list", "data": [{"embedding": []}]}') == "no_vectors"
+    assert embeddings_problem(b'{"object": "list", "data": []}') == "no_vectors"
+    assert embeddings_problem(b'{"error": {"message": "x"}}') == "not_embeddings"
 
 
 def test_cli_options() -> None:

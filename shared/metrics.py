@@ -64,6 +64,17 @@ class Lookup:
     def miss(self) -> None:
         self._miss.inc()
         self._miss_total.inc()
+
+    def hits(self, count: int) -> None:
+        """`count` hits at once (an embeddings batch looks up one key per input)."""
+        if count:
+            self._hit.inc(count)
+            self._hit_total.inc(count)
+
+    def misses(self, count: int) -> None:
+        if count:
+            self._miss.inc(count)
+            self._miss_total.inc(count)
 PROVIDER_REQUESTS = Counter(
     "llm_edge_provider_requests", "Upstream calls by provider, model and outcome",
     ["provider", "model", "status"],

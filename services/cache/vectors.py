@@ -35,20 +35,18 @@ class VectorCache:
         l1, l2 = self.cache.l1, self.cache.l2
         found: list[bytes | None] = [l1.get(key) for key in request.keys]
         missing = [i for i, vector in enumerate(found) if vector is None]
-        for _ in range(len(found) - len(missing)):
-            _L1.hit()
-        for _ in missing:
-            _L1.miss()
+        _L1.hits(len(found) - len(missing))
+        _L1.misses(len(missing))
         if missing and l2 is not None:
             values = await l2.get_many([request.keys[i] for i in missing])
             ttl = fill_ttl(ctx.headers, self.cache.ttl)
             for i, value in zip(missing, values, strict=True):
-                if value is None:
-                    _L2.miss()
-                    continue
-                _L2.hit()
-                found[i] = value
-                l1.put(request.keys[i], value, ttl)
+                if value is not None:
+                    found[i] = value
+                    l1.put(request.keys[i], value, ttl)
+            stored = sum(value is not None for value in values)
+            _L2.hits(stored)
+            _L2.misses(len(values) - stored)
         return VectorHits(vectors=found)
 
     async def fill_l1(self, data: bytes, headers: Mapping[str, str]) -> None:

@@ -24,7 +24,7 @@ from services.ingress.context import Call
 from services.ingress.gateway import Gateway, unless_client_leaves
 from services.ingress.parse import decode_body, invalid
 from services.ingress.responses import JSON
-from shared import bus
+from shared import bus, metrics
 from shared.cache import vectors
 from shared.errors import DeadlineExceeded, InternalError, InvalidRequest, Unavailable, from_reply
 from shared.messages import (
@@ -44,6 +44,7 @@ from shared.subjects import Headers
 log = logging.getLogger("llm_edge.ingress")
 
 MAX_INPUTS = 2048  # OpenAI's limit on the inputs of one request
+_L1 = metrics.Lookup("l1")
 _REPLY_GRACE_SECONDS = 0.25  # as for chat: the hop that ran out of time answers with its own error
 
 # --- the HTTP body ------------------------------------------------------------------------------------------
@@ -194,6 +195,9 @@ async def lookup(gateway: Gateway, embedding: EmbeddingRequest, namespace: str, 
     if gateway.l1 is not None:
         found = [gateway.l1.get(key) for key in keys]
     missing = [i for i, vector in enumerate(found) if vector is None]
+    if gateway.l1 is not None:  # counted per input, as the cache service counts its own
+        _L1.hits(len(found) - len(missing))
+        _L1.misses(len(missing))
     if not missing or not gateway.ask_cache_service:
         return found, "hit-l1"
     asking = VectorLookup(keys=[keys[i] for i in missing])

@@ -145,6 +145,17 @@ async def test_sdk_default_encoding_is_decoded_by_the_sdk(stack: Stack) -> None:
     assert [list(d.embedding) for d in got.data] == expected(["NATS is a message bus"])
 
 
+async def test_openai_embeddings_are_priced(nats_server: Nats, upstream: MockUpstream) -> None:
+    stack = await start(nats_server, upstream, CASES["openai"])
+    try:
+        got = await stack.openai().embeddings.with_raw_response.create(model="embed", input=TEXTS,
+                                                                       encoding_format="float")
+        tokens = got.parse().usage.prompt_tokens
+        assert float(got.headers["x-llm-edge-cost-usd"]) == pytest.approx(tokens * 0.02 / 1e6)  # $0.02 per 1M
+    finally:
+        await stack.close()
+
+
 # --- the per-input cache ---------------------------------------------------------------------------------------
 
 OPENAI = CASES["openai-compatible"]

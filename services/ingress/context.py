@@ -23,8 +23,8 @@ class Call:
     """One HTTP request's context. Created by the edge before any routing; an endpoint reaches it with
     `Call.of(request)`."""
 
-    __slots__ = ("cache", "gateway", "grant", "key", "limit_headers", "model", "provider", "provider_seconds",
-                 "rid", "started", "status")
+    __slots__ = ("cache", "gateway", "grant", "key", "limit_headers", "model", "operation", "provider",
+                 "provider_seconds", "rid", "started", "status")
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -33,6 +33,7 @@ class Call:
         self.grant: Grant | None = None  # the caller, when the gateway has keys
         self.key: str | None = None  # the caller key's configured name (never the key)
         self.model = "unresolved"
+        self.operation = "chat"  # the GenAI operation the trace names: "chat" or "embeddings"
         self.cache = "none"  # "none" (not looked up), "miss", "hit-l1", "hit-l2"
         self.provider: str | None = None
         self.provider_seconds: float | None = None  # the upstream's share of a complete answer

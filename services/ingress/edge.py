@@ -178,8 +178,9 @@ _SPAN_ATTRIBUTES = {"gen_ai.operation.name": "chat", "http.request.method": "POS
 def annotate(span: Span, call: Call) -> None:
     span.set_attribute("http.response.status_code", call.status)
     if call.model != "unresolved":
-        span.update_name(f"chat {call.model}")
+        span.update_name(f"{call.operation} {call.model}")
         span.set_attribute("gen_ai.request.model", call.model)
+        span.set_attribute("gen_ai.operation.name", call.operation)
     span.set_attribute("llm_edge.cache", call.cache)
     if call.key is not None:
         span.set_attribute("llm_edge.key", call.key)  # the key's configured name, never the key

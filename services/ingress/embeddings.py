@@ -141,7 +141,7 @@ async def create_embeddings(call: Call, request: Request, body: bytes) -> Respon
     gateway, grant, rid = call.gateway, call.grant, call.rid or ""
     embedding, encoding = parse(body)
     gateway.routes.resolve(embedding.model)  # 404 for an unknown model before any bus hop
-    call.model = embedding.model
+    call.model, call.operation = embedding.model, "embeddings"
     timeout = gateway.timeout(request)
     namespace = "default" if grant is None else await gateway.admit(request, grant, embedding.model)
     deadline = time.monotonic() + timeout

@@ -81,6 +81,13 @@ def _added_table(points: list[dict[str, Any]]) -> list[str]:
     return _table(head, rows) if rows else ["(no direct baseline measured)", ""]
 
 
+# What a valid answer is, by workload (`llm_edge/bench/check.py`).
+_VALID = {
+    "chat": "a valid chat.completion (streams: content and `data: [DONE]`)",
+    "embeddings": "an embeddings list with a vector for every item (POST /v1/embeddings)",
+}
+
+
 def render(data: dict[str, Any]) -> str:
     m, method, points = data["machine"], data["method"], data["points"]
     systems = data["systems"]
@@ -96,9 +103,12 @@ def render(data: dict[str, Any]) -> str:
          "`llm-edge bench` (one process, one keep-alive connection per concurrent worker) against one mock "
          "upstream (`python -m tests.mockupstream`); every process shares this machine's CPUs. Misses "
          "send unique prompts with `Cache-Control: no-store`; LiteLLM and Portkey run with caching off. A "
-         "request is ok only with status 200 and a valid chat.completion (streams: content and "
-         "`data: [DONE]`); latencies are of ok requests only; percentiles are nearest-rank."),
+         f"request is ok only with status 200 and {_VALID.get(method.get('workload', 'chat'), _VALID['chat'])}; "
+         "latencies are of ok requests only; percentiles are nearest-rank."),
     ]
+    if method.get("workload") == "embeddings":
+        lines.append(f"- workload: `POST /v1/embeddings`, {method.get('batch')} texts a request, "
+                     f"{method.get('dimensions')} floats a vector, `encoding_format: float`")
     if data.get("interrupted"):
         lines.append("- **interrupted**: the tables hold what was measured before the interruption")
     lines += ["", "## Throughput and latency", ""]

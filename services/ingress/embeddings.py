@@ -149,7 +149,7 @@ async def create_embeddings(call: Call, request: Request, body: bytes) -> Respon
     found, tier = await lookup(gateway, embedding, namespace, headers, timeout)
     missing = [i for i, vector in enumerate(found) if vector is None]
     call.cache = "miss" if len(missing) == len(found) else tier if not missing else "partial"
-    model, usage, cost, provider = embedding.model, Usage(), 0.0, "cache"
+    model, usage, cost, provider, target = embedding.model, Usage(), 0.0, "cache", ""
     call.provider_seconds = 0.0
     if missing:
         asked = embedding if len(missing) == len(found) else msgspec.structs.replace(
@@ -160,6 +160,7 @@ async def create_embeddings(call: Call, request: Request, body: bytes) -> Respon
         for i, vector in zip(missing, result.vectors, strict=True):
             found[i] = vector
         model, usage, cost, provider = result.model, result.usage, result.cost_usd, result.provider
+        target = result.target_model
         call.provider_seconds = result.provider_seconds
         if grant is not None:
             gateway.charge(grant, usage, cost)
@@ -169,6 +170,7 @@ async def create_embeddings(call: Call, request: Request, body: bytes) -> Respon
     return Response(render(complete, model, usage, encoding), media_type=JSON, headers={
         "x-request-id": rid,
         "x-llm-edge-provider": provider,
+        "x-llm-edge-model": target,  # the provider's model, when one was called
         "x-llm-edge-cache": call.cache,
         "x-llm-edge-cached-inputs": str(len(found) - len(missing)),
         "x-llm-edge-latency-ms": f"{elapsed_ms:.2f}",

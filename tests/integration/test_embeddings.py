@@ -369,3 +369,28 @@ async def test_models_retrieve(compatible: Stack) -> None:
     assert caught.value.response.json()["error"] == {
         "message": "The model `no-such-model` does not exist or you do not have access to it.",
         "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+
+
+# --- keys and limits ------------------------------------------------------------------------------------------
+
+
+async def test_keys_models_and_token_limits_apply_to_embeddings(nats_server: Nats) -> None:
+    import hashlib
+
+    alpha = {"name": "alpha", "sha256": hashlib.sha256(b"sk-alpha").hexdigest(), "tpm": 30,
+             "models": ["mock-embedding"]}
+    stack = await Stack(make_config(nats_server.url, keys=[alpha], limits={"window_seconds": 3600})).start()
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            await stack.openai("sk-wrong").embeddings.create(model="mock-embedding", input="x")
+        client = stack.openai("sk-alpha")
+        with pytest.raises(openai.PermissionDeniedError):
+            await client.embeddings.create(model="mock-other", input="x")
+        first = await client.embeddings.with_raw_response.create(model="mock-embedding", input="word " * 40)
+        assert first.parse().usage.prompt_tokens > 30  # charged after the answer
+        await stack.settle()
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.embeddings.create(model="mock-embedding", input="more")
+        assert caught.value.response.json()["error"]["type"] == "tokens"
+    finally:
+        await stack.close()

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from services.providers.base import Authorizer
+from services.providers.base import Authorizer, HttpCall
 from services.providers.gemini.adapter import GeminiAdapter
 from services.providers.vertex.credentials import GoogleToken
 from services.providers.vertex.settings import VertexSettings
 from shared.config import ProviderSettings
+from shared.errors import InvalidRequest
+from shared.messages import EmbeddingRequest
 
 
 class VertexAdapter(GeminiAdapter):
@@ -30,6 +32,11 @@ class VertexAdapter(GeminiAdapter):
         base_url = (config.base_url or f"https://{host}").rstrip("/")
         resource = f"projects/{quote(config.project or '', safe='')}/locations/{quote(location, safe='')}"
         return f"{base_url}/v1/{resource}/publishers/google/models/{quote(model, safe='')}:{method}"
+
+    def build_embed_request(self, request: EmbeddingRequest, model: str, config: ProviderSettings) -> HttpCall:
+        """Vertex AI embeds through `:predict`, not the Gemini API's `embedContent`: not served (yet)."""
+        raise InvalidRequest("vertex: embeddings are not served through Vertex AI yet; use the gemini adapter.",
+                             param="model", code="embeddings_unsupported")
 
     def authorizer(self, config: VertexSettings, *, provider: str) -> Authorizer | None:
         return GoogleToken(scopes=list(config.scopes), provider=provider)

@@ -162,8 +162,7 @@ async def create_embeddings(call: Call, request: Request, body: bytes) -> Respon
         model, usage, cost, provider = result.model, result.usage, result.cost_usd, result.provider
         target = result.target_model
         call.provider_seconds = result.provider_seconds
-        if grant is not None:
-            gateway.charge(grant, usage, cost)
+        gateway.charge(grant, embedding.model, usage, cost)  # spend and limits; cached vectors cost nothing
     call.provider = provider
     complete = [vector for vector in found if vector is not None]
     elapsed_ms = (time.perf_counter() - call.started) * 1000

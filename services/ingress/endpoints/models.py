@@ -36,7 +36,7 @@ async def list_models(request: Request) -> Response:
 async def retrieve_model(request: Request, model_id: str) -> Response:
     gateway = Call.of(request).gateway
     missing = NotFound(f"The model `{model_id}` does not exist or you do not have access to it.", param="model")
-    grant = gateway.authenticate(request)
+    grant = await gateway.authenticate(request)
     if grant is not None and gateway.keyring is not None and not gateway.keyring.visible(grant, [model_id]):
         raise missing
     if model_id in gateway.routes.public_models():

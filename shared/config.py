@@ -102,11 +102,29 @@ PiiMode = Literal["off", "redact", "block", "redact_restore"]
 PiiKind = Literal["email", "phone", "card", "iban", "ssn", "ip", "secret"]
 
 
+class SemanticCache(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A model's opt-in semantic cache (see shared/cache/semantic.py): a chat request that misses the exact
+    cache is embedded with `embedding_model`, and an earlier answer whose request was at least `threshold`
+    cosine-similar (and alike in everything else) is returned."""
+
+    embedding_model: str
+    threshold: float = 0.95
+    scope: Literal["last_user", "conversation"] = "last_user"  # the text embedded
+    # Tools whose results depend on the moment (a clock, a price, the weather): a request declaring one
+    # never gets a semantic hit. A conversation holding tool calls or results never does either.
+    volatile_tools: list[str] = []
+    timeout_seconds: float = 0.5  # the wait for the embedding; past it the lookup is a miss
+    # Ask the embedding model for shorter vectors (OpenAI's text-embedding-3 and others take `dimensions`):
+    # a lookup reads every vector of its partition, so its cost and the index's memory grow with this.
+    dimensions: int | None = None
+
+
 class ModelRoute(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     targets: list[Target]
     strategy: Strategy = "fallback"
     pii: PiiMode | None = None  # for requests to this model; None: `pii.mode`
+    semantic_cache: SemanticCache | None = None
 
 
 class PiiConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -175,6 +193,11 @@ class CacheConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     redis_timeout_seconds: float = 0.25
     # The ingress stops waiting for the cache tier after this and asks the router (the cache is optional).
     lookup_timeout_seconds: float = 1.0
+    # Requests kept in each cache replica's semantic index (all models, all tenants), least recently used
+    # first out, and the bytes of their vectors (4 per dimension: 6 KB for 1536); an entry also leaves with
+    # its answer's TTL.
+    semantic_max_entries: int = 100_000
+    semantic_max_bytes: int = 256 * 1024 * 1024
 
 
 class ResponsesConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -414,6 +437,8 @@ def _validate(config: Config) -> Config:
                 raise ConfigError(
                     f"models[{i}].targets[{j}].provider: {target.provider!r} is not in providers"
                 )
+        if route.semantic_cache is not None and (problem := _semantic_problem(route.semantic_cache)):
+            raise ConfigError(f"models[{i}].semantic_cache.{problem}")
     _validate_keys(config)
     _validate_pii(config)
     return config
@@ -426,6 +451,18 @@ def _validate_pii(config: Config) -> None:
         raise ConfigError(f"pii.phone_region: {config.pii.phone_region!r} is not a region code (e.g. US, GB, DE)")
     if not config.pii.kinds:
         raise ConfigError("pii.kinds: an empty list detects nothing; set pii.mode: off instead")
+
+
+def _semantic_problem(semantic: SemanticCache) -> str | None:
+    if not semantic.embedding_model:
+        return "embedding_model: must name an embedding model"
+    if not 0 < semantic.threshold <= 1:
+        return "threshold: a cosine similarity above 0 and at most 1"
+    if not semantic.timeout_seconds > 0:
+        return "timeout_seconds: must be positive"
+    if semantic.dimensions is not None and semantic.dimensions < 1:
+        return "dimensions: must be at least 1 (leave it out for the model's own)"
+    return None
 
 
 def _validate_keys(config: Config) -> None:

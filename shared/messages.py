@@ -434,6 +434,15 @@ class VectorFill(Struct, frozen=True, kw_only=True):
     vectors: list[bytes]
 
 
+class SemanticFill(Struct, frozen=True, kw_only=True):
+    """Broadcast by the cache replica that embedded a request once its answer was stored under `key`: every
+    replica indexes `vector` (little-endian float32) under `partition` (`shared/cache/semantic.py`)."""
+
+    key: str
+    partition: str
+    vector: bytes
+
+
 Reply = (ChatResult | ErrorReply | StreamChunk | StreamEnd | CacheMiss | TokenCount | Delivered | EmbeddingResult
          | VectorHits)
 
@@ -443,6 +452,7 @@ request_decoder = msgspec.msgpack.Decoder(ChatRequest)
 embedding_request_decoder = msgspec.msgpack.Decoder(EmbeddingRequest)
 vector_lookup_decoder = msgspec.msgpack.Decoder(VectorLookup)
 vector_fill_decoder = msgspec.msgpack.Decoder(VectorFill)
+semantic_fill_decoder = msgspec.msgpack.Decoder(SemanticFill)
 reply_decoder = msgspec.msgpack.Decoder(Reply)
 
 

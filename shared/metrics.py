@@ -46,6 +46,11 @@ ACTIVE = Gauge("llm_edge_active_requests", "Requests in flight in this process",
 CACHE = Counter("llm_edge_cache_lookups", "Cache lookups by tier and result", ["tier", "result"])
 CACHE_HITS = Counter("llm_edge_cache_hits", "Cache hits by tier", ["tier"])
 CACHE_MISSES = Counter("llm_edge_cache_misses", "Cache misses by tier", ["tier"])
+SEMANTIC_LOOKUP = Histogram(
+    "llm_edge_cache_semantic_lookup_seconds",
+    "Semantic cache lookups (the embedding and the index search) by result: hit, miss or error",
+    ["result"], buckets=(*_OVERHEAD, 1, 2.5),
+)
 
 
 class Lookup:

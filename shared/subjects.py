@@ -47,6 +47,11 @@ class Subjects:
         return f"{self.prefix}.cache.fill.vectors"
 
     @property
+    def semantic_fill(self) -> str:
+        """Broadcast: a `SemanticFill`, the vector of a request whose answer was just stored."""
+        return f"{self.prefix}.cache.fill.semantic"
+
+    @property
     def breaker(self) -> str:
         """Broadcast: breaker state changes, so that every router replica acts on them at once."""
         return f"{self.prefix}.router.breaker"
@@ -121,7 +126,8 @@ class Headers:
     CACHE_KEY = "Llm-Cache-Key"
     CACHE_CONTROL = "Llm-Cache-Control"  # "no-cache", "no-store" or both, comma-separated
     CACHE_TTL = "Llm-Cache-Ttl"  # seconds
-    CACHE_TIER = "Llm-Cache"  # on replies: "l1" or "l2"
+    CACHE_TIER = "Llm-Cache"  # on replies: "l1", "l2" or "semantic"
+    CACHE_SIMILARITY = "Llm-Cache-Similarity"  # on a semantic hit: the cosine similarity, e.g. "0.9731"
     NAMESPACE = "Llm-Namespace"
     TARGET_MODEL = "Llm-Target-Model"
     # The target's configured USD per 1M tokens, "input,output" (either may be empty): the answer's cost.

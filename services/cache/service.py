@@ -20,11 +20,12 @@ from shared.cache.l1 import L1Cache, fill_ttl
 from shared.config import Config
 from shared.errors import InvalidRequest
 from shared.logs import request_id
-from shared.messages import CacheMiss, HealthReport, request_decoder
+from shared.messages import CacheMiss, ChatRequest, HealthReport, request_decoder
 from shared.subjects import SERVICE_CACHE, Headers, Queues, Subjects
 
 if TYPE_CHECKING:
     from services.cache.l2 import L2Cache
+    from services.cache.semantic import SemanticLookups
 
 log = logging.getLogger("llm_edge.cache")
 
@@ -45,6 +46,11 @@ class CacheService:
             from services.cache.l2 import L2Cache  # redis-py costs ~20 MB; only loaded when L2 is on
 
             self.l2 = L2Cache(settings.redis_url, settings.redis_timeout_seconds, config.prefix)
+        self.semantic: SemanticLookups | None = None
+        if any(route.semantic_cache is not None for route in config.models):
+            from services.cache.semantic import SemanticLookups  # numpy: only loaded when a model opted in
+
+            self.semantic = SemanticLookups(self, config)
 
     async def start(self, server: bus.Server) -> None:
         self.instance = server.id
@@ -53,6 +59,8 @@ class CacheService:
         if self.l2 is not None:
             await server.listen(self.subjects.cache_fill, self.fill_l2, queue=Queues.CACHE_L2_WRITER)
         await VectorCache(self).start(server)
+        if self.semantic is not None:
+            await self.semantic.start(server)
         await server.health_endpoint(self.subjects.health("cache"), self.health)
 
     async def close(self) -> None:
@@ -64,14 +72,17 @@ class CacheService:
         headers = ctx.headers
         request_id.set(ctx.request_id)
         key = headers.get(Headers.CACHE_KEY)  # an ingress with its own L1 computed it already
-        if key is None:
+        request: ChatRequest | None = None
+        if key is None or self.semantic is not None:
             try:
                 request = request_decoder.decode(payload)
             except msgspec.DecodeError as exc:
                 raise InvalidRequest("the request could not be decoded") from exc
-            key = cache_key(request, headers.get(Headers.NAMESPACE, "default"))
+            key = key or cache_key(request, headers.get(Headers.NAMESPACE, "default"))
         with tracing.span("cache.lookup", headers, SpanKind.SERVER) as span:
             answer = await self._lookup(key, headers.get(Headers.CACHE_CONTROL, ""), headers)
+            if isinstance(answer, CacheMiss) and self.semantic is not None and request is not None:
+                answer = await self.semantic.lookup(request, key, headers) or answer
             log.debug("cache %s", "miss" if isinstance(answer, CacheMiss) else "hit")
             if span is not None:
                 span.set_attribute("llm_edge.cache", "miss" if isinstance(answer, CacheMiss) else
@@ -92,9 +103,20 @@ class CacheService:
                 _L2.miss()
         return CacheMiss(key=key)
 
+    async def stored(self, key: str) -> bytes | None:
+        """The answer stored under `key`, from L1 or L2 (the semantic cache's way to its match's answer)."""
+        if (value := self.l1.get(key)) is not None:
+            return value
+        if self.l2 is not None and (value := await self.l2.get(key)) is not None:
+            self.l1.put(key, value, self.ttl)
+            return value
+        return None
+
     async def fill_l1(self, data: bytes, headers: Mapping[str, str]) -> None:
         if key := headers.get(Headers.CACHE_KEY):
             self.l1.put(key, data, fill_ttl(headers, self.ttl))
+            if self.semantic is not None:
+                await self.semantic.stored(key, headers)
 
     async def fill_l2(self, data: bytes, headers: Mapping[str, str]) -> None:
         if (key := headers.get(Headers.CACHE_KEY)) and self.l2 is not None:
@@ -102,6 +124,8 @@ class CacheService:
 
     async def health(self) -> HealthReport:
         checks = {"l1": "up", "l1_entries": str(len(self.l1)), "l1_bytes": str(self.l1.bytes)}
+        if self.semantic is not None:
+            checks["semantic_entries"] = str(len(self.semantic.index))
         status: Literal["up", "degraded", "down"] = "up"
         if self.l2 is not None:
             up = await self.l2.ping()

@@ -20,11 +20,12 @@ from services.ingress.auth import Grant, keyring
 from services.ingress.context import Call
 from services.ingress.limits import Refused
 from services.ingress.pii import Policy
-from services.ingress.responses import sse_response
+from services.ingress.responses import SemanticTier, sse_response
 from services.ingress.responses_store import ResponseStore
 from services.ingress.spend import Spend
 from shared import bus, metrics, tracing
 from shared.bus.kv import Bucket
+from shared.cache import semantic
 from shared.cache.key import cache_key
 from shared.cache.l1 import L1Cache, fill_ttl
 from shared.config import Config
@@ -95,6 +96,9 @@ class Gateway:
         # Without L2 the cache service knows nothing this ingress's L1 does not (both hear every fill).
         self.ask_cache_service = cache.enabled and (
             self.l1 is None or (cache.redis_url is not None and cache.l2_enabled))
+        # Models with a semantic cache: a local miss of a request that may match a similar one asks the cache
+        # service, which embeds and compares; its wait is the embedding's longer.
+        self.semantic = semantic.settings_by_model(config)
         self._responses: ResponseStore | None = None
 
     def responses(self) -> ResponseStore:
@@ -230,6 +234,8 @@ async def lookup(
     if not gateway.config.cache.enabled or ("no-cache" in control and "no-store" in control):
         return None, None  # nothing to read and nothing to store: the cache tier cannot help
     asking = headers
+    settings = gateway.semantic.get(chat.model) if gateway.semantic else None
+    semantic_wait = settings.timeout_seconds if settings is not None and semantic.eligible(chat, settings) else 0.0
     if gateway.l1 is not None:
         key = cache_key(chat, headers.get(Headers.NAMESPACE, "default"))
         if "no-cache" not in control and (value := gateway.l1.get(key)) is not None:
@@ -238,21 +244,24 @@ async def lookup(
                 log.debug("cache hit (ingress l1)")
                 _L1.hit()
                 return hit, "l1"
-        if not gateway.ask_cache_service:
+        if not gateway.ask_cache_service and not semantic_wait:
             log.debug("cache miss (ingress l1; no l2 to ask)")
             _L1.miss()
             if "no-store" not in control:
                 headers[Headers.CACHE_KEY] = key
             return None, None
         asking = {**headers, Headers.CACHE_KEY: key}  # the cache service need not compute it again
-    wait = min(gateway.config.cache.lookup_timeout_seconds, timeout)
+    wait = min(gateway.config.cache.lookup_timeout_seconds + semantic_wait, timeout)
     try:
         reply, answer = await gateway.bus().request(gateway.subjects.cache_lookup, payload, asking, wait)
     except (bus.NoResponders, DeadlineExceeded):
         return None, None  # the cache is optional: no instance, or too slow, means a miss
     match reply:
         case ChatResult():
-            return reply, answer.headers.get(Headers.CACHE_TIER)
+            tier = answer.headers.get(Headers.CACHE_TIER)
+            if tier == "semantic":
+                return reply, SemanticTier(answer.headers.get(Headers.CACHE_SIMILARITY, ""))
+            return reply, tier
         case CacheMiss(key=key):
             if "no-store" not in control:
                 headers[Headers.CACHE_KEY] = key

@@ -21,7 +21,25 @@ from shared.messages import ChatResult
 log = logging.getLogger("llm_edge.ingress")
 
 JSON = "application/json"
-TIERS = {"l1": "hit-l1", "l2": "hit-l2"}
+TIERS = {"l1": "hit-l1", "l2": "hit-l2", "semantic": "hit-semantic"}
+
+
+class SemanticTier(str):
+    """The tier `semantic`, equal to that string wherever a tier is read, carrying the match's similarity."""
+
+    similarity: str  # as the cache service wrote it, e.g. "0.9731"
+
+    def __new__(cls, similarity: str) -> SemanticTier:
+        tier = super().__new__(cls, "semantic")
+        tier.similarity = similarity
+        return tier
+
+
+def _cache_headers(headers: dict[str, str], tier: str | None) -> dict[str, str]:
+    headers["x-llm-edge-cache"] = TIERS.get(tier or "", "miss")
+    if isinstance(tier, SemanticTier):
+        headers["x-llm-edge-cache-similarity"] = tier.similarity
+    return headers
 
 
 def sse_response(
@@ -30,13 +48,12 @@ def sse_response(
     return StreamingResponse(
         frames,
         media_type="text/event-stream",
-        headers={
+        headers=_cache_headers({
             "x-request-id": rid,
             "x-llm-edge-provider": provider,
-            "x-llm-edge-cache": TIERS.get(tier or "", "miss"),
             "cache-control": "no-cache",
             "x-accel-buffering": "no",
-        },
+        }, tier),
     )
 
 
@@ -47,15 +64,14 @@ def result_response(
     return Response(
         render(result),
         media_type=JSON,
-        headers={
+        headers=_cache_headers({
             "x-request-id": rid,
             "x-llm-edge-provider": result.provider,
             "x-llm-edge-model": result.target_model,
-            "x-llm-edge-cache": TIERS.get(tier or "", "miss"),
             "x-llm-edge-latency-ms": f"{elapsed_ms:.2f}",
             # A hit cost nothing: the stored answer keeps the cost of the call that made it.
             "x-llm-edge-cost-usd": f"{0.0 if tier else result.cost_usd:.8f}",
-        },
+        }, tier),
     )
 
 

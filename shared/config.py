@@ -185,6 +185,28 @@ class ResponsesConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     storage: Literal["file", "memory"] = "file"
 
 
+class RequestLogConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The request log (off unless enabled): the ingress publishes a record per request to a JetStream
+    stream; the logger service (`llm-edge logger`) writes them to SQLite or PostgreSQL. See
+    services/ingress/request_log.py and services/logger/."""
+
+    enabled: bool = False
+    # Also keep the request and response bodies (configured secrets redacted), each cut at max_body_bytes.
+    bodies: bool = False
+    max_body_bytes: int = 64 * 1024
+    # The stream holds what the logger has not written yet (and, up to these limits, what it has).
+    stream_max_age_seconds: float = 7 * 24 * 3600.0
+    stream_max_bytes: int = 1024 * 1024 * 1024
+    storage: Literal["file", "memory"] = "file"
+    # Records an ingress holds while the bus cannot take them; beyond this the newest are dropped (counted).
+    queue_size: int = 10_000
+    # postgresql://user:password@host/db; unset: SQLite at sqlite_path.
+    database_url: str | None = None
+    sqlite_path: str = "llm-edge-requests.db"
+    retention_days: float = 30.0  # rows older than this are deleted (hourly); 0 keeps them forever
+    batch_size: int = 500  # records written per transaction
+
+
 class ApiKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One caller's key: only its SHA-256 digest is configured (`llm-edge hash-key` prints it)."""
 
@@ -246,6 +268,7 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     ingress: IngressConfig = IngressConfig()
     cache: CacheConfig = CacheConfig()
     responses: ResponsesConfig = ResponsesConfig()
+    request_log: RequestLogConfig = RequestLogConfig()
     router: RouterConfig = RouterConfig()
     providers: dict[str, ProviderSettings] = {}
     models: list[ModelRoute] = []
@@ -310,6 +333,9 @@ _ENV_FIELDS: dict[str, tuple[str | None, str, Callable[[str], object]]] = {
     "ENABLE_L2_CACHE": ("cache", "l2_enabled", _flag),
     "ENABLE_TRACING": (None, "tracing_enabled", _flag),
     "ENABLE_METRICS": (None, "metrics_enabled", _flag),
+    "ENABLE_REQUEST_LOG": ("request_log", "enabled", _flag),
+    "REQUEST_LOG_BODIES": ("request_log", "bodies", _flag),
+    "REQUEST_LOG_DATABASE_URL": ("request_log", "database_url", str),
 }
 # The key list as JSON (the `keys` section's shape), e.g. from a Kubernetes Secret; replaces the file's.
 _KEYS_ENV = "LLM_EDGE_KEYS"

@@ -61,6 +61,8 @@ def create_app(config: Config, connection: bus.Bus | None = None, *, direct: boo
         runtime.notify_ready()
         yield
         gateway.draining = True
+        if gateway.request_log is not None:
+            await gateway.request_log.close()  # what is queued goes to the bus before it drains
         if following_keys is not None:
             following_keys.cancel()
             with contextlib.suppress(asyncio.CancelledError):

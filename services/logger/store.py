@@ -138,7 +138,7 @@ class SqliteStore:
     async def _run(self, work: Any, *args: Any) -> Any:
         try:
             return await asyncio.get_running_loop().run_in_executor(self.pool, work, *args)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # OSError: the file's directory cannot be made
             raise StoreError(f"SQLite ({self.path}): {exc}") from exc
 
     async def open(self) -> None:

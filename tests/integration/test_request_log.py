@@ -32,6 +32,7 @@ from shared.request_log import LogPage, LogQuery, RequestRecord
 from shared.subjects import Subjects
 from tests.infra import Nats
 from tests.integration.test_request_path import eventually
+from tests.mockupstream.server import MockUpstream
 from tests.postgres import PostgresServer
 from tests.stack import Stack, make_config
 
@@ -359,3 +360,39 @@ async def test_the_bus_carries_a_page_of_records_and_bad_queries_get_400(stack: 
                                          5.0)  # {"limit": 10000}: past the largest page
     reply = reply_decoder.decode(answer.data)
     assert isinstance(reply, ErrorReply) and reply.status == 400 and "limit" in reply.message
+
+
+async def test_a_cut_stream_and_an_upstream_failure_are_recorded(
+    nats_server: Nats, upstream: MockUpstream, tmp_path: Path
+) -> None:
+    config = make_config(
+        nats_server.url, router={"retry": {"attempts": 1}},
+        providers={"up": {"adapter": "openai_compatible", "base_url": f"{upstream.url}/v1", "api_key": "k"}},
+        request_log={"enabled": True, "database_url": f"sqlite:///{tmp_path / 'requests.db'}"})
+    stack = await Stack(config).start()
+    loggers = Loggers(config)
+    try:
+        logger = await loggers.start()
+        client = stack.openai()
+        fresh = {"cache-control": "no-cache, no-store"}
+        upstream.script([{"status": 200, "fail_after_chunks": 2}])
+        async with client.chat.completions.with_streaming_response.create(
+                model="up/gpt-4o", messages=[{"role": "user", "content": "cut me"}], stream=True,
+                extra_headers=fresh) as cut:
+            body = b"".join([line.encode() async for line in cut.iter_lines()])
+        assert b'"error"' in body and b"[DONE]" not in body  # the client saw the stream fail
+        upstream.script([{"status": 429}])
+        with pytest.raises(openai.RateLimitError) as limited:
+            await client.chat.completions.create(model="up/gpt-4o", messages=[{"role": "user", "content": "429"}],
+                                                 extra_headers=fresh)
+        await asyncio.wait_for(logger.until_written(2), WAIT)
+        found = by_request((await query(stack)).records)
+        stream = found[cut.headers["x-request-id"]]
+        assert (stream.stream, stream.status, stream.provider, stream.model) == (True, 200, "up", "up/gpt-4o")
+        assert stream.error == "provider_stream_interrupted"  # the code of the error event the client got
+        failed = found[limited.value.response.headers["x-request-id"]]
+        assert (failed.status, failed.stream, failed.provider, failed.error) == (
+            429, False, "up", limited.value.code or "rate_limit_exceeded")
+    finally:
+        await loggers.close()
+        await stack.close()

@@ -10,45 +10,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
-import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from shared.config import Config
-from shared.errors import GatewayError, from_reply
-from shared.messages import ErrorReply, reply_decoder
-from shared.request_log import MAX_PAGE, LogPage, LogQuery, RequestRecord, encode, page_decoder
+from shared.errors import GatewayError
+from shared.request_log import MAX_PAGE, LogQuery, RequestRecord, ask, parse_time
 from shared.subjects import Subjects
 
-if TYPE_CHECKING:
-    from shared import bus
-
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 QUERY_TIMEOUT_SECONDS = 10.0
 
 
 def when(text: str) -> float:
-    """A point in time: `90s`, `15m`, `2h`, `7d` ago; an ISO 8601 time (UTC unless it says otherwise); or
-    seconds since the epoch."""
-    if match := _RELATIVE.match(text.strip()):
-        return time.time() - float(match[1]) * _UNIT[match[2]]
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected 15m, 2h, 7d (ago), an ISO time such as 2026-11-29T15:00, or epoch seconds") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,18 +54,6 @@ def _limit(text: str) -> int:
 def query_of(args: argparse.Namespace) -> LogQuery:
     return LogQuery(key=args.key, tenant=args.tenant, model=args.model, status=args.status, since=args.since,
                     until=args.until, limit=args.limit, offset=args.offset, bodies=args.bodies)
-
-
-async def ask(connection: bus.Bus, subjects: Subjects, query: LogQuery, timeout: float) -> LogPage:
-    """One page from whichever logger answers; the logger's own error (or no logger) as a `GatewayError`."""
-    answer = await connection.ask(subjects.logs_query, encode(query), {}, timeout)
-    try:
-        return page_decoder.decode(answer.data)
-    except msgspec.DecodeError:
-        reply = reply_decoder.decode(answer.data)
-        if isinstance(reply, ErrorReply):
-            raise from_reply(reply) from None
-        raise
 
 
 def table(records: list[RequestRecord]) -> str:

@@ -7,10 +7,20 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Annotated
+import re
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 from msgspec import Meta, Struct
+
+from shared.errors import from_reply
+from shared.messages import ErrorReply, reply_decoder
+from shared.subjects import Subjects
+
+if TYPE_CHECKING:
+    from shared.bus import Bus
 
 MAX_PAGE = 1000
 
@@ -69,6 +79,18 @@ def encode(message: Struct) -> bytes:
     return _encoder.encode(message)
 
 
+async def ask(connection: Bus, subjects: Subjects, query: LogQuery, timeout: float) -> LogPage:
+    """One page from whichever logger answers (`NoResponders`: none runs); its error as a `GatewayError`."""
+    answer = await connection.ask(subjects.logs_query, encode(query), {}, timeout)
+    try:
+        return page_decoder.decode(answer.data)
+    except msgspec.DecodeError:
+        reply = reply_decoder.decode(answer.data)
+        if isinstance(reply, ErrorReply):
+            raise from_reply(reply) from None
+        raise
+
+
 _PREFIX = os.urandom(6).hex()
 _counter = itertools.count(1)
 
@@ -77,3 +99,26 @@ def new_id() -> str:
     """A record id: unique across processes (a random prefix per process), cheap (no syscall)."""
     return f"{_PREFIX}{next(_counter):010x}"
 
+
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(text: str) -> float:
+    """A point in time as `llm-edge logs` and `/admin/logs` take it: `90s`, `15m`, `2h`, `7d` ago; an ISO 8601
+    time (UTC unless it says otherwise); or seconds since the epoch. ValueError names the forms."""
+    if match := _RELATIVE.match(text.strip()):
+        return time.time() - float(match[1]) * _UNIT[match[2]]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r}: expected 15m, 2h, 7d (ago), an ISO time such as 2026-11-29T15:00, "
+                         "or epoch seconds") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

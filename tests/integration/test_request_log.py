@@ -21,14 +21,13 @@ import anthropic
 import openai
 import pytest
 
-from llm_edge.logs import ask
 from services.logger.service import Logger
 from services.logger.store import open_store
 from shared import bus
 from shared.bus.journal import Appender, Journal
 from shared.config import Config
 from shared.messages import ErrorReply, reply_decoder
-from shared.request_log import LogPage, LogQuery, RequestRecord
+from shared.request_log import LogPage, LogQuery, RequestRecord, ask
 from shared.subjects import Subjects
 from tests.infra import Nats
 from tests.integration.test_request_path import eventually

@@ -14,13 +14,14 @@ import msgspec
 import pytest
 
 from llm_edge.logs import table, when
+from services.ingress.admin_logs import log_query
 from services.ingress.request_log import RequestLog, noting, record
 from services.logger.service import fit
 from services.logger.store import POSTGRES, SqliteStore, StoreError, open_store
 from services.providers.settings import SETTINGS
 from shared import secrets
 from shared.config import build
-from shared.errors import ProviderError
+from shared.errors import InvalidRequest, ProviderError
 from shared.messages import StreamChunk, StreamEnd, Usage
 from shared.request_log import LogPage, LogQuery, RequestRecord, encode, page_decoder
 
@@ -192,3 +193,13 @@ def test_configuration_switches_and_secret() -> None:
         True, True, "postgresql://log:pa55word-x@db/requests")
     assert "pa55word-x" in secrets.configured(config)  # never in a log line
     assert not build({}, SETTINGS, {}).request_log.enabled  # opt-in
+
+
+def test_admin_query_parameters() -> None:
+    query = log_query({"key": "alpha", "status": "429", "since": "1700000000", "limit": "5", "bodies": "true"})
+    assert query == LogQuery(key="alpha", status=429, since=1_700_000_000.0, limit=5, bodies=True)
+    for params, named in (({"status": "many"}, "status"), ({"since": "soon"}, "since"), ({"colour": "red"}, "colour"),
+                          ({"limit": "5000"}, "limit")):
+        with pytest.raises(InvalidRequest) as caught:
+            log_query(params)
+        assert caught.value.http_status == 400 and named in caught.value.message

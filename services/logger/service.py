@@ -99,7 +99,8 @@ class Logger:
         if not records:
             return True
         try:
-            await self.store.write(records)
+            async with Reader.working(readable):
+                await self.store.write(records)
         except StoreError as exc:
             if self.failing != str(exc):
                 log.error("%d request records not written, retrying in %.0fs: %s", len(records), RETRY_SECONDS, exc)

@@ -17,7 +17,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import nats.errors
@@ -46,8 +46,9 @@ _FAILURES = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
 _RETRY_SECONDS = 0.5
 _PUBLISH_BATCH = 256
 _ACK_SECONDS = 5.0
-# A reader that holds a batch longer than this (a database that hangs) has it redelivered to another.
-READ_ACK_WAIT_SECONDS = 60.0
+# What a reader that dies (SIGKILL) held comes back to another after this; a reader still working on a
+# batch (a slow database) says so every half of it (`working`), so a live one keeps its batch.
+READ_ACK_WAIT_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +233,26 @@ class Reader:
         for msg in msgs:
             with contextlib.suppress(*_FAILURES):
                 await msg._msg.ack()
+
+    @staticmethod
+    @contextlib.asynccontextmanager
+    async def working(msgs: list[Delivered]) -> AsyncIterator[None]:
+        """While the body runs, the server is told every few seconds that `msgs` are still being dealt with."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(READ_ACK_WAIT_SECONDS / 2)  # the in-progress ack's period
+                for msg in msgs:
+                    with contextlib.suppress(*_FAILURES):
+                        await msg._msg.in_progress()
+
+        beating = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
 
     @staticmethod
     async def retry(msgs: list[Delivered], delay: float) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -15,12 +14,14 @@ import pytest
 
 from llm_edge.logs import table, when
 from services.ingress.admin_logs import log_query
+from services.ingress.context import Call
+from services.ingress.gateway import Gateway
 from services.ingress.request_log import RequestLog, noting, record
 from services.logger.service import fit
 from services.logger.store import POSTGRES, SqliteStore, StoreError, open_store
 from services.providers.settings import SETTINGS
 from shared import secrets
-from shared.config import build
+from shared.config import Config, build
 from shared.errors import InvalidRequest, ProviderError
 from shared.messages import StreamChunk, StreamEnd, Usage
 from shared.request_log import LogPage, LogQuery, RequestRecord, encode, page_decoder
@@ -92,10 +93,20 @@ def test_a_page_is_cut_to_fit_one_bus_message() -> None:
     assert len(encode(cut)) <= 10_000
 
 
+def _config(bodies: bool = True, max_body: int = 64 * 1024) -> Config:
+    return build({"providers": {"mock": {"api_key": "sk-secret-in-config"}},
+                  "request_log": {"enabled": True, "bodies": bodies, "max_body_bytes": max_body}}, SETTINGS)
+
+
 def _log(bodies: bool = True, max_body: int = 64 * 1024) -> RequestLog:
-    config = build({"providers": {"mock": {"api_key": "sk-secret-in-config"}},
-                    "request_log": {"enabled": True, "bodies": bodies, "max_body_bytes": max_body}}, SETTINGS)
-    return RequestLog(config, lambda: None)
+    return RequestLog(_config(bodies, max_body), lambda: None)
+
+
+def _call(**fields: Any) -> Call:
+    call = Call(Gateway(_config()))
+    for name, value in fields.items():
+        setattr(call, name, value)
+    return call
 
 
 async def _exchange(log: RequestLog, request: bytes, messages: list[dict[str, Any]]) -> Any:
@@ -120,9 +131,9 @@ async def test_a_record_says_what_the_client_saw() -> None:
     tap = await _exchange(log, b'{"content": "my key sk-secret-in-config"}', [
         {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]},
         {"type": "http.response.body", "body": b'{"answer": 42}'}])
-    state = SimpleNamespace(request_id="rid-1", key="alpha", tenant="team", model="gpt-4o", provider="openai",
-                            cache="miss", usage=Usage(prompt_tokens=7, completion_tokens=3), cost_usd=0.5)
-    made = record(tap, state)
+    call = _call(rid="rid-1", key="alpha", tenant="team", model="gpt-4o", provider="openai", cache="miss",
+                 usage=Usage(prompt_tokens=7, completion_tokens=3), cost_usd=0.5)
+    made = record(tap, call)
     assert (made.status, made.key, made.tenant, made.model, made.provider, made.stream) == (
         200, "alpha", "team", "gpt-4o", "openai", False)
     assert (made.prompt_tokens, made.completion_tokens, made.cost_usd, made.error) == (7, 3, 0.5, None)
@@ -132,9 +143,9 @@ async def test_a_record_says_what_the_client_saw() -> None:
 
 async def test_bodies_are_cut_and_left_out_unless_kept() -> None:
     start = {"type": "http.response.start", "status": 200, "headers": []}
-    cut = record(await _exchange(_log(max_body=4), b"0123456789", [start]), SimpleNamespace())
+    cut = record(await _exchange(_log(max_body=4), b"0123456789", [start]), _call())
     assert cut.request_body == "0123"
-    off = record(await _exchange(_log(bodies=False), b"0123456789", [start]), SimpleNamespace())
+    off = record(await _exchange(_log(bodies=False), b"0123456789", [start]), _call())
     assert off.request_body is None and off.response_body is None
 
 
@@ -152,7 +163,7 @@ async def test_a_stream_records_its_end_or_what_cut_it() -> None:
         def error(self, error: Any) -> bytes:
             return b"error"
 
-    ended, cut, left = SimpleNamespace(), SimpleNamespace(), SimpleNamespace()
+    ended, cut, left = _call(), _call(), _call()
     noting(lambda first: Plain(), ended)(StreamChunk(seq=0)).end(StreamEnd(
         seq=1, id="x", model="m", created=0, finish_reason="stop", usage=Usage(completion_tokens=9), provider="p",
         target_model="m", cost_usd=0.25))
@@ -163,7 +174,7 @@ async def test_a_stream_records_its_end_or_what_cut_it() -> None:
 
 
 async def test_a_client_gone_before_its_answer_is_499() -> None:
-    assert record(await _exchange(_log(), b"", []), SimpleNamespace()).status == 499
+    assert record(await _exchange(_log(), b"", []), _call()).status == 499
 
 
 def test_times_for_the_cli() -> None:

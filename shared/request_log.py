@@ -70,7 +70,8 @@ class LogPage(Struct, frozen=True, kw_only=True):
 
 
 _encoder = msgspec.msgpack.Encoder()
-record_decoder = msgspec.msgpack.Decoder(RequestRecord)
+# One message on the request-log stream: the records an ingress had queued (see shared/bus/journal.py).
+batch_decoder = msgspec.msgpack.Decoder(list[RequestRecord])
 query_decoder = msgspec.msgpack.Decoder(LogQuery)
 page_decoder = msgspec.msgpack.Decoder(LogPage)
 

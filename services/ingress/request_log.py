@@ -43,7 +43,7 @@ class RequestLog:
         return Tap(self, scope, receive, send)
 
     def append(self, record: RequestRecord) -> None:
-        self.appender.append(record.id, encode(record))
+        self.appender.append(encode(record))
 
     def text(self, chunks: list[bytes]) -> str | None:
         if not self.bodies:

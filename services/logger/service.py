@@ -24,7 +24,7 @@ from shared.bus.journal import Delivered, Reader, request_log
 from shared.config import Config
 from shared.errors import InvalidRequest, Unavailable
 from shared.messages import HealthReport
-from shared.request_log import LogPage, RequestRecord, encode, query_decoder, record_decoder
+from shared.request_log import LogPage, RequestRecord, batch_decoder, encode, query_decoder
 from shared.subjects import SERVICE_LOGGER, Queues, Subjects
 
 log = logging.getLogger("llm_edge.logger")
@@ -91,7 +91,7 @@ class Logger:
         readable: list[Delivered] = []
         for item in batch:
             try:
-                records.append(record_decoder.decode(item.data))
+                records.extend(batch_decoder.decode(item.data))
                 readable.append(item)
             except msgspec.DecodeError:
                 log.error("a request record cannot be read; dropped")  # no later delivery would read it either

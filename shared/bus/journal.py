@@ -2,10 +2,11 @@
 waiting, and a durable pull consumer that readers share (each message goes to one reader, which acks it
 once it has dealt with it; what is not acked comes back). The request log is its one use.
 
-Publishing never blocks its caller: `Appender.append` puts the message in a bounded in-process queue and
-a task publishes it (JetStream acks awaited there, many at once). While the bus is down the queue holds
-what it can; beyond `queue_size` new messages are dropped and counted (`on_drop`). A message carries its
-id as `Nats-Msg-Id`, so a publish retried after a lost ack is stored once (the stream's duplicate window).
+Publishing never blocks its caller: `Appender.append` puts an item in a bounded in-process queue and a
+task publishes what is queued as one message (a msgpack array of the items; the JetStream ack awaited
+there). While the bus is down the queue holds what it can; beyond `queue_size` new items are dropped and
+counted (`on_drop`). A message carries a batch id as `Nats-Msg-Id`, so a publish retried after a lost ack
+is stored once (the stream's duplicate window).
 
 Like the rest of `shared/bus/`, nats exceptions stop here.
 """
@@ -15,11 +16,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -44,7 +48,7 @@ log = logging.getLogger("llm_edge.bus.journal")
 _STORAGE = {"file": StorageType.FILE, "memory": StorageType.MEMORY}
 _FAILURES = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
 _RETRY_SECONDS = 0.5
-_PUBLISH_BATCH = 256
+_encoder = msgspec.msgpack.Encoder()
 _ACK_SECONDS = 5.0
 # What a reader that dies (SIGKILL) held comes back to another after this; a reader still working on a
 # batch (a slow database) says so every half of it (`working`), so a live one keeps its batch.
@@ -86,15 +90,22 @@ def request_log(config: Config) -> Journal:
 
 
 class Appender:
-    """The publishing side: `append` never waits; a task publishes in the background."""
+    """The publishing side: `append` never waits; a task publishes in the background.
+
+    What is queued when the task comes round leaves as one message (a msgpack array of the appended
+    items, each already encoded), its store awaited before the next: one publish and one ack per batch,
+    not per item, which is most of the cost on a busy ingress. A batch that fails is tried again whole,
+    under the same `Nats-Msg-Id`, so a retry after a lost ack is stored once."""
 
     def __init__(self, bus: Callable[[], Bus | None], journal: Journal, queue_size: int,
-                 on_drop: Callable[[int], None] | None = None) -> None:
+                 on_drop: Callable[[int], None] | None = None, max_batch_bytes: int = 256 * 1024) -> None:
         self.bus = bus  # the connection, once there is one
         self.journal = journal
         self.queue_size = queue_size
         self.on_drop = on_drop
-        self.queue: collections.deque[tuple[str, bytes]] = collections.deque()
+        self.max_batch_bytes = max_batch_bytes
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.retrying: tuple[str, bytes, int] | None = None  # a batch not stored yet: its id, bytes, items
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()  # set while nothing waits to be published
         self.idle.set()
@@ -102,26 +113,30 @@ class Appender:
         self.ready = False  # the stream is known to exist
         self.dropped = 0
         self._last_warning = 0.0
+        self._batches = itertools.count(1)
+        self._prefix = os.urandom(6).hex()
 
-    def append(self, msg_id: str, data: bytes) -> None:
-        if len(self.queue) >= self.queue_size:
+    def append(self, item: bytes) -> None:
+        """`item` (an encoded message) will be published; never waits."""
+        if self.pending >= self.queue_size:
             self.dropped += 1
             if self.on_drop is not None:
                 self.on_drop(1)
             if (now := time.monotonic()) - self._last_warning > 10:
                 self._last_warning = now
-                log.warning("journal %s: %d messages queued, the bus does not take them; dropping new ones "
-                            "(%d so far)", self.journal.stream, len(self.queue), self.dropped)
+                log.warning("journal %s: %d items queued, the bus does not take them; dropping new ones "
+                            "(%d so far)", self.journal.stream, self.pending, self.dropped)
             return
-        self.queue.append((msg_id, data))
-        self.idle.clear()
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._run())
-        self.wake.set()
+        self.queue.append(item)
+        if self.idle.is_set():
+            self.idle.clear()
+            if self.task is None:
+                self.task = asyncio.get_running_loop().create_task(self._run())
+            self.wake.set()
 
     @property
     def pending(self) -> int:
-        return len(self.queue)
+        return len(self.queue) + (self.retrying[2] if self.retrying is not None else 0)
 
     async def close(self, grace: float = 5.0) -> None:
         """Publish what is queued (for up to `grace` seconds), then stop."""
@@ -132,25 +147,35 @@ class Appender:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
-        if self.queue:
-            log.warning("journal %s: %d messages not published before shutdown", self.journal.stream,
-                        len(self.queue))
-
-    async def _run(self) -> None:
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.queue:
-                if not await self._publish_some():
-                    await asyncio.sleep(_RETRY_SECONDS)  # the bus is down or slow: try again shortly
-            self.idle.set()
+        if self.pending:
+            log.warning("journal %s: %d items not published before shutdown", self.journal.stream, self.pending)
 
     async def flushed(self) -> None:
         """Until everything appended so far is stored (tests, and shutdown)."""
         await self.idle.wait()
 
-    async def _publish_some(self) -> bool:
-        """Publish up to a batch at once, acks awaited together; what failed goes back to the front."""
+    async def _run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.pending:
+                if not await self._publish_batch():
+                    await asyncio.sleep(_RETRY_SECONDS)  # the bus is down or slow: try again shortly
+            self.idle.set()
+
+    def _next_batch(self) -> tuple[str, bytes, int]:
+        if self.retrying is not None:
+            return self.retrying
+        items: list[msgspec.Raw] = []
+        size = 0
+        while self.queue and (not items or size + len(self.queue[0]) <= self.max_batch_bytes):
+            item = self.queue.popleft()
+            items.append(msgspec.Raw(item))
+            size += len(item)
+        self.retrying = (f"{self._prefix}-{next(self._batches)}", _encoder.encode(items), len(items))
+        return self.retrying
+
+    async def _publish_batch(self) -> bool:
         bus = self.bus()
         if bus is None or not bus.connected:
             return False
@@ -162,19 +187,15 @@ class Appender:
             except _FAILURES as exc:
                 log.warning("journal %s: cannot create the stream (%r)", self.journal.stream, exc)
                 return False
-        batch = [self.queue.popleft() for _ in range(min(_PUBLISH_BATCH, len(self.queue)))]
-        results = await asyncio.gather(
-            *(js.publish(self.journal.subject, data, headers={"Nats-Msg-Id": msg_id}) for msg_id, data in batch),
-            return_exceptions=True)
-        failed = [item for item, result in zip(batch, results, strict=True) if isinstance(result, BaseException)]
-        if failed:
-            self.queue.extendleft(reversed(failed))
-            first = next(r for r in results if isinstance(r, BaseException))
-            if isinstance(first, nats.js.errors.NoStreamResponseError):
+        msg_id, data, count = self._next_batch()
+        try:
+            await js.publish(self.journal.subject, data, headers={"Nats-Msg-Id": msg_id})
+        except _FAILURES as exc:
+            if isinstance(exc, nats.js.errors.NoStreamResponseError):
                 self.ready = False  # deleted under us: create it again
-            log.warning("journal %s: %d of %d messages not stored yet (%r); retrying", self.journal.stream,
-                        len(failed), len(batch), first)
+            log.warning("journal %s: %d items not stored yet (%r); retrying", self.journal.stream, count, exc)
             return False
+        self.retrying = None
         return True
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import msgspec
 import openai
 import pytest
 
@@ -295,26 +296,27 @@ async def test_no_logger_anywhere_is_said_plainly(nats_server: Nats, tmp_path: P
 
 async def test_records_wait_in_the_ingress_while_the_bus_is_away(nats_server: Nats) -> None:
     """The appender's bounded queue: nothing is published while there is no connection, the newest beyond
-    the bound are dropped (counted), and the rest are stored once the bus is back."""
+    the bound are dropped (counted), and the rest are stored, as one message, once the bus is back."""
     connection: list[bus.Bus] = []
     prefix = f"away{time.monotonic_ns()}"
     journal = Journal(f"{prefix}_LOG", f"{prefix}.log", max_age=60, max_bytes=1 << 20, storage="memory")
     appender = Appender(lambda: connection[0] if connection else None, journal, queue_size=3)
-    for n in range(5):
-        appender.append(f"id-{n}", f"record {n}".encode())
+    items = [msgspec.msgpack.encode({"n": n}) for n in range(5)]
+    for item in items:
+        appender.append(item)
     assert (appender.pending, appender.dropped) == (3, 2)
 
     connection.append(await bus.connect(nats_server.url, "test-appender"))
     try:
         await asyncio.wait_for(appender.flushed(), WAIT)
         js = connection[0].nc.jetstream()
-        info = await js.stream_info(journal.stream)
-        assert info.state.messages == 3
-        stored = [(await js.get_msg(journal.stream, seq)).data for seq in (1, 2, 3)]
-        assert stored == [b"record 0", b"record 1", b"record 2"]
-        appender.append("id-0", b"record 0")  # published again (a retry after a lost ack): stored once
+        assert (await js.stream_info(journal.stream)).state.messages == 1
+        assert msgspec.msgpack.decode((await js.get_msg(journal.stream, 1)).data or b"") == [
+            {"n": 0}, {"n": 1}, {"n": 2}]
+        appender.append(items[3])
         await asyncio.wait_for(appender.flushed(), WAIT)
-        assert (await js.stream_info(journal.stream)).state.messages == 3
+        assert msgspec.msgpack.decode((await js.get_msg(journal.stream, 2)).data or b"") == [{"n": 3}]
+        assert appender.pending == 0
         await js.delete_stream(journal.stream)
     finally:
         await appender.close()

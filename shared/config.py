@@ -442,6 +442,7 @@ def _validate(config: Config) -> Config:
                 )
     _validate_keys(config)
     _validate_pii(config)
+    _validate_request_log(config.request_log)
     return config
 
 
@@ -452,6 +453,17 @@ def _validate_pii(config: Config) -> None:
         raise ConfigError(f"pii.phone_region: {config.pii.phone_region!r} is not a region code (e.g. US, GB, DE)")
     if not config.pii.kinds:
         raise ConfigError("pii.kinds: an empty list detects nothing; set pii.mode: off instead")
+
+
+def _validate_request_log(settings: RequestLogConfig) -> None:
+    url = settings.database_url
+    if url is not None and not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
+        raise ConfigError("request_log.database_url: expected postgresql://user:password@host/db or sqlite:///path")
+    for field in ("batch_size", "queue_size", "max_body_bytes"):
+        if getattr(settings, field) < 1:
+            raise ConfigError(f"request_log.{field}: must be at least 1")
+    if settings.retention_days < 0:
+        raise ConfigError("request_log.retention_days: must not be negative (0 keeps rows forever)")
 
 
 def _validate_keys(config: Config) -> None:

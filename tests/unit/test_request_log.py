@@ -21,7 +21,7 @@ from services.logger.service import fit
 from services.logger.store import POSTGRES, SqliteStore, StoreError, open_store
 from services.providers.settings import SETTINGS
 from shared import secrets
-from shared.config import Config, build
+from shared.config import Config, ConfigError, build
 from shared.errors import InvalidRequest, ProviderError
 from shared.messages import StreamChunk, StreamEnd, Usage
 from shared.request_log import LogPage, LogQuery, RequestRecord, encode, page_decoder
@@ -214,3 +214,13 @@ def test_admin_query_parameters() -> None:
         with pytest.raises(InvalidRequest) as caught:
             log_query(params)
         assert caught.value.http_status == 400 and named in caught.value.message
+
+
+@pytest.mark.parametrize(("fields", "named"), [
+    ({"database_url": "mysql://db/requests"}, "request_log.database_url"),
+    ({"batch_size": 0}, "request_log.batch_size"),
+    ({"retention_days": -1}, "request_log.retention_days"),
+])
+def test_a_bad_request_log_setting_is_named(fields: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        build({"request_log": fields}, SETTINGS)

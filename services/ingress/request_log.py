@@ -25,7 +25,7 @@ from shared import bus, secrets
 from shared.bus.journal import Appender, request_log
 from shared.config import Config
 from shared.errors import GatewayError
-from shared.messages import StreamChunk, StreamEnd
+from shared.messages import StreamChunk, StreamEnd, Usage
 from shared.request_log import RequestRecord, encode, new_id
 
 DROPPED = Counter("llm_edge_request_log_dropped", "Request records dropped: the bus did not take them in time")
@@ -115,7 +115,8 @@ class _Noting:
         return self.writer.chunk(frame)
 
     def end(self, frame: StreamEnd) -> bytes:
-        self.call.usage, self.call.cost_usd = frame.usage, frame.cost_usd
+        # A provider that reports no usage still ended the stream properly: zeros, not "incomplete".
+        self.call.usage, self.call.cost_usd = frame.usage or Usage(), frame.cost_usd
         return self.writer.end(frame)
 
     def error(self, error: GatewayError) -> bytes:

@@ -168,9 +168,13 @@ async def test_a_stream_records_its_end_or_what_cut_it() -> None:
         seq=1, id="x", model="m", created=0, finish_reason="stop", usage=Usage(completion_tokens=9), provider="p",
         target_model="m", cost_usd=0.25))
     noting(lambda first: Plain(), cut)(StreamChunk(seq=0)).error(ProviderError("cut", code="stream_cut"))
-    records = [record(await _exchange(log, b"", [sse]), state) for state in (ended, cut, left)]
+    uncounted = _call()  # a provider that reports no usage
+    noting(lambda first: Plain(), uncounted)(StreamChunk(seq=0)).end(StreamEnd(
+        seq=1, id="x", model="m", created=0, finish_reason="stop", usage=None, provider="p", target_model="m"))
+    records = [record(await _exchange(log, b"", [sse]), state) for state in (ended, cut, left, uncounted)]
     assert [(r.stream, r.status, r.completion_tokens, r.cost_usd, r.error) for r in records] == [
-        (True, 200, 9, 0.25, None), (True, 200, 0, 0.0, "stream_cut"), (True, 200, 0, 0.0, "stream_incomplete")]
+        (True, 200, 9, 0.25, None), (True, 200, 0, 0.0, "stream_cut"), (True, 200, 0, 0.0, "stream_incomplete"),
+        (True, 200, 0, 0.0, None)]
 
 
 async def test_a_client_gone_before_its_answer_is_499() -> None:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.ingress.edge import EdgeRoute
 from services.ingress.gateway import Gateway
 from services.ingress.responses import JSON
 from shared import bus
@@ -59,7 +60,8 @@ def log_query(params: dict[str, str]) -> LogQuery:
 
 def router(guard: Callable[[Request], Awaitable[None]]) -> APIRouter:
     """The route, behind `guard` (the admin API's)."""
-    routes = APIRouter(dependencies=[Depends(guard)])
+    routes = APIRouter(dependencies=[Depends(guard)], route_class=EdgeRoute, include_in_schema=False,
+                       tags=["admin"])
 
     @routes.get("/admin/logs")
     async def logs(request: Request) -> Response:

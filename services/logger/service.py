@@ -55,7 +55,11 @@ class Logger:
     async def start(self, server: bus.Server) -> None:
         self.instance = server.id
         self.server = server
-        await self.store.open()
+        try:
+            await self.store.open()
+        except StoreError as exc:  # not a reason to stop: the stream keeps the records until it is back
+            log.error("the request log's database is unavailable (%s); records wait on the stream", exc)
+            self.failing = str(exc)
         self.reader = Reader(server.bus, request_log(self.config), Queues.LOGGER, max_pending=self.batch_size * 4)
         await self.reader.start()
         await server.endpoint("query", self.subjects.logs_query, Queues.LOGGER, bus.Endpoint(bus.raw, self.query))

@@ -197,6 +197,7 @@ class PostgresStore:
         self.url = url
         self.writer: Any = None
         self.reader: Any = None
+        self.created = False  # the table is known to exist
 
     async def _connect(self) -> Any:
         import psycopg  # only a logger that writes to PostgreSQL needs the driver
@@ -207,23 +208,32 @@ class PostgresStore:
             raise StoreError(f"PostgreSQL: cannot connect ({_reason(exc)})") from exc
 
     async def open(self) -> None:
-        import psycopg
+        await self._writer()
 
-        self.writer = await self._connect()
-        try:
-            async with self.writer.transaction():
-                for statement in POSTGRES.ddl():
-                    await self.writer.execute(statement)
-        except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL: cannot create the table ({_reason(exc)})") from exc
-
-    async def write(self, records: Sequence[RequestRecord]) -> None:
+    async def _writer(self) -> Any:
+        """The writing connection, opened (and the table made) when there is none."""
         import psycopg
 
         if self.writer is None or self.writer.closed:
             self.writer = await self._connect()
+            self.created = False
+        if not self.created:
+            try:
+                async with self.writer.transaction():
+                    for statement in POSTGRES.ddl():
+                        await self.writer.execute(statement)
+            except psycopg.Error as exc:
+                await self._drop("writer")
+                raise StoreError(f"PostgreSQL: cannot create the table ({_reason(exc)})") from exc
+            self.created = True
+        return self.writer
+
+    async def write(self, records: Sequence[RequestRecord]) -> None:
+        import psycopg
+
+        writer = await self._writer()
         try:
-            async with self.writer.transaction(), self.writer.cursor() as cursor:
+            async with writer.transaction(), writer.cursor() as cursor:
                 await cursor.executemany(POSTGRES.insert(), [row(r) for r in records])
         except psycopg.Error as exc:
             await self._drop("writer")
@@ -246,10 +256,9 @@ class PostgresStore:
     async def purge(self, before: float) -> int:
         import psycopg
 
-        if self.writer is None or self.writer.closed:
-            self.writer = await self._connect()
+        writer = await self._writer()
         try:
-            cursor = await self.writer.execute(POSTGRES.purge(), (before,))
+            cursor = await writer.execute(POSTGRES.purge(), (before,))
         except psycopg.Error as exc:
             await self._drop("writer")
             raise StoreError(f"PostgreSQL: old records were not deleted ({_reason(exc)})") from exc

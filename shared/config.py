@@ -204,7 +204,8 @@ class RequestLogConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     database_url: str | None = None
     sqlite_path: str = "llm-edge-requests.db"
     retention_days: float = 30.0  # rows older than this are deleted (hourly); 0 keeps them forever
-    batch_size: int = 500  # records written per transaction
+    # Stream messages written per transaction; each holds the records one ingress had queued (up to 256 KB).
+    batch_size: int = 50
 
 
 class ApiKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

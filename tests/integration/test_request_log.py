@@ -239,17 +239,23 @@ async def test_a_logger_stopped_during_the_run_loses_nothing(stack: Stack, logge
 
 
 async def test_replicas_share_the_stream_and_write_each_record_once(stack: Stack, loggers: Loggers) -> None:
+    """Two ingress replicas publish, two logger replicas share the consumer: each record written once."""
     one, two = await loggers.start(), await loggers.start()
     told: list[str] = []
     for _ in range(3):
         told += list(await scripted_run(stack))  # "denied-1" three times: the client's own request id
+    second_ingress = stack.openai(BETA, url=await stack.add_ingress())
+    for n in range(3):
+        raw = await second_ingress.chat.completions.with_raw_response.create(
+            model="priced", messages=[{"role": "user", "content": f"to the other replica {n}"}])
+        told.append(raw.headers["x-request-id"])
     await flushed(stack)
 
     await eventually(lambda: one.written + two.written >= len(told), WAIT)
-    assert one.written + two.written == len(told) == 18
+    assert one.written + two.written == len(told) == 21
     records = (await query(stack, limit=100)).records
     assert sorted(r.request_id for r in records) == sorted(told)
-    assert len({r.id for r in records}) == 18  # records of one request id are still apart
+    assert len({r.id for r in records}) == 21  # records of one request id are still apart
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # the CLI asks the bus, whatever the database

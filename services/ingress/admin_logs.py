@@ -1,5 +1,5 @@
-"""`GET /admin/logs`: the request log, newest first, behind the admin guard. The ingress asks a logger over
-the bus (`llm.logs.query`); with no logger running the answer is a 503 that says so.
+"""`GET /admin/logs`: the request log, newest first, behind the admin guard (`admin.require_admin`). The
+ingress asks a logger over the bus (`llm.logs.query`); with no logger running the answer is a 503 that says so.
 
 Query parameters: `key`, `tenant`, `model`, `status`, `since` and `until` (`15m`, `2h`, `7d` ago, an ISO
 time, or epoch seconds), `limit` (1-1000, default 100), `offset`, `bodies=true`. The answer is a list
@@ -8,7 +8,6 @@ time, or epoch seconds), `limit` (1-1000, default 100), `offset`, `bodies=true`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import msgspec
@@ -16,8 +15,9 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.ingress.admin import require_admin
+from services.ingress.context import Call
 from services.ingress.edge import EdgeRoute
-from services.ingress.gateway import Gateway
 from services.ingress.responses import JSON
 from shared import bus
 from shared.errors import InvalidRequest, Unavailable
@@ -58,14 +58,13 @@ def log_query(params: dict[str, str]) -> LogQuery:
         raise InvalidRequest(f"Invalid log query: {exc}", code="invalid_log_query") from None
 
 
-def router(guard: Callable[[Request], Awaitable[None]]) -> APIRouter:
-    """The route, behind `guard` (the admin API's)."""
-    routes = APIRouter(dependencies=[Depends(guard)], route_class=EdgeRoute, include_in_schema=False,
+def _router() -> APIRouter:
+    routes = APIRouter(dependencies=[Depends(require_admin)], route_class=EdgeRoute, include_in_schema=False,
                        tags=["admin"])
 
     @routes.get("/admin/logs")
     async def logs(request: Request) -> Response:
-        gateway: Gateway = request.app.state.gateway
+        gateway = Call.of(request).gateway
         query = log_query(dict(request.query_params))
         try:
             found = await ask(gateway.bus(), gateway.subjects, query, QUERY_TIMEOUT_SECONDS)
@@ -76,3 +75,6 @@ def router(guard: Callable[[Request], Awaitable[None]]) -> APIRouter:
         return Response(body, media_type=JSON, headers={"cache-control": "no-store"})
 
     return routes
+
+
+router = _router()

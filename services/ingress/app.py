@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.ingress import admin, guard, openapi
+from services.ingress import admin, admin_logs, guard, openapi
 from services.ingress.edge import Edge
 from services.ingress.endpoints import chat, messages, models, ops, responses
 from services.ingress.gateway import Gateway
@@ -33,7 +33,7 @@ log = logging.getLogger("llm_edge.ingress")
 
 # Every route of the ingress: a new dialect or concern adds its router here.
 ROUTERS: tuple[APIRouter, ...] = (chat.router, messages.router, responses.router, models.router, ops.router,
-                                  admin.router)
+                                  admin.router, admin_logs.router)
 
 
 def _probe_or_scrape(scope: MutableMapping[str, Any]) -> bool:

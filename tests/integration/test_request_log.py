@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import msgspec
 import openai
 import pytest
@@ -400,6 +401,45 @@ async def test_a_cut_stream_and_an_upstream_failure_are_recorded(
         failed = found[limited.value.response.headers["x-request-id"]]
         assert (failed.status, failed.stream, failed.provider, failed.error) == (
             429, False, "up", limited.value.code or "rate_limit_exceeded")
+    finally:
+        await loggers.close()
+        await stack.close()
+
+
+ADMIN = "sk-admin-logs-0123456789"
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # the route asks the bus, whatever the database
+async def test_the_admin_api_serves_the_log_behind_the_admin_key(nats_server: Nats, database: str) -> None:
+    config = logged_config(nats_server.url, database, admin={"key_sha256": hashlib.sha256(ADMIN.encode()).hexdigest()})
+    stack = await Stack(config).start()
+    loggers = Loggers(config)
+    try:
+        async with httpx.AsyncClient(base_url=f"{stack.url}/admin", timeout=10,
+                                     headers={"authorization": f"Bearer {ADMIN}"}) as admin:
+            no_logger = await admin.get("/logs")
+            assert no_logger.status_code == 503 and no_logger.json()["error"]["code"] == "logger_unavailable"
+            logger = await loggers.start()
+            told = await scripted_run(stack)
+            await asyncio.wait_for(logger.until_written(len(told)), WAIT)
+
+            page = await admin.get("/logs", params={"key": "alpha", "status": "200", "since": "10m", "limit": "2"})
+            assert page.status_code == 200, page.text
+            body = page.json()
+            assert body["object"] == "list" and body["has_more"] is True
+            assert [told[r["request_id"]] for r in body["data"]] == ["messages", "hit"]  # newest first
+            assert all(r["request_body"] is None for r in body["data"])
+            rest = (await admin.get("/logs", params={"key": "alpha", "status": "200", "offset": "2"})).json()
+            assert [told[r["request_id"]] for r in rest["data"]] == ["answer"] and rest["has_more"] is False
+            with_bodies = (await admin.get("/logs", params={"status": "404", "bodies": "true"})).json()["data"]
+            assert len(with_bodies) == 1 and '"no-such-model"' in with_bodies[0]["request_body"]
+
+            bad = await admin.get("/logs", params={"since": "whenever"})
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
+        # Only the admin key reads it: a caller's key and no key are refused.
+        for headers in ({"authorization": f"Bearer {ALPHA}"}, {}):
+            refused = await stack.http.get("/admin/logs", headers=headers)
+            assert refused.status_code == 401, refused.text
     finally:
         await loggers.close()
         await stack.close()

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: up test venv dev redis kubectl clients lint bench bench-tools bench-wrk reliability clean
+.PHONY: up test venv dev redis postgres kubectl clients lint bench bench-tools bench-wrk reliability clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ redis:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# Debian's PostgreSQL (initdb, postgres), only when missing: the request-log tests start a throwaway cluster.
+# Debian keeps the binaries in /usr/lib/postgresql/<version>/bin, off PATH; tests/postgres.py looks there.
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "installing postgresql"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
 up: venv
 	$(BIN)/llm-edge up
 
@@ -39,7 +47,7 @@ clients:
 		else npm install --prefix "$$dir" --no-audit --no-fund --loglevel=error; fi || exit 1; \
 	done
 
-test: dev redis kubectl clients
+test: dev redis postgres kubectl clients
 	$(BIN)/python -m pytest -q
 
 # ruff and mypy (strict) as pyproject.toml configures them, over shared services llm_edge tests bench; then

@@ -42,6 +42,12 @@ def _serve_provider(config: Config, args: argparse.Namespace) -> None:
     _until_stopped(lambda stop: serve(config, args.name, stop))
 
 
+def _serve_logger(config: Config, args: argparse.Namespace) -> None:
+    from services.logger.service import serve
+
+    _until_stopped(lambda stop: serve(config, stop))
+
+
 def _serve_ingress(config: Config, args: argparse.Namespace) -> None:
     from services.ingress.app import serve
 
@@ -89,7 +95,8 @@ def parser() -> argparse.ArgumentParser:
     command("up", "start nats-server and every service on this machine").set_defaults(run=_run_up)
     for name, help, serve in (("ingress", "run the HTTP ingress", _serve_ingress),
                               ("cache", "run the cache service", _serve_cache),
-                              ("router", "run the router service", _serve_router)):
+                              ("router", "run the router service", _serve_router),
+                              ("logger", "run the request log's writer (SQLite or PostgreSQL)", _serve_logger)):
         command(name, help).set_defaults(run=_run_service, serve=serve)
     provider = command("provider", "run one provider's worker")
     provider.add_argument("name", help="a provider named in the configuration")
@@ -113,6 +120,12 @@ def parser() -> argparse.ArgumentParser:
     spend = command("spend", "spend and usage per key, tenant or model (the admin API)")
     keys_cli.add_spend_arguments(spend)
     spend.set_defaults(run=keys_cli.run)
+    from llm_edge import logs as request_logs
+
+    query = command("logs", "the request log, newest first, from a running logger (filters: key, model, "
+                    "status, time)")
+    request_logs.add_arguments(query)
+    query.set_defaults(run=_run_logs)
     status = command("status", "service instances on the bus, nats-server numbers")
     status_options.add_arguments(status)
     status.set_defaults(run=_run_status)
@@ -135,6 +148,15 @@ def _run_status(args: argparse.Namespace) -> int:
     from llm_edge.status import command as status  # needs no configuration: it only asks the bus
 
     return status.main(args)
+
+
+def _run_logs(args: argparse.Namespace) -> int:
+    config = _configured(args)
+    if config is None:
+        return 2
+    from llm_edge import logs as request_logs
+
+    return request_logs.main(config, args)
 
 
 def _configured(args: argparse.Namespace) -> Config | None:

@@ -257,7 +257,9 @@ async def _run(  # noqa: C901 - start, reload, drain: to split along those three
     def with_metrics(port: int) -> dict[str, str]:
         return dict(env, METRICS_PORT=str(port))
 
-    metrics_ports = {name: free_port() for name in ["cache", "router", *(f"provider {p}" for p in config.providers)]}
+    logger = ["logger"] if config.request_log.enabled else []  # the request log's writer
+    metrics_ports = {name: free_port() for name in ["cache", "router", *logger,
+                                                     *(f"provider {p}" for p in config.providers)]}
 
     def worker(name: str) -> Child:
         port = metrics_ports.setdefault(f"provider {name}", free_port())
@@ -267,6 +269,7 @@ async def _run(  # noqa: C901 - start, reload, drain: to split along those three
     middle = [
         Child("cache", [*base, "cache"], with_metrics(metrics_ports["cache"])),
         Child("router", [*base, "router"], with_metrics(metrics_ports["router"])),
+        *(Child(name, [*base, name], with_metrics(metrics_ports[name])) for name in logger),
     ]
     # The launcher holds the ingress's listening socket and hands it to each copy: during a rolling
     # restart the old and the new copy accept from one backlog, so no waiting connection is reset when

@@ -208,6 +208,29 @@ class ResponsesConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     storage: Literal["file", "memory"] = "file"
 
 
+class RequestLogConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The request log (off unless enabled): the ingress publishes a record per request to a JetStream
+    stream; the logger service (`llm-edge logger`) writes them to SQLite or PostgreSQL. See
+    services/ingress/request_log.py and services/logger/."""
+
+    enabled: bool = False
+    # Also keep the request and response bodies (configured secrets redacted), each cut at max_body_bytes.
+    bodies: bool = False
+    max_body_bytes: int = 64 * 1024
+    # The stream holds what the logger has not written yet (and, up to these limits, what it has).
+    stream_max_age_seconds: float = 7 * 24 * 3600.0
+    stream_max_bytes: int = 1024 * 1024 * 1024
+    storage: Literal["file", "memory"] = "file"
+    # Records an ingress holds while the bus cannot take them; beyond this the newest are dropped (counted).
+    queue_size: int = 10_000
+    # postgresql://user:password@host/db; unset: SQLite at sqlite_path.
+    database_url: str | None = None
+    sqlite_path: str = "llm-edge-requests.db"
+    retention_days: float = 30.0  # rows older than this are deleted (hourly); 0 keeps them forever
+    # Stream messages written per transaction; each holds the records one ingress had queued (up to 256 KB).
+    batch_size: int = 50
+
+
 class ApiKey(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One caller's key: only its SHA-256 digest is configured (`llm-edge hash-key` prints it)."""
 
@@ -269,6 +292,7 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     ingress: IngressConfig = IngressConfig()
     cache: CacheConfig = CacheConfig()
     responses: ResponsesConfig = ResponsesConfig()
+    request_log: RequestLogConfig = RequestLogConfig()
     router: RouterConfig = RouterConfig()
     providers: dict[str, ProviderSettings] = {}
     models: list[ModelRoute] = []
@@ -333,6 +357,9 @@ _ENV_FIELDS: dict[str, tuple[str | None, str, Callable[[str], object]]] = {
     "ENABLE_L2_CACHE": ("cache", "l2_enabled", _flag),
     "ENABLE_TRACING": (None, "tracing_enabled", _flag),
     "ENABLE_METRICS": (None, "metrics_enabled", _flag),
+    "ENABLE_REQUEST_LOG": ("request_log", "enabled", _flag),
+    "REQUEST_LOG_BODIES": ("request_log", "bodies", _flag),
+    "REQUEST_LOG_DATABASE_URL": ("request_log", "database_url", str),
 }
 # The key list as JSON (the `keys` section's shape), e.g. from a Kubernetes Secret; replaces the file's.
 _KEYS_ENV = "LLM_EDGE_KEYS"
@@ -441,6 +468,7 @@ def _validate(config: Config) -> Config:
             raise ConfigError(f"models[{i}].semantic_cache.{problem}")
     _validate_keys(config)
     _validate_pii(config)
+    _validate_request_log(config.request_log)
     return config
 
 
@@ -463,6 +491,17 @@ def _semantic_problem(semantic: SemanticCache) -> str | None:
     if semantic.dimensions is not None and semantic.dimensions < 1:
         return "dimensions: must be at least 1 (leave it out for the model's own)"
     return None
+
+
+def _validate_request_log(settings: RequestLogConfig) -> None:
+    url = settings.database_url
+    if url is not None and not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
+        raise ConfigError("request_log.database_url: expected postgresql://user:password@host/db or sqlite:///path")
+    for field in ("batch_size", "queue_size", "max_body_bytes"):
+        if getattr(settings, field) < 1:
+            raise ConfigError(f"request_log.{field}: must be at least 1")
+    if settings.retention_days < 0:
+        raise ConfigError("request_log.retention_days: must not be negative (0 keeps rows forever)")
 
 
 def _validate_keys(config: Config) -> None:

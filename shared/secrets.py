@@ -23,7 +23,8 @@ def configured(config: Config) -> frozenset[str]:
     for provider in config.providers.values():
         values.update(v for v in provider.secrets() if v)
         values.update(provider.headers.values())  # the adapters mark every configured header secret
-    for url in (config.cache.redis_url, config.limits.redis_url, *config.nats_url.split(",")):
+    for url in (config.cache.redis_url, config.limits.redis_url, config.request_log.database_url,
+                *config.nats_url.split(",")):
         if url and (password := urlparse(url.strip()).password):
             values.add(password)
     return frozenset(v for v in values if len(v) >= _MIN_LENGTH)

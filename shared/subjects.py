@@ -73,6 +73,20 @@ class Subjects:
         """The key-value bucket of the API keys created through the admin API (watched by every ingress)."""
         return f"{self.prefix}_keys".replace(".", "_").replace("-", "_")
 
+    @property
+    def request_log(self) -> str:
+        """The request log's JetStream stream: a `RequestRecord` per finished request (ingress -> logger)."""
+        return f"{self.prefix}.log.requests"
+
+    @property
+    def request_log_stream(self) -> str:
+        return f"{self.prefix}_request_log".upper().replace(".", "_").replace("-", "_")
+
+    @property
+    def logs_query(self) -> str:
+        """Ask the logger for records: `LogQuery` -> `LogPage`."""
+        return f"{self.prefix}.logs.query"
+
     def provider_chat(self, provider: str) -> str:
         return f"{self.prefix}.provider.{provider}.chat"
 
@@ -98,6 +112,7 @@ class Queues:
     CACHE = "cache"
     CACHE_L2_WRITER = "cache-l2"
     HEALTH = "health"
+    LOGGER = "logger"  # also the request log's durable consumer, shared by every logger replica
     ROUTER = "router"
 
     @staticmethod
@@ -143,6 +158,7 @@ class Headers:
 # Service names as registered with the NATS services framework (`nats micro ls`).
 SERVICE_CACHE = "llm-edge-cache"
 SERVICE_ROUTER = "llm-edge-router"
+SERVICE_LOGGER = "llm-edge-logger"
 
 
 def provider_service_name(provider: str) -> str:

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.ingress import admin, guard, openapi
+from services.ingress import admin, admin_logs, guard, openapi
 from services.ingress.edge import Edge
 from services.ingress.endpoints import chat, embeddings, messages, models, ops, responses
 from services.ingress.gateway import Gateway
@@ -33,7 +33,7 @@ log = logging.getLogger("llm_edge.ingress")
 
 # Every route of the ingress: a new dialect or concern adds its router here.
 ROUTERS: tuple[APIRouter, ...] = (chat.router, messages.router, responses.router, embeddings.router, models.router,
-                                  ops.router, admin.router)
+                                  ops.router, admin.router, admin_logs.router)
 
 
 def _probe_or_scrape(scope: MutableMapping[str, Any]) -> bool:
@@ -61,6 +61,8 @@ def create_app(config: Config, connection: bus.Bus | None = None, *, direct: boo
         runtime.notify_ready()
         yield
         gateway.draining = True
+        if gateway.request_log is not None:
+            await gateway.request_log.close()  # what is queued goes to the bus before it drains
         if following_keys is not None:
             following_keys.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -14,6 +14,7 @@ from starlette.types import Scope
 if TYPE_CHECKING:
     from services.ingress.auth import Grant
     from services.ingress.gateway import Gateway
+    from shared.messages import Usage
 
 # The ASGI scope key the call lives under (set by `edge.Edge` for every HTTP request).
 SCOPE_KEY = "llm_edge.call"
@@ -23,8 +24,8 @@ class Call:
     """One HTTP request's context. Created by the edge before any routing; an endpoint reaches it with
     `Call.of(request)`."""
 
-    __slots__ = ("cache", "gateway", "grant", "key", "limit_headers", "model", "operation", "provider",
-                 "provider_seconds", "rid", "started", "status")
+    __slots__ = ("cache", "cost_usd", "error", "gateway", "grant", "key", "limit_headers", "model", "operation",
+                 "provider", "provider_seconds", "rid", "started", "status", "tenant", "usage")
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -39,6 +40,11 @@ class Call:
         self.provider_seconds: float | None = None  # the upstream's share of a complete answer
         self.limit_headers: dict[str, str] | None = None  # the key's rate-limit state, for the response
         self.status = 0  # the response's status, once it has started
+        # For the request log: the caller's tenant, the answer's usage and cost, the error's code.
+        self.tenant: str | None = None
+        self.usage: Usage | None = None
+        self.cost_usd = 0.0
+        self.error: str | None = None
 
     @staticmethod
     def of(connection: HTTPConnection | Scope) -> Call:

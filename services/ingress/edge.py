@@ -86,6 +86,9 @@ async def serve(app: ASGIApp, scope: Scope, receive: Receive, send: Send, observ
     if not observed:
         await _run(app, call, scope, receive, sending)
         return
+    if (requests := call.gateway.request_log) is not None:
+        tap = requests.tap(scope, receive, sending)
+        receive, sending = tap.receive, tap.send
     _ACTIVE.inc()
     try:
         carrier = Request(scope).headers if tracing.enabled() else None
@@ -96,6 +99,8 @@ async def serve(app: ASGIApp, scope: Scope, receive: Receive, send: Send, observ
                 annotate(span, call)
     finally:
         _ACTIVE.dec()
+        if requests is not None:
+            tap.done(call)  # the request log's record, published in the background
     observe(call, origin)
 
 

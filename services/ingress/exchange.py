@@ -15,7 +15,7 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.ingress import pii, stream
+from services.ingress import pii, request_log, stream
 from services.ingress.context import Call
 from services.ingress.gateway import Gateway, lookup, open_stream, route, unless_client_leaves
 from services.ingress.parse import bus_payload, read_body
@@ -101,6 +101,8 @@ async def proceed(request: Request, call: Call, chat: ChatRequest, *, cacheable:
     call.cache = TIERS.get(tier or "", "miss")
     if cached is not None and restorer is not None:
         cached = restorer.result(cached)
+    if cached is not None:
+        call.usage = cached.usage  # what the client is told; a hit costs nothing
     return Exchange(request, call, chat, payload, headers, deadline, cached, tier, restorer)
 
 
@@ -109,6 +111,8 @@ async def stream_reply(ex: Exchange, writer: Callable[[StreamChunk], stream.Writ
     gateway: Gateway = ex.call.gateway
     on_end = gateway.stream_charger(ex.call.grant, ex.chat.model)
     writer = pii.restoring_writer(writer, ex.restorer)
+    if gateway.request_log is not None:
+        writer = request_log.noting(writer, ex.call)
     response = await open_stream(gateway, ex.request, ex.payload, ex.headers, ex.rid, ex.deadline, writer, on_end)
     ex.call.provider = response.headers.get("x-llm-edge-provider")
     metrics.TIME_TO_FIRST_CHUNK.labels(ex.chat.model).observe(time.perf_counter() - ex.call.started)
@@ -129,6 +133,7 @@ async def answer(ex: Exchange, render: Callable[[ChatResult], bytes]) -> Respons
         case ChatResult():
             call.provider_seconds = reply.provider_seconds
             call.provider = reply.provider
+            call.usage, call.cost_usd = reply.usage, reply.cost_usd
             call.gateway.charge(call.grant, ex.chat.model, reply.usage, reply.cost_usd)  # hits are not charged
             return result_response(reply, ex.rid, None, call.started, pii.restoring_render(render, ex.restorer))
         case ErrorReply():

@@ -20,6 +20,7 @@ from services.ingress.auth import Grant, keyring
 from services.ingress.context import Call
 from services.ingress.limits import Refused
 from services.ingress.pii import Policy
+from services.ingress.request_log import RequestLog
 from services.ingress.responses import SemanticTier, sse_response
 from services.ingress.responses_store import ResponseStore
 from services.ingress.spend import Spend
@@ -91,6 +92,8 @@ class Gateway:
         self.keyring = keyring(config)
         self.spend = Spend(config)  # spend per key, tenant and model (the admin API reports it)
         self.pii = Policy(config)  # personal data: redacted, refused or restored (services/ingress/pii.py)
+        # None unless the request log is enabled: then a record of every model request goes to the bus.
+        self.request_log = RequestLog(config, lambda: self.connection) if config.request_log.enabled else None
         cache = config.cache
         self.l1 = L1Cache(cache.l1_max_bytes, cache.l1_max_entries) if cache.enabled and cache.ingress_l1 else None
         # Without L2 the cache service knows nothing this ingress's L1 does not (both hear every fill).
@@ -184,7 +187,8 @@ class Gateway:
             return None
         key_name.set(None)  # a keep-alive connection's next request must not log the last one's key
         grant = await self.keyring.find(request.headers)
-        Call.of(request).key = grant.name
+        call = Call.of(request)
+        call.key, call.tenant = grant.name, grant.namespace
         key_name.set(grant.name)
         return grant
 

@@ -105,6 +105,8 @@ def error_response(error: GatewayError, connection: HTTPConnection) -> Response:
     headers = {}
     call = connection.scope.get(SCOPE_KEY)
     rid = None if call is None else call.rid
+    if call is not None:
+        call.error = error.code or error.error_type  # for the request log
     if rid:
         headers["x-request-id"] = rid
     if error.retry_after is not None:

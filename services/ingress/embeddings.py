@@ -11,7 +11,6 @@ array of tokens or an array of token arrays, at most 2048 of them, none empty; `
 from __future__ import annotations
 
 import base64
-import logging
 import time
 from typing import Annotated, Literal
 
@@ -21,12 +20,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.ingress.context import Call
-from services.ingress.gateway import Gateway, unless_client_leaves
+from services.ingress.gateway import Gateway, route, unless_client_leaves
 from services.ingress.parse import decode_body, invalid
 from services.ingress.responses import JSON
 from shared import bus, metrics
 from shared.cache import vectors
-from shared.errors import DeadlineExceeded, InternalError, InvalidRequest, Unavailable, from_reply
+from shared.errors import DeadlineExceeded, InternalError, InvalidRequest, from_reply
 from shared.messages import (
     Dimensions,
     EmbeddingInput,
@@ -41,11 +40,8 @@ from shared.messages import (
 )
 from shared.subjects import Headers
 
-log = logging.getLogger("llm_edge.ingress")
-
 MAX_INPUTS = 2048  # OpenAI's limit on the inputs of one request
 _L1 = metrics.Lookup("l1")
-_REPLY_GRACE_SECONDS = 0.25  # as for chat: the hop that ran out of time answers with its own error
 
 # --- the HTTP body ------------------------------------------------------------------------------------------
 
@@ -216,26 +212,11 @@ async def lookup(gateway: Gateway, embedding: EmbeddingRequest, namespace: str, 
 
 
 async def embed(gateway: Gateway, payload: bytes, headers: dict[str, str], deadline: float) -> EmbeddingResult:
-    """Ask a router for the vectors; a router that goes silent holding the request is replaced once."""
-    for attempt in (1, 2):
-        try:
-            reply, _ = await gateway.bus().request(
-                gateway.subjects.embed, payload, headers, deadline + _REPLY_GRACE_SECONDS - time.monotonic(),
-                bus.HEARTBEAT_SECONDS, cancel=gateway.subjects.cancel)
-        except bus.NoResponders as exc:
-            raise Unavailable("No router instance is running.", code="no_router") from exc
-        except DeadlineExceeded as exc:
-            raise DeadlineExceeded("The request did not complete before its deadline.") from exc
-        except bus.Lost as exc:
-            log.warning("the router handling the request went silent (attempt %d)", attempt)
-            if attempt == 2:
-                raise Unavailable("The router handling the request stopped answering.", code="router_lost") from exc
-            continue
-        match reply:
-            case EmbeddingResult():
-                return reply
-            case ErrorReply():
-                raise from_reply(reply)
-            case _:
-                raise InternalError("unexpected reply on the bus")
-    raise AssertionError("unreachable")
+    """Ask a router for the vectors, as chat asks for an answer (`route`: a silent router is replaced once)."""
+    match await route(gateway, payload, headers, deadline, gateway.subjects.embed):
+        case EmbeddingResult() as reply:
+            return reply
+        case ErrorReply() as reply:
+            raise from_reply(reply)
+        case _:
+            raise InternalError("unexpected reply on the bus")

@@ -299,14 +299,16 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadline: float) -> Reply:
-    """Ask a router for the answer. A router that dies while it holds the request goes silent (no
-    heartbeats): the request goes to another router once, rather than waiting for the deadline. When the
-    wait is cancelled (the client left), the bus's cancel notice closes the worker's upstream call."""
+async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadline: float,
+                subject: str | None = None) -> Reply:
+    """Ask a router for the answer (on `subject`: chat's `route` unless given, e.g. `embed`). A router that
+    dies while it holds the request goes silent (no heartbeats): the request goes to another router once,
+    rather than waiting for the deadline. When the wait is cancelled (the client left), the bus's cancel
+    notice closes the worker's upstream call."""
     for attempt in (1, 2):
         try:
             reply, _ = await gateway.bus().request(
-                gateway.subjects.route, payload, headers,
+                subject or gateway.subjects.route, payload, headers,
                 deadline + _REPLY_GRACE_SECONDS - time.monotonic(), gateway.heartbeat,
                 cancel=gateway.subjects.cancel,  # a client that leaves closes the upstream call
             )

@@ -216,6 +216,8 @@ class RequestLogConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     enabled: bool = False
     # Also keep the request and response bodies (configured secrets redacted), each cut at max_body_bytes.
     bodies: bool = False
+    # Run the PII detector over kept bodies even where no PII mode applies (where one does, they are always).
+    redact_pii: bool = False
     max_body_bytes: int = 64 * 1024
     # The stream holds what the logger has not written yet (and, up to these limits, what it has).
     stream_max_age_seconds: float = 7 * 24 * 3600.0
@@ -359,6 +361,7 @@ _ENV_FIELDS: dict[str, tuple[str | None, str, Callable[[str], object]]] = {
     "ENABLE_METRICS": (None, "metrics_enabled", _flag),
     "ENABLE_REQUEST_LOG": ("request_log", "enabled", _flag),
     "REQUEST_LOG_BODIES": ("request_log", "bodies", _flag),
+    "REQUEST_LOG_REDACT_PII": ("request_log", "redact_pii", _flag),
     "REQUEST_LOG_DATABASE_URL": ("request_log", "database_url", str),
 }
 # The key list as JSON (the `keys` section's shape), e.g. from a Kubernetes Secret; replaces the file's.

@@ -93,7 +93,7 @@ class Gateway:
         self.spend = Spend(config)  # spend per key, tenant and model (the admin API reports it)
         self.pii = Policy(config)  # personal data: redacted, refused or restored (services/ingress/pii.py)
         # None unless the request log is enabled: then a record of every model request goes to the bus.
-        self.request_log = RequestLog(config, lambda: self.connection) if config.request_log.enabled else None
+        self.request_log = RequestLog(config, lambda: self.connection, self.pii) if config.request_log.enabled else None
         cache = config.cache
         self.l1 = L1Cache(cache.l1_max_bytes, cache.l1_max_entries) if cache.enabled and cache.ingress_l1 else None
         # Without L2 the cache service knows nothing this ingress's L1 does not (both hear every fill).

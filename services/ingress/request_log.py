@@ -3,8 +3,13 @@
 
 Per model request, a `Tap` sits between the route and the server (`edge.serve`): it sees the status and
 content type the client got and, when bodies are kept, the request and response bytes (cut at
-`max_body_bytes`, configured secrets redacted; PII redaction is the PII step's). Everything else comes from
-the request's `Call`: the key and tenant, the model, provider, cache result, usage and cost, the error's code.
+`max_body_bytes`, configured secrets redacted). Everything else comes from the request's `Call`: the key
+and tenant, the model, provider, cache result, usage and cost, the error's code.
+
+Where a PII mode applies to the request (its key's, its model's or the default, as services/ingress/pii.py
+decides), or `request_log.redact_pii` is set, kept bodies go through the same detector first, before they are
+cut: the request body as it went upstream (placeholders where the values were), and the response with
+placeholders too, also where `redact_restore` gave the client its values back. The values never reach the log.
 
 When the bus is down, records wait in a bounded queue (`request_log.queue_size`) and are published once it
 is back; beyond that the newest are dropped, counted in `llm_edge_request_log_dropped_total`.
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 from starlette.types import Message, Receive, Send
@@ -26,15 +31,22 @@ from shared.bus.journal import Appender, request_log
 from shared.config import Config
 from shared.errors import GatewayError
 from shared.messages import StreamChunk, StreamEnd, Usage
+from shared.pii.redact import Redactor
 from shared.request_log import RequestRecord, encode, new_id
+
+if TYPE_CHECKING:
+    from services.ingress.pii import Policy
 
 DROPPED = Counter("llm_edge_request_log_dropped", "Request records dropped: the bus did not take them in time")
 
 
 class RequestLog:
-    def __init__(self, config: Config, connection: Callable[[], bus.Bus | None]) -> None:
+    def __init__(self, config: Config, connection: Callable[[], bus.Bus | None], pii: Policy | None = None) -> None:
         settings = config.request_log
         self.bodies = settings.bodies
+        self.pii, self.redact_pii = pii, settings.redact_pii
+        if pii is not None and self.bodies and self.redact_pii:
+            pii.detector()  # at start, as the PII step does: no request pays for the import
         self.max_body = settings.max_body_bytes
         self.redact = secrets.Redactor(secrets.configured(config))
         self.appender = Appender(connection, request_log(config), settings.queue_size, on_drop=DROPPED.inc)
@@ -45,11 +57,24 @@ class RequestLog:
     def append(self, record: RequestRecord) -> None:
         self.appender.append(encode(record))
 
-    def text(self, chunks: list[bytes]) -> str | None:
+    def personal(self, call: Call) -> Redactor | None:
+        """What takes personal data out of this request's bodies; None when no PII mode applies to it."""
+        if not self.bodies or self.pii is None:
+            return None
+        if self.redact_pii or self.pii.mode(call.grant, call.model) != "off":
+            return Redactor(self.pii.detector())
+        return None
+
+    def text(self, chunks: list[bytes], personal: Redactor | None = None) -> str | None:
         if not self.bodies:
             return None
-        body = b"".join(chunks)[: self.max_body]
-        return self.redact(body.decode("utf-8", "replace"))
+        body = b"".join(chunks)
+        if personal is None:
+            return self.redact(body[: self.max_body].decode("utf-8", "replace"))
+        # Whole (as collected) before the cut, so a value is found before the cut could split it. Every string
+        # of a JSON body is data here (ids and names included); anything else, a stream's events, as text.
+        text = personal.arguments(body.decode("utf-8", "replace"))
+        return self.redact(text.encode()[: self.max_body].decode("utf-8", "ignore"))
 
     async def flushed(self) -> None:
         """Until every record appended so far is on the stream."""
@@ -134,6 +159,7 @@ def record(tap: Tap, call: Call) -> RequestRecord:
     usage = call.usage
     stream = tap.content_type.startswith(b"text/event-stream")
     error = call.error
+    personal = tap.log.personal(call)  # one for both bodies: the same value has the same placeholder in each
     if stream and error is None and usage is None and tap.status == 200:
         error = "stream_incomplete"  # neither an end frame nor an error: the client left mid-stream
     return RequestRecord(
@@ -154,6 +180,6 @@ def record(tap: Tap, call: Call) -> RequestRecord:
         cached_tokens=usage.cache_read_tokens if usage is not None else 0,
         cost_usd=call.cost_usd,
         error=error,
-        request_body=tap.log.text(tap.request_chunks),
-        response_body=tap.log.text(tap.response_chunks),
+        request_body=tap.log.text(tap.request_chunks, personal),
+        response_body=tap.log.text(tap.response_chunks, personal),
     )

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -443,3 +444,101 @@ async def test_the_admin_api_serves_the_log_behind_the_admin_key(nats_server: Na
     finally:
         await loggers.close()
         await stack.close()
+
+
+# ------------------------------------------------------------------ personal data in kept bodies
+
+EMAIL, CARD = "jane.doe@example.com", "4111 1111 1111 1111"  # as in tests/integration/test_pii.py
+PROMPT = f"My email is {EMAIL} and my card is {CARD}."
+
+
+def holds_personal_data(text: str) -> bool:
+    """The email, or the card's digits however they are spaced or escaped."""
+    return EMAIL in text or re.sub(r"\D", "", CARD) in re.sub(r"\D", "", text)
+
+
+def pii_config(nats_url: str, tmp_path: Path, redact_pii: bool = False) -> Config:
+    def route(name: str, pii: str | None) -> dict[str, Any]:
+        return {"name": name, "targets": [{"provider": "mock", "model": "mock"}],
+                **({"pii": pii} if pii else {})}
+
+    return make_config(
+        nats_url, providers={"mock": {}},
+        models=[route("plain", None), route("restored", "redact_restore"), route("refused", "block")],
+        request_log={"enabled": True, "bodies": True, "redact_pii": redact_pii,
+                     "database_url": f"sqlite:///{tmp_path / 'requests.db'}"})
+
+
+async def logged_bodies(stack: Stack, told: list[str]) -> dict[str, RequestRecord]:
+    """The records of the requests told these ids, once all are written."""
+    logger = Loggers(stack.config)
+    try:
+        await asyncio.wait_for((await logger.start()).until_written(len(told)), WAIT)
+        found = by_request((await query(stack, bodies=True)).records)
+    finally:
+        await logger.close()
+    assert set(found) == set(told)
+    return found
+
+
+async def test_bodies_of_a_request_under_a_pii_mode_are_logged_without_its_values(
+    nats_server: Nats, tmp_path: Path
+) -> None:
+    stack = await Stack(pii_config(nats_server.url, tmp_path)).start()
+    told: list[str] = []
+    try:
+        async with stack.openai() as client:
+            restored = await client.chat.completions.with_raw_response.create(
+                model="restored", messages=[{"role": "user", "content": PROMPT}])
+            assert restored.parse().choices[0].message.content == f"Mock reply to: {PROMPT}"  # the client's values
+            told.append(restored.headers["x-request-id"])
+            again = [{"role": "user", "content": f"again: {PROMPT}"}]
+            async with client.chat.completions.with_streaming_response.create(
+                    model="restored", messages=again, stream=True) as streamed:  # type: ignore[arg-type]
+                told.append(streamed.headers["x-request-id"])
+                chunks = await streamed.parse()
+                assert isinstance(chunks, openai.AsyncStream)
+                pieces = [chunk.choices[0].delta.content or "" async for chunk in chunks if chunk.choices]
+            assert "".join(pieces) == f"Mock reply to: again: {PROMPT}"  # restored in the stream the client read
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.chat.completions.create(model="refused", messages=[{"role": "user", "content": PROMPT}])
+            told.append(refused.value.response.headers["x-request-id"])
+            plain = await client.chat.completions.with_raw_response.create(
+                model="plain", messages=[{"role": "user", "content": PROMPT}])
+            told.append(plain.headers["x-request-id"])
+        records = await logged_bodies(stack, told)
+    finally:
+        await stack.close()
+    answer, stream, block, unprotected = (records[rid] for rid in told)
+    for record in (answer, stream, block):
+        assert record.request_body is not None and record.response_body is not None
+        assert not holds_personal_data(record.request_body), record.request_body
+        assert not holds_personal_data(record.response_body), record.response_body
+    # What went upstream: the request with placeholders, the same in the answer that echoes it.
+    assert json.loads(answer.request_body or "")["messages"][0]["content"] == \
+        "My email is [EMAIL_1] and my card is [CARD_1]."
+    assert "Mock reply to: My email is [EMAIL_1] and my card is [CARD_1]." in (answer.response_body or "")
+    assert "[EMAIL_1]" in (stream.response_body or "") and "data: [DONE]" in (stream.response_body or "")
+    assert (block.status, block.error) == (400, "pii_detected")
+    # No PII mode for this model and request_log.redact_pii off: its bodies are kept as they were.
+    assert holds_personal_data(unprotected.request_body or "") and holds_personal_data(unprotected.response_body or "")
+
+
+async def test_redact_pii_takes_personal_data_out_of_every_logged_body(nats_server: Nats, tmp_path: Path) -> None:
+    stack = await Stack(pii_config(nats_server.url, tmp_path, redact_pii=True)).start()
+    try:
+        async with stack.openai() as client:
+            plain = await client.chat.completions.with_raw_response.create(
+                model="plain", messages=[{"role": "user", "content": PROMPT}])
+        assert plain.parse().choices[0].message.content == f"Mock reply to: {PROMPT}"  # the request went as sent
+        async with anthropic.AsyncAnthropic(base_url=stack.url, api_key="unused", max_retries=0) as claude:
+            message = await claude.messages.with_raw_response.create(
+                model="plain", max_tokens=50, messages=[{"role": "user", "content": f"Messages: {PROMPT}"}])
+        told = [plain.headers["x-request-id"], message.headers["x-request-id"]]
+        records = await logged_bodies(stack, told)
+    finally:
+        await stack.close()
+    for record in records.values():
+        assert record.request_body is not None and record.response_body is not None
+        assert not holds_personal_data(record.request_body) and not holds_personal_data(record.response_body)
+        assert "[EMAIL_1]" in record.request_body and "[CARD_1]" in record.response_body

@@ -37,7 +37,7 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.31"  # the oldest Kubernetes minor version the manifests are checked against
 IMAGE = "llm-edge"  # the image name in the base manifests; overlays rewrite it
-OUR_COMPOSE_SERVICES = {"ingress", "cache", "router", "provider-mock", "provider-openai"}
+OUR_COMPOSE_SERVICES = {"ingress", "cache", "router", "logger", "provider-mock", "provider-openai"}
 METRICS_PORT = 9090
 
 Doc = dict[str, Any]
@@ -135,6 +135,9 @@ def _port_exists(ref: str | int, containers: list[Doc]) -> bool:
     return ref in names if isinstance(ref, str) else ref in numbers
 
 
+_PLACEHOLDERS = {"REQUEST_LOG_DATABASE_URL": "postgresql://user:password@postgres/llm_edge"}
+
+
 def _env(container: Doc, secrets: dict[str, dict[str, str]]) -> dict[str, str]:
     env = {}
     for var in container.get("env", []):
@@ -142,7 +145,9 @@ def _env(container: Doc, secrets: dict[str, dict[str, str]]) -> dict[str, str]:
             env[var["name"]] = str(var["value"])
         elif ref := var.get("valueFrom", {}).get("secretKeyRef"):
             assert ref["key"] in secrets[ref["name"]], var
-            env[var["name"]] = "placeholder-from-secret"
+            # A value of the variable's shape: a provider key enables its provider, a URL must parse.
+            placeholder = _PLACEHOLDERS.get(var["name"], "placeholder-from-secret")
+            env[var["name"]] = secrets[ref["name"]][ref["key"]] or placeholder
     return env
 
 
@@ -166,7 +171,7 @@ def _check_command(args: list[str], config: Config, capsys: pytest.CaptureFixtur
         cli.main([*args, "--help"])
     capsys.readouterr()
     assert parsed.value.code == 0, f"`llm-edge {' '.join(args)}` is not a valid command"
-    assert args[0] in {"ingress", "cache", "router", "provider"}, f"{args}: not a service"
+    assert args[0] in {"ingress", "cache", "router", "logger", "provider"}, f"{args}: not a service"
     if args[0] == "provider":
         assert args[1] in config.providers, f"{args}: provider not configured (have {list(config.providers)})"
 

@@ -99,7 +99,7 @@ def test_compose_runs_each_llm_edge_service_as_the_cli_expects(
         assert urlparse(config.nats_url).hostname == "nats"
         assert urlparse(config.cache.redis_url or "").hostname == "redis"
         assert "nats" in service["depends_on"], name
-    for name in ("cache", "router", "provider-mock"):
+    for name in ("cache", "router", "logger", "provider-mock"):
         assert ours[name]["deploy"]["replicas"] == 2, name
     assert ours["provider-openai"]["profiles"] == ["openai"]
     assert "profiles" not in ours["provider-mock"]
@@ -368,3 +368,29 @@ def test_the_container_healthcheck_follows_a_workers_readiness(metrics_port: int
     taking_work = False  # lost the bus, or draining
     assert healthcheck.main(env) == 1
     assert healthcheck.main({"PORT": str(_closed_port()), "METRICS_PORT": str(_closed_port())}) == 1
+
+
+def test_compose_runs_the_logger_with_the_request_log_on_and_sqlite_on_a_volume() -> None:
+    services: dict[str, Doc] = compose()["services"]
+    logger, ingress = services["logger"], services["ingress"]
+    assert logger["command"] == ["logger"]
+    for service in (logger, ingress):  # the ingress publishes the records, the logger writes them
+        env = {key: interpolate(str(value), {}) for key, value in service["environment"].items()}
+        config_mount = next(m for m in service["volumes"] if m.split(":")[1] == env["LLM_EDGE_CONFIG"])
+        config = load(DEPLOY / config_mount.split(":")[0], env=env, adapters=SETTINGS)
+        assert config.request_log.enabled is True
+    off = {key: interpolate(str(value), {"ENABLE_REQUEST_LOG": "false"})
+           for key, value in logger["environment"].items()}
+    assert load(DEPLOY / "config" / "edge.yaml", env=off, adapters=SETTINGS).request_log.enabled is False
+    assert config.request_log.database_url is None  # SQLite, at a relative path: in the working directory
+    (data,) = [m for m in logger["volumes"] if m.split(":")[1] == logger["working_dir"]]
+    assert data.split(":")[0] in compose()["volumes"] and not data.endswith(":ro")
+    # The image makes that directory the unprivileged user's, so a new named volume is writable by it.
+    final = _dockerfile_stages()[-1]
+    user = dict(final)["USER"].split(":")[0]
+    assert any(instruction == "RUN" and f"install -d -o {user} -g {user} {logger['working_dir']}" in rest
+               for instruction, rest in final)
+    postgres = {key: interpolate(str(value), {"REQUEST_LOG_DATABASE_URL": "postgresql://u:p@db/log"})
+                for key, value in logger["environment"].items()}
+    assert load(DEPLOY / "config" / "edge.yaml", env=postgres,
+                adapters=SETTINGS).request_log.database_url == "postgresql://u:p@db/log"

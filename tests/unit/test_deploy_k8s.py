@@ -86,7 +86,7 @@ def test_workloads_run_llm_edge_commands_with_a_configuration_that_has_their_pro
     secrets = {doc["metadata"]["name"]: dict(doc.get("stringData", {}) or doc.get("data", {}))
                for doc in docs if doc["kind"] == "Secret"}
     ours = [doc for doc in docs if _ours(doc)]
-    expected = {"ingress", "cache", "router", "provider-mock"}
+    expected = {"ingress", "cache", "router", "logger", "provider-mock"}
     expected |= {"provider-openai"} if name == "example" else set()
     assert {doc["metadata"]["name"] for doc in ours} == expected
     for doc in ours:
@@ -142,7 +142,7 @@ def test_autoscalers_and_disruption_budgets_target_workloads_that_exist(name: st
         budgeted.add(covered[0]["metadata"]["name"])
     ours = {n for (_, n), doc in workloads.items() if _ours(doc)}
     assert ours <= budgeted
-    assert {"ingress", "cache", "router", "provider-mock"} <= autoscaled
+    assert {"ingress", "cache", "router", "logger", "provider-mock"} <= autoscaled
     assert ours - autoscaled <= {"provider-openai"}  # scaled by hand: CPU says little about a worker's load
     for name_, doc in workloads.items():
         if _ours(doc) and name_[1] not in autoscaled:
@@ -170,7 +170,8 @@ def test_pods_are_hardened_bounded_and_drain_before_they_are_killed(name: str) -
             assert pod["terminationGracePeriodSeconds"] == 40, where
             (container,) = pod["containers"]
             writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
-            assert writable == {"/tmp"}, where
+            # The logger's SQLite goes in its working directory (see deploy/k8s/base/logger).
+            assert writable == {"/tmp", *filter(None, [container.get("workingDir")])}, where
             if container["args"] == ["ingress"]:
                 assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
                 assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
@@ -207,10 +208,12 @@ def test_the_example_overlay_sets_namespace_image_replicas_and_adds_openai() -> 
 
 
 def test_the_base_secret_holds_empty_placeholders_only() -> None:
-    (secret,) = _objects("base", "Secret")
-    assert secret["stringData"] == dict.fromkeys(
-        ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "AZURE_OPENAI_API_KEY", "AWS_BEARER_TOKEN_BEDROCK"],
-        "")
+    secrets = {doc["metadata"]["name"]: doc["stringData"] for doc in _objects("base", "Secret")}
+    assert secrets == {
+        "llm-edge-provider-keys": dict.fromkeys(["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY",
+                                                 "AZURE_OPENAI_API_KEY", "AWS_BEARER_TOKEN_BEDROCK"], ""),
+        "llm-edge-request-log": {"REQUEST_LOG_DATABASE_URL": ""},
+    }
 
 
 def test_nats_is_a_three_node_cluster_whose_routes_name_every_node() -> None:
@@ -273,3 +276,35 @@ def test_nats_helm_values_describe_the_same_cluster() -> None:
     assert values["config"]["jetstream"]["enabled"] is True and values["config"]["monitor"]["enabled"] is True
     assert values["promExporter"]["enabled"] is True
     assert values["fullnameOverride"] == "nats"  # so that nats://nats:4222 in the configuration resolves
+
+
+@pytest.mark.parametrize("name", ["base", "example"])
+def test_the_logger_runs_like_the_other_bus_services_with_a_database_it_can_write(
+    name: str, tmp_path: Path
+) -> None:
+    docs = rendered(name)
+    logger = next(doc for doc in _workloads(name) if doc["metadata"]["name"] == "logger")
+    cache_ = next(doc for doc in _workloads(name) if doc["metadata"]["name"] == "cache")
+    (container,) = _containers(logger)
+    (cached,) = _containers(cache_)
+    assert container["args"] == ["logger"] and container["command"] == ["llm-edge"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # the template's, on the metrics port
+        assert container[probe] == cached[probe], probe
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # SQLite (the relative request_log.sqlite_path) lands in the working directory: a writable volume.
+    config = load(_config_map_file(docs, container, tmp_path), env={}, adapters=SETTINGS)
+    assert not Path(config.request_log.sqlite_path).is_absolute()
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == container["workingDir"]]
+    assert not mount.get("readOnly")
+    volume = next(v for v in logger["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    assert "emptyDir" in volume
+    # PostgreSQL from a Secret that the manifests define, with the key the logger reads.
+    (database,) = [e for e in container["env"] if e["name"] == "REQUEST_LOG_DATABASE_URL"]
+    ref = database["valueFrom"]["secretKeyRef"]
+    secret = next(doc for doc in docs if doc["kind"] == "Secret" and doc["metadata"]["name"] == ref["name"])
+    assert ref["key"] in secret["stringData"]
+    postgres = load(_config_map_file(docs, container, tmp_path),
+                    env={"REQUEST_LOG_DATABASE_URL": "postgresql://u:p@db/log"}, adapters=SETTINGS)
+    assert postgres.request_log.database_url == "postgresql://u:p@db/log"
+    assert _pod_labels(logger)["app.kubernetes.io/component"] == "logger"
+    assert any(hpa["spec"]["scaleTargetRef"]["name"] == "logger" for hpa in _objects(name, "HorizontalPodAutoscaler"))

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 from opentelemetry.trace import SpanKind
 
 from services.router import strategy
-from services.router.retry import wait_before_retry as retry_delay
-from shared import bus, metrics, tracing
+from shared import bus, tracing
 from shared.cache import vectors
 from shared.config import Target
 from shared.errors import DeadlineExceeded, GatewayError, Unavailable, from_reply
@@ -42,7 +41,6 @@ log = logging.getLogger("llm_edge.router")
 
 _NO_FALLBACK_STATUS = frozenset({400, 404, 413, 422})
 _PASSED_ON = (Headers.REQUEST_ID, Headers.BUS_ID, Headers.DEADLINE, Headers.TRACEPARENT)
-_DEADLINE_SLACK_SECONDS = 0.1
 LOST_RETRIES = 2
 
 
@@ -96,7 +94,6 @@ class EmbeddingRoutes:
         router = self.router
         _address(onward, target)
         breaker = router.breaker(target)
-        retry = router.config.router.retry
         attempt = 0
         while True:
             attempt += 1
@@ -126,22 +123,10 @@ class EmbeddingRoutes:
                     breaker.release()
                     raise from_reply(reply)
                 case ErrorReply():
-                    error = from_reply(reply)
-                    if reply.status in _NO_FALLBACK_STATUS:
-                        breaker.release()
-                        return error
-                    time_left = bus.remaining(ctx.deadline, router.default_timeout)
-                    if reply.status == 504 and time_left <= _DEADLINE_SLACK_SECONDS:
-                        breaker.release()
-                        raise error
-                    await router._failed(target, breaker, reply.status)
-                    delay = (retry_delay(attempt, reply.retry_after, time_left, retry, router.rng)
-                             if reply.retryable and attempt < retry.attempts else None)
-                    if delay is None:
-                        log.info("target %s failed embeddings (%d), moving on", target.key, reply.status)
-                        return error
-                    metrics.RETRIES.labels(target.key).inc()
-                    await asyncio.sleep(delay)
+                    step = await router.after_error(target, breaker, reply, attempt, ctx.deadline, _NO_FALLBACK_STATUS)
+                    if isinstance(step, GatewayError):
+                        return step
+                    await asyncio.sleep(step)
                 case _:
                     breaker.release()
                     return GatewayError(f"unexpected reply for {target.key}")

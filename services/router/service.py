@@ -273,7 +273,6 @@ class Router:
         is open, so this one probes without waiting its cooldown."""
         _address(onward, target)
         breaker = self.breaker(target)
-        retry = self.config.router.retry
         deadline = ctx.deadline
         attempt = 0
         while True:
@@ -309,25 +308,36 @@ class Router:
                     breaker.release()  # the client left and the worker closed the call: nothing to learn
                     raise from_reply(reply)  # and nobody to answer elsewhere
                 case ErrorReply():
-                    error = from_reply(reply)
-                    if reply.status in _NO_FALLBACK_STATUS:
-                        breaker.release()
-                        return error  # the caller's own fault: not the target's, not worth a retry
-                    time_left = bus.remaining(deadline, self.default_timeout)
-                    if reply.status == 504 and time_left <= _DEADLINE_SLACK_SECONDS:
-                        breaker.release()
-                        raise error  # the client's own deadline ran out at the worker: no time to move on
-                    await self._failed(target, breaker, reply.status)
-                    delay = (retry_delay(attempt, reply.retry_after, time_left, retry, self.rng)
-                             if reply.retryable and attempt < retry.attempts else None)
-                    if delay is None:
-                        log.info("target %s failed (%d), moving on", target.key, reply.status)
-                        return error
-                    metrics.RETRIES.labels(target.key).inc()
-                    log.info("target %s failed (%d), retrying in %.2fs", target.key, reply.status, delay)
-                    await asyncio.sleep(delay)
+                    step = await self.after_error(target, breaker, reply, attempt, deadline)
+                    if isinstance(step, GatewayError):
+                        return step
+                    await asyncio.sleep(step)
                 case _:
                     return GatewayError(f"unexpected reply for {target.key}")
+
+    async def after_error(self, target: Target, breaker: Breaker, reply: ErrorReply, attempt: int,
+                          deadline: float | None, no_fallback: frozenset[int] = _NO_FALLBACK_STATUS
+                          ) -> float | GatewayError:
+        """A target's error answer (chat's or embeddings'): the wait before asking it again, or the error to
+        move on with; raised when the client's own deadline ran out at the worker (no time to move on)."""
+        error = from_reply(reply)
+        if reply.status in no_fallback:
+            breaker.release()
+            return error  # the caller's own fault: not the target's, not worth a retry
+        time_left = bus.remaining(deadline, self.default_timeout)
+        if reply.status == 504 and time_left <= _DEADLINE_SLACK_SECONDS:
+            breaker.release()
+            raise error
+        await self._failed(target, breaker, reply.status)
+        retry = self.config.router.retry
+        delay = (retry_delay(attempt, reply.retry_after, time_left, retry, self.rng)
+                 if reply.retryable and attempt < retry.attempts else None)
+        if delay is None:
+            log.info("target %s failed (%d), moving on", target.key, reply.status)
+            return error
+        metrics.RETRIES.labels(target.key).inc()
+        log.info("target %s failed (%d), retrying in %.2fs", target.key, reply.status, delay)
+        return delay
 
     async def _succeeded(self, target: Target, ctx: bus.Context, reply: ChatResult | Delivered, data: bytes,
                          started: float, direct: bool, filled: bool) -> Answered:

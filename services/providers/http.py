@@ -100,6 +100,9 @@ class Upstream:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
+                # No cookies: one session serves every tenant, so a cookie an upstream set in one tenant's
+                # answer must never ride along on another's call (and matching the jar cost every call).
+                cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),
                 # Connect only: the other waits are ours (Body), aiohttp's sock_read would merge them.

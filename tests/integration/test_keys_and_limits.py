@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 
 from tests.infra import Nats, Server
 from tests.integration.test_request_path import eventually
+from tests.mockupstream.server import MockUpstream
 from tests.stack import Stack, error_body, make_config
 
 ALPHA, BETA, GAMMA = "sk-alpha-0123456789", "sk-beta-0123456789", "sk-gamma-0123456789"
@@ -213,6 +214,29 @@ async def test_tenants_never_share_cached_answers(nats_server: Nats) -> None:
         assert (await ask(stack.openai(ALPHA))).headers["x-llm-edge-cache"] == "hit-l1"
     finally:
         await stack.close()
+
+
+async def test_a_cookie_an_upstream_sets_for_one_tenant_never_reaches_another(nats_server: Nats) -> None:
+    """One provider worker serves every tenant through one HTTP session: a `Set-Cookie` in the answer to
+    one tenant's call must not ride along on the next tenant's call (an HTTP client's cookie jar would
+    send it back)."""
+    upstream = MockUpstream()
+    await upstream.start()
+    stack = await started(nats_server.url, [key("alpha", ALPHA, tenant="acme"), key("beta", BETA)],
+                          cache={"enabled": False},
+                          providers={"up": {"adapter": "openai_compatible",  # a host name: a cookie jar takes no IP
+                                            "base_url": f"{upstream.url.replace('127.0.0.1', 'localhost')}/v1",
+                                            "api_key": "k"}})
+    try:
+        upstream.script([{"headers": {"Set-Cookie": "session=acme-secret; Path=/"}}])
+        await ask(stack.openai(ALPHA), model="up/gpt-4o")
+        await ask(stack.openai(BETA), model="up/gpt-4o")
+        first, second = upstream.requests[-2:]
+        assert "cookie" not in first["headers"]
+        assert "cookie" not in second["headers"]  # beta's call carries nothing alpha's answer set
+    finally:
+        await stack.close()
+        await upstream.stop()
 
 
 async def test_redis_stopped_mid_test_falls_back_to_per_process_limits(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -81,6 +82,7 @@ def notify_ready(ready: Callable[[], bool] | None = None) -> None:
     """
     global _readiness
     _readiness = ready
+    settle_memory()
     fd = os.environ.pop(READY_FD, None)
     if fd is None:
         return
@@ -89,6 +91,19 @@ def notify_ready(ready: Callable[[], bool] | None = None) -> None:
         os.close(int(fd))
     except (OSError, ValueError):
         log.warning("could not tell the launcher this process is ready")
+
+
+def settle_memory() -> None:
+    """Once started: what the imports and the start built lives as long as the process, so it leaves the
+    collector's view (`gc.freeze`), and the youngest generation is collected every 20,000 allocations
+    instead of 700. A request's objects die by reference counting; the collector only finds cycles, and
+    with the defaults it ran often enough to take ~7 % of a busy worker's CPU (perf, c=64 misses)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+GC_THRESHOLDS = tuple(int(n) for n in os.environ.get("LLM_EDGE_GC", "20000,20,20").split(","))
 
 
 def is_ready() -> bool:

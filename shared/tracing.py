@@ -6,10 +6,11 @@ Span attributes follow the GenAI semantic conventions (`gen_ai.*`) where they ex
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -62,19 +63,29 @@ def enabled() -> bool:
     return _tracer is not None
 
 
-@contextmanager
+_OFF: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
 def span(
     name: str, carrier: Mapping[str, str] | None, kind: SpanKind = SpanKind.INTERNAL,
     attributes: Mapping[str, str | int | float] | None = None,
-) -> Iterator[Span | None]:
-    """A span whose parent comes from `carrier` (HTTP or NATS headers); None when tracing is off."""
+) -> AbstractContextManager[Span | None]:
+    """A span whose parent comes from `carrier` (HTTP or NATS headers); None when tracing is off (then one
+    shared no-op context: every request of every service enters one)."""
     if _tracer is None:
-        yield None
-        return
+        return _OFF
+    return _span(_tracer, name, carrier, kind, attributes)
+
+
+@contextmanager
+def _span(
+    tracer: trace.Tracer, name: str, carrier: Mapping[str, str] | None, kind: SpanKind,
+    attributes: Mapping[str, str | int | float] | None,
+) -> Iterator[Span | None]:
     parent = _propagator.extract(carrier or {})
     token = otel_context.attach(parent)
     try:
-        with _tracer.start_as_current_span(name, kind=kind, attributes=attributes) as current:
+        with tracer.start_as_current_span(name, kind=kind, attributes=attributes) as current:
             yield current
     finally:
         otel_context.detach(token)

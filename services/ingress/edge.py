@@ -177,6 +177,9 @@ def _closing(send: Send) -> Send:
 
 
 _ACTIVE = metrics.ACTIVE.labels("ingress")
+_REQUESTS = metrics.Children(metrics.REQUESTS)
+_REQUEST_DURATION = metrics.Children(metrics.REQUEST_DURATION)
+_GATEWAY_OVERHEAD = metrics.Children(metrics.GATEWAY_OVERHEAD)
 _SPAN_ATTRIBUTES = {"gen_ai.operation.name": "chat", "http.request.method": "POST"}
 
 
@@ -200,7 +203,7 @@ def observe(call: Call, origin: str) -> None:
     log.info("request done: %d%s model=%s cache=%s provider=%s in %.1f ms", status,
              " (client left)" if status == 499 else "", call.model, call.cache, call.provider or "-",
              elapsed * 1000)
-    metrics.REQUESTS.labels(call.provider or "none", call.model, str(status), origin, call.cache).inc()
-    metrics.REQUEST_DURATION.labels(call.model).observe(elapsed)
+    _REQUESTS(call.provider or "none", call.model, str(status), origin, call.cache).inc()
+    _REQUEST_DURATION(call.model).observe(elapsed)
     if status == 200 and call.provider_seconds is not None:
-        metrics.GATEWAY_OVERHEAD.labels(call.cache).observe(max(0.0, elapsed - call.provider_seconds))
+        _GATEWAY_OVERHEAD(call.cache).observe(max(0.0, elapsed - call.provider_seconds))

@@ -5,7 +5,6 @@ request reaches the other tiers: the cache lookup, the router, a stream's inbox.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -278,25 +277,30 @@ _L1 = metrics.Lookup("l1")
 async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     """`work`, unless the client hangs up first: then `work` is cancelled and `ClientDisconnect` raised, so
     nothing keeps waiting for an answer nobody will read. Only once the body has been read: the next
-    message is the disconnect."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnected(request))
+    message is the disconnect.
+
+    `work` runs in the request's own task; one watcher task cancels that task when the client leaves (a
+    task for `work` and `asyncio.wait` over both cost the ingress ~25 µs a request more, py-spy at c=64)."""
+    current = asyncio.current_task()
+    assert current is not None
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        left = True
+        current.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if left and current.uncancel() == 0:  # cancelled by the watcher alone, not by a shutdown too
+            raise ClientDisconnect() from None
+        raise
     finally:
-        gone.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        raise ClientDisconnect()
-    return task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+        watcher.cancel()
 
 
 async def route(gateway: Gateway, payload: bytes, headers: dict[str, str], deadline: float,

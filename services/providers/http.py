@@ -116,13 +116,26 @@ class Upstream:
 
     async def send(self, call: HttpCall, timeout: float) -> Answer:
         """The whole answer; `timeout`: what is left of the request's deadline."""
-        async with self.open(call, timeout) as body:
-            return Answer(body.response.status, body.response.headers, await body.read())
+        response, first_by, deadline = await self._request(call, timeout)
+        async with response:
+            content = response.content
+            if content.is_eof() and content.exception() is None:  # the whole body came with the head: no wait
+                body = content.read_nowait()
+            else:
+                body = await Body(self, response, first_by, deadline).read()
+            return Answer(response.status, response.headers, body)
 
     @asynccontextmanager
     async def open(self, call: HttpCall, timeout: float) -> AsyncIterator[Body]:
         """The response with its body unread (for streams); errors translated on the way out. `timeout`:
         what is left of the request's deadline."""
+        response, first_by, deadline = await self._request(call, timeout)
+        async with response:
+            yield Body(self, response, first_by, deadline)
+
+    async def _request(self, call: HttpCall, timeout: float) -> tuple[aiohttp.ClientResponse, float, float]:
+        """The response's head (by the first-byte wait or the deadline), when its first body byte is due
+        (a stream's), and the deadline."""
         started = time.monotonic()
         deadline = started + timeout
         first_by = started + self.waits.first_byte
@@ -139,8 +152,7 @@ class Upstream:
             raise self.broke_off(exc) from exc
         except aiohttp.ClientError as exc:
             raise self.unreachable(exc) from exc
-        async with response:
-            yield Body(self, response, first_by, deadline)
+        return response, first_by, deadline
 
     def timed_out(self, what: str, seconds: float) -> DeadlineExceeded:
         text = {

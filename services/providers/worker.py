@@ -157,22 +157,22 @@ class ProviderWorker:
         The price is the table's for the model the answer reports (`reported`: an Azure deployment answers
         with the name of the model behind it, a dated snapshot with its date), else for the `model` asked
         for, with the target's configured `prices` (USD per 1M input and output tokens) over it."""
-        metrics.PROVIDER_REQUESTS.labels(self.name, model, str(status)).inc()
-        metrics.PROVIDER_DURATION.labels(self.name, model).observe(seconds)
+        _PROVIDER_REQUESTS(self.name, model, str(status)).inc()
+        _PROVIDER_DURATION(self.name, model).observe(seconds)
         if usage is None:
             return 0.0
         cached, written = usage.cache_read_tokens, usage.cache_creation_tokens
-        metrics.TOKENS.labels(self.name, model, "input").inc(max(0, usage.prompt_tokens - cached - written))
-        metrics.TOKENS.labels(self.name, model, "cached").inc(cached)
-        metrics.TOKENS.labels(self.name, model, "cache_write").inc(written)
-        metrics.TOKENS.labels(self.name, model, "output").inc(usage.completion_tokens)
-        known = (pricing.table().price(reported) if reported else None) or pricing.table().price(model)
+        _TOKENS(self.name, model, "input").inc(max(0, usage.prompt_tokens - cached - written))
+        _TOKENS(self.name, model, "cached").inc(cached)
+        _TOKENS(self.name, model, "cache_write").inc(written)
+        _TOKENS(self.name, model, "output").inc(usage.completion_tokens)
+        known = (pricing.known_price(reported) if reported else None) or pricing.known_price(model)
         price = pricing.configured(known, *prices)
         cost = price.cost(usage) if price is not None else None
         if cost is None:
-            metrics.UNPRICED.labels(self.name, model).inc()
+            _UNPRICED(self.name, model).inc()
             return 0.0
-        metrics.COST.labels(self.name, model).inc(cost)
+        _COST(self.name, model).inc(cost)
         return cost
 
     async def count_tokens(self, request: ChatRequest, ctx: bus.Context) -> TokenCount:
@@ -241,3 +241,10 @@ async def serve(config: Config, name: str, stop: asyncio.Event) -> None:
     await worker.stop_queue()
     await server.drain()
     await worker.close()
+
+
+_PROVIDER_REQUESTS = metrics.Children(metrics.PROVIDER_REQUESTS)
+_PROVIDER_DURATION = metrics.Children(metrics.PROVIDER_DURATION)
+_TOKENS = metrics.Children(metrics.TOKENS)
+_UNPRICED = metrics.Children(metrics.UNPRICED)
+_COST = metrics.Children(metrics.COST)

@@ -64,6 +64,7 @@ _PASSED_ON = (Headers.REQUEST_ID, Headers.BUS_ID, Headers.DEADLINE, Headers.TRAC
 LOST_RETRIES = 2
 # A timeout this close to the request's deadline is the client's deadline, not the target's slowness.
 _DEADLINE_SLACK_SECONDS = 0.1
+_PROVIDER_UP = metrics.Children(metrics.PROVIDER_UP)
 
 
 class _ModelOnly(msgspec.Struct):
@@ -240,8 +241,10 @@ class Router:
         ordered = strategy.order(self.routes.strategy(model), targets, self.stats, self.rng,
                                  self.config.router.hybrid_latency_weight)
         candidates = [t for t in ordered if self.breaker(t).available(now)]
-        log.debug("routing %s (%s): %s; breaker open: %s", model, self.routes.strategy(model),
-                  [t.key for t in candidates] or "none", [t.key for t in ordered if t not in candidates] or "none")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("routing %s (%s): %s; breaker open: %s", model, self.routes.strategy(model),
+                      [t.key for t in candidates] or "none",
+                      [t.key for t in ordered if t not in candidates] or "none")
         last_resort = not candidates
         if last_resort:  # nowhere else to go: one call at a time probes (breaker.py), the others get a 503
             candidates = [t for t in ordered if self.breaker(t).can_probe(now)]
@@ -411,7 +414,7 @@ class Router:
     async def _outcome(self, target: Target, ok: bool) -> None:
         """Count a call's outcome on the target's breaker, and tell the other replicas what they must count
         too (docs/ROUTING.md): every failure, and the first success after failures."""
-        metrics.PROVIDER_UP.labels(target.provider).set(1 if ok else 0)
+        _PROVIDER_UP(target.provider).set(1 if ok else 0)
         breaker = self.breaker(target)
         now = time.monotonic()
         report = breaker.worth_reporting(ok)

@@ -37,6 +37,7 @@ QUEUE_DELIVERIES = 3
 # died and the others are electing another, about two seconds) before its absence is reported.
 QUEUE_LEADERLESS_SECONDS = 6.0
 _QUEUE_RETRY_SECONDS = 0.1
+_BUS_DURATION = metrics.Children(metrics.BUS_DURATION)
 
 
 class Answer:
@@ -129,7 +130,7 @@ class Bus:
             raise NoResponders(f"no instance is serving {subject}", where=subject) from None
         finally:
             self.replies.close(waiter)
-        metrics.BUS_DURATION.labels(subject).observe(time.perf_counter() - started)
+        _BUS_DURATION(subject).observe(time.perf_counter() - started)
         return Answer(msg.data, msg.headers or _NO_HEADERS)
 
     async def request(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float,

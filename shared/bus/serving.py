@@ -124,6 +124,7 @@ class Server:
         # redelivered queued request whose first delivery already reached the client): bus id -> when.
         self._early_cancels: dict[str, float] = {}
         self._cancels: set[str] = set()
+        self._cancelled: set[str] = set()  # bus ids of the requests in `_running` a cancel notice stopped
 
     @property
     def nc(self) -> Any:
@@ -229,22 +230,24 @@ class Server:
 
     async def _cancellable(self, key: str, work: Awaitable[Reply | Raw | None]) -> Reply | Raw | None:
         """A plain request's handler, stopped by a cancel notice for its bus id: the requester (the client)
-        went away, so its upstream call is closed rather than left to run for nobody."""
+        went away, so its upstream call is closed rather than left to run for nobody. The handler runs in
+        the request's own task, which the notice cancels (a task of its own cost ~15 µs a request)."""
         if self._early_cancels.pop(key, None) is not None:
             if isinstance(work, Coroutine):
                 work.close()
             raise ProviderError("the client disconnected", code="client_disconnected")
-        task = asyncio.ensure_future(work)
-        self._running[key] = task
+        current = asyncio.current_task()
+        assert current is not None
+        self._running[key] = current
         try:
-            return await task
+            return await work
         except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                task.cancel()
-                raise  # this instance itself is being stopped
-            raise ProviderError("the client disconnected", code="client_disconnected") from None
+            if key in self._cancelled and current.uncancel() == 0:  # the notice alone, not a stop too
+                raise ProviderError("the client disconnected", code="client_disconnected") from None
+            raise  # this instance itself is being stopped
         finally:
-            if self._running.get(key) is task:
+            self._cancelled.discard(key)
+            if self._running.get(key) is current:
                 del self._running[key]
 
     async def _reply(self, to: str, reply: Reply) -> None:
@@ -280,6 +283,7 @@ class Server:
             await self._reply(to, reply)
             await self._reply(ctx.reply, reply)
         finally:
+            self._cancelled.discard(key)
             if key and self._running.get(key) is pump:
                 del self._running[key]
 
@@ -301,6 +305,7 @@ class Server:
             return
         if (task := self._running.get(key)) is not None:
             log.info("client disconnected; closing the upstream call")
+            self._cancelled.add(key)
             task.cancel()
             return
         now = time.monotonic()

@@ -31,7 +31,8 @@ def ticks_by_process(root: int) -> dict[str, int]:
             argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
         except OSError:
             continue
-        role = argv[argv.index("llm_edge.cli") + 1] if "llm_edge.cli" in argv[:-1] else Path(argv[0]).name
+        cli = next((i for i, arg in enumerate(argv[:-1]) if arg in ("llm_edge.cli", "services.cli")), None)
+        role = argv[cli + 1] if cli is not None else Path(argv[0]).name
         if role == "-c":
             role = "launcher"
         found[role] = found.get(role, 0) + int(stat[11]) + int(stat[12])

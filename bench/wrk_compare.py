@@ -178,7 +178,9 @@ def start_llm_edge(label: str, upstream: str, out: Path, checkout: Path | None) 
     source = checkout or ROOT
     if checkout is not None:
         env["PYTHONPATH"] = str(checkout)
-    argv = ["taskset", "-c", "1", sys.executable, "-m", "llm_edge.cli", "-c", str(config), "up"]
+    # Before the launcher moved to `llm_edge/` (issue #11), it was `services/cli.py`: older baselines run too.
+    cli = "llm_edge.cli" if (source / "llm_edge").is_dir() else "services.cli"
+    argv = ["taskset", "-c", "1", sys.executable, "-m", cli, "-c", str(config), "up"]
     service = Service(label, argv, env, home / "llm-edge.log", cwd=source)
     service.wait_for("'LLM Edge ready'", lambda: "LLM Edge ready in" in service.log_text(), 90)
     rev = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True,

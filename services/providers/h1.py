@@ -4,11 +4,11 @@ responses parsed by httptools (llhttp, the parser uvicorn uses).
 Written here rather than taken from aiohttp, which the workers used before, because of what it cost: against
 nginx at 64 requests in flight on one core, aiohttp spent 225–265 µs of CPU on each request and this client
 40–50 µs (`taskset -c 1 .venv/bin/python bench/http_clients.py`; httpx: 2.5 ms); on a cache miss aiohttp
-was about a sixth of the whole gateway's CPU (docs/PERFORMANCE.md). A provider call needs little of a general client: one request whose
-body is in hand, and a response read whole or as a stream. Left out on purpose: redirects (a provider call
-never follows one), cookies (never kept: one pool serves every tenant), proxies and HTTP/2 (neither is
-configured anywhere). We ask for no compression; a response compressed all the same (gzip, deflate) is
-inflated.
+was about a sixth of the whole gateway's CPU (docs/PERFORMANCE.md). A provider call needs little of a
+general client: one request whose body is in hand, and a response read whole or as a stream. Left out on
+purpose: redirects (a provider call never follows one), cookies (never kept: one pool serves every tenant),
+proxies and HTTP/2 (neither is configured anywhere). We ask for no compression; a response compressed all
+the same (gzip, deflate) is inflated.
 """
 
 from __future__ import annotations

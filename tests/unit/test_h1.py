@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ssl
+from pathlib import Path
 
 import pytest
+import trustme
 
-from services.providers.h1 import BadRequest, Disconnected, Pool, Response
+from services.providers.h1 import BadRequest, ConnectFailed, Disconnected, Pool, Response
 
 BODY = b'{"ok":true}'
 
@@ -155,3 +158,39 @@ async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent() -
     finally:
         pool.close()
         await server.stop()
+
+
+async def tls_server(cert: trustme.LeafCert) -> tuple[asyncio.Server, int]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+        writer.write(ok())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_https_is_verified_against_the_trusted_authorities_by_host_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    authority = trustme.CA()
+    server, port = await tls_server(authority.issue_cert("localhost"))
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # OpenSSL's default store: the system's, here ours
+    trusted, untrusted = Pool(8), Pool(8)
+    try:
+        response = await ask(f"https://localhost:{port}/v1/chat", trusted)
+        assert (response.status, await read_all(response)) == (200, BODY)
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "none.pem"))  # a store without our authority
+        with pytest.raises(ConnectFailed):
+            await ask(f"https://localhost:{port}/v1/chat", untrusted)
+    finally:
+        trusted.close()
+        untrusted.close()
+        server.close()
+        await server.wait_closed()

@@ -252,6 +252,10 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools ---
 
+    def on_message_begin(self) -> None:
+        if self.response is None:  # a response nobody asked for (after the one we read): never reuse this
+            self.close()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.response is not None:
             self.response._raw_headers.append((name, value))

@@ -134,6 +134,22 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used_again() -> 
         await server.stop()
 
 
+async def test_bytes_after_an_answer_never_reach_the_next_request() -> None:
+    """A server that writes more than the answer asked for (a stray start of another response): the
+    connection is not used again, so the next request reads its own answer, not the leftover."""
+    stray = ok() + b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n{\"stale\":"
+    server = RawServer([(stray, False), (ok(b'{"n":2}'), False)])
+    url = await server.start()
+    pool = Pool(8)
+    try:
+        assert await read_all(await ask(url, pool)) == BODY
+        assert await read_all(await ask(url, pool)) == b'{"n":2}'  # its own, on a new connection
+        assert server.connections == 2
+    finally:
+        pool.close()
+        await server.stop()
+
+
 async def test_a_body_cut_short_is_an_error_not_a_short_answer() -> None:
     server = RawServer([(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + BODY, True)])
     url = await server.start()

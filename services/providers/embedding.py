@@ -10,15 +10,12 @@ Metrics, the cost (input tokens at the model's price) and the span are the same 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
-from opentelemetry.trace import SpanKind
 
-from services.providers import streaming
 from services.providers.base import EmbeddingAdapter, HttpAdapter, LocalEmbedder
-from shared import bus, tracing
+from shared import bus
 from shared.errors import GatewayError, InvalidRequest, ProviderError
 from shared.logs import request_id
 from shared.messages import EmbeddingRequest, EmbeddingResult, Usage
@@ -56,24 +53,7 @@ class Embedder:
         request_id.set(ctx.request_id)
         timeout = worker.time_left(ctx)
         model = ctx.headers.get(Headers.TARGET_MODEL) or request.model
-        worker.active.inc()
-        attributes = {**worker.attributes(model), "gen_ai.operation.name": "embeddings"}
-        try:
-            with tracing.span(f"embeddings {model}", ctx.headers, SpanKind.CLIENT, attributes) as span:
-                started = time.perf_counter()
-                try:
-                    result = await self._embed(request, model, timeout)
-                except GatewayError as exc:
-                    worker.account(model, None, exc.http_status, time.perf_counter() - started)
-                    tracing.failed(span, exc.http_status, exc.message)
-                    raise
-                elapsed = time.perf_counter() - started
-                cost = worker.account(model, result.usage, 200, elapsed, reported=result.model,
-                                      prices=streaming.target_prices(ctx))
-                tracing.record_usage(span, worker.name, result.model, result.usage)
-                return msgspec.structs.replace(result, provider=worker.name, provider_seconds=elapsed, cost_usd=cost)
-        finally:
-            worker.active.dec()
+        return await worker.metered("embeddings", model, ctx, lambda: self._embed(request, model, timeout))
 
     async def _embed(self, request: EmbeddingRequest, model: str, timeout: float) -> EmbeddingResult:
         if self.local:

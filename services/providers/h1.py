@@ -264,10 +264,12 @@ class _Connection(asyncio.Protocol):
         response = self.response
         if response is None:
             return
-        names = {name.lower() for name, _ in response._raw_headers}
-        chunked = any(name.lower() == b"transfer-encoding" and b"chunked" in value.lower()
-                      for name, value in response._raw_headers)
-        self.until_close = b"content-length" not in names and not chunked
+        delimited = False  # by a length or by chunks; else by the close
+        for name, value in response._raw_headers:
+            lowered = name.lower()
+            if lowered == b"content-length" or (lowered == b"transfer-encoding" and b"chunked" in value.lower()):
+                delimited = True
+        self.until_close = not delimited
         response._head(self.parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
@@ -286,8 +288,10 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.response = response = Response(self)
         self.until_close = False
-        self.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
+        if len(body) < 65536:  # one write; a larger body is not copied to join it
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
             self.transport.write(body)
         return response
 

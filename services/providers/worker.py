@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any, cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import msgspec
 from opentelemetry.trace import SpanKind
@@ -29,6 +29,7 @@ from shared.logs import request_id
 from shared.messages import (
     ChatRequest,
     ChatResult,
+    EmbeddingResult,
     HealthReport,
     StreamChunk,
     StreamEnd,
@@ -40,6 +41,8 @@ from shared.messages import (
 from shared.subjects import Queues, Subjects, provider_service_name
 
 log = logging.getLogger("llm_edge.provider")
+# What `ProviderWorker.metered` counts: an answer with usage, the model that gave it, its provider, time and cost.
+Metered = TypeVar("Metered", ChatResult, EmbeddingResult)
 
 
 class ProviderWorker:
@@ -126,12 +129,19 @@ class ProviderWorker:
         request_id.set(ctx.request_id)
         timeout = self.time_left(ctx)
         model = streaming.target_model(request, ctx)
+        return await self.metered("chat", model, ctx, lambda: self.complete(request, model, timeout))
+
+    async def metered(self, operation: str, model: str, ctx: bus.Context, call: Callable[[], Awaitable[Metered]]
+                      ) -> Metered:
+        """One upstream call (chat's or embeddings'), counted: in flight, its span, its metrics and cost; the
+        result names the provider, the call's time and its cost."""
         self.active.inc()
         try:
-            with tracing.span(f"chat {model}", ctx.headers, SpanKind.CLIENT, self.attributes(model)) as span:
+            with tracing.span(f"{operation} {model}", ctx.headers, SpanKind.CLIENT,
+                              self.attributes(model, operation)) as span:
                 started = time.perf_counter()
                 try:
-                    result = await self.complete(request, model, timeout)
+                    result = await call()
                 except GatewayError as exc:
                     self.account(model, None, exc.http_status, time.perf_counter() - started)
                     tracing.failed(span, exc.http_status, exc.message)
@@ -147,8 +157,8 @@ class ProviderWorker:
     def stream(self, request: ChatRequest, ctx: bus.Context) -> AsyncIterator[StreamChunk | StreamEnd | ChatResult]:
         return streaming.frames(self, request, ctx)
 
-    def attributes(self, model: str) -> dict[str, str]:
-        return {"gen_ai.operation.name": "chat", "gen_ai.request.model": model, "gen_ai.provider.name": self.name}
+    def attributes(self, model: str, operation: str = "chat") -> dict[str, str]:
+        return {"gen_ai.operation.name": operation, "gen_ai.request.model": model, "gen_ai.provider.name": self.name}
 
     def account(self, model: str, usage: Usage | None, status: int, seconds: float, *, reported: str = "",
                 prices: tuple[float | None, float | None] = (None, None)) -> float:

@@ -20,6 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from shared import metrics
+from shared.bus import wire
 from shared.bus.errors import BusUnavailable, Lost, NoResponders
 from shared.bus.replies import HEARTBEAT_SECONDS, LOST_AFTER, Replies, TimedOut
 from shared.bus.stream import Stream
@@ -80,7 +81,7 @@ class Bus:
     async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None,
                       reply: str = "") -> None:
         try:
-            await self.nc.publish(subject, data, reply=reply, headers=headers)
+            await wire.publish(self.nc, subject, data, headers, reply)
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                 nats.errors.ConnectionDrainingError) as exc:
             raise BusUnavailable("the message bus is not connected") from exc
@@ -243,12 +244,14 @@ async def connect(url: str, name: str) -> Bus:
     async def on_reconnect() -> None:
         log.info("nats reconnected")
 
-    nc = await nats.connect(
+    nc = Client()
+    wire.install(nc)
+    await nc.connect(
         servers(url),
         name=name,
         dont_randomize=True,  # the operator's order: a deployment spreads its replicas by listing nodes
         connect_timeout=2,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # typed int, used as seconds to sleep
         max_reconnect_attempts=-1,
         ping_interval=5,
         max_outstanding_pings=3,

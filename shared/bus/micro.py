@@ -9,8 +9,9 @@ module, and `tests/integration/test_bus.py` fails if a nats-py release changes w
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
@@ -27,6 +28,11 @@ from nats.micro.service import (
     control_subject,
 )
 
+from shared.bus import wire
+
+log = logging.getLogger("llm_edge.bus")
+WAITING_MAX = 65536  # requests an instance holds beyond its `limit` (nats-py's own default is 512Ki messages)
+
 # What discovery (`llm-edge status`) asks and how the answers are tagged (io.nats.micro.v1.*).
 PING_TYPE, INFO_TYPE, STATS_TYPE = PING_RESPONSE_TYPE, INFO_RESPONSE_TYPE, STATS_RESPONSE_TYPE
 DISCOVERY_SUBJECTS = [control_subject(verb) for verb in (ServiceVerb.PING, ServiceVerb.INFO, ServiceVerb.STATS)]
@@ -35,11 +41,9 @@ Run = Callable[[Msg], Awaitable[Exception | None]]  # handles one request; the e
 
 
 class TaskEndpoint(Endpoint):
-    """An endpoint whose requests each run as their own task, at most `limit` at a time.
-
-    The semaphore is acquired in the subscription's delivery loop, so a saturated instance stops pulling
-    messages and NATS's queue group hands new ones to its idle peers instead. Stats time the whole task.
-    """
+    """An endpoint whose requests each run as their own task, at most `limit` at a time; the others wait in
+    the order they came. Delivered by `wire.sink` (no queue or task of nats-py's per message). Stats time
+    the whole task."""
 
     def __init__(self, service: Service, name: str, subject: str, queue: str, run: Run,
                  spawn: Callable[[Awaitable[None]], None], limit: int) -> None:
@@ -47,11 +51,22 @@ class TaskEndpoint(Endpoint):
                                                  handler=_unused))
         self._run_one = run
         self._spawn = spawn
-        self._slots = asyncio.Semaphore(limit)
+        self._free = limit
+        self._waiting: deque[Msg] = deque()
 
-    async def _handle_request(self, msg: Msg) -> None:
-        await self._slots.acquire()
-        self._spawn(self._timed(msg))
+    async def _start(self) -> None:
+        assert not self._subscription
+        self._subscription = await wire.sink(self._service._client, self._subject, self._arrived,
+                                             self._queue_group)
+
+    def _arrived(self, msg: Msg) -> None:
+        if self._free:
+            self._free -= 1
+            self._spawn(self._timed(msg))
+        elif len(self._waiting) < WAITING_MAX:
+            self._waiting.append(msg)
+        else:  # as nats-py's own slow-consumer limit would: the requester's deadline or silence tells it
+            log.warning("endpoint %s: %d requests waiting; dropping one", self._name, len(self._waiting))
 
     async def _timed(self, msg: Msg) -> None:
         start = time.perf_counter_ns()
@@ -62,7 +77,10 @@ class TaskEndpoint(Endpoint):
                 self._num_errors += 1
                 self._last_error = f"{type(error).__name__}: {error}"  # type: ignore[assignment]
         finally:
-            self._slots.release()
+            if self._waiting:  # the slot passes to the next waiting request (a drain waits for it too)
+                self._spawn(self._timed(self._waiting.popleft()))
+            else:
+                self._free += 1
             self._processing_time += time.perf_counter_ns() - start
             self._average_processing_time = int(self._processing_time / self._num_requests)
 

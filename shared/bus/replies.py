@@ -18,6 +18,7 @@ from collections import deque
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from shared.bus import wire
 from shared.bus.errors import Lost, NoResponders
 from shared.subjects import Headers
 
@@ -95,7 +96,7 @@ class Replies:
     async def start(self) -> None:
         if not self._subscribed:
             self._subscribed = True
-            await self.nc.subscribe(f"{self.prefix}.*", cb=self._deliver)
+            await wire.sink(self.nc, f"{self.prefix}.*", self._deliver)
 
     def open(self, beat: float | None = None, armed: bool = True) -> Waiter:
         token = secrets.token_urlsafe(16)
@@ -106,7 +107,7 @@ class Replies:
     def close(self, waiter: Waiter) -> None:
         self.waiting.pop(waiter.token, None)
 
-    async def _deliver(self, msg: Msg) -> None:
+    def _deliver(self, msg: Msg) -> None:
         waiter = self.waiting.get(msg.subject[len(self.prefix) + 1:])
         if waiter is None:  # a late heartbeat or reply for a request given up on
             return

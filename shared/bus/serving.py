@@ -319,10 +319,12 @@ class Server:
         """Stop taking work, finish what is in flight (up to `grace` seconds), then close."""
         if self._micro is not None and self.bus.connected:
             await micro.stop_taking(self._micro)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + grace
+        while self._tasks and loop.time() < until:  # requests waiting for a slot start as others end
+            await asyncio.wait(set(self._tasks), timeout=until - loop.time())
         if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            if pending:
-                log.warning("drain: %d requests still running after %.0fs grace", len(pending), grace)
+            log.warning("drain: %d requests still running after %.0fs grace", len(self._tasks), grace)
         if self._micro is not None and self.bus.connected:
             await micro.stop(self._micro)
         await self.bus.drain()

@@ -1,0 +1,169 @@
+"""The bus's lean protocol path (`shared/bus/wire.py`) against a real nats-server, read by plain nats-py
+on the other side: what it publishes is what nats-py would have sent, what it reads is what nats-py would
+have read, and it fails here, not in production, if a nats-py release moves the private attributes it
+relies on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.protocol.parser import AWAITING_CONTROL_LINE
+
+from shared import bus
+from shared.bus import wire
+from shared.bus.context import Context, Raw
+from shared.bus.serving import Endpoint
+from tests.infra import Nats
+
+
+async def plain(url: str) -> Client:
+    return await nats.connect(url)  # nats-py as it comes: the reference for the wire format
+
+
+class Inbox:
+    """A plain nats-py subscription's messages, as they come."""
+
+    def __init__(self, count: int) -> None:
+        self.msgs: list[Msg] = []
+        self.count = count
+        self._all = asyncio.Event()
+
+    @classmethod
+    async def on(cls, nc: Client, subject: str, count: int = 1) -> Inbox:
+        inbox = cls(count)
+        await nc.subscribe(subject, cb=inbox._take)
+        await nc.flush()
+        return inbox
+
+    async def _take(self, msg: Msg) -> None:
+        self.msgs.append(msg)
+        if len(self.msgs) >= self.count:
+            self._all.set()
+
+    async def wait(self) -> list[Msg]:
+        await asyncio.wait_for(self._all.wait(), 5)
+        return self.msgs
+
+
+def test_the_private_parts_of_nats_py_it_relies_on_are_there() -> None:
+    nc = Client()
+    for attribute in ("_ps", "_process_headers", "_process_msg", "_send_command", "_flush_pending",
+                      "_flush_queue", "_max_payload", "stats", "is_draining_pubs", "_subs"):
+        assert hasattr(nc, attribute), attribute
+    assert isinstance(nc._ps.buf, bytearray) and nc._ps.state == AWAITING_CONTROL_LINE
+    wire.install(nc)
+    assert isinstance(nc._ps, wire.Parser)
+
+
+async def test_what_it_publishes_plain_nats_py_reads_as_sent(nats_server: Nats) -> None:
+    connection = await bus.connect(nats_server.url, "wire-test")
+    reader = await plain(nats_server.url)
+    try:
+        inbox = await Inbox.on(reader, "wire.out", 3)
+        headers = {"Llm-Bus-Id": "abc_-123", "Llm-Deadline": "1790000000000", "Llm-Target-Model": "gpt-4o·mini"}
+        await connection.publish("wire.out", b"with headers", headers, reply="wire.reply")
+        await connection.publish("wire.out", b"without")
+        await connection.publish("wire.out", b"", {"Llm-Alive": "1"})
+        got = await inbox.wait()
+        assert [(m.data, m.headers, m.reply) for m in got] == [
+            (b"with headers", headers, "wire.reply"), (b"without", None, ""), (b"", {"Llm-Alive": "1"}, "")]
+    finally:
+        await connection.close()
+        await reader.close()
+
+
+async def test_a_header_value_with_a_line_break_cannot_add_a_header(nats_server: Nats) -> None:
+    connection = await bus.connect(nats_server.url, "wire-test")
+    reader = await plain(nats_server.url)
+    try:
+        inbox = await Inbox.on(reader, "wire.inject")
+        await connection.publish("wire.inject", b"x", {"Llm-Request-Id": "a\r\nLlm-Namespace: other\r\n"})
+        got = await inbox.wait()
+        assert "Llm-Namespace" not in (got[0].headers or {})
+        assert got[0].data == b"x"
+    finally:
+        await connection.close()
+        await reader.close()
+
+
+async def test_a_subject_with_a_space_is_refused_as_nats_py_refuses_it(nats_server: Nats) -> None:
+    connection = await bus.connect(nats_server.url, "wire-test")
+    try:
+        with pytest.raises(nats.errors.BadSubjectError):
+            await wire.publish(connection.nc, "wire.a b", b"x", {"Llm-Alive": "1"}, "")
+        with pytest.raises(nats.errors.MaxPayloadError):
+            await wire.publish(connection.nc, "wire.big", b"x" * (connection.max_payload + 1), None, "")
+    finally:
+        await connection.close()
+
+
+async def test_what_it_reads_matches_what_was_sent_in_every_framing(nats_server: Nats) -> None:
+    """Many small messages in one read, and messages larger than a read (split across reads), in order,
+    with their headers, to the bus's own sink subscription."""
+    connection = await bus.connect(nats_server.url, "wire-test")
+    writer = await plain(nats_server.url)
+    got: list[tuple[bytes, Mapping[str, str] | None, str]] = []
+    sizes = [0, 1, 5, 100_000, 3, 70_000, 7] + [10] * 200 + [200_000]
+    done = asyncio.Event()
+
+    def take(msg: Msg) -> None:
+        got.append((msg.data, msg.headers, msg.reply))
+        if len(got) == len(sizes):
+            done.set()
+
+    try:
+        await wire.sink(connection.nc, "wire.in", take)
+        await connection.nc.flush()
+        for index, size in enumerate(sizes):
+            payload = bytes([index % 251]) * size
+            headers = {"Index": str(index), "Note": "naïve: yes"} if index % 3 else None
+            await writer.publish("wire.in", payload, reply=f"r.{index}" if index % 2 else "", headers=headers)
+        await writer.flush()
+        await asyncio.wait_for(done.wait(), 10)
+        for index, size in enumerate(sizes):
+            data, heard, reply = got[index]
+            assert data == bytes([index % 251]) * size
+            assert heard == ({"Index": str(index), "Note": "naïve: yes"} if index % 3 else None)
+            assert reply == (f"r.{index}" if index % 2 else "")
+    finally:
+        await connection.close()
+        await writer.close()
+
+
+async def test_an_endpoint_runs_at_most_its_limit_and_the_rest_in_order_and_drains_them_all(
+        nats_server: Nats) -> None:
+    server = bus.Server(await bus.connect(nats_server.url, "wire-test"), "wire-test", "0.0.1", "wire test")
+    await server.start()
+    running, most, order = 0, 0, []
+    release, full = asyncio.Event(), asyncio.Event()
+
+    async def handle(request: bytes, ctx: Context) -> Raw:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        if running == 2:
+            full.set()
+        order.append(request)
+        await release.wait()
+        running -= 1
+        return Raw(request)
+
+    await server.endpoint("slow", "wire.slow", "wire", Endpoint(bus.raw, handle), limit=2)
+    client = await bus.connect(nats_server.url, "wire-client")
+    try:
+        asks = [asyncio.create_task(client.ask("wire.slow", str(i).encode(), {}, 10.0)) for i in range(6)]
+        await asyncio.wait_for(full.wait(), 5)
+        draining = asyncio.create_task(server.drain(grace=10))
+        release.set()
+        answers = await asyncio.gather(*asks)
+        await draining
+        assert most == 2
+        assert [answer.data for answer in answers] == [str(i).encode() for i in range(6)]
+        assert order == [str(i).encode() for i in range(6)]
+    finally:
+        await client.close()

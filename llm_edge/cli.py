@@ -195,6 +195,7 @@ def _run_up(args: argparse.Namespace) -> int:
     logs.setup("up", config.log_level, secrets.configured(config))
     from llm_edge.launcher import up
 
+    runtime.batch_scheduling()  # nats-server and the services inherit it
     runtime.install_uvloop()
     return asyncio.run(up(config, args.config))
 

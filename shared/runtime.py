@@ -23,6 +23,30 @@ def install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+SCHEDULING = "LLM_EDGE_SCHEDULING"  # `batch` (the default) or `normal`
+
+
+def batch_scheduling() -> None:
+    """Run this process (and what it starts, which inherits it) under Linux's SCHED_BATCH policy, unless
+    `LLM_EDGE_SCHEDULING=normal`.
+
+    The services are a pipeline: every request crosses the ingress, nats-server, the router and a worker,
+    each waking the next with a message. Under the default policy a woken process preempts the one that
+    woke it, so where they share cores (`llm-edge up` on one machine) each message costs a context switch
+    and every process runs for one message at a time. SCHED_BATCH is the policy sched(7) names for
+    non-interactive work that wants no such preemptions between its own tasks: a process runs until it
+    waits, having written its whole turn's messages at once. No privilege is needed; an idle core still
+    runs a woken process at once, so a lone request is as fast. Measured with all processes on one core at
+    64 concurrent misses: about one involuntary context switch fewer per request, 15 % less CPU per request
+    (docs/PERFORMANCE.md)."""
+    if os.environ.get(SCHEDULING, "batch") != "batch" or not hasattr(os, "SCHED_BATCH"):
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError as exc:  # a sandbox that forbids it: the default policy works, only less well
+        log.debug("SCHED_BATCH refused (%s); keeping the default policy", exc)
+
+
 def stop_event() -> asyncio.Event:
     """An event set by the first SIGTERM or SIGINT; a second one is left to the default (exit now)."""
     stop = asyncio.Event()
@@ -121,6 +145,7 @@ def taking_work(connection: _Connection, stop: asyncio.Event) -> Callable[[], bo
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    batch_scheduling()
     install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())

@@ -251,7 +251,7 @@ class Router:
             if not candidates:
                 raise Unavailable(f"Every target for `{model}` is failing; its circuit breakers are open.",
                                   code="all_targets_unavailable")
-        error: GatewayError = Unavailable(f"no target could serve `{model}`")
+        error: GatewayError | None = None  # the last target's, raised when none answered
         window: int | None = None  # set after a context-window error: only larger targets may follow
         for target in candidates:
             if window is not None and (target.context_window or 0) <= window:
@@ -267,7 +267,7 @@ class Router:
                     raise outcome
                 continue
             return outcome
-        raise error
+        raise error or Unavailable(f"no target could serve `{model}`")
 
     async def _try_target(
         self, target: Target, ctx: bus.Context, onward: dict[str, str], last_resort: bool = False
@@ -286,7 +286,8 @@ class Router:
             started = time.monotonic()
             # A first attempt at debug (the ingress's completion line names the provider, and a fallback
             # follows a "moving on" line at info); a retry at info.
-            log.log(logging.DEBUG if attempt == 1 else logging.INFO, "calling %s (attempt %d)", target.key, attempt)
+            if attempt > 1 or log.isEnabledFor(logging.DEBUG):
+                log.log(logging.DEBUG if attempt == 1 else logging.INFO, "calling %s (attempt %d)", target.key, attempt)
             try:
                 reply, answer = await self._ask_live(target, ctx, onward, deadline)
             except bus.Lost as lost:
@@ -350,7 +351,9 @@ class Router:
             seconds = reply.first_chunk_seconds or 0.0  # what "least latency" means for a stream
         else:
             seconds = time.monotonic() - started
-        self.stats.setdefault(target.key, strategy.TargetStats()).observe(seconds)
+        if (stats := self.stats.get(target.key)) is None:
+            stats = self.stats[target.key] = strategy.TargetStats()
+        stats.observe(seconds)
         if isinstance(reply, Delivered):
             return Answered(None, delivered=True)
         if not filled:

@@ -35,9 +35,9 @@ from nats.protocol.parser import AWAITING_CONTROL_LINE
 from nats.protocol.parser import Parser as NatsParser
 
 _HEADER_LINE = b"NATS/1.0\r\n"
-_HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token, as nats-py checks keys
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token, as nats-py checks names
+_names_seen: set[str] = set()  # the gateway's own header names, checked once each
 _SPACE = re.compile(r"\s")  # in a subject: nats-py refuses it (a CR or LF would be a protocol injection)
-_keys_seen: set[str] = set()
 
 
 def install(nc: Client) -> None:
@@ -78,13 +78,12 @@ async def publish(nc: Client, subject: str, data: bytes, headers: dict[str, str]
     if size > nc._max_payload:
         raise nats.errors.MaxPayloadError
     if headers:
-        for key in headers:
-            if key not in _keys_seen:
-                if not _HEADER_KEY.fullmatch(key):
-                    await nc.publish(subject, data, reply=reply, headers=headers)  # nats-py's error, or its fix
-                    return
-                _keys_seen.add(key)
-        text = "".join([f"{key}: {value}\r\n" for key, value in headers.items()])
+        if not _names_seen.issuperset(headers):
+            if not all(_HEADER_NAME.fullmatch(name) for name in headers):
+                await nc.publish(subject, data, reply=reply, headers=headers)  # nats-py's error, or its fix
+                return
+            _names_seen.update(headers)
+        text = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
         if text.count("\n") != len(headers) or text.count("\r") != len(headers):
             await nc.publish(subject, data, reply=reply, headers=headers)  # a value with a line break in it
             return

@@ -184,6 +184,15 @@ def test_each_service_is_its_own_process(gateway: Gateway) -> None:
         assert part in commands, commands
 
 
+def test_every_process_runs_under_sched_batch(gateway: Gateway) -> None:
+    """The pipeline's processes do not preempt each other on every message (runtime.batch_scheduling)."""
+    children = children_of(gateway.process.pid)
+    assert len(children) >= 6
+    policies = {command: os.sched_getscheduler(pid) for pid, command in children.items()}
+    assert set(policies.values()) == {os.SCHED_BATCH}, policies
+    assert os.sched_getscheduler(gateway.process.pid) == os.SCHED_BATCH
+
+
 def test_every_service_answers_srv_ping(gateway: Gateway) -> None:
     async def ping() -> set[str]:
         nc = await nats.connect(gateway.nats_url)

@@ -314,6 +314,15 @@ async def test_unknown_previous_response_is_a_404(stack: Stack) -> None:
         assert response.status_code == 404 and response.json()["error"]["type"] == "invalid_request_error"
 
 
+async def test_a_dropped_tool_type_of_any_text_is_named_percent_encoded(stack: Stack) -> None:
+    # Found by the OpenAPI fuzzer: a type outside Latin-1 made the header unwritable (a 500).
+    raw = await stack.openai().responses.with_raw_response.create(
+        model="mock", input="hi", tools=[{"type": "wéb_séarch\r\nx-evil: 1"}, {"type": "web_search"}],  # type: ignore[list-item]
+        extra_headers=NO_CACHE)
+    assert raw.headers["x-llm-edge-dropped-tools"] == "w%C3%A9b_s%C3%A9arch%0D%0Ax-evil%3A%201,web_search"
+    assert "x-evil" not in raw.headers
+
+
 async def test_built_in_tools_are_left_out_and_named(stack: Stack, upstream: MockUpstream) -> None:
     raw = await stack.openai().responses.with_raw_response.create(
         model="up/gpt-4o", input="What is the weather in Paris?",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, Literal
+from urllib.parse import quote
 
 import msgspec
 from fastapi import APIRouter
@@ -62,7 +63,10 @@ async def create_response(request: Request) -> Response:
         if turn.stored and isinstance(response, StreamingResponse):
             response.body_iterator = _storing(response.body_iterator, writers[0], store, tenant, turn)
     if turn.toolbox.dropped:
-        response.headers[responses_dialect.DROPPED_TOOLS_HEADER] = ",".join(sorted(set(turn.toolbox.dropped)))
+        # The types are the client's text: percent-encoded, a header carries any of them (a line break or a
+        # character outside Latin-1 in a raw header value was a 500).
+        response.headers[responses_dialect.DROPPED_TOOLS_HEADER] = ",".join(
+            sorted({quote(kind, safe="") for kind in turn.toolbox.dropped}))
     return response
 
 

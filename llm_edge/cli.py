@@ -51,7 +51,8 @@ def _serve_logger(config: Config, args: argparse.Namespace) -> None:
 def _serve_ingress(config: Config, args: argparse.Namespace) -> None:
     from services.ingress.app import serve
 
-    runtime.run(lambda: serve(config))  # uvicorn handles SIGTERM itself: stop accepting, finish, exit
+    # The one process that answers clients keeps the default policy (see runtime.batch_scheduling).
+    runtime.run(lambda: serve(config), batch=False)  # uvicorn handles SIGTERM itself: stop accepting, finish, exit
 
 
 def hash_key(argv: list[str]) -> int:

@@ -26,25 +26,25 @@ def install_uvloop() -> None:
 SCHEDULING = "LLM_EDGE_SCHEDULING"  # `batch` (the default) or `normal`
 
 
-def batch_scheduling() -> None:
-    """Run this process (and what it starts, which inherits it) under Linux's SCHED_BATCH policy, unless
-    `LLM_EDGE_SCHEDULING=normal`.
+def batch_scheduling(batch: bool = True) -> None:
+    """Linux's SCHED_BATCH policy for this process and what it starts (which inherits it), or with `batch`
+    False the default one back; nothing when `LLM_EDGE_SCHEDULING=normal`.
 
-    The services are a pipeline: every request crosses the ingress, nats-server, the router and a worker,
-    each waking the next with a message. Under the default policy a woken process preempts the one that
-    woke it, so where they share cores (`llm-edge up` on one machine) each message costs a context switch
-    and every process runs for one message at a time. SCHED_BATCH is the policy sched(7) names for
-    non-interactive work that wants no such preemptions between its own tasks: a process runs until it
-    waits, having written its whole turn's messages at once. No privilege is needed; an idle core still
-    runs a woken process at once, so a lone request is as fast. Measured with all processes on one core at
-    64 concurrent misses: about one involuntary context switch fewer per request, 15 % less CPU per request
-    (docs/PERFORMANCE.md)."""
+    Behind the ingress the services are a pipeline: every request crosses nats-server, the router and a
+    worker, each waking the next with a message. Under the default policy a woken process may preempt the
+    one that woke it, so where they share cores (`llm-edge up` on one machine) a message can cost a context
+    switch before its sender has written the rest of its turn's. SCHED_BATCH is the policy sched(7) names for
+    such non-interactive work: it never preempts on waking, so each process runs until it waits. No
+    privilege is needed, and an idle core still runs a woken process at once. The ingress, which answers
+    clients, keeps the default policy. Measured with every process on one core at 64 concurrent misses
+    (docs/PERFORMANCE.md): about one involuntary context switch fewer per request; CPU per request lower
+    in most pairs of runs, by less than this machine's run-to-run spread."""
     if os.environ.get(SCHEDULING, "batch") != "batch" or not hasattr(os, "SCHED_BATCH"):
         return
     try:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        os.sched_setscheduler(0, os.SCHED_BATCH if batch else os.SCHED_OTHER, os.sched_param(0))
     except OSError as exc:  # a sandbox that forbids it: the default policy works, only less well
-        log.debug("SCHED_BATCH refused (%s); keeping the default policy", exc)
+        log.debug("scheduling policy refused (%s); keeping the current one", exc)
 
 
 def stop_event() -> asyncio.Event:
@@ -144,8 +144,8 @@ def taking_work(connection: _Connection, stop: asyncio.Event) -> Callable[[], bo
     return lambda: connection.connected and not stop.is_set()
 
 
-def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    batch_scheduling()
+def run(main: Callable[[], Coroutine[Any, Any, None]], batch: bool = True) -> None:
+    batch_scheduling(batch)
     install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())

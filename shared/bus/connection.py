@@ -97,7 +97,7 @@ class Bus:
                 log.exception("listener for %s failed", subject)
 
         await self.nc.subscribe(subject, queue=queue, cb=deliver)
-        await self.nc.flush()
+        await wire.flush(self.nc)
 
     async def ask(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float,
                   heartbeat: float | None = None, cancel: str | None = None) -> Answer:
@@ -308,7 +308,7 @@ async def gather(bus: Bus, subjects: list[str], window: float) -> list[bytes]:
         try:
             for subject in subjects:
                 await bus.nc.publish(subject, b"", reply=inbox)
-            await bus.nc.flush()
+            await wire.flush(bus.nc)
             await asyncio.sleep(window)
         finally:
             await sub.unsubscribe()

@@ -25,7 +25,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.micro.service import Service
 
-from shared.bus import micro
+from shared.bus import micro, wire
 from shared.bus.connection import Bus, Listener
 from shared.bus.context import Context, Raw
 from shared.bus.errors import BusUnavailable
@@ -205,7 +205,7 @@ class Server:
         if cancels is not None and cancels not in self._cancels:
             self._cancels.add(cancels)
             await self.bus.listen(cancels, self._on_cancel)
-        await self.bus.nc.flush()  # the server knows the subscription before anyone is told we are ready
+        await wire.flush(self.bus.nc)  # the server knows the subscription before anyone is told we are ready
 
     async def health_endpoint(self, subject: str,
                               report: Callable[[], HealthReport | Awaitable[HealthReport]]) -> None:

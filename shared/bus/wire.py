@@ -13,6 +13,7 @@ a request-reply before, 63-89 after. Here:
 - `Parser` reads MSG/HMSG frames with `find` and `split` and consumes the buffer once per read; every
   other operation (INFO, PING, -ERR...) and a frame split across reads go to nats-py's parser.
 - `_headers` parses a header block in one decode; a status line (`NATS/1.0 503`) goes to nats-py's.
+- `flush` writes what is queued before its PING, which nats-py's own does not.
 - `sink` makes a subscription deliver each message by calling a plain function in the read loop, with no
   queue and no task (nats-py's `future=` subscription, which it resolves with `set_result(msg)`, given an
   object that calls the function instead). The function must not block: the bus's own multiplexer and
@@ -98,6 +99,16 @@ async def publish(nc: Client, subject: str, data: bytes, headers: dict[str, str]
     await nc._send_command(command)
     if nc._flush_queue is not None and nc._flush_queue.empty():
         await nc._flush_pending()
+
+
+async def flush(nc: Client) -> None:
+    """`nc.flush()` as it promises: when it returns, the server has what was sent before it. nats-py writes
+    the flush's PING straight to the socket, ahead of the commands still queued for its flusher task (a SUB
+    sent a moment earlier), so the PONG can come back before the server has seen them: a subscription
+    "flushed" could miss the first messages published to it (about one time in twenty on a new connection,
+    `tests/integration/test_bus_wire.py`). Here the queue is written first."""
+    await nc._flush_pending(force_flush=True)
+    await nc.flush()
 
 
 class Parser(NatsParser):

@@ -286,8 +286,7 @@ class Router:
             started = time.monotonic()
             # A first attempt at debug (the ingress's completion line names the provider, and a fallback
             # follows a "moving on" line at info); a retry at info.
-            if attempt > 1 or log.isEnabledFor(logging.DEBUG):
-                log.log(logging.DEBUG if attempt == 1 else logging.INFO, "calling %s (attempt %d)", target.key, attempt)
+            log.log(logging.DEBUG if attempt == 1 else logging.INFO, "calling %s (attempt %d)", target.key, attempt)
             try:
                 reply, answer = await self._ask_live(target, ctx, onward, deadline)
             except bus.Lost as lost:

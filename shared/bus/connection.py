@@ -111,8 +111,7 @@ class Bus:
         if timeout <= 0:
             raise DeadlineExceeded("the request deadline passed before it was sent", where=subject)
         started = time.perf_counter()
-        if not self.replies.subscribed:  # once per connection (made by `connect`, but not by `connect_once`)
-            await self.replies.start()
+        await self.replies.start()
         waiter = self.replies.open(heartbeat)
         headers = {**headers}
         bus_id = headers.setdefault(Headers.BUS_ID, waiter.token)
@@ -151,8 +150,7 @@ class Bus:
         `Lost` only once every delivery the queue allows has gone silent."""
         if timeout <= 0:
             raise DeadlineExceeded("the request deadline passed before it was queued", where=subject)
-        if not self.replies.subscribed:
-            await self.replies.start()
+        await self.replies.start()
         waiter = self.replies.open(heartbeat, armed=False)
         until = time.monotonic() + timeout
         try:
@@ -205,8 +203,7 @@ class Bus:
                           heartbeat: float = HEARTBEAT_SECONDS) -> Stream:
         """Send a stream request; its frames (and the heartbeats of whoever serves it) arrive on one
         token, which is also the request's bus id (`Llm-Bus-Id`) and the key of its cancel notice."""
-        if not self.replies.subscribed:
-            await self.replies.start()
+        await self.replies.start()
         waiter = self.replies.open(heartbeat)
         headers = {**headers, Headers.HEARTBEAT: f"{heartbeat:g}", Headers.BUS_ID: waiter.token}
         try:

@@ -91,11 +91,11 @@ class Replies:
         self.nc = nc
         self.prefix = nc.new_inbox()
         self.waiting: dict[str, Waiter] = {}
-        self.subscribed = False
+        self._subscribed = False
 
     async def start(self) -> None:
-        if not self.subscribed:
-            self.subscribed = True
+        if not self._subscribed:
+            self._subscribed = True
             await wire.sink(self.nc, f"{self.prefix}.*", self._deliver)
 
     def open(self, beat: float | None = None, armed: bool = True) -> Waiter:

@@ -7,6 +7,9 @@ full. Here, as nginx does it: the head must arrive within `client_header_timeout
 byte (or of the connection's opening), the body may not pause longer than `client_body_timeout_seconds`
 between two reads, and the head may not exceed `max_header_bytes` (431).
 
+A request's handler hears of its client's leaving from the connection itself (`Departure`): uvicorn
+tells only a handler waiting in `receive()`, which would need a task per request just to wait there.
+
 And one saving: uvicorn writes a response's head and its body in two `transport.write` calls, and uvloop
 sends each at once, so every JSON answer cost two `send()` system calls and two TCP segments. A response's
 writes are gathered (`_Gathered`): alone, its head leaves with its body; while other requests are being
@@ -16,6 +19,7 @@ served, at the end of the event loop's turn, with theirs.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -23,6 +27,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from shared.config import IngressConfig
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+# The ASGI scope key of a request's `Departure` (set for every request this protocol serves).
+DEPARTURE = "llm_edge.departure"
 
 
 class GuardedHttpTools(HttpToolsProtocol):
@@ -38,6 +45,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._gathered: _Gathered | None = None
+        self._departure = Departure()
 
     # Timers only for a request still incomplete after a read: most requests arrive whole in one read and
     # then cost no timer at all (a call_later and a cancel per request were 15-25 % of hit throughput at
@@ -74,6 +82,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().on_headers_complete()
         self._gathered = _Gathered(self.transport, self.loop, self.tasks)
         self.cycle.transport = self._gathered  # type: ignore[assignment]
+        self.cycle.scope[DEPARTURE] = self._departure  # type: ignore[literal-required]
 
     def on_message_complete(self) -> None:
         self._in_message = False
@@ -85,6 +94,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         if self._gathered is not None:
             self._gathered.pending.clear()  # nobody left to send it to
         super().connection_lost(exc)
+        self._departure.left()
 
     def _idle(self) -> None:
         """After a read that left no request incomplete: if no answer is pending either, the connection is
@@ -126,6 +136,35 @@ class GuardedHttpTools(HttpToolsProtocol):
         self.transport.write(b"HTTP/1.1 %d %b\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
                              b"connection: close\r\n\r\n%b" % (status, _REASONS[status], len(body), body))
         self.transport.close()
+
+
+class Departure:
+    """A connection's client leaving, told to the one handler that asked (`watch`). A connection serves one
+    request at a time (uvicorn queues a pipelined one until the answer before it is out), so one per
+    connection. Replaces a task per request that waited in `receive()` for `http.disconnect` (a task, its
+    two steps and its cancellation cost more than the wait they bought)."""
+
+    __slots__ = ("callback", "gone")
+
+    def __init__(self) -> None:
+        self.callback: Callable[[], object] | None = None
+        self.gone = False
+
+    def watch(self, callback: Callable[[], object]) -> bool:
+        """Call `callback` when the client leaves; False (and no call) if it already has."""
+        if self.gone:
+            return False
+        self.callback = callback
+        return True
+
+    def unwatch(self) -> None:
+        self.callback = None
+
+    def left(self) -> None:
+        self.gone = True
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback()
 
 
 class _Gathered:

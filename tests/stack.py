@@ -16,6 +16,7 @@ import uvicorn
 
 from llm_edge.launcher import free_port
 from services.cache.service import CacheService
+from services.ingress import guard
 from services.ingress.app import create_app
 from services.ingress.edge import Edge
 from services.providers.settings import SETTINGS
@@ -87,7 +88,8 @@ class Stack:
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(
             app, host="127.0.0.1", port=port, loop="none", lifespan="on", log_level="warning",
-            access_log=False,
+            access_log=False, proxy_headers=False,
+            http=guard.guarded(self.config.ingress),  # the protocol `llm-edge ingress` serves with
         ))
         task = asyncio.create_task(server.serve())
         self.ingresses.append((server, task))

@@ -4,6 +4,7 @@ at once, instead of when that first chunk arrives."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -60,3 +61,29 @@ async def test_a_plain_client_that_leaves_closes_the_upstream_call(stack: Stack,
     assert time.monotonic() - started < 4  # well before the upstream's 10 s
     assert upstream.stats["calls"] == 1  # the call was closed, not retried on another worker or target
     await client.close()
+
+
+async def test_a_pipelining_client_that_leaves_closes_the_upstream_call(stack: Stack, upstream: MockUpstream) -> None:
+    """Two requests in one write (HTTP/1.1 pipelining), then the client closes while the first waits for its
+    answer: its upstream call is closed. uvicorn tells only the connection's newest request (the second,
+    queued) that the client left, so a handler waiting in `receive()` for the first never heard it."""
+    upstream.script([{"status": 200, "delay_ms": 10_000}, {"status": 200, "delay_ms": 10_000}])
+    body = json.dumps({"model": "up/gpt-4o", "max_tokens": 50,
+                       "messages": [{"role": "user", "content": "pipelined"}]}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    host, port = stack.url.removeprefix("http://").rsplit(":", 1)
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write((head + body) * 2)
+    await writer.drain()
+    reached = time.monotonic() + 5
+    while upstream.stats["in_flight"] < 1:  # the mock wakes waiters on answers, not on arrivals: poll
+        assert time.monotonic() < reached, "the call never reached the upstream"
+        await asyncio.sleep(0.01)
+    writer.close()
+    await writer.wait_closed()
+    left = time.monotonic()
+    stats = await upstream.wait_for(lambda s: s["disconnects"] >= 1, timeout=3)
+    assert stats["disconnects"] == 1
+    assert time.monotonic() - left < 3  # at once, not after the upstream's 10 s
+    assert upstream.stats["calls"] == 1  # the queued second request never started

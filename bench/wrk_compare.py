@@ -161,9 +161,10 @@ def _post_ok(url: str) -> bool:
         return False
 
 
-def start_llm_edge(label: str, upstream: str, out: Path, checkout: Path | None) -> Target:
+def start_llm_edge(label: str, upstream: str, out: Path, checkout: Path | None, python: str | None = None) -> Target:
     """`llm-edge up` of this checkout, or of `checkout` run with this checkout's virtualenv (its code first on
-    the path: the dependencies of the two must match, true of two commits with one pyproject.toml)."""
+    the path: the dependencies of the two must match, true of two commits with one pyproject.toml). `python`:
+    another virtualenv's interpreter to run it with (one with the project's dependencies installed)."""
     home = out / label
     home.mkdir(parents=True, exist_ok=True)
     config = home / "llm-edge.yaml"
@@ -180,13 +181,22 @@ def start_llm_edge(label: str, upstream: str, out: Path, checkout: Path | None) 
         env["PYTHONPATH"] = str(checkout)
     # Before the launcher moved to `llm_edge/` (issue #11), it was `services/cli.py`: older baselines run too.
     cli = "llm_edge.cli" if (source / "llm_edge").is_dir() else "services.cli"
-    argv = ["taskset", "-c", "1", sys.executable, "-m", cli, "-c", str(config), "up"]
+    python = python or sys.executable
+    argv = ["taskset", "-c", "1", python, "-m", cli, "-c", str(config), "up"]
     service = Service(label, argv, env, home / "llm-edge.log", cwd=source)
     service.wait_for("'LLM Edge ready'", lambda: "LLM Edge ready in" in service.log_text(), 90)
     rev = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True, check=False).stdout.strip()
     return Target(label, f"http://127.0.0.1:{port}/v1/chat/completions", "bench-model", ["Cache-Control: no-store"],
-                  service=service, version=rev)
+                  service=service, version=f"{rev}, {interpreter(python)}")
+
+
+def interpreter(python: str) -> str:
+    """Which Python runs a stack: its version and the real executable (a virtualenv's `python` links to it).
+    The interpreter's build moves these figures: see docs/PERFORMANCE.md, "The interpreter"."""
+    version = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                             capture_output=True, text=True, check=False).stdout.strip()
+    return f"Python {version} ({os.path.realpath(python)})"
 
 
 def start_portkey(upstream: str, out: Path) -> Target:
@@ -299,6 +309,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--upstream-ms", type=float, default=50.0)
     p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                    help="also measure another checkout's LLM Edge (run with this checkout's .venv)")
+    p.add_argument("--python", metavar="EXE",
+                   help="run LLM Edge with this interpreter (a virtualenv's, with the project installed); default: "
+                        "the one running this script")
+    p.add_argument("--baseline-python", metavar="EXE", help="the baseline's interpreter (default: --python's)")
     p.add_argument("--no-portkey", action="store_true")
     p.add_argument("--hits", action="store_true", help="also measure LLM Edge's cache hits")
     return p.parse_args(argv)
@@ -318,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     data: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([".venv/bin/python", "bench/wrk_compare.py", *(argv or sys.argv[1:])]),
+        "command": " ".join([os.path.relpath(sys.executable, ROOT), "bench/wrk_compare.py", *(argv or sys.argv[1:])]),
         "machine": machine(), "versions": {}, "points": [],
         "method": {"rounds": args.rounds, "duration": args.duration, "warmup": args.warmup,
                    "upstream_ms": args.upstream_ms, "concurrency": args.concurrency},
@@ -330,10 +344,12 @@ def main(argv: list[str] | None = None) -> int:
         targets = [Target("direct", f"{upstream}/v1/chat/completions", UPSTREAM_MODEL, [], service=None,
                           version=subprocess.run(["nginx", "-v"], capture_output=True, text=True,
                                                  check=False).stderr.strip())]
-        edge = start_llm_edge("llm-edge", upstream, out, None)
+        edge = start_llm_edge("llm-edge", upstream, out, None, args.python)
         targets.append(edge)
         if args.baseline is not None:
-            targets.append(start_llm_edge("llm-edge-baseline", upstream, out, args.baseline.resolve()))
+            baseline = args.baseline.resolve()
+            targets.append(start_llm_edge("llm-edge-baseline", upstream, out, None if baseline == ROOT else baseline,
+                                          args.baseline_python or args.python))
         if not args.no_portkey:
             try:
                 targets.append(start_portkey(upstream, out))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -62,8 +63,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         yield Edge(f"http://127.0.0.1:{port}", mock)
     finally:
         stop(process)
-        upstream.terminate()
-        upstream.wait()
+        stop(upstream, signal.SIGTERM)
 
 
 def run_claude(edge: Edge, home: Path, model: str, prompt: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ refreshes them before they expire, observed through the mock's credential log.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -60,8 +61,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
         yield f"http://127.0.0.1:{port}", upstream_url
     finally:
         stop(process)
-        upstream.terminate()
-        upstream.wait()
+        stop(upstream, signal.SIGTERM)
 
 
 def fetches(upstream_url: str) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -57,8 +58,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         yield Edge(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{upstream_port}")
     finally:
         stop(process)
-        upstream.terminate()
-        upstream.wait()
+        stop(upstream, signal.SIGTERM)
 
 
 CONFIG = """\

@@ -22,7 +22,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from llm_edge.launcher import free_port
-from tests.e2e.test_up import read_until
+from tests.e2e.test_up import read_until, stop
 
 PROVIDER_KEY = "sk-e2e-very-secret-provider-key"
 PROMPT = "my confidential prompt about project nightingale"
@@ -113,12 +113,10 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
             read_until(process, "Ctrl-C drains", 30, lines)
             yield Observed(f"http://127.0.0.1:{port}", "".join(lines), receiver, process, log_path)
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                process.wait(30)
-            upstream.terminate()
-            upstream.wait()
+            stop(process)
+            stop(upstream, signal.SIGTERM)
             otlp.shutdown()
+            otlp.server_close()
 
 
 def chat(url: str, content: str, **headers: str) -> httpx.Response:

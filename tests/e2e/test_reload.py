@@ -115,5 +115,4 @@ def test_a_provider_added_then_removed_by_reload(tmp_path: Path) -> None:
         assert _ask(url, "mock") == "Mock reply to: Hi"
     finally:
         stop(process)
-        upstream.terminate()
-        upstream.wait()
+        stop(upstream, signal.SIGTERM)

@@ -68,14 +68,21 @@ def children_of(pid: int) -> dict[int, str]:
     return found
 
 
-def stop(process: subprocess.Popen[str]) -> None:
-    """Ctrl-C, as an operator would, and time to drain; killed only if it does not stop by then."""
-    process.send_signal(signal.SIGINT)
+def stop(process: subprocess.Popen[str], sig: signal.Signals = signal.SIGINT) -> None:
+    """Ctrl-C (or `sig`), as an operator would, and time to drain; killed only if it does not stop by then.
+    Its pipes are closed too (left to the garbage collector, each was a ResourceWarning)."""
     try:
-        process.wait(40)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    finally:
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +114,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         yield Gateway(process, f"http://127.0.0.1:{port}", f"nats://127.0.0.1:{nats_port}",
                       f"http://127.0.0.1:{upstream_port}", lines, monitor_port)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        upstream.terminate()
-        upstream.wait()
+        stop(process, signal.SIGKILL)
+        stop(upstream, signal.SIGTERM)
 
 
 def test_ready_banner_says_where_to_connect(gateway: Gateway) -> None:

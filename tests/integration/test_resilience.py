@@ -125,6 +125,15 @@ async def test_breaker_opens_moves_traffic_and_a_probe_closes_it(
             return response.headers["x-llm-edge-provider"] == "a"
 
         await eventually(back_on_a, timeout=3)
+
+        # The probe's answer reaches the client straight from the worker; the router closes the breaker when
+        # the worker's outcome reaches it, an instant later (a request in between still finds the probe out
+        # and goes to b). Closed once the router has heard it, and a takes the traffic again.
+        async def closed() -> bool:
+            checks: dict[str, str] = (await stack.http.get("/health")).json()["router"]["checks"]
+            return not checks
+
+        await eventually(closed, timeout=3)
         for i in range(5):
             response = await stack.http.post("/v1/chat/completions", json=chat(f"closed {i}"), headers=NO_CACHE)
             assert response.headers["x-llm-edge-provider"] == "a"

@@ -308,7 +308,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64])
     p.add_argument("--upstream-ms", type=float, default=50.0)
     p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
-                   help="also measure another checkout's LLM Edge (run with this checkout's .venv)")
+                   help="also measure another checkout's LLM Edge (run with this checkout's virtualenv, or "
+                        "--baseline-python's)")
     p.add_argument("--python", metavar="EXE",
                    help="run LLM Edge with this interpreter (a virtualenv's, with the project installed); default: "
                         "the one running this script")

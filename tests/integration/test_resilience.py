@@ -126,9 +126,10 @@ async def test_breaker_opens_moves_traffic_and_a_probe_closes_it(
 
         await eventually(back_on_a, timeout=3)
 
-        # The probe's answer reaches the client straight from the worker; the router closes the breaker when
-        # the worker's outcome reaches it, an instant later (a request in between still finds the probe out
-        # and goes to b). Closed once the router has heard it, and a takes the traffic again.
+        # The probe's answer reaches the client straight from the worker, and the router closes the breaker
+        # only once the worker's outcome reaches it. Once the router reports it closed, a takes the traffic
+        # again. (Without this wait the test once saw b answer a request after the probe, in CI; the cause was
+        # not established.)
         async def closed() -> bool:
             checks: dict[str, str] = (await stack.http.get("/health")).json()["router"]["checks"]
             return not checks

@@ -56,8 +56,7 @@ async def test_an_answer_before_the_client_leaves_is_returned_and_the_watch_ends
         return "answer"
 
     assert await unless_client_leaves(_request(departure, asyncio.Event()), work()) == "answer"
-    assert departure.callback is None
-    departure.left()  # the connection closes later: nothing of the finished request is touched
+    assert departure.callback is None  # the connection closing later calls nothing of the finished request
 
 
 async def test_a_client_already_gone_is_not_waited_for() -> None:
@@ -75,15 +74,16 @@ async def test_a_client_already_gone_is_not_waited_for() -> None:
     assert not ran
 
 
+async def _waiting_for_ever(started: asyncio.Event) -> str:
+    started.set()
+    await asyncio.Event().wait()
+    return "answer"
+
+
 async def test_a_shutdown_is_not_taken_for_a_client_leaving() -> None:
     departure, started = Departure(), asyncio.Event()
-
-    async def work() -> str:
-        started.set()
-        await asyncio.Event().wait()
-        return "answer"
-
-    waiting = asyncio.create_task(unless_client_leaves(_request(departure, asyncio.Event()), work()))
+    waiting = asyncio.create_task(unless_client_leaves(_request(departure, asyncio.Event()),
+                                                       _waiting_for_ever(started)))
     await started.wait()
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -92,13 +92,7 @@ async def test_a_shutdown_is_not_taken_for_a_client_leaving() -> None:
 
 async def test_under_another_server_a_task_waits_for_the_disconnect() -> None:
     gone, started = asyncio.Event(), asyncio.Event()
-
-    async def work() -> str:
-        started.set()
-        await asyncio.Event().wait()
-        return "answer"
-
-    waiting = asyncio.create_task(unless_client_leaves(_request(None, gone), work()))
+    waiting = asyncio.create_task(unless_client_leaves(_request(None, gone), _waiting_for_ever(started)))
     await started.wait()
     gone.set()
     with pytest.raises(ClientDisconnect):

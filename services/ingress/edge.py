@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.ingress.context import SCOPE_KEY, Call
 from services.ingress.gateway import Gateway
 from services.ingress.responses import exception_response
-from shared import metrics, tracing
+from shared import logs, metrics, tracing
 from shared.errors import GatewayError
 
 log = logging.getLogger("llm_edge.ingress")
@@ -200,9 +200,8 @@ def observe(call: Call, origin: str) -> None:
     """The request's one log line (at info) and its metrics, once its answer is out."""
     elapsed = time.perf_counter() - call.started
     status = call.status
-    log.info("request done: %d%s model=%s cache=%s provider=%s in %.1f ms", status,
-             " (client left)" if status == 499 else "", call.model, call.cache, call.provider or "-",
-             elapsed * 1000)
+    logs.info(log, f"request done: {status}{' (client left)' if status == 499 else ''} model={call.model} "
+                   f"cache={call.cache} provider={call.provider or '-'} in {elapsed * 1000:.1f} ms")
     _REQUESTS(call.provider or "none", call.model, str(status), origin, call.cache).inc()
     _REQUEST_DURATION(call.model).observe(elapsed)
     if status == 200 and call.provider_seconds is not None:

@@ -153,13 +153,16 @@ def _exposed_metrics() -> dict[str, set[str]]:
     """Every sample name shared/metrics.py exposes, with the labels it can carry."""
     exposed: dict[str, set[str]] = {}
     for value in vars(metrics).values():
-        if not isinstance(value, MetricWrapperBase):
+        if isinstance(value, MetricWrapperBase):  # prometheus_client's own
+            name, kind, labels = value._name, str(value._type), set(value._labelnames)
+        elif isinstance(value, metrics.Family):  # a per-request metric (plain numbers, see shared/metrics.py)
+            name, kind, labels = value.name, value.kind, set(value.labelnames)
+        else:
             continue
-        labels = set(value._labelnames)
         suffixes = {"counter": ["_total", "_created"], "gauge": [""],
-                    "histogram": ["_bucket", "_sum", "_count", "_created"]}[str(value._type)]
+                    "histogram": ["_bucket", "_sum", "_count", "_created"]}[kind]
         for suffix in suffixes:
-            exposed[value._name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+            exposed[name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
     return exposed
 
 

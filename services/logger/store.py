@@ -198,6 +198,9 @@ class PostgresStore:
         self.writer: Any = None
         self.reader: Any = None
         self.created = False  # the table is known to exist
+        # The batch writer and the retention sweep both use the writing connection: once it broke, the two
+        # would each open one, and the first, overwritten, would be left open.
+        self._opening = asyncio.Lock()
 
     async def _connect(self) -> Any:
         import psycopg  # only a logger that writes to PostgreSQL needs the driver
@@ -214,19 +217,20 @@ class PostgresStore:
         """The writing connection, opened (and the table made) when there is none."""
         import psycopg
 
-        if self.writer is None or self.writer.closed:
-            self.writer = await self._connect()
-            self.created = False
-        if not self.created:
-            try:
-                async with self.writer.transaction():
-                    for statement in POSTGRES.ddl():
-                        await self.writer.execute(statement)
-            except psycopg.Error as exc:
-                await self._drop("writer")
-                raise StoreError(f"PostgreSQL: cannot create the table ({_reason(exc)})") from exc
-            self.created = True
-        return self.writer
+        async with self._opening:
+            if self.writer is None or self.writer.closed:
+                self.writer = await self._connect()
+                self.created = False
+            if not self.created:
+                try:
+                    async with self.writer.transaction():
+                        for statement in POSTGRES.ddl():
+                            await self.writer.execute(statement)
+                except psycopg.Error as exc:
+                    await self._drop("writer")
+                    raise StoreError(f"PostgreSQL: cannot create the table ({_reason(exc)})") from exc
+                self.created = True
+            return self.writer
 
     async def write(self, records: Sequence[RequestRecord]) -> None:
         import psycopg

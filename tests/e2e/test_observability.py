@@ -5,6 +5,7 @@ provider key or a prompt.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -189,8 +190,8 @@ def test_every_process_serves_its_metrics(observed: Observed) -> None:
         assert httpx.get(f"{health}/ready", timeout=5).status_code == 200, name
 
 
-def test_logs_never_contain_the_provider_key_or_the_prompt(observed: Observed) -> None:
-    chat(observed.url, PROMPT)
+def test_each_request_leaves_its_line_and_no_log_has_the_provider_key_or_the_prompt(observed: Observed) -> None:
+    rid = chat(observed.url, PROMPT).headers["x-request-id"]
     observed.process.send_signal(signal.SIGINT)  # stop, so every process has flushed its log lines
     assert observed.process.wait(30) == 0
     logs = Path(observed.log_path).read_text()
@@ -200,3 +201,10 @@ def test_logs_never_contain_the_provider_key_or_the_prompt(observed: Observed) -
     for line in logs.splitlines():
         if line.startswith("{"):
             assert '"service":' in line
+    # The ingress's one line per request (written outside the logging machinery: shared/logs.py), JSON like
+    # every other line, with the request's id.
+    done = [line for line in map(json.loads, filter(lambda text: text.startswith("{"), logs.splitlines()))
+            if line.get("request_id") == rid and line["msg"].startswith("request done")]
+    assert len(done) == 1, done
+    assert done[0]["msg"].startswith("request done: 200 model=gpt-4o-mini cache=miss provider=openai in ")
+    assert (done[0]["service"], done[0]["level"], done[0]["logger"]) == ("ingress", "info", "llm_edge.ingress")

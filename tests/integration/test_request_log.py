@@ -8,12 +8,14 @@ admin route and `llm-edge logs` do) by key, model, status and time, and through 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import openai
 import pytest
 
 from services.logger.service import Logger
-from services.logger.store import open_store
+from services.logger.store import StoreError, open_store
 from shared import bus
 from shared.bus.journal import Appender, Journal
 from shared.config import Config
@@ -360,6 +362,46 @@ async def test_a_database_that_refuses_a_batch_gets_it_again(
             postgres.start()
         await loggers.close()
         await stack.close()
+
+
+async def test_a_logger_holds_one_writing_connection_when_its_writer_and_sweep_reconnect_together(
+    postgres: PostgresServer
+) -> None:
+    """Once the writing connection broke, the batch writer and the retention sweep reopen it at the same
+    moment: they share one connection, and none is left open behind them."""
+    import psycopg
+
+    name = f"reopen_{time.monotonic_ns()}"
+    url = postgres.database(name)
+    store = open_store(url, "")
+    await store.open()
+
+    async def others(action: str) -> int:
+        """`action` over the database's other sessions (pg_stat_activity): how many, or ended."""
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as check:
+            cursor = await check.execute(f"SELECT {action} FROM pg_stat_activity WHERE datname = %s AND "
+                                         "pid <> pg_backend_pid()", (name,))
+            rows = await cursor.fetchall()
+            return int(rows[0][0]) if action == "count(*)" else len(rows)
+
+    async def connections() -> int:
+        return await others("count(*)")
+
+    try:
+        assert await connections() == 1
+        assert await others("pg_terminate_backend(pid)") == 1  # it breaks, as when PostgreSQL restarts
+        with pytest.raises(StoreError):
+            await store.purge(0.0)  # finds it broken, and drops it
+        with warnings.catch_warnings(record=True) as dropped:
+            warnings.simplefilter("always", ResourceWarning)
+            await asyncio.gather(store.purge(0.0), store.write([]), store.purge(0.0))
+            gc.collect()
+        # A connection overwritten by another is dropped open: psycopg says so when it is freed.
+        assert [str(w.message) for w in dropped if issubclass(w.category, ResourceWarning)] == []
+        assert await connections() == 1
+    finally:
+        await store.close()
+    assert await connections() == 0
 
 
 async def test_the_bus_carries_a_page_of_records_and_bad_queries_get_400(stack: Stack, loggers: Loggers) -> None:

@@ -19,13 +19,17 @@ SECRET = "sk-live-0123456789abcdef"
 @pytest.fixture
 def sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     root = logging.getLogger()
-    saved = root.handlers[:], root.level
+    # pytest adds and removes its own capture handlers around each phase of a test: only the others are ours
+    # to put back, or a capture handler of the setup phase would stay on the root for every later test.
+    saved = [handler for handler in root.handlers if not type(handler).__module__.startswith("_pytest")]
+    level = root.level
     out = io.StringIO()
     monkeypatch.setattr(sys, "stderr", out)
     logs.setup("ingress", "INFO", [SECRET])
     yield out
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
+    root.handlers[:] = [handler for handler in root.handlers if not isinstance(handler, logs.JsonHandler)]
+    root.handlers.extend(handler for handler in saved if handler not in root.handlers)
+    root.setLevel(level)
 
 
 def _alone() -> None:

@@ -69,11 +69,12 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The one handler `setup` installs: JSON lines to stderr. Lines written with `info` (the ingress's
     per-request line) skip the logging machinery and are written together once per turn of the event loop.
 
-    Through `Logger.info`, that line took about a tenth of the ingress's CPU per miss at 64 concurrent
-    misses (docs/PERFORMANCE.md): a `LogRecord` of some thirty fields, the logger hierarchy walked, the
-    handler's lock, and a write and flush of its own. A line written here is the same JSON, in order with
-    every other line (a record through `emit` first writes what waits), and waits at most for the end of
-    the loop's turn; `flush` (logging's shutdown, at exit) writes it too."""
+    Through `Logger.info` the line cost 14 µs in a loop (a `LogRecord` of some thirty fields, the logger
+    hierarchy walked, a write and flush of its own), 4 here; with the per-request metrics it was about a
+    tenth of a miss's CPU at 64 concurrent misses (docs/PERFORMANCE.md, "Telemetry was a tenth of a miss").
+    A line written here is the same JSON, in order with every other line (a record through `emit` first
+    writes what waits), and waits at most for the end of the loop's turn; `flush` (logging's shutdown, at
+    exit) writes it too. The lock is the handler's own: a record may come from another thread."""
 
     def __init__(self, formatter: JsonFormatter) -> None:
         super().__init__(sys.stderr)
@@ -82,8 +83,11 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._waiting: list[str] = []
 
     def info(self, logger: str, msg: str) -> None:
-        self._waiting.append(self.json.line(time.time(), "info", logger, msg))
-        if len(self._waiting) == 1:
+        line = self.json.line(time.time(), "info", logger, msg)
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            self._waiting.append(line)
+            first = len(self._waiting) == 1
+        if first:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
             except RuntimeError:  # no event loop here: at once

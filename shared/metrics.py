@@ -33,7 +33,7 @@ _go_float: Callable[[float], str] = floatToGoString  # as prometheus_client writ
 
 # --- the per-request metrics -------------------------------------------------------------------------------
 #
-# A request's own metrics (about ten updates a miss across the processes) are plain numbers that the event
+# A request's own metrics (about twenty updates a miss across the processes) are plain numbers that the event
 # loop adds to, handed to prometheus_client as a collector when scraped. prometheus_client's own `inc` goes
 # through an observability check, a sign check and a lock, and `observe` scans the buckets in Python: with
 # its metrics and its log line, a miss spent about a tenth of its CPU on telemetry (one core, 64 concurrent

@@ -48,7 +48,7 @@ def install(nc: Client) -> None:
     nc._ps = parser
     slow_headers = nc._process_headers
 
-    async def process_headers(block: bytes) -> dict[str, str] | None:
+    async def process_headers(block: bytes | None) -> dict[str, str] | None:  # None: a message without headers
         if not block:
             return None
         if block[8:9] == b" ":  # `NATS/1.0 503 ...`: a status, nats-py's business

@@ -10,13 +10,15 @@ answers the probes of a service with no HTTP API of its own: `/health/live` (the
 from __future__ import annotations
 
 import bisect
+import functools
+import itertools
 import logging
 import math
 import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
@@ -28,7 +30,6 @@ from prometheus_client.utils import floatToGoString
 from shared import runtime
 
 log = logging.getLogger("llm_edge.metrics")
-Child = TypeVar("Child")
 _go_float: Callable[[float], str] = floatToGoString  # as prometheus_client writes a bucket's `le` (untyped there)
 
 # --- the per-request metrics -------------------------------------------------------------------------------
@@ -39,8 +40,9 @@ _go_float: Callable[[float], str] = floatToGoString  # as prometheus_client writ
 # its metrics and its log line, a miss spent about a tenth of its CPU on telemetry (one core, 64 concurrent
 # misses: 1,013 against 898 µs a miss with both off, five alternating pairs; docs/PERFORMANCE.md). Only the
 # event loop writes these (no thread does), so an update needs no lock; a scrape from the metrics thread
-# copies what it reads (`list()` of a dict or a list is one step under the GIL). Exposition is still
-# prometheus_client's, with the same names, types and samples as its own Counter, Gauge and Histogram.
+# reads them in steps that run in C under the GIL (`list()` of the children, `accumulate` of the buckets).
+# Exposition is still prometheus_client's, with the same names, types and samples as its own Counter, Gauge
+# and Histogram.
 # The metrics a thread may write (PII detections) or that change rarely stay prometheus_client's.
 
 
@@ -55,6 +57,9 @@ class CounterChild:
         if amount < 0:
             raise ValueError("counters can only be incremented by non-negative amounts")
         self.value += amount
+
+    def expose(self, family: Metric, labels: dict[str, str]) -> None:
+        cast(CounterMetricFamily, family).add_metric(list(labels.values()), self.value, created=self.created)
 
 
 class GaugeChild:
@@ -72,6 +77,9 @@ class GaugeChild:
     def set(self, value: float) -> None:
         self.value = float(value)
 
+    def expose(self, family: Metric, labels: dict[str, str]) -> None:
+        cast(GaugeMetricFamily, family).add_metric(list(labels.values()), self.value)
+
 
 class HistogramChild:
     __slots__ = ("bounds", "counts", "created", "sum")
@@ -86,17 +94,36 @@ class HistogramChild:
         self.counts[bisect.bisect_left(self.bounds, amount)] += 1  # the first bucket whose bound >= amount
         self.sum += amount
 
+    def expose(self, family: Metric, labels: dict[str, str]) -> None:
+        total = self.sum
+        cumulative = list(itertools.accumulate(self.counts))  # in C under the GIL: the loop adds after, not during
+        buckets = [(_go_float(bound), count) for bound, count in zip(self.bounds, cumulative, strict=True)]
+        cast(HistogramMetricFamily, family).add_metric(list(labels.values()), buckets, total)
+        family.samples.append(Sample(f"{family.name}_created", labels, self.created))
+
+
+class Exposed(Protocol):
+    def expose(self, family: Metric, labels: dict[str, str]) -> None: ...
+
+
+Child = TypeVar("Child", bound=Exposed)
+
 
 class Family(Generic[Child]):
-    """A labelled metric of children that are plain numbers (see above); registered as a collector."""
+    """A labelled metric of children that are plain numbers (see above), registered as a collector: `metric`
+    is prometheus_client's family of its type, `child` makes a child."""
 
-    kind = ""  # the Prometheus type: counter, gauge or histogram
-
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
-                 registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, metric: Callable[..., Metric], child: Callable[[], Child], name: str, documentation: str,
+                 labelnames: Sequence[str], registry: CollectorRegistry) -> None:
+        self.metric, self.child = metric, child
         self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
         self._children: dict[tuple[str, ...], Child] = {}
         registry.register(self)
+
+    @property
+    def kind(self) -> str:
+        """The Prometheus type: counter, gauge or histogram."""
+        return self.describe()[0].type
 
     def labels(self, *values: str) -> Child:
         key = tuple(str(value) for value in values)
@@ -104,77 +131,37 @@ class Family(Generic[Child]):
             raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self._child()
+            child = self._children[key] = self.child()
         return child
 
-    def _child(self) -> Child:
-        raise NotImplementedError
-
-    def _family(self) -> Metric:
-        raise NotImplementedError
-
     def describe(self) -> list[Metric]:
-        return [self._family()]
+        return [self.metric(self.name, self.documentation, labels=self.labelnames)]
 
     def collect(self) -> list[Metric]:
-        family = self._family()
+        [family] = self.describe()
         for key, child in list(self._children.items()):
-            self._add(family, list(key), child)
+            child.expose(family, dict(zip(self.labelnames, key, strict=True)))
         return [family]
-
-    def _add(self, family: Metric, values: list[str], child: Child) -> None:
-        raise NotImplementedError
 
 
 class FastCounter(Family[CounterChild]):
-    kind = "counter"
-
-    def _child(self) -> CounterChild:
-        return CounterChild()
-
-    def _family(self) -> Metric:
-        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def _add(self, family: Metric, values: list[str], child: CounterChild) -> None:
-        cast(CounterMetricFamily, family).add_metric(values, child.value, created=child.created)
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 registry: CollectorRegistry = REGISTRY) -> None:
+        super().__init__(CounterMetricFamily, CounterChild, name, documentation, labelnames, registry)
 
 
 class FastGauge(Family[GaugeChild]):
-    kind = "gauge"
-
-    def _child(self) -> GaugeChild:
-        return GaugeChild()
-
-    def _family(self) -> Metric:
-        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def _add(self, family: Metric, values: list[str], child: GaugeChild) -> None:
-        cast(GaugeMetricFamily, family).add_metric(values, child.value)
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 registry: CollectorRegistry = REGISTRY) -> None:
+        super().__init__(GaugeMetricFamily, GaugeChild, name, documentation, labelnames, registry)
 
 
 class FastHistogram(Family[HistogramChild]):
-    kind = "histogram"
-
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
                  registry: CollectorRegistry = REGISTRY) -> None:
-        self.bounds = (*sorted(float(bound) for bound in buckets), math.inf)
-        super().__init__(name, documentation, labelnames, registry)
-
-    def _child(self) -> HistogramChild:
-        return HistogramChild(self.bounds)
-
-    def _family(self) -> Metric:
-        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def _add(self, family: Metric, values: list[str], child: HistogramChild) -> None:
-        counts, total = list(child.counts), child.sum
-        cumulative, buckets = 0, []
-        for bound, count in zip(self.bounds, counts, strict=True):
-            cumulative += count
-            buckets.append((_go_float(bound), cumulative))
-        cast(HistogramMetricFamily, family).add_metric(values, buckets, total)
-        family.samples.append(Sample(f"{self.name}_created", dict(zip(self.labelnames, values, strict=True)),
-                                     child.created))
+        bounds = (*sorted(float(bound) for bound in buckets), math.inf)
+        super().__init__(HistogramMetricFamily, functools.partial(HistogramChild, bounds), name, documentation,
+                         labelnames, registry)
 
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)

@@ -277,10 +277,12 @@ async def connect_once(url: str, name: str, deadline: float = 2.0) -> Bus:
     async def on_error(exc: Exception) -> None:
         errors.append(exc)  # nats-py would log these; the caller prints one message that says it all
 
+    nc = Client()
+    wire.install(nc)
     try:
-        nc = await asyncio.wait_for(
-            nats.connect(servers(url), name=name, connect_timeout=1, reconnect_time_wait=0.2,
-                         max_reconnect_attempts=1, error_cb=on_error),
+        await asyncio.wait_for(
+            nc.connect(servers(url), name=name, connect_timeout=1, reconnect_time_wait=0.2,  # type: ignore[arg-type]
+                       max_reconnect_attempts=1, error_cb=on_error),
             deadline,
         )
     except (OSError, TimeoutError, nats.errors.Error) as exc:

@@ -13,6 +13,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.transport import TcpTransport
 from nats.protocol.parser import AWAITING_CONTROL_LINE
 
 from shared import bus
@@ -79,11 +80,31 @@ class Inbox:
 def test_the_private_parts_of_nats_py_it_relies_on_are_there() -> None:
     nc = Client()
     for attribute in ("_ps", "_process_headers", "_process_msg", "_send_command", "_flush_pending",
-                      "_flush_queue", "_max_payload", "stats", "is_draining_pubs", "_subs"):
+                      "_flush_queue", "_max_payload", "stats", "is_draining_pubs", "_subs", "_pending",
+                      "_pending_data_size", "_max_pending_size", "_transport", "msg_class"):
         assert hasattr(nc, attribute), attribute
     assert isinstance(nc._ps.buf, bytearray) and nc._ps.state == AWAITING_CONTROL_LINE
+    assert isinstance(nc._pending, list)
     wire.install(nc)
     assert isinstance(nc._ps, wire.Parser)
+
+
+async def test_the_private_parts_of_a_connected_nats_py_it_relies_on_are_there(nats_server: Nats) -> None:
+    """What the writer and the early delivery reach into once connected: the transport's stream reader and
+    writer, the reader's buffer, a subscription's future and counters."""
+    connection = await bus.connect(nats_server.url, "wire-test")
+    try:
+        nc = connection.nc
+        transport = nc._transport
+        assert isinstance(transport, TcpTransport)
+        assert isinstance(transport._io_reader, asyncio.StreamReader)
+        assert isinstance(transport._io_reader._buffer, bytearray)  # type: ignore[attr-defined]
+        assert isinstance(transport._io_writer, asyncio.StreamWriter)
+        subscription = await wire.sink(nc, "wire.parts", lambda msg: None)
+        assert isinstance(subscription._future, wire._Sink)
+        assert subscription._max_msgs == 0 and subscription._received == 0
+    finally:
+        await connection.close()
 
 
 async def test_what_it_publishes_plain_nats_py_reads_as_sent(nats_server: Nats) -> None:
@@ -164,6 +185,81 @@ async def test_what_it_reads_matches_what_was_sent_in_every_framing(nats_server:
     finally:
         await connection.close()
         await writer.close()
+
+
+async def test_a_sink_hears_its_messages_as_they_arrive_in_order_among_another_subscriptions(
+        nats_server: Nats) -> None:
+    """A `sink` subscription's messages are delivered in the transport's callback, with no task woken (the
+    early delivery); a message for nats-py's own kind of subscription, a status, or a frame split across
+    reads goes to nats-py's read loop, and what follows it waits its turn there, so the order holds."""
+    connection = await bus.connect(nats_server.url, "wire-test")
+    writer = await plain(nats_server.url)
+    sunk: list[bytes] = []
+    called_back: list[bytes] = []
+    in_callback = 0
+    done, routed = asyncio.Event(), asyncio.Event()
+    sizes = ([10] * 50 + [90_000, 3]) * 4
+    expected = len(sizes)
+
+    def take(msg: Msg) -> None:
+        nonlocal in_callback
+        if probe(msg, routed):
+            return
+        in_callback += asyncio.current_task() is None  # a protocol callback, not a task
+        sunk.append(msg.data)
+        if len(sunk) + len(called_back) == expected:
+            done.set()
+
+    async def other(msg: Msg) -> None:
+        called_back.append(msg.data)
+        if len(sunk) + len(called_back) == expected:
+            done.set()
+
+    try:
+        await wire.sink(connection.nc, "wire.mixed.sink", take)
+        await connection.nc.subscribe("wire.mixed.other", cb=other)
+        await wire.flush(connection.nc)
+        await until_routed(lambda: writer.publish("wire.mixed.sink", b"", headers=PROBE), routed)
+        for index, size in enumerate(sizes):
+            subject = "wire.mixed.other" if index % 7 == 3 else "wire.mixed.sink"
+            await writer.publish(subject, str(index).encode().ljust(size, b"."))
+            if index % 10 == 0:
+                await writer.flush()  # several reads, not one
+        await writer.flush()
+        await asyncio.wait_for(done.wait(), 10)
+        numbers = [int(data.rstrip(b".")) for data in sunk]
+        assert numbers == [index for index in range(expected) if index % 7 != 3]
+        assert [int(data.rstrip(b".")) for data in called_back] == [i for i in range(expected) if i % 7 == 3]
+        assert in_callback > 0  # early; the rest (behind another's message or a split frame) in the read loop
+    finally:
+        await connection.close()
+        await writer.close()
+
+
+async def test_what_is_published_faster_than_the_socket_takes_arrives_whole_and_in_order(
+        nats_server: Nats) -> None:
+    """The writer hands a turn's messages to the socket itself; while the socket is backed up, nats-py's
+    flusher (which waits for the drain) takes over. Either way every message arrives, in order."""
+    connection = await bus.connect(nats_server.url, "wire-test")
+    reader = await plain(nats_server.url)
+    count, size = 60, 400_000
+    try:
+        inbox = await Inbox.on(reader, "wire.flood", count)
+        await until_routed(lambda: connection.publish("wire.flood", b"", PROBE), inbox.routed)
+        stream = connection.nc._transport._io_writer.transport  # type: ignore[union-attr]
+        backlog = 0
+        for index in range(count):
+            await connection.publish("wire.flood", bytes([index]) * size, {"Index": str(index)})
+            if index % 20 == 19:
+                await asyncio.sleep(0)  # the writer's turn: 8 MB for a socket that takes less at once
+                backlog = max(backlog, stream.get_write_buffer_size())
+        got = await inbox.wait()
+        assert [(m.headers or {}).get("Index") for m in got] == [str(i) for i in range(count)]
+        assert all(m.data == bytes([i]) * size for i, m in enumerate(got))
+        assert backlog > 0  # the socket was backed up: the flusher's path was taken too
+    finally:
+        await connection.close()
+        await reader.close()
 
 
 async def test_an_endpoint_runs_at_most_its_limit_and_the_rest_in_order_and_drains_them_all(

@@ -22,11 +22,11 @@ a request-reply before, 63-89 after. Here:
   copied into nats-py's stream reader, no wake-up of its read-loop task. Whatever else comes (another
   operation, a frame for nats-py's own kind of subscription, a status, a frame split across reads) goes
   to the reader, and what arrives while that is still being read waits its turn behind it, so the order
-  holds.
+  holds. A delivery that raises is logged; the connection goes on reading.
 - `_Writer` writes what a turn of the event loop published in one call at the turn's end, from a plain
   callback, where nats-py wakes its flusher task through a queue, with a new future each time. While
   the socket is backed up, or the connection is not up, nats-py's flusher does it (it waits for the drain).
-  `bench/bus_cpu.py`: 59 and 46 µs of CPU a request-reply against 72 and 63 before these two (two pairs).
+  `bench/bus_cpu.py`, two alternating pairs: 63 and 61 µs of CPU a request-reply against 77 and 76 before.
 
 All of it relies on nats-py's private attributes; it is confined to this module, installed by `connect`
 on the client before it connects, and `tests/integration/test_bus_wire.py` fails if a nats-py release

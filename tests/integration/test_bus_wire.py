@@ -236,6 +236,36 @@ async def test_a_sink_hears_its_messages_as_they_arrive_in_order_among_another_s
         await writer.close()
 
 
+async def test_a_sink_that_fails_on_one_message_still_hears_the_next(nats_server: Nats) -> None:
+    """A delivery that raises in the transport's callback is logged; the connection goes on reading."""
+    connection = await bus.connect(nats_server.url, "wire-test")
+    writer = await plain(nats_server.url)
+    heard: list[bytes] = []
+    done, routed = asyncio.Event(), asyncio.Event()
+
+    def take(msg: Msg) -> None:
+        if probe(msg, routed):
+            return
+        if msg.data == b"bad":
+            raise RuntimeError("this one fails")
+        heard.append(msg.data)
+        if msg.data == b"last":
+            done.set()
+
+    try:
+        await wire.sink(connection.nc, "wire.failing", take)
+        await wire.flush(connection.nc)
+        await until_routed(lambda: writer.publish("wire.failing", b"", headers=PROBE), routed)
+        for data in (b"first", b"bad", b"last"):
+            await writer.publish("wire.failing", data)
+        await writer.flush()
+        await asyncio.wait_for(done.wait(), 5)
+        assert heard == [b"first", b"last"]
+    finally:
+        await connection.close()
+        await writer.close()
+
+
 async def test_what_is_published_faster_than_the_socket_takes_arrives_whole_and_in_order(
         nats_server: Nats) -> None:
     """The writer hands a turn's messages to the socket itself; while the socket is backed up, nats-py's

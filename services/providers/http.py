@@ -9,7 +9,6 @@ total, so a stream that sends a chunk every few seconds runs for as long as the 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 
 from services.providers.base import HttpCall
 from services.providers.h1 import BadResponse, ConnectTimedOut, Disconnected, HttpError, Pool, Response
+from shared import deadlines
 from shared.config import ProviderSettings
 from shared.errors import DeadlineExceeded, ProviderError
 
@@ -65,7 +65,7 @@ class Body:
         if self.deadline - now < wait:
             wait, what = max(0.0, self.deadline - now), "deadline"
         try:
-            async with asyncio.timeout(wait):
+            with deadlines.current().within(wait):
                 data = await self.response.next()
         except TimeoutError as exc:
             raise self.upstream.timed_out(what, wait) from exc
@@ -126,7 +126,7 @@ class Upstream:
         first_by = started + self.waits.first_byte
         wait, what = (self.waits.first_byte, "first_byte") if first_by <= deadline else (timeout, "deadline")
         try:
-            async with asyncio.timeout(wait):
+            with deadlines.current().within(wait):
                 response = await self.pool().request(call.method, call.url, call.headers, call.body,
                                                      self.waits.connect)
         except ConnectTimedOut as exc:

@@ -7,7 +7,6 @@ stream with an error frame and marks the error `stream_started`, so nobody retri
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -19,7 +18,7 @@ from opentelemetry.trace import SpanKind
 
 from services.providers.assemble import Assembler
 from services.providers.base import Delta, HttpAdapter, StreamSummary
-from shared import bus, pricing, tracing
+from shared import bus, deadlines, pricing, tracing
 from shared.errors import DeadlineExceeded, GatewayError
 from shared.logs import request_id
 from shared.messages import ChatRequest, ChatResult, StreamChunk, StreamEnd, Usage
@@ -116,7 +115,7 @@ class _Pump:
 
     async def run(self, request: ChatRequest, timeout: float) -> AsyncIterator[StreamChunk | StreamEnd]:
         try:
-            async with asyncio.timeout(timeout):
+            with deadlines.current().within(timeout):
                 async for item in items(self.worker, request, self.model, timeout):
                     if isinstance(item, StreamSummary):
                         self.summary = item

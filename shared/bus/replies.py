@@ -18,6 +18,7 @@ from collections import deque
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from shared import deadlines
 from shared.bus import wire
 from shared.bus.errors import Lost, NoResponders
 from shared.subjects import Headers
@@ -72,11 +73,12 @@ class Waiter:
                 raise Lost(f"the instance serving {where or 'the request'} went silent", where=where,
                            started=self.started)
             self._wake = loop.create_future()
-            timer = loop.call_later(min(until, lost_at or until) - now, _wake, self._wake)
+            timers = deadlines.current()
+            due = timers.at(min(until, lost_at or until), _wake, self._wake)
             try:
                 await self._wake
             finally:
-                timer.cancel()
+                timers.cancel(due)
                 self._wake = None
         item = self._frames.popleft()
         if isinstance(item, Exception):

@@ -1,20 +1,21 @@
 """Many deadlines on one event-loop timer: the per-request waits of the miss path.
 
-Every request on the miss path is bounded more than once: a provider worker bounds its upstream call
-(`asyncio.timeout` was used), and the bus's reply waiters bound their wait (a `call_later` each). Nearly all
-of those deadlines are cancelled long before they are due (an answer takes 50 ms where the wait allows
-minutes), so what matters is what setting and cancelling one costs. Measured in a loop (`taskset -c 1`,
-Debian's PGO+LTO Python 3.11, uvloop; 200,000 awaits of a future resolved by `call_soon`, with nothing,
-`asyncio.timeout(600)`, `call_later(600)` + `cancel`, or a heap push around each; 2026-11-30): 2.9 µs bare,
-**+6.8 µs** with `asyncio.timeout` (a Python class, an async context manager, a uvloop timer), **+2.0 µs**
-with a timer, **+0.7 µs** with a heap push. Hence this: a heap per event loop and one loop timer, armed for
-the earliest deadline only. A cancelled deadline is only marked; the heap is rebuilt from the live ones when
-more than half of it is cancelled, so it stays about twice the number of waits in flight.
+Every request on the miss path is bounded more than once: a provider worker bounds its upstream call (and
+each chunk of a body) with `within`, the bus's reply waiters bound their wait with `at`, and a handler that
+was asked for heartbeats holds a deadline for its first beat (`serving.Heartbeat`). Nearly all of those are
+cancelled long before they are due (an answer takes 50 ms where the wait allows minutes), so what matters is
+what setting and cancelling one costs. `taskset -c 1 /work/venv-opt/bin/python bench/timers.py` (Debian's
+PGO+LTO Python 3.11, uvloop; a deadline 600 s away around each of 200,000 awaits; two runs of two passes,
+2026-11-30), over the bare await's 2.5-3.8 µs: `asyncio.timeout` +5.4 to +7.6 µs (a Python class, an async
+context manager, a uvloop timer), `within` +2.4 to +3.1; a uvloop `call_later` + `cancel` +2.1 to +2.2 (one
+pass +0.3), `at` + `cancel` +1.3 to +1.7 (one pass +0.0). Hence this: a heap per event loop and one loop
+timer, armed for the earliest deadline only. A cancelled deadline is only marked; the heap is rebuilt from
+the live ones when more than half of it is cancelled, so it stays about twice the number of waits in flight.
 
 `Deadlines.within(seconds)` is `asyncio.timeout(seconds)` on that timer, as a plain context manager: the same
 cancel-and-`TimeoutError` semantics (`Task.cancel` when due, `Task.uncancel` on the way out, a cancel from
-elsewhere passes through). A deadline fires no earlier than due and at most a millisecond late (uvloop's
-timers count whole milliseconds)."""
+elsewhere passes through). A deadline never fires before it is due; a timer that uvloop (which counts whole
+milliseconds) fires early is armed again at least a millisecond ahead."""
 
 from __future__ import annotations
 

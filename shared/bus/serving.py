@@ -25,10 +25,12 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.micro.service import Service
 
+from shared import deadlines
 from shared.bus import micro, wire
 from shared.bus.connection import Bus, Listener
 from shared.bus.context import Context, Raw
 from shared.bus.errors import BusUnavailable
+from shared.deadlines import Deadline
 from shared.errors import GatewayError, InternalError, InvalidRequest, ProviderError
 from shared.messages import ChatResult, Delivered, ErrorReply, HealthReport, Reply, StreamChunk, StreamEnd, encode
 from shared.subjects import Headers, Queues
@@ -61,21 +63,24 @@ def raw(data: bytes) -> bytes:
 
 
 class Heartbeat:
-    """Heartbeats to the requester while a handler runs. Until the first is due, a request only waits in
-    `_Young` (one timer for all of them), so a request answered quickly costs no timer and no message.
+    """Heartbeats to the requester while a handler runs. Until the first is due, a request holds only a
+    deadline on the loop's shared timer (`shared/deadlines.py`), so a request answered quickly costs no timer
+    of its own, no task and no message.
     `now` starts with a beat at once (a request taken from a work queue); `also` runs with every beat (its
     in-progress ack)."""
 
-    __slots__ = ("also", "bus", "every", "task", "to")
+    __slots__ = ("also", "bus", "due", "every", "task", "timers", "to")
 
     def __init__(self, bus: Bus, to: str, every: float,
                  also: Callable[[], Awaitable[None]] | None = None, now: bool = False) -> None:
         self.bus, self.to, self.every, self.also = bus, to, every, also
         self.task: asyncio.Task[None] | None = None
+        self.timers = deadlines.current()
+        self.due: Deadline | None = None
         if now:
             self.start()
         else:
-            _young.add(self)
+            self.due = self.timers.at(time.monotonic() + every, self.start)
 
     @classmethod
     def asked(cls, bus: Bus, ctx: Context) -> Heartbeat | None:
@@ -102,49 +107,10 @@ class Heartbeat:
             await asyncio.sleep(self.every)  # the heartbeat's period, not a wait for something to happen
 
     def cancel(self) -> None:
-        _young.discard(self)
+        if self.due is not None:
+            self.timers.cancel(self.due)  # a no-op once it has fired
         if self.task is not None:
             self.task.cancel()
-
-
-class _Young:
-    """The requests whose first heartbeat is not yet due, and one timer that starts their beats: it ticks
-    four times a period while any wait, so a first beat comes at most a quarter period late (the requester
-    allows `LOST_AFTER` periods of silence). A timer per request costs 3.0 µs (uvloop's `call_later` and
-    `cancel`) where this costs 0.3 (a dict's insert and pop), in the router and in the workers, every request."""
-
-    def __init__(self) -> None:
-        self.due: dict[Heartbeat, float] = {}
-        self.tick = 0.25
-        self.timer: asyncio.TimerHandle | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def add(self, beat: Heartbeat) -> None:
-        loop = asyncio.get_running_loop()
-        if loop is not self.loop:  # a new event loop (tests run one each): what the old one held is gone
-            self.due, self.timer, self.loop = {}, None, loop
-        self.due[beat] = loop.time() + beat.every
-        if beat.every / 4 < self.tick:
-            self.tick = beat.every / 4
-        if self.timer is None:
-            self.timer = loop.call_later(self.tick, self.sweep)
-
-    def discard(self, beat: Heartbeat) -> None:
-        self.due.pop(beat, None)
-
-    def sweep(self) -> None:
-        self.timer = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for beat, due in list(self.due.items()):
-            if due <= now:
-                del self.due[beat]
-                beat.start()
-        if self.due:
-            self.timer = loop.call_later(self.tick, self.sweep)
-
-
-_young = _Young()
 
 
 class Server:
